@@ -1,0 +1,113 @@
+//! Tower middleware that makes every failure of an upstream a correct, consistent, observable HTTP
+//! response.
+//!
+//! Wrap any proxying service (a hyper-util `Client`, a reqwest client, an axum reverse-proxy
+//! handler) with [`GatewayErrorLayer`]:
+//!
+//! - an upstream failure becomes the status RFC 9209 recommends for it (502, 503 or 504), named in a
+//!   `Proxy-Status` header by its error type (`connection_refused`, `http_response_timeout`, ...);
+//! - an error status the origin sent itself (500, 503, 404, an upstream proxy's 502) passes through
+//!   unchanged: status, headers and body bytes;
+//! - a generated error has one body in the form the client asked for: RFC 9457 problem+json, an
+//!   HTML page or plain text, from templates you can replace;
+//! - every generated error says whether a retry is safe and, where configured, when;
+//! - every request gets a span with OpenTelemetry field names; the error's internals go to the
+//!   span, never to the client.
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use gateway_errors::GatewayErrorLayer;
+//! use hyper_util::client::legacy::Client;
+//! use hyper_util::rt::TokioExecutor;
+//! use tower::ServiceBuilder;
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let client = Client::builder(TokioExecutor::new()).build_http::<axum::body::Body>();
+//! let gateway = ServiceBuilder::new()
+//!     .layer(GatewayErrorLayer::new().proxy_name("edge-1").upstream_timeout(Duration::from_secs(30)))
+//!     .map_request(|mut request: axum::extract::Request| {
+//!         // Point the request at the upstream (a real proxy also strips hop-by-hop headers:
+//!         // see examples/gateway.rs).
+//!         let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+//!         *request.uri_mut() = format!("http://127.0.0.1:3000{path}").parse().unwrap();
+//!         request
+//!     })
+//!     .service(client);
+//! let app = axum::Router::new().fallback_service(gateway);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! axum::serve(listener, app).await
+//! # }
+//! ```
+//!
+//! A refused connection then reaches the client as:
+//!
+//! ```text
+//! HTTP/1.1 502 Bad Gateway
+//! content-type: application/problem+json
+//! proxy-status: edge-1; error=connection_refused
+//! cache-control: no-store
+//! vary: accept
+//!
+//! {"type":"about:blank","title":"Bad Gateway","status":502,
+//!  "detail":"The upstream server refused the connection.",
+//!  "error_type":"connection_refused","retryable":true}
+//! ```
+//!
+//! # How a request flows
+//!
+//! 1. [`GatewayError::call`](tower_service::Service::call) reads what the response may need, once and
+//!    without allocating: the body format from `Accept`, whether the method is idempotent, whether
+//!    an `Idempotency-Key` is present, the request id. It opens the request's span.
+//! 2. The inner service runs, raced against the [upstream timeout](GatewayErrorLayer::upstream_timeout).
+//! 3. One decision point:
+//!    - a response from the origin is forwarded unchanged; its body is observed, so that a failure
+//!      mid-stream breaks the client's connection (never a short body that looks complete) and
+//!      lands on the span;
+//!    - an error is [classified](Classify) into a [`ProxyErrorKind`], whose status is final; the
+//!      body, `Proxy-Status`, `Retry-After`, the [`ProxyError`] extension and the span all read it.
+//!
+//! # Errors from axum handlers
+//!
+//! A handler that proxies by hand returns [`ProxyError`]; the layer around the router renders it
+//! exactly as it renders an inner service's error.
+//!
+//! # Features
+//!
+//! - `axum` (default): `impl IntoResponse for ProxyError`.
+//! - `reqwest`: the default classifier recognises `reqwest::Error`.
+#![deny(missing_docs, unreachable_pub)]
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+mod body;
+mod classify;
+mod error;
+mod future;
+mod headers;
+mod kind;
+mod layer;
+mod negotiate;
+mod render;
+mod respond;
+mod retry;
+mod service;
+mod template;
+mod trace;
+
+pub use body::GatewayBody;
+pub use classify::{Classification, Classify, DefaultClassifier};
+pub use error::ProxyError;
+pub use future::ResponseFuture;
+pub use headers::{InvalidProxyName, ProxyName, RetryAfter, PROXY_STATUS};
+pub use kind::{Phase, ProxyErrorKind, UnknownProxyErrorKind};
+pub use layer::{GatewayErrorLayer, DEFAULT_PROXY_NAME};
+pub use negotiate::{negotiate, Format};
+pub use render::{ErrorView, RenderBody, DEFAULT_HTML, DEFAULT_PROBLEM_JSON, DEFAULT_TEXT};
+pub use retry::{RetryFacts, IDEMPOTENCY_KEY};
+pub use service::GatewayError;
+pub use template::{Template, TemplateError};
+
+/// The error type the layer accepts from inner services and bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

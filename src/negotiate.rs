@@ -1,0 +1,347 @@
+//! `Accept` → body [`Format`], per RFC 9110 §12.5.1.
+//!
+//! The parser is our own, for two reasons: it runs on every request (the layer negotiates before
+//! the outcome is known, because the request is gone by then), and the well-kept crates allocate
+//! for each media range (`mediatype` collects each range's parameters into a `Vec`). This one makes
+//! one pass over the bytes, allocates nothing, and is linear in the length of the header whatever
+//! the header holds: a hostile `Accept` costs what a long one does.
+//!
+//! Rules:
+//! - each format takes the quality of the most specific range that matches it
+//!   (`text/html` over `text/*` over `*/*`; a range with parameters over one without);
+//! - `q=0` means "not this"; a malformed range or q-value is ignored, not fatal;
+//! - several `Accept` field lines count as one list; names are case-insensitive;
+//! - ties go to the configured default format, then problem+json, HTML, text;
+//! - when nothing is acceptable the default format is used: an error is never turned into a 406.
+
+use http::HeaderValue;
+
+/// The form of a generated error body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// `application/problem+json` (RFC 9457), also served for `application/json`.
+    ProblemJson,
+    /// `text/html; charset=utf-8`, a page for people.
+    Html,
+    /// `text/plain; charset=utf-8`.
+    Text,
+}
+
+impl Format {
+    /// Every format, in the order used to break ties.
+    pub const ALL: [Format; 3] = [Format::ProblemJson, Format::Html, Format::Text];
+
+    /// The `Content-Type` of a body of this format.
+    pub const fn content_type(self) -> &'static str {
+        match self {
+            Format::ProblemJson => "application/problem+json",
+            Format::Html => "text/html; charset=utf-8",
+            Format::Text => "text/plain; charset=utf-8",
+        }
+    }
+
+    pub(crate) const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Picks the body format for the `Accept` field lines of a request.
+///
+/// ```
+/// use gateway_errors::{negotiate, Format};
+/// use http::HeaderValue;
+///
+/// let browser = HeaderValue::from_static(
+///     "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+/// );
+/// assert_eq!(negotiate([&browser], Format::ProblemJson), Format::Html);
+///
+/// let no_html = HeaderValue::from_static("text/html;q=0, text/*");
+/// assert_eq!(negotiate([&no_html], Format::ProblemJson), Format::Text);
+///
+/// // Nothing acceptable: the default, never a 406.
+/// let png = HeaderValue::from_static("image/png");
+/// assert_eq!(negotiate([&png], Format::ProblemJson), Format::ProblemJson);
+/// ```
+pub fn negotiate<'a, I>(accept: I, default: Format) -> Format
+where
+    I: IntoIterator<Item = &'a HeaderValue>,
+{
+    let mut best = [Match::NONE; CANDIDATES.len()];
+    let mut any = false;
+    for value in accept {
+        for range in split_list(value.as_bytes()) {
+            if let Some(range) = MediaRange::parse(range) {
+                any = true;
+                for (candidate, best) in CANDIDATES.iter().zip(best.iter_mut()) {
+                    let specificity = range.specificity_for(candidate);
+                    if specificity > best.specificity {
+                        *best = Match {
+                            specificity,
+                            quality: range.quality,
+                        };
+                    }
+                }
+            }
+        }
+    }
+    if !any {
+        return default;
+    }
+    let quality = |format: Format| -> u16 {
+        CANDIDATES
+            .iter()
+            .zip(best.iter())
+            .filter(|(candidate, _)| candidate.format == format)
+            .map(|(_, m)| m.quality)
+            .max()
+            .unwrap_or(0)
+    };
+    let mut chosen = default;
+    let mut chosen_quality = quality(default);
+    for format in Format::ALL {
+        let q = quality(format);
+        if q > chosen_quality {
+            chosen = format;
+            chosen_quality = q;
+        }
+    }
+    if chosen_quality == 0 {
+        default
+    } else {
+        chosen
+    }
+}
+
+struct Candidate {
+    ty: &'static [u8],
+    subtype: &'static [u8],
+    format: Format,
+}
+
+const CANDIDATES: [Candidate; 4] = [
+    Candidate {
+        ty: b"application",
+        subtype: b"problem+json",
+        format: Format::ProblemJson,
+    },
+    Candidate {
+        ty: b"application",
+        subtype: b"json",
+        format: Format::ProblemJson,
+    },
+    Candidate {
+        ty: b"text",
+        subtype: b"html",
+        format: Format::Html,
+    },
+    Candidate {
+        ty: b"text",
+        subtype: b"plain",
+        format: Format::Text,
+    },
+];
+
+#[derive(Clone, Copy)]
+struct Match {
+    /// 0: no range matched; 1: `*/*`; 2: `type/*`; 3: `type/subtype`; +1 with parameters.
+    specificity: u8,
+    /// The q-value in thousandths.
+    quality: u16,
+}
+
+impl Match {
+    const NONE: Match = Match {
+        specificity: 0,
+        quality: 0,
+    };
+}
+
+struct MediaRange<'a> {
+    ty: &'a [u8],
+    subtype: &'a [u8],
+    has_params: bool,
+    quality: u16,
+}
+
+impl<'a> MediaRange<'a> {
+    fn parse(element: &'a [u8]) -> Option<Self> {
+        let element = element.trim_ascii();
+        let (media, mut params) = match element.iter().position(|&b| b == b';') {
+            Some(i) => (&element[..i], &element[i + 1..]),
+            None => (element, &[][..]),
+        };
+        let media = media.trim_ascii();
+        let slash = media.iter().position(|&b| b == b'/')?;
+        let (ty, subtype) = (&media[..slash], &media[slash + 1..]);
+        if !is_token(ty) || !is_token(subtype) || (ty == b"*" && subtype != b"*") {
+            return None;
+        }
+        let mut range = MediaRange {
+            ty,
+            subtype,
+            has_params: false,
+            quality: 1000,
+        };
+        while !params.is_empty() {
+            let (param, rest) = next_param(params)?;
+            params = rest;
+            let (name, value) = param;
+            if name.eq_ignore_ascii_case(b"q") {
+                range.quality = parse_qvalue(value)?;
+                // Parameters after q are accept-ext (RFC 7231); they do not change the match.
+                break;
+            }
+            range.has_params = true;
+        }
+        Some(range)
+    }
+
+    fn specificity_for(&self, candidate: &Candidate) -> u8 {
+        let base = if self.ty == b"*" {
+            1
+        } else if !self.ty.eq_ignore_ascii_case(candidate.ty) {
+            return 0;
+        } else if self.subtype == b"*" {
+            2
+        } else if self.subtype.eq_ignore_ascii_case(candidate.subtype) {
+            3
+        } else {
+            return 0;
+        };
+        base * 2 + u8::from(self.has_params)
+    }
+}
+
+/// Splits a list on commas that are outside quoted strings.
+fn split_list(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(bytes);
+    std::iter::from_fn(move || {
+        let s = rest?;
+        let mut quoted = false;
+        let mut escaped = false;
+        for (i, &b) in s.iter().enumerate() {
+            if escaped {
+                escaped = false;
+            } else if quoted && b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                quoted = !quoted;
+            } else if b == b',' && !quoted {
+                rest = Some(&s[i + 1..]);
+                return Some(&s[..i]);
+            }
+        }
+        rest = None;
+        Some(s)
+    })
+}
+
+type Param<'a> = (&'a [u8], &'a [u8]);
+
+/// One `name=value` parameter and what follows it. Values may be quoted strings.
+fn next_param(s: &[u8]) -> Option<(Param<'_>, &[u8])> {
+    let s = s.trim_ascii_start();
+    let eq = s.iter().position(|&b| b == b'=')?;
+    let name = s[..eq].trim_ascii();
+    if !is_token(name) {
+        return None;
+    }
+    let after = s[eq + 1..].trim_ascii_start();
+    let (value, rest) = if after.first() == Some(&b'"') {
+        let mut escaped = false;
+        let mut end = None;
+        for (i, &b) in after.iter().enumerate().skip(1) {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                end = Some(i);
+                break;
+            }
+        }
+        let end = end?;
+        (&after[1..end], &after[end + 1..])
+    } else {
+        let end = after.iter().position(|&b| b == b';').unwrap_or(after.len());
+        (after[..end].trim_ascii(), &after[end..])
+    };
+    let rest = rest.trim_ascii_start();
+    let rest = match rest.first() {
+        None => rest,
+        Some(b';') => &rest[1..],
+        Some(_) => return None,
+    };
+    Some(((name, value), rest))
+}
+
+/// `qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] )`, in thousandths.
+fn parse_qvalue(value: &[u8]) -> Option<u16> {
+    let (&first, rest) = value.split_first()?;
+    let decimals = match rest {
+        [] => &[][..],
+        [b'.', decimals @ ..] if decimals.len() <= 3 => decimals,
+        _ => return None,
+    };
+    if !decimals.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    match first {
+        b'1' if decimals.iter().all(|&d| d == b'0') => Some(1000),
+        b'0' => {
+            let mut thousandths = 0u16;
+            for i in 0..3 {
+                thousandths = thousandths * 10 + decimals.get(i).map_or(0, |d| u16::from(d - b'0'));
+            }
+            Some(thousandths)
+        }
+        _ => None,
+    }
+}
+
+fn is_token(s: &[u8]) -> bool {
+    !s.is_empty()
+        && s.iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pick(accept: &str) -> Format {
+        negotiate([&HeaderValue::from_str(accept).unwrap()], Format::ProblemJson)
+    }
+
+    #[test]
+    fn q_values_parse_strictly() {
+        assert_eq!(parse_qvalue(b"0"), Some(0));
+        assert_eq!(parse_qvalue(b"0.5"), Some(500));
+        assert_eq!(parse_qvalue(b"0.123"), Some(123));
+        assert_eq!(parse_qvalue(b"1.000"), Some(1000));
+        assert_eq!(parse_qvalue(b"1.001"), None);
+        assert_eq!(parse_qvalue(b"0.1234"), None);
+        assert_eq!(parse_qvalue(b"2"), None);
+        assert_eq!(parse_qvalue(b"-0"), None);
+        assert_eq!(parse_qvalue(b""), None);
+    }
+
+    #[test]
+    fn specificity_beats_order() {
+        assert_eq!(pick("*/*;q=0.1, text/*;q=0.5, text/html;q=0"), Format::Text);
+        assert_eq!(pick("text/*;q=0.2, application/json;q=0.1"), Format::Html);
+    }
+
+    #[test]
+    fn quoted_commas_do_not_split() {
+        assert_eq!(pick("text/html;x=\"a,b\";q=0, text/plain"), Format::Text);
+    }
+
+    #[test]
+    fn several_field_lines_form_one_list() {
+        let a = HeaderValue::from_static("text/html;q=0.1");
+        let b = HeaderValue::from_static("text/plain;q=0.9");
+        assert_eq!(negotiate([&a, &b], Format::ProblemJson), Format::Text);
+    }
+}
