@@ -146,6 +146,7 @@ where
 /// | hyper: timeout | `http_response_timeout` |
 /// | `tower::load_shed::error::Overloaded` | `connection_limit_reached` |
 /// | `tower::buffer::error::Closed` | `destination_unavailable` |
+/// | a [`ProxyError`](crate::ProxyError) | its own classification, status included |
 ///
 /// Any failure inside hyper-util's connect step (its error says `is_connect()`) counts as
 /// [`Phase::NotSent`], whatever its kind, because no byte of the request was written.
@@ -168,6 +169,10 @@ impl Classify for DefaultClassifier {
                 break;
             }
             depth += 1;
+            // An inner service that knows exactly what went wrong says so with a ProxyError.
+            if let Some(decided) = err.downcast_ref::<crate::ProxyError>() {
+                return Some(decided.classification());
+            }
             if let Some(found) = walk.visit(err) {
                 return Some(walk.finish(found));
             }

@@ -38,7 +38,9 @@ impl ProxyName {
             return Err(InvalidProxyName(()));
         }
         if is_sf_token(name) {
-            return Ok(ProxyName { member: name.into() });
+            return Ok(ProxyName {
+                member: name.into(),
+            });
         }
         if !name.bytes().all(|b| (0x20..0x7f).contains(&b)) {
             return Err(InvalidProxyName(()));
@@ -240,7 +242,9 @@ mod tests {
 
     #[test]
     fn appends_after_upstream_members() {
-        let upstream = [HeaderValue::from_static("origin-lb; error=http_response_timeout ")];
+        let upstream = [HeaderValue::from_static(
+            "origin-lb; error=http_response_timeout ",
+        )];
         let ours = HeaderValue::from_static("edge-1; received-status=504");
         assert_eq!(
             append_member(upstream.iter(), &ours),

@@ -215,7 +215,9 @@ impl GatewayErrorLayer {
         status: StatusCode,
         after: impl Into<RetryAfter>,
     ) -> Self {
-        self.config().retry.set_after_for_status(status, after.into());
+        self.config()
+            .retry
+            .set_after_for_status(status, after.into());
         self
     }
 

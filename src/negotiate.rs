@@ -311,7 +311,10 @@ mod tests {
     use super::*;
 
     fn pick(accept: &str) -> Format {
-        negotiate([&HeaderValue::from_str(accept).unwrap()], Format::ProblemJson)
+        negotiate(
+            [&HeaderValue::from_str(accept).unwrap()],
+            Format::ProblemJson,
+        )
     }
 
     #[test]

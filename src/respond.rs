@@ -176,12 +176,19 @@ fn generate<B>(
     };
     let body = config.templates.render(&view, facts.format);
 
+    // RFC 9110 §6.4.1: 1xx, 204 and 304 never carry content; a classifier could pick one.
+    let bodiless_status = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
     let mut headers = HeaderMap::with_capacity(8);
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(facts.format.content_type()),
-    );
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    if !bodiless_status {
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(facts.format.content_type()),
+        );
+        // For HEAD, the length a GET would have had (RFC 9110 §8.6).
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::VARY, HeaderValue::from_static("accept"));
     let ours = match received {
@@ -212,7 +219,7 @@ fn generate<B>(
 
     record(pending, &error, received.is_some());
 
-    let body = if facts.is_head {
+    let body = if facts.is_head || bodiless_status {
         GatewayBody::generated(bytes::Bytes::new())
     } else {
         GatewayBody::generated(body)

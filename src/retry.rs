@@ -127,12 +127,10 @@ impl RetryRules {
         status: StatusCode,
     ) -> Option<RetryAfter> {
         let by_kind = kind.and_then(|kind| self.after_by_kind.iter().find(|(k, _)| *k == kind));
-        by_kind
-            .map(|(_, after)| *after)
-            .or_else(|| {
-                let by_status = self.after_by_status.iter().find(|(s, _)| *s == status);
-                by_status.map(|(_, after)| *after)
-            })
+        by_kind.map(|(_, after)| *after).or_else(|| {
+            let by_status = self.after_by_status.iter().find(|(s, _)| *s == status);
+            by_status.map(|(_, after)| *after)
+        })
     }
 }
 
@@ -170,7 +168,8 @@ pub(crate) fn is_sf_string_item(value: &[u8]) -> bool {
             b'"' => {
                 let after = &rest[i + 1..];
                 // An empty key identifies nothing.
-                return len > 0 && (after.is_empty() || after.first() == Some(&b';'))
+                return len > 0
+                    && (after.is_empty() || after.first() == Some(&b';'))
                     && !after.contains(&b',');
             }
             0x20..=0x7e => len += 1,
@@ -186,7 +185,9 @@ mod tests {
 
     #[test]
     fn idempotency_keys_must_be_sf_strings() {
-        assert!(is_sf_string_item(br#""8e03978e-40d5-43e8-bc93-6894a57f9324""#));
+        assert!(is_sf_string_item(
+            br#""8e03978e-40d5-43e8-bc93-6894a57f9324""#
+        ));
         assert!(is_sf_string_item(br#" "a\"b" "#));
         assert!(!is_sf_string_item(b"8e03978e"));
         assert!(!is_sf_string_item(br#""""#));

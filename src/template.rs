@@ -135,7 +135,11 @@ impl Template {
         match serde_json::from_slice::<serde_json::Value>(&out) {
             Ok(serde_json::Value::Object(_)) => Ok(template),
             Ok(_) => Err(TemplateError::new(source, 0, ErrorKind::NotAnObject)),
-            Err(e) => Err(TemplateError::new(source, 0, ErrorKind::InvalidJson(e.to_string()))),
+            Err(e) => Err(TemplateError::new(
+                source,
+                0,
+                ErrorKind::InvalidJson(e.to_string()),
+            )),
         }
     }
 
@@ -187,11 +191,17 @@ impl Template {
                         None => parts.push(Part::Field(field)),
                         Some(b'/') => {
                             let Some((_, open_index)) = open_sections.pop() else {
-                                return Err(TemplateError::new(source, i, ErrorKind::UnopenedSection));
+                                return Err(TemplateError::new(
+                                    source,
+                                    i,
+                                    ErrorKind::UnopenedSection,
+                                ));
                             };
                             let after = parts.len();
                             match &mut parts[open_index] {
-                                Part::Section { field: open, end, .. } if *open == field => {
+                                Part::Section {
+                                    field: open, end, ..
+                                } if *open == field => {
                                     *end = after;
                                 }
                                 _ => {
@@ -224,7 +234,11 @@ impl Template {
             }
         }
         if let Some((open_at, _)) = open_sections.pop() {
-            return Err(TemplateError::new(source, open_at, ErrorKind::UnclosedSection));
+            return Err(TemplateError::new(
+                source,
+                open_at,
+                ErrorKind::UnclosedSection,
+            ));
         }
         flush(&text, &mut parts, literal_start);
         Ok(Template {
@@ -467,7 +481,9 @@ mod tests {
 
     #[test]
     fn sections_show_only_present_values() {
-        let t = Template::text("a{#request_id}[{request_id}]{/request_id}{^request_id}-{/request_id}b").unwrap();
+        let t =
+            Template::text("a{#request_id}[{request_id}]{/request_id}{^request_id}-{/request_id}b")
+                .unwrap();
         let mut out = Vec::new();
         t.render(&ErrorView::sample(), &mut out);
         assert_eq!(out, b"a[<req \"1\">]b");
