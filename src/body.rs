@@ -71,7 +71,7 @@ where
         let this = self.project();
         match this.inner.project() {
             InnerProj::Generated { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            InnerProj::Origin { body } => match body.poll_frame(cx) {
+            InnerProj::Origin { mut body } => match body.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Err(error))) => {
                     let error = error.into();
                     if let Some(observer) = this.observer.take() {
@@ -84,6 +84,16 @@ where
                         observer.completed();
                     }
                     Poll::Ready(None)
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    // A server stops polling once `is_end_stream` says the body is done, so the
+                    // end may never be seen as `None`.
+                    if body.is_end_stream() {
+                        if let Some(observer) = this.observer.take() {
+                            observer.completed();
+                        }
+                    }
+                    Poll::Ready(Some(Ok(frame)))
                 }
                 other => other.map_err(Into::into),
             },

@@ -146,10 +146,19 @@ where
 /// | hyper: timeout | `http_response_timeout` |
 /// | `tower::load_shed::error::Overloaded` | `connection_limit_reached` |
 /// | `tower::buffer::error::Closed` | `destination_unavailable` |
+/// | `h2`: `RST_STREAM(REFUSED_STREAM)` (feature `http2`) | `destination_unavailable`, not sent |
+/// | `h2`: the stream was above a GOAWAY's last stream id (feature `http2`) | `destination_unavailable`, not sent |
 /// | a [`ProxyError`](crate::ProxyError) | its own classification, status included |
 ///
 /// Any failure inside hyper-util's connect step (its error says `is_connect()`) counts as
 /// [`Phase::NotSent`], whatever its kind, because no byte of the request was written.
+///
+/// With the `http2` feature, two HTTP/2 errors count as [`Phase::NotSent`] too, because the
+/// protocol guarantees that the server did not process the stream (RFC 9113 §8.7): a reset with
+/// `REFUSED_STREAM`, and a stream whose id is above the last stream id of a GOAWAY the server sent.
+/// h2 reports the second case to each such stream as a GOAWAY error received from the peer; a
+/// stream at or below the last id is left to finish, and fails with an I/O error if the connection
+/// then closes (`connection_terminated`, may have been sent).
 ///
 /// hyper reports "closed before the head was complete" the same way whether or not some of the
 /// head had arrived; the classifier calls it `connection_terminated`, the common case (the upstream
@@ -192,12 +201,14 @@ struct Walk<'a> {
     fallback: Option<ProxyErrorKind>,
     /// `io::Error::source()` skips the error it wraps; the walk visits it explicitly.
     io_inner: Option<&'a (dyn StdError + 'static)>,
+    /// The protocol says the upstream did not process the request (HTTP/2 `REFUSED_STREAM`).
+    refused_by_protocol: bool,
 }
 
 impl<'a> Walk<'a> {
     fn finish(&self, kind: ProxyErrorKind) -> Classification {
         let classification = Classification::new(kind);
-        if self.connecting {
+        if self.connecting || self.refused_by_protocol {
             classification.with_phase(Phase::NotSent)
         } else {
             classification
@@ -249,6 +260,18 @@ impl<'a> Walk<'a> {
         }
         if err.is::<tower::buffer::error::Closed>() {
             return Some(DestinationUnavailable);
+        }
+        #[cfg(feature = "http2")]
+        if let Some(e) = err.downcast_ref::<h2::Error>() {
+            // RFC 9113 §8.7: both mean the server did not process the stream. A GOAWAY error from
+            // the peer reaches a stream only when its id was above the GOAWAY's last stream id
+            // (or it was opened after the GOAWAY arrived); streams at or below it run on.
+            let refused = e.reason() == Some(h2::Reason::REFUSED_STREAM);
+            if refused || (e.is_go_away() && e.is_remote()) {
+                self.refused_by_protocol = true;
+                return Some(DestinationUnavailable);
+            }
+            return None;
         }
         #[cfg(feature = "reqwest")]
         if let Some(e) = err.downcast_ref::<reqwest::Error>() {
@@ -357,6 +380,19 @@ mod tests {
             default(&wrapped),
             Some(ProxyErrorKind::ConnectionLimitReached)
         );
+    }
+
+    #[cfg(feature = "http2")]
+    #[test]
+    fn h2_refused_stream_was_not_sent() {
+        let refused = h2::Error::from(h2::Reason::REFUSED_STREAM);
+        let c = DefaultClassifier.classify(&refused).unwrap();
+        assert_eq!(c.kind(), Some(ProxyErrorKind::DestinationUnavailable));
+        assert_eq!(c.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(c.phase(), Phase::NotSent);
+        // Any other reset may have been processed: not recognised here.
+        let cancel = h2::Error::from(h2::Reason::CANCEL);
+        assert_eq!(DefaultClassifier.classify(&cancel), None);
     }
 
     #[test]

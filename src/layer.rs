@@ -8,6 +8,7 @@ use http::{HeaderName, Method, StatusCode};
 use tower_layer::Layer;
 use tracing::Level;
 
+use crate::cache::BodyCache;
 use crate::classify::Classify;
 use crate::headers::{ProxyName, ProxyStatusValues, RetryAfter};
 use crate::kind::ProxyErrorKind;
@@ -54,6 +55,8 @@ pub(crate) struct Config {
     pub(crate) retry: RetryRules,
     pub(crate) intercept: StatusSet,
     pub(crate) keep_on_rewrite: Vec<HeaderName>,
+    /// Empty again in every changed configuration (its `Clone` makes an empty one).
+    pub(crate) body_cache: BodyCache,
 }
 
 impl Default for GatewayErrorLayer {
@@ -87,6 +90,7 @@ impl GatewayErrorLayer {
                     http::header::ALLOW,
                 ]
                 .into(),
+                body_cache: BodyCache::default(),
             }),
         }
     }
@@ -233,18 +237,14 @@ impl GatewayErrorLayer {
     /// use gateway_errors::GatewayErrorLayer;
     ///
     /// let layer = GatewayErrorLayer::new().intercept_origin_errors(500..=599);
-    /// let layer = layer.intercept_origin_errors([http::StatusCode::NOT_FOUND]);
+    /// let layer = layer.intercept_origin_errors([404, 410]);
     /// # let _ = layer;
     /// ```
     ///
     /// [`keep_header_on_rewrite`]: GatewayErrorLayer::keep_header_on_rewrite
-    pub fn intercept_origin_errors<I>(mut self, statuses: I) -> Self
-    where
-        I: IntoIterator,
-        I::Item: Into<u16>,
-    {
+    pub fn intercept_origin_errors(mut self, statuses: impl IntoIterator<Item = u16>) -> Self {
         for status in statuses {
-            self.config().intercept.insert(status.into());
+            self.config().intercept.insert(status);
         }
         self
     }

@@ -82,6 +82,7 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 mod body;
+mod cache;
 mod classify;
 mod error;
 mod future;
@@ -92,6 +93,7 @@ mod negotiate;
 mod render;
 mod respond;
 mod retry;
+mod retry_policy;
 mod service;
 mod template;
 mod trace;
@@ -106,6 +108,7 @@ pub use layer::{GatewayErrorLayer, DEFAULT_PROXY_NAME};
 pub use negotiate::{negotiate, Format};
 pub use render::{ErrorView, RenderBody, DEFAULT_HTML, DEFAULT_PROBLEM_JSON, DEFAULT_TEXT};
 pub use retry::{RetryFacts, IDEMPOTENCY_KEY};
+pub use retry_policy::{ReplayBody, RetryDelay, RetryPolicy};
 pub use service::GatewayError;
 pub use template::{Template, TemplateError};
 

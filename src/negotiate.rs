@@ -9,6 +9,9 @@
 //! Rules:
 //! - each format takes the quality of the most specific range that matches it
 //!   (`text/html` over `text/*` over `*/*`; a range with parameters over one without);
+//! - a range matches only if its parameters hold for the body: `charset=utf-8` does, anything
+//!   else (`text/html;level=1`) does not;
+//! - `application/json` asks for problem+json, unless `application/problem+json` is named too;
 //! - `q=0` means "not this"; a malformed range or q-value is ignored, not fatal;
 //! - several `Accept` field lines count as one list; names are case-insensitive;
 //! - ties go to the configured default format, then problem+json, HTML, text;
@@ -88,14 +91,22 @@ where
     if !any {
         return default;
     }
+    // A format served for several media types (problem+json also answers `application/json`)
+    // takes the quality of its most specific match; on a tie, the type it is served as wins, so
+    // `application/problem+json;q=0` refuses JSON whatever `application/json` says.
     let quality = |format: Format| -> u16 {
         CANDIDATES
             .iter()
             .zip(best.iter())
             .filter(|(candidate, _)| candidate.format == format)
-            .map(|(_, m)| m.quality)
-            .max()
-            .unwrap_or(0)
+            .fold(Match::NONE, |chosen, (_, m)| {
+                if m.specificity > chosen.specificity {
+                    *m
+                } else {
+                    chosen
+                }
+            })
+            .quality
     };
     let mut chosen = default;
     let mut chosen_quality = quality(default);
@@ -161,6 +172,9 @@ struct MediaRange<'a> {
     ty: &'a [u8],
     subtype: &'a [u8],
     has_params: bool,
+    /// Every parameter is one that the served bodies have: `charset=utf-8`. A range with any
+    /// other parameter (`text/html;level=1`) matches none of them (RFC 9110 §12.5.1).
+    params_match: bool,
     quality: u16,
 }
 
@@ -181,6 +195,7 @@ impl<'a> MediaRange<'a> {
             ty,
             subtype,
             has_params: false,
+            params_match: true,
             quality: 1000,
         };
         while !params.is_empty() {
@@ -193,11 +208,16 @@ impl<'a> MediaRange<'a> {
                 break;
             }
             range.has_params = true;
+            range.params_match &=
+                name.eq_ignore_ascii_case(b"charset") && value.eq_ignore_ascii_case(b"utf-8");
         }
         Some(range)
     }
 
     fn specificity_for(&self, candidate: &Candidate) -> u8 {
+        if !self.params_match {
+            return 0;
+        }
         let base = if self.ty == b"*" {
             1
         } else if !self.ty.eq_ignore_ascii_case(candidate.ty) {
@@ -300,10 +320,37 @@ fn parse_qvalue(value: &[u8]) -> Option<u16> {
     }
 }
 
+/// RFC 9110 `tchar`, one lookup per byte: negotiation runs on every request.
+static TCHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        b += 1;
+    }
+    table
+};
+
 fn is_token(s: &[u8]) -> bool {
-    !s.is_empty()
-        && s.iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !s.is_empty() && s.iter().all(|&b| TCHAR[usize::from(b)])
 }
 
 #[cfg(test)]
@@ -339,6 +386,20 @@ mod tests {
     #[test]
     fn quoted_commas_do_not_split() {
         assert_eq!(pick("text/html;x=\"a,b\";q=0, text/plain"), Format::Text);
+    }
+
+    #[test]
+    fn parameters_must_hold_for_the_body() {
+        // RFC 9110 §12.5.1: `text/html;level=1` does not match a body without that parameter.
+        let pick_html = "text/html;level=1;q=0, text/html;q=0.7, text/plain;q=0.5";
+        assert_eq!(pick(pick_html), Format::Html);
+        assert_eq!(pick("text/html;level=1, text/plain;q=0.5"), Format::Text);
+        assert_eq!(
+            pick("text/html;charset=UTF-8, text/plain;q=0.5"),
+            Format::Html
+        );
+        let refused = "application/problem+json;q=0, application/json, text/plain;q=0.1";
+        assert_eq!(pick(refused), Format::Text);
     }
 
     #[test]

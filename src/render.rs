@@ -25,7 +25,71 @@ pub struct ErrorView<'a> {
     pub(crate) proxy: &'a str,
 }
 
+impl ErrorView<'static> {
+    /// A view of an error of `kind` (or of an unrecognised error, for `None`) with the kind's
+    /// status and detail, not retryable, no request id, proxy name `gateway`. For rendering a
+    /// template outside the layer, e.g. to test it:
+    ///
+    /// ```
+    /// use gateway_errors::{ErrorView, ProxyErrorKind, Template};
+    ///
+    /// let page = Template::text("{status} {title}: {detail}").unwrap();
+    /// let view = ErrorView::new(Some(ProxyErrorKind::HttpResponseTimeout)).with_retryable(true);
+    /// let mut body = Vec::new();
+    /// page.render(&view, &mut body);
+    /// assert_eq!(body, b"504 Gateway Timeout: The upstream server did not respond in time.");
+    /// ```
+    pub fn new(kind: Option<ProxyErrorKind>) -> Self {
+        ErrorView {
+            status: kind.map_or(StatusCode::BAD_GATEWAY, ProxyErrorKind::status),
+            kind,
+            detail: kind.map_or(UNRECOGNIZED_DETAIL, ProxyErrorKind::detail),
+            request_id: None,
+            retryable: false,
+            retry_after_seconds: None,
+            proxy: crate::layer::DEFAULT_PROXY_NAME,
+        }
+    }
+}
+
 impl<'a> ErrorView<'a> {
+    /// The same view with another status.
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+
+    /// The same view with a request id.
+    pub fn with_request_id<'b>(self, request_id: &'b str) -> ErrorView<'b>
+    where
+        'a: 'b,
+    {
+        ErrorView {
+            request_id: Some(request_id),
+            ..self
+        }
+    }
+
+    /// The same view with another retry hint.
+    pub fn with_retryable(mut self, retryable: bool) -> Self {
+        self.retryable = retryable;
+        self
+    }
+
+    /// The same view with an advised delay before a retry.
+    pub fn with_retry_after_seconds(mut self, seconds: u64) -> Self {
+        self.retry_after_seconds = Some(seconds);
+        self
+    }
+
+    /// The same view with another proxy name.
+    pub fn with_proxy<'b>(self, proxy: &'b str) -> ErrorView<'b>
+    where
+        'a: 'b,
+    {
+        ErrorView { proxy, ..self }
+    }
+
     /// The status code of the response.
     pub fn status(&self) -> StatusCode {
         self.status
@@ -218,9 +282,26 @@ impl Templates {
             return body;
         }
         let template = self.pick(view, format);
-        let mut out = Vec::with_capacity(template.size_hint());
-        template.render(view, &mut out);
-        Bytes::from(out)
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        // Render into a buffer reused by the thread, then copy once: one allocation of the exact
+        // size, where a fresh `Vec` would grow and then need a second one to become `Bytes`.
+        SCRATCH.with_borrow_mut(|scratch| {
+            scratch.clear();
+            scratch.reserve(template.size_hint());
+            template.render(view, scratch);
+            let body = Bytes::copy_from_slice(scratch);
+            if scratch.capacity() > 64 * 1024 {
+                *scratch = Vec::new();
+            }
+            body
+        })
+    }
+
+    /// Whether a custom renderer is set (its output is never cached: it may vary per request).
+    pub(crate) fn has_renderer(&self) -> bool {
+        self.renderer.is_some()
     }
 }
 

@@ -9,13 +9,15 @@ use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
+use http_body::Body;
 use tracing::Level;
 
 use crate::body::GatewayBody;
+use crate::cache::CachedBody;
 use crate::classify::{classify, Classification};
 use crate::error::{ErrorChain, PendingProxyError, ProxyError};
 use crate::future::Pending;
-use crate::headers::{append_member, PROXY_STATUS};
+use crate::headers::{append_member, RetryAfter, PROXY_STATUS};
 use crate::kind::{Phase, ProxyErrorKind};
 use crate::layer::Config;
 use crate::negotiate::{negotiate, Format};
@@ -26,7 +28,7 @@ use crate::BoxError;
 
 /// What the response will need from the request, read once in `call`, without allocating.
 pub(crate) struct RequestFacts {
-    format: Format,
+    accept: AcceptSnapshot,
     is_head: bool,
     idempotent_method: bool,
     idempotency_key: bool,
@@ -42,13 +44,32 @@ impl RequestFacts {
             .get::<tower_http::request_id::RequestId>()
             .map(|id| id.header_value().clone())
             .or_else(|| headers.get(&config.request_id_header).cloned());
+        let mut accept_lines = headers.get_all(header::ACCEPT).iter();
+        let accept = match (accept_lines.next(), accept_lines.next()) {
+            (None, _) => AcceptSnapshot::Absent,
+            (Some(line), None) => AcceptSnapshot::One(line.clone()),
+            // Several lines are rare: negotiate now rather than keep them all.
+            _ => AcceptSnapshot::Decided(negotiate(
+                headers.get_all(header::ACCEPT),
+                config.default_format,
+            )),
+        };
         RequestFacts {
-            format: negotiate(headers.get_all(header::ACCEPT), config.default_format),
+            accept,
             is_head: request.method() == Method::HEAD,
             idempotent_method: config.retry.is_idempotent(request.method()),
             idempotency_key: headers.contains_key(&crate::retry::IDEMPOTENCY_KEY)
                 && has_idempotency_key(headers),
             request_id,
+        }
+    }
+
+    /// The body format, negotiated only now that an error needs a body.
+    fn format(&self, default: Format) -> Format {
+        match &self.accept {
+            AcceptSnapshot::Absent => default,
+            AcceptSnapshot::One(line) => negotiate([line], default),
+            AcceptSnapshot::Decided(format) => *format,
         }
     }
 
@@ -59,6 +80,13 @@ impl RequestFacts {
         let sane = !id.is_empty() && id.len() <= 200 && id.bytes().all(|b| b.is_ascii_graphic());
         sane.then_some(id)
     }
+}
+
+/// The request's `Accept`, kept so that a successful request never pays for negotiation.
+enum AcceptSnapshot {
+    Absent,
+    One(HeaderValue),
+    Decided(Format),
 }
 
 pub(crate) enum Outcome<B> {
@@ -79,8 +107,8 @@ impl fmt::Display for UpstreamTimedOut {
 
 impl StdError for UpstreamTimedOut {}
 
-pub(crate) fn finish<B>(pending: Pending, outcome: Outcome<B>) -> Response<GatewayBody<B>> {
-    let elapsed_ms = pending.started.elapsed().as_millis() as u64;
+pub(crate) fn finish<B: Body>(pending: Pending, outcome: Outcome<B>) -> Response<GatewayBody<B>> {
+    let elapsed_ms = i64::try_from(pending.started.elapsed().as_millis()).unwrap_or(i64::MAX);
     pending.span.record("gateway.upstream_ms", elapsed_ms);
     match outcome {
         Outcome::Response(mut response) => {
@@ -91,7 +119,8 @@ pub(crate) fn finish<B>(pending: Pending, outcome: Outcome<B>) -> Response<Gatew
                 return generate(&pending, error, Some(&parts.headers), None);
             }
             let status = response.status();
-            if pending.config.intercept.contains(status) {
+            let generated_inside = response.extensions().get::<Generated>().is_some();
+            if pending.config.intercept.contains(status) && !generated_inside {
                 let (parts, _) = response.into_parts();
                 let error = ProxyError::from_classification(
                     Classification::unrecognized()
@@ -117,16 +146,29 @@ pub(crate) fn finish<B>(pending: Pending, outcome: Outcome<B>) -> Response<Gatew
 }
 
 /// An origin response: status, headers and body go on unchanged; the body is only observed.
-fn forward<B>(pending: Pending, response: Response<B>) -> Response<GatewayBody<B>> {
+fn forward<B: Body>(pending: Pending, response: Response<B>) -> Response<GatewayBody<B>> {
     let span = pending.span;
     let status = response.status();
-    span.record("http.response.status_code", status.as_u16());
+    span.record("http.response.status_code", i64::from(status.as_u16()));
     span.record("gateway.generated", false);
     if status.is_server_error() {
         span.record("error.type", status.as_str());
         span.record("otel.status_code", "ERROR");
     }
-    response.map(|body| GatewayBody::origin(body, BodyObserver::new(span)))
+    // A server never polls a body it will not send (HEAD, 1xx, 204, 304, or one that is already
+    // at its end): the response is complete with its head, and dropping that body is no
+    // cancellation.
+    let no_body = pending.facts.is_head
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || response.body().is_end_stream();
+    let observer = if no_body {
+        None
+    } else {
+        BodyObserver::new(span)
+    };
+    response.map(|body| GatewayBody::origin(body, observer))
 }
 
 /// A generated error response. `rewritten` holds the headers of the response it replaces (a
@@ -140,6 +182,7 @@ fn generate<B>(
 ) -> Response<GatewayBody<B>> {
     let config = &pending.config;
     let facts = &pending.facts;
+    let format = facts.format(config.default_format);
     let status = error.status();
     let kind = error.kind();
 
@@ -150,7 +193,15 @@ fn generate<B>(
         idempotency_key: facts.idempotency_key,
     };
     let retryable = config.retry.retryable(&retry_facts);
-    let retry_after = config.retry.retry_after(kind, status);
+    // An origin's (or a handler's) own Retry-After is kept on a rewrite and wins over ours, so the
+    // body and the extension state the delay the header sends.
+    let kept_retry_after = rewritten
+        .and_then(|old| old.get(header::RETRY_AFTER))
+        .filter(|_| config.keep_on_rewrite.contains(&header::RETRY_AFTER));
+    let retry_after = match kept_retry_after {
+        Some(value) => RetryAfter::parse(value.as_bytes()),
+        None => config.retry.retry_after(kind, status),
+    };
     let error = error.with_retry_hint(retryable, retry_after);
 
     let detail = match (kind, received) {
@@ -174,20 +225,42 @@ fn generate<B>(
         }),
         proxy: &config.proxy_name,
     };
-    let body = config.templates.render(&view, facts.format);
+    // A rewritten response may carry its own Retry-After, which the body states: not cached.
+    let cacheable = view.request_id.is_none()
+        && rewritten.is_none()
+        && !config.templates.has_renderer()
+        && status == kind.map_or(StatusCode::BAD_GATEWAY, ProxyErrorKind::status)
+        && !matches!(retry_after, Some(RetryAfter::At(_)));
+    let rendered = if cacheable {
+        let render = || config.templates.render(&view, format);
+        config
+            .body_cache
+            .get_or_render(format, kind, retryable, render)
+    } else {
+        CachedBody::new(config.templates.render(&view, format))
+    };
 
     // RFC 9110 §6.4.1: 1xx, 204 and 304 never carry content; a classifier could pick one.
     let bodiless_status = status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let mut headers = HeaderMap::with_capacity(8);
+    // Five fields always; room for Retry-After, and for what a rewrite keeps. A map sized to fit
+    // allocates a third of what the next power of two would.
+    let kept = rewritten.map_or(0, |old| {
+        config
+            .keep_on_rewrite
+            .iter()
+            .map(|name| old.get_all(name).iter().count())
+            .sum()
+    });
+    let mut headers = HeaderMap::with_capacity(6 + kept);
     if !bodiless_status {
         headers.insert(
             header::CONTENT_TYPE,
-            HeaderValue::from_static(facts.format.content_type()),
+            HeaderValue::from_static(format.content_type()),
         );
         // For HEAD, the length a GET would have had (RFC 9110 §8.6).
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        headers.insert(header::CONTENT_LENGTH, rendered.content_length);
     }
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::VARY, HeaderValue::from_static("accept"));
@@ -213,7 +286,7 @@ fn generate<B>(
             headers.insert(PROXY_STATUS.clone(), ours);
         }
     }
-    if let Some(after) = retry_after {
+    if let (Some(after), None) = (retry_after, kept_retry_after) {
         headers.insert(header::RETRY_AFTER, after.to_header_value());
     }
 
@@ -222,7 +295,7 @@ fn generate<B>(
     let body = if facts.is_head || bodiless_status {
         GatewayBody::generated(bytes::Bytes::new())
     } else {
-        GatewayBody::generated(body)
+        GatewayBody::generated(rendered.body)
     };
     let mut response = Response::new(body);
     *response.status_mut() = status;
@@ -230,8 +303,15 @@ fn generate<B>(
     if received.is_none() {
         response.extensions_mut().insert(error);
     }
+    // Zero-sized: costs no allocation once the map exists.
+    response.extensions_mut().insert(Generated);
     response
 }
+
+/// Marks a response this crate generated, so that an outer layer that intercepts origin errors
+/// leaves it alone instead of rendering it a second time.
+#[derive(Clone, Copy)]
+struct Generated;
 
 /// `<name>; received-status=<code>`, for an origin error whose body was replaced.
 fn received_status_member(config: &Config, received: StatusCode) -> HeaderValue {
@@ -252,7 +332,8 @@ fn record(pending: &Pending, error: &ProxyError, intercepted: bool) {
         Some(kind) => kind.token(),
         None => status.as_str(),
     };
-    span.record("http.response.status_code", status.as_u16());
+    // Integers as i64: tracing-opentelemetry exports u64 fields as strings.
+    span.record("http.response.status_code", i64::from(status.as_u16()));
     span.record("error.type", error_type);
     span.record("gateway.generated", true);
     span.record("gateway.retryable", error.is_retryable());
@@ -276,7 +357,7 @@ fn record(pending: &Pending, error: &ProxyError, intercepted: bool) {
                 parent: span,
                 $level,
                 error.type = error_type,
-                http.response.status_code = status.as_u16(),
+                http.response.status_code = i64::from(status.as_u16()),
                 gateway.retryable = error.is_retryable(),
                 gateway.phase = error.phase().as_str(),
                 error = cause.as_ref().map(tracing::field::display),

@@ -1,0 +1,207 @@
+//! Heap allocations per request: the same inner service bare and wrapped in the layer.
+//!
+//! `cargo bench --bench allocations` prints one row per case. A counting global allocator counts
+//! every allocation made while requests are served (request construction is done before the
+//! window opens); the difference between `layered` and `bare` is what the layer costs.
+//!
+//! No tracing subscriber is installed, as in a service whose spans are filtered out; a subscriber
+//! that records spans allocates for them on its own account.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::convert::Infallible;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use gateway_errors::GatewayErrorLayer;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tower::{Layer, Service, ServiceExt};
+
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+static BYTES: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
+        }
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            BYTES.fetch_add(new_size as u64, Ordering::Relaxed);
+        }
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const REQUESTS: usize = 10_000;
+
+fn requests(accept: Option<&'static str>) -> Vec<Request<Full<Bytes>>> {
+    (0..REQUESTS)
+        .map(|_| {
+            let mut builder = Request::get("http://127.0.0.1/ok");
+            if let Some(accept) = accept {
+                // Header values parsed by hyper share its read buffer, so the layer's clone of
+                // one is a reference-count bump; a static value behaves the same. (A value copied
+                // from a `&str` allocates once on its first clone, whoever clones it.)
+                builder = builder.header(http::header::ACCEPT, HeaderValue::from_static(accept));
+            }
+            builder
+                .body(Full::new(Bytes::new()))
+                .expect("valid request")
+        })
+        .collect()
+}
+
+/// Reads a body to its end, dropping each frame (collecting would allocate a buffer list of its
+/// own for every non-empty body and blur the count).
+async fn drain<B>(body: B)
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    let mut body = std::pin::pin!(body);
+    while let Some(frame) = body.frame().await {
+        drop(frame.unwrap());
+    }
+}
+
+/// Serves every request with `service`, consuming each body, and returns allocations and bytes
+/// per request inside the window.
+async fn measure<S, B>(mut service: S, requests: Vec<Request<Full<Bytes>>>) -> (f64, f64)
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    // Warm up lazily initialised state (built-in templates, the timer wheel).
+    let mut requests = requests;
+    let warm: Vec<_> = requests.drain(..100).collect();
+    for request in warm {
+        let response = service.ready().await.unwrap().call(request).await.unwrap();
+        drain(response.into_body()).await;
+    }
+    let count = requests.len() as f64;
+    ALLOCATIONS.store(0, Ordering::SeqCst);
+    BYTES.store(0, Ordering::SeqCst);
+    COUNTING.store(true, Ordering::SeqCst);
+    for request in requests {
+        let response = service.ready().await.unwrap().call(request).await.unwrap();
+        drain(response.into_body()).await;
+    }
+    COUNTING.store(false, Ordering::SeqCst);
+    (
+        ALLOCATIONS.load(Ordering::SeqCst) as f64 / count,
+        BYTES.load(Ordering::SeqCst) as f64 / count,
+    )
+}
+
+fn ok_service() -> impl Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone {
+    tower::service_fn(|_request: Request<Full<Bytes>>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hello"))))
+    })
+}
+
+/// An upstream whose connection is refused. `io::Error::from(kind)` does not allocate, so the
+/// error itself costs nothing and what is counted is the layer's work.
+fn refused_service() -> impl Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = io::Error,
+    Future = impl Send,
+> + Clone {
+    tower::service_fn(|_request: Request<Full<Bytes>>| async {
+        Err::<Response<Full<Bytes>>, _>(io::Error::from(io::ErrorKind::ConnectionRefused))
+    })
+}
+
+/// The `--bare` baseline of the error path: an empty 502.
+fn bare_errors<S>(
+    service: S,
+) -> impl Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>> + Clone,
+{
+    tower::service_fn(move |request| {
+        let service = service.clone();
+        async move {
+            Ok::<_, Infallible>(service.oneshot(request).await.unwrap_or_else(|_| {
+                let mut response = Response::new(Full::new(Bytes::new()));
+                *response.status_mut() = StatusCode::BAD_GATEWAY;
+                response
+            }))
+        }
+    })
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let layer = GatewayErrorLayer::new().proxy_name("edge-1");
+    let timed = layer.clone().upstream_timeout(Duration::from_secs(30));
+
+    println!("heap allocations per request ({REQUESTS} requests each; no tracing subscriber)");
+    println!("{:<46} {:>12} {:>12}", "case", "allocs/req", "bytes/req");
+    let row = |name: &str, (allocs, bytes): (f64, f64)| {
+        println!("{name:<46} {allocs:>12.2} {bytes:>12.0}");
+    };
+    runtime.block_on(async {
+        row("success: bare", measure(ok_service(), requests(None)).await);
+        row(
+            "success: layered",
+            measure(layer.layer(ok_service()), requests(None)).await,
+        );
+        row(
+            "success: layered + upstream_timeout",
+            measure(timed.layer(ok_service()), requests(None)).await,
+        );
+        row(
+            "success: layered, browser Accept",
+            measure(
+                layer.layer(ok_service()),
+                requests(Some(
+                    "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+                )),
+            )
+            .await,
+        );
+        row(
+            "refused: bare (empty 502)",
+            measure(bare_errors(refused_service()), requests(None)).await,
+        );
+        for (name, accept) in [
+            ("refused: layered, problem+json", None),
+            ("refused: layered, HTML", Some("text/html")),
+            ("refused: layered, text", Some("text/plain")),
+        ] {
+            row(
+                name,
+                measure(layer.layer(refused_service()), requests(accept)).await,
+            );
+        }
+    });
+}
