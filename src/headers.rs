@@ -158,6 +158,68 @@ pub(crate) fn append_member<'a>(
     HeaderValue::from_maybe_shared(out.freeze()).unwrap_or_else(|_| ours.clone())
 }
 
+/// The longest `details` parameter value written, quotes and escapes included.
+pub(crate) const MAX_DETAILS_LEN: usize = 256;
+
+/// The `details` parameter of our `Proxy-Status` member (RFC 9209 §2.1.5): the error and its
+/// `source()` chain as a Structured Field string, quotes included. Printable ASCII passes, `"` and
+/// `\` are escaped, any other character becomes `?`; the whole value is at most
+/// [`MAX_DETAILS_LEN`] bytes, cut with `...` when longer. Only sent when the operator opts in: the
+/// chain may name internal hosts.
+pub(crate) fn details_param(chain: &dyn std::error::Error) -> String {
+    use std::fmt::Write as _;
+
+    /// Writes sanitized characters until the budget is spent, then remembers that it cut.
+    struct Sanitized {
+        out: String,
+        cut: bool,
+    }
+    impl fmt::Write for Sanitized {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            // Room for the closing quote, and for `...` if a cut is needed.
+            const BUDGET: usize = MAX_DETAILS_LEN - 1 - 3;
+            for c in s.chars() {
+                let plain = [c as u8];
+                let escaped: &[u8] = match c {
+                    '"' => b"\\\"",
+                    '\\' => b"\\\\",
+                    ' '..='~' => &plain,
+                    _ => b"?",
+                };
+                if self.out.len() + escaped.len() > BUDGET {
+                    self.cut = true;
+                    return Err(fmt::Error);
+                }
+                // Every byte pushed is printable ASCII.
+                self.out.extend(escaped.iter().map(|&b| char::from(b)));
+            }
+            Ok(())
+        }
+    }
+
+    let mut sanitized = Sanitized {
+        out: String::with_capacity(64),
+        cut: false,
+    };
+    sanitized.out.push('"');
+    let _ = write!(sanitized, "{chain}");
+    let mut next = chain.source();
+    let mut depth = 0;
+    while let (Some(error), false) = (next, sanitized.cut) {
+        depth += 1;
+        if depth > 32 {
+            break;
+        }
+        let _ = write!(sanitized, ": {error}");
+        next = error.source();
+    }
+    if sanitized.cut {
+        sanitized.out.push_str("...");
+    }
+    sanitized.out.push('"');
+    sanitized.out
+}
+
 /// A `Retry-After` value: a delay in seconds or an HTTP-date.
 ///
 /// ```
@@ -259,6 +321,20 @@ mod tests {
             r#""a \"b\" \\c""#
         );
         assert!(ProxyName::new("tab\tname").is_err());
+    }
+
+    #[test]
+    fn details_are_a_bounded_sf_string() {
+        let error = std::io::Error::other("host \"db\" \\ caf\u{e9}\r\nx");
+        assert_eq!(details_param(&error), r#""host \"db\" \\ caf???x""#);
+        let long = std::io::Error::other("a".repeat(1000));
+        let details = details_param(&long);
+        assert_eq!(details.len(), MAX_DETAILS_LEN);
+        assert!(details.ends_with("...\""), "{details}");
+        let escapes = std::io::Error::other("\"".repeat(1000));
+        let details = details_param(&escapes);
+        assert!(details.len() <= MAX_DETAILS_LEN, "{}", details.len());
+        assert!(details.ends_with("\\\"...\""), "{details}");
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub(crate) struct Config {
     pub(crate) retry: RetryRules,
     pub(crate) intercept: StatusSet,
     pub(crate) keep_on_rewrite: Vec<HeaderName>,
+    /// Add `details="..."` (the error chain, sanitized and bounded) to our `Proxy-Status` member.
+    pub(crate) details: bool,
     /// Empty again in every changed configuration (its `Clone` makes an empty one).
     pub(crate) body_cache: BodyCache,
 }
@@ -90,6 +92,7 @@ impl GatewayErrorLayer {
                     http::header::ALLOW,
                 ]
                 .into(),
+                details: false,
                 body_cache: BodyCache::default(),
             }),
         }
@@ -249,6 +252,26 @@ impl GatewayErrorLayer {
         self
     }
 
+    /// Adds a `details` parameter to this gateway's `Proxy-Status` member on generated errors: the
+    /// error and its `source()` chain, as a Structured Field string of printable ASCII (`"` and `\`
+    /// escaped, anything else replaced by `?`), at most 256 bytes, cut with `...`. Off by default.
+    ///
+    /// RFC 9209 warns that `details` can reveal internals: an error chain names hosts, addresses
+    /// and operating-system errors. Turn it on only where every client is trusted (an internal hop
+    /// whose callers are your own services). The body never carries it.
+    ///
+    /// ```
+    /// use gateway_errors::GatewayErrorLayer;
+    ///
+    /// // Proxy-Status: edge-1; error=connection_refused; details="client error (Connect): ..."
+    /// let layer = GatewayErrorLayer::new().proxy_name("edge-1").proxy_status_details(true);
+    /// # let _ = layer;
+    /// ```
+    pub fn proxy_status_details(mut self, enabled: bool) -> Self {
+        self.config().details = enabled;
+        self
+    }
+
     /// Keeps this origin header when the layer replaces an origin's or a handler's response.
     pub fn keep_header_on_rewrite(mut self, name: HeaderName) -> Self {
         let keep = &mut self.config().keep_on_rewrite;
@@ -276,6 +299,7 @@ impl fmt::Debug for GatewayErrorLayer {
             .field("classifiers", &config.classifiers.len())
             .field("default_format", &config.default_format)
             .field("span_level", &config.span_level)
+            .field("proxy_status_details", &config.details)
             .finish_non_exhaustive()
     }
 }

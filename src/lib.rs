@@ -77,6 +77,9 @@
 //!
 //! - `axum` (default): `impl IntoResponse for ProxyError`.
 //! - `reqwest`: the default classifier recognises `reqwest::Error`.
+//! - `http2`: the default classifier recognises `h2::Error`: a stream the upstream refused
+//!   (`REFUSED_STREAM`) or left unprocessed by a GOAWAY is `destination_unavailable`, not sent, and
+//!   so safe to retry for every method.
 #![deny(missing_docs, unreachable_pub)]
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]

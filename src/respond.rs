@@ -17,7 +17,7 @@ use crate::cache::CachedBody;
 use crate::classify::{classify, Classification};
 use crate::error::{ErrorChain, PendingProxyError, ProxyError};
 use crate::future::Pending;
-use crate::headers::{append_member, RetryAfter, PROXY_STATUS};
+use crate::headers::{append_member, details_param, RetryAfter, PROXY_STATUS};
 use crate::kind::{Phase, ProxyErrorKind};
 use crate::layer::Config;
 use crate::negotiate::{negotiate, Format};
@@ -268,6 +268,11 @@ fn generate<B>(
         Some(received) => received_status_member(config, received),
         None => config.proxy_status.get(kind),
     };
+    // Opt-in only: the chain may name internal hosts. Built per response, never cached.
+    let ours = match StdError::source(&error).filter(|_| config.details) {
+        Some(cause) => with_details(ours, cause),
+        None => ours,
+    };
     match rewritten {
         Some(old) => {
             for name in &config.keep_on_rewrite {
@@ -321,6 +326,17 @@ fn received_status_member(config: &Config, received: StatusCode) -> HeaderValue 
     value.extend_from_slice(member.as_bytes());
     value.extend_from_slice(b"; received-status=");
     value.extend_from_slice(received.as_str().as_bytes());
+    HeaderValue::from_bytes(&value).unwrap_or(member)
+}
+
+/// `member; details="..."`, the cause sanitized to a bounded Structured Field string.
+fn with_details(member: HeaderValue, cause: &(dyn StdError + 'static)) -> HeaderValue {
+    let details = details_param(cause);
+    let mut value = Vec::with_capacity(member.len() + 10 + details.len());
+    value.extend_from_slice(member.as_bytes());
+    value.extend_from_slice(b"; details=");
+    value.extend_from_slice(details.as_bytes());
+    // The member is a header value and the details printable ASCII: the join is one too.
     HeaderValue::from_bytes(&value).unwrap_or(member)
 }
 

@@ -30,7 +30,10 @@ pub const ROUTES: &[(&str, &str)] = &[
         "/echo",
         "200 echoing the request: method, target, headers, body",
     ),
-    ("/slow", "accepts and never answers (response timeout)"),
+    (
+        "/slow",
+        "accepts and never answers (response timeout); also over h2c",
+    ),
     (
         "/garbage",
         "answers bytes that are not HTTP (protocol error)",
@@ -125,6 +128,16 @@ pub fn large_body(len: usize) -> Vec<u8> {
 }
 
 async fn serve_connection(stream: TcpStream) -> io::Result<()> {
+    if is_http2_preface(&stream).await? {
+        // h2c with prior knowledge: one connection carries every request, so thousands of
+        // stalled requests cost the gateway one socket, not thousands.
+        let service = hyper::service::service_fn(http2_route);
+        return hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .max_concurrent_streams(100_000)
+            .serve_connection(TokioIo::new(stream), service)
+            .await
+            .map_err(io::Error::other);
+    }
     let path = peek_path(&stream).await?;
     match path.as_str() {
         "/slow" => stall(stream).await,
@@ -144,6 +157,30 @@ async fn serve_connection(stream: TcpStream) -> io::Result<()> {
                 .map_err(io::Error::other)
         }
     }
+}
+
+/// Whether the connection opens with the HTTP/2 preface (read without consuming it).
+async fn is_http2_preface(stream: &TcpStream) -> io::Result<bool> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0";
+    let mut buf = [0u8; 14];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 || buf[..n] != PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == PREFACE.len() {
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Over HTTP/2 only the well-formed routes and `/slow` exist: the faults are HTTP/1 byte tricks.
+async fn http2_route(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if request.uri().path() == "/slow" {
+        std::future::pending::<()>().await;
+    }
+    well_formed(request).await
 }
 
 /// The path of the first request on the connection, read without consuming it, so hyper can still

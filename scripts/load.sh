@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# Load runs behind BENCHMARKS.md: the example gateway with the layer vs the same gateway --bare,
+# and vs nginx, side by side on loopback. Prints a table of the ratios.
+#
+#   scripts/load.sh                      # defaults: 3 rounds of 10 s per case
+#   ROUNDS=5 DURATION=20 scripts/load.sh # longer
+#
+# Installs nginx and wrk from Debian when they are missing (needs root, as on CI machines).
+# Every server listens on 127.0.0.1; wrk and the clients only talk to 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}      # seconds per wrk run
+ROUNDS=${ROUNDS:-3}           # runs per case; the table shows medians
+CONNECTIONS=${CONNECTIONS:-64}
+WRK_THREADS=${WRK_THREADS:-2}
+WORKERS=${WORKERS:-2}         # gateway runtime threads = nginx worker_processes
+STALLED=${STALLED:-10000}     # concurrent requests on a silent upstream
+STALL_TIMEOUT_MS=${STALL_TIMEOUT_MS:-2000}
+BROWSER_ACCEPT='text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8'
+
+need() {
+  if ! command -v "$1" >/dev/null 2>&1; then
+    echo "installing $2 from Debian..." >&2
+    if [ -z "${APT_UPDATED:-}" ]; then apt-get update -qq; APT_UPDATED=1; fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+  fi
+}
+need nginx nginx-light
+need wrk wrk
+need python3 python3
+
+ulimit -n 65536 || { echo "cannot raise the open-file limit to 65536" >&2; exit 1; }
+
+echo "building the examples (release)..." >&2
+cargo build --release --quiet --example gateway --example upstream --example stall_clients
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+wait_for() { # port
+  for _ in $(seq 1 200); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  echo "nothing listening on 127.0.0.1:$1" >&2; exit 1
+}
+
+start_nginx() { # name, server block
+  local dir="$WORK/nginx-$1"
+  mkdir -p "$dir"
+  cat >"$dir/nginx.conf" <<EOF
+worker_processes $WORKERS;
+pid $dir/nginx.pid;
+error_log /dev/null crit;
+daemon off;
+events { worker_connections 65536; }
+http {
+  access_log off;
+  keepalive_requests 100000;
+  $2
+}
+EOF
+  nginx -p "$dir" -c "$dir/nginx.conf" &
+  PIDS+=($!)
+}
+
+start_gateway() { # port, upstream url, extra args...
+  local port=$1 upstream=$2; shift 2
+  RUST_LOG=off TOKIO_WORKER_THREADS=$WORKERS \
+    target/release/examples/gateway --listen "127.0.0.1:$port" --upstream "$upstream" "$@" \
+    >"$WORK/gateway-$port.log" 2>&1 &
+  PIDS+=($!)
+  wait_for "$port"
+}
+
+# wrk once; prints "requests_per_second p99_ms"
+run_wrk() { # url, accept
+  wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -H "Accept: $2" "$1" 2>&1 |
+    python3 -c '
+import re, sys
+text = sys.stdin.read()
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+m = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+if errors and sum(map(int, errors.groups())) > 0:
+    print("wrk socket errors: " + errors.group(0), file=sys.stderr)
+print(rps, float(m.group(1)) * scale)
+'
+}
+
+median() { python3 -c 'import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
+ratio() { python3 -c 'import sys; print(f"{float(sys.argv[1])/float(sys.argv[2]):.3f}")' "$1" "$2"; }
+
+# --- origins and gateways -------------------------------------------------------------------
+ORIGIN=$(free_port)
+start_nginx origin "server { listen 127.0.0.1:$ORIGIN; location / { return 200 'ok\n'; } }"
+wait_for "$ORIGIN"
+
+CLOSED=$(free_port)   # nothing will listen here: every connect is refused
+NGINX_STORM=$(free_port)
+start_nginx storm "server { listen 127.0.0.1:$NGINX_STORM; location / { proxy_pass http://127.0.0.1:$CLOSED; } }"
+wait_for "$NGINX_STORM"
+
+HAPPY_LAYERED=$(free_port); start_gateway "$HAPPY_LAYERED" "http://127.0.0.1:$ORIGIN" --timeout 5s
+HAPPY_BARE=$(free_port);    start_gateway "$HAPPY_BARE" "http://127.0.0.1:$ORIGIN" --timeout 5s --bare
+STORM_LAYERED=$(free_port); start_gateway "$STORM_LAYERED" "http://127.0.0.1:$CLOSED" --timeout 5s
+STORM_BARE=$(free_port);    start_gateway "$STORM_BARE" "http://127.0.0.1:$CLOSED" --timeout 5s --bare
+
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s; $ROUNDS rounds; $WORKERS workers" >&2
+
+declare -A RPS P99
+for round in $(seq 1 "$ROUNDS"); do
+  # Alternate the order each round so that neither side always runs on a warmer machine.
+  if [ $((round % 2)) -eq 1 ]; then order="bare layered"; else order="layered bare"; fi
+  for side in $order; do
+    if [ "$side" = bare ]; then port=$HAPPY_BARE; else port=$HAPPY_LAYERED; fi
+    read -r rps p99 < <(run_wrk "http://127.0.0.1:$port/" "$BROWSER_ACCEPT")
+    RPS[happy_$side]+="$rps "; P99[happy_$side]+="$p99 "
+    echo "round $round happy $side: $rps req/s, p99 $p99 ms" >&2
+  done
+  for side in $order nginx; do
+    case $side in bare) port=$STORM_BARE;; layered) port=$STORM_LAYERED;; nginx) port=$NGINX_STORM;; esac
+    read -r rps p99 < <(run_wrk "http://127.0.0.1:$port/" "$BROWSER_ACCEPT")
+    RPS[storm_$side]+="$rps "; P99[storm_$side]+="$p99 "
+    echo "round $round storm $side: $rps req/s, p99 $p99 ms" >&2
+  done
+done
+
+# A sanity check that the storm really was generated errors with full bodies.
+curl -s -o "$WORK/storm.html" -w '%{http_code} %{content_type} %{size_download}\n' \
+  -H "Accept: $BROWSER_ACCEPT" "http://127.0.0.1:$STORM_LAYERED/" >"$WORK/storm.check"
+read -r storm_status storm_type storm_size < <(tr -d ';' <"$WORK/storm.check" | awk '{print $1, $2, $NF}')
+
+# --- stalled upstream ----------------------------------------------------------------------
+SILENT=$(free_port)
+target/release/examples/upstream --listen "127.0.0.1:$SILENT" >"$WORK/upstream.log" 2>&1 &
+PIDS+=($!)
+wait_for "$SILENT"
+STALL_GATEWAY=$(free_port)
+start_gateway "$STALL_GATEWAY" "http://127.0.0.1:$SILENT" --timeout "${STALL_TIMEOUT_MS}ms"
+STALL_PID=${PIDS[-1]}
+# Warm the gateway up (runtime threads, pools) before its first memory reading.
+curl -s -o /dev/null "http://127.0.0.1:$STALL_GATEWAY/ok"
+target/release/examples/stall_clients --target "127.0.0.1:$STALL_GATEWAY" --path /slow \
+  --requests "$STALLED" --timeout-ms "$STALL_TIMEOUT_MS" --gateway-pid "$STALL_PID" >"$WORK/stall.out"
+grep -v '=' "$WORK/stall.out" >&2
+# shellcheck disable=SC1090
+source <(grep '=' "$WORK/stall.out")
+
+# --- table ---------------------------------------------------------------------------------
+hb=$(median ${RPS[happy_bare]}); hl=$(median ${RPS[happy_layered]})
+hbp=$(median ${P99[happy_bare]}); hlp=$(median ${P99[happy_layered]})
+sb=$(median ${RPS[storm_bare]}); sl=$(median ${RPS[storm_layered]}); sn=$(median ${RPS[storm_nginx]})
+verdict() { python3 -c 'import sys; v,op,t=float(sys.argv[1]),sys.argv[2],float(sys.argv[3]); print("met" if (v>=t if op==">=" else v<=t) else "MISSED")' "$@"; }
+
+happy_ratio=$(ratio "$hl" "$hb"); happy_p99=$(ratio "$hlp" "$hbp")
+storm_ratio=$(ratio "$sl" "$sb"); storm_nginx=$(ratio "$sl" "$sn")
+limit_ms=$((STALL_TIMEOUT_MS + 100))
+stall_ok=$([ "$stall_answered" -eq "$STALLED" ] && [ "$stall_late" -eq 0 ] && echo met || echo MISSED)
+mem_back=$(python3 -c "import sys; print('met' if $rss_after <= $rss_before * 1.10 + 4*1048576 else 'MISSED')")
+
+cat <<EOF
+
+| measurement | value | target | |
+|---|---|---|---|
+| happy path req/s, layered / bare (median of $ROUNDS) | $hl / $hb = **$happy_ratio** | ≥ 0.98 | $(verdict "$happy_ratio" ">=" 0.98) |
+| happy path p99 latency, layered / bare | $hlp ms / $hbp ms = **$happy_p99** | ≤ 1.05 | $(verdict "$happy_p99" "<=" 1.05) |
+| error storm req/s, layered / bare (empty 502) | $sl / $sb = **$storm_ratio** | ≥ 0.95 | $(verdict "$storm_ratio" ">=" 0.95) |
+| error storm req/s, layered / nginx ($WORKERS workers) | $sl / $sn = **$storm_nginx** | ≥ 1.0 | $(verdict "$storm_nginx" ">=" 1.0) |
+| storm response (layered) | $storm_status, $storm_type, $storm_size bytes | negotiated HTML body | |
+| stalled: $STALLED requests answered 504 | $stall_answered (wrong $stall_wrong, failed $stall_failed, hung $stall_hung) | all | $stall_ok |
+| stalled: slowest 504 | $stall_max_ms ms | ≤ $limit_ms ms | $([ "$stall_late" -eq 0 ] && echo met || echo MISSED) |
+| stalled: gateway memory per pending request | $rss_per_pending bytes | bounded | |
+| stalled: gateway RSS before / pending / after | $((rss_before / 1048576)) / $((rss_pending / 1048576)) / $((rss_after / 1048576)) MiB | returns | $mem_back |
+EOF
