@@ -11,40 +11,30 @@
 //! - `--name` sets the proxy name in `Proxy-Status` (default `edge-1`); `--max-body` the request
 //!   body limit in bytes (default 10 MiB).
 //!
-//! What makes it safe to copy, beyond the layer: only the configured upstream is ever contacted
+//! What makes it safe to copy, beyond the layer (the proxy itself is in `support/proxy.rs`, where
+//! `tests/gateway_hardening.rs` checks each point): only the configured upstream is ever contacted
 //! (the request's authority is replaced, so it is no open proxy); hop-by-hop headers, and those
 //! named in `Connection`, are stripped both ways; a client must send its request head within 10 s
-//! (slowloris) in at most 64 KiB; request bodies are limited; requests with conflicting framing
-//! are refused by hyper with a 400 before they reach this code.
+//! (slowloris) in at most 64 KiB; request bodies are limited, chunked ones too (413); hyper
+//! refuses conflicting framing with a 400, and reads a request with both `Content-Length` and
+//! `Transfer-Encoding: chunked` as chunked, then closes its connection (RFC 9112 §6.3).
 //!
 //! Logs go to stderr; `RUST_LOG` filters them (default `warn`).
 
 #[path = "support/demo_upstream.rs"]
 mod demo_upstream;
+#[path = "support/proxy.rs"]
+mod proxy;
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use gateway_errors::{Classification, GatewayErrorLayer, ProxyError, ProxyErrorKind};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, Scheme};
-use http::{Request, Response, StatusCode, Uri};
-use http_body_util::{Either, Empty};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::{self, Client};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use pin_project_lite::pin_project;
+use gateway_errors::GatewayErrorLayer;
+use http::Uri;
 use tokio::net::TcpListener;
-use tower::{Service, ServiceBuilder};
+use tower::ServiceBuilder;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use proxy::{serve, Bare, BoxError, Proxy, ServeOptions};
 
 struct Options {
     listen: SocketAddr,
@@ -99,234 +89,6 @@ fn parse_options() -> Options {
     options
 }
 
-/// Forwards every request to one upstream, whatever the request's target says.
-#[derive(Clone)]
-struct Proxy {
-    client: Client<HttpConnector, Incoming>,
-    scheme: Scheme,
-    authority: Authority,
-    via: HeaderValue,
-    max_body: u64,
-}
-
-impl Proxy {
-    fn new(upstream: &Uri, name: &str, max_body: u64) -> Result<Self, BoxError> {
-        let scheme = upstream.scheme().cloned().unwrap_or(Scheme::HTTP);
-        if scheme != Scheme::HTTP {
-            return Err("only http:// upstreams are supported by this example".into());
-        }
-        let authority = upstream
-            .authority()
-            .cloned()
-            .ok_or("the upstream URL needs a host")?;
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_timer(TokioTimer::new())
-            .build(connector);
-        Ok(Proxy {
-            client,
-            scheme,
-            authority,
-            via: HeaderValue::from_str(&format!("1.1 {name}"))?,
-            max_body,
-        })
-    }
-}
-
-impl Service<Request<Incoming>> for Proxy {
-    type Response = Response<Incoming>;
-    type Error = BoxError;
-    type Future = Forwarding;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.client.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, request: Request<Incoming>) -> Forwarding {
-        let (mut parts, body) = request.into_parts();
-        let declared = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > self.max_body) {
-            let too_large = Classification::new(ProxyErrorKind::HttpRequestError)
-                .with_status(StatusCode::PAYLOAD_TOO_LARGE);
-            return Forwarding::Refused {
-                error: Some(ProxyError::from_classification(too_large).into()),
-            };
-        }
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let uri = Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(path)
-            .build();
-        let Ok(uri) = uri else {
-            let bad = Classification::new(ProxyErrorKind::HttpRequestError);
-            return Forwarding::Refused {
-                error: Some(ProxyError::from_classification(bad).into()),
-            };
-        };
-        parts.uri = uri;
-        strip_hop_by_hop(&mut parts.headers);
-        parts.headers.remove(header::HOST);
-        parts.headers.append(header::VIA, self.via.clone());
-        Forwarding::Sent {
-            future: self.client.request(Request::from_parts(parts, body)),
-        }
-    }
-}
-
-pin_project! {
-    #[project = ForwardingProj]
-    enum Forwarding {
-        Sent { #[pin] future: legacy::ResponseFuture },
-        Refused { error: Option<BoxError> },
-    }
-}
-
-impl Future for Forwarding {
-    type Output = Result<Response<Incoming>, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            ForwardingProj::Sent { future } => future.poll(cx).map(|result| {
-                let mut response = result?;
-                strip_hop_by_hop(response.headers_mut());
-                Ok(response)
-            }),
-            ForwardingProj::Refused { error } => {
-                Poll::Ready(Err(error.take().expect("polled after completion")))
-            }
-        }
-    }
-}
-
-/// RFC 9110 §7.6.1: a proxy removes the fields named in `Connection`, and the hop-by-hop fields.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    const HOP_BY_HOP: [&str; 7] = [
-        "connection",
-        "proxy-connection",
-        "keep-alive",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ];
-    if !headers.contains_key(header::CONNECTION) {
-        // The common case: nothing named, only the fixed set (no allocation).
-        for name in HOP_BY_HOP {
-            headers.remove(name);
-        }
-        return;
-    }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-}
-
-/// The baseline: the same proxy, every error an empty 502.
-#[derive(Clone)]
-struct Bare<S>(S);
-
-impl<S> Service<Request<Incoming>> for Bare<S>
-where
-    S: Service<Request<Incoming>, Response = Response<Incoming>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Either<Incoming, Empty<Bytes>>>;
-    type Error = Infallible;
-    type Future = BareFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // A failing poll_ready is answered on the next call.
-        let _ = std::task::ready!(self.0.poll_ready(cx));
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
-        BareFuture {
-            future: self.0.call(request),
-        }
-    }
-}
-
-pin_project! {
-    struct BareFuture<F> { #[pin] future: F }
-}
-
-impl<F, E> Future for BareFuture<F>
-where
-    F: Future<Output = Result<Response<Incoming>, E>>,
-{
-    type Output = Result<Response<Either<Incoming, Empty<Bytes>>>, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().future.poll(cx).map(|result| {
-            Ok(match result {
-                Ok(response) => response.map(Either::Left),
-                Err(_) => {
-                    let mut response = Response::new(Either::Right(Empty::new()));
-                    *response.status_mut() = StatusCode::BAD_GATEWAY;
-                    response
-                }
-            })
-        })
-    }
-}
-
-async fn serve<S, B>(listener: TcpListener, service: S)
-where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
-    let mut shutdown = std::pin::pin!(tokio::signal::ctrl_c());
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = &mut shutdown => break,
-        };
-        let Ok((stream, _peer)) = accepted else {
-            // Out of file descriptors and the like: back off instead of spinning.
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(service.clone());
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(10))
-            .max_buf_size(64 * 1024)
-            .serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-    }
-    eprintln!("shutting down: waiting up to 5 s for requests in flight");
-    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| unreachable!("one owner"));
-    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
-}
-
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let options = parse_options();
@@ -376,14 +138,19 @@ async fn main() -> Result<(), BoxError> {
                 .timeout(options.timeout)
                 .service(proxy),
         );
-        serve(listener, service).await;
+        serve(listener, service, ServeOptions::default(), ctrl_c()).await;
     } else {
         let layer = GatewayErrorLayer::new()
             .proxy_name(&options.name)
             .upstream_timeout(options.timeout);
         let service = ServiceBuilder::new().layer(layer).service(proxy);
-        serve(listener, service).await;
+        serve(listener, service, ServeOptions::default(), ctrl_c()).await;
     }
     drop(demo);
     Ok(())
+}
+
+/// Completes on Ctrl-C.
+async fn ctrl_c() {
+    let _ = tokio::signal::ctrl_c().await;
 }

@@ -267,7 +267,9 @@ impl RetryAfter {
     pub fn to_header_value(&self) -> HeaderValue {
         match *self {
             RetryAfter::Delay(delay) => {
-                let seconds = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+                let seconds = delay
+                    .as_secs()
+                    .saturating_add(u64::from(delay.subsec_nanos() > 0));
                 HeaderValue::from(seconds)
             }
             RetryAfter::At(at) => HeaderValue::from_str(&httpdate::fmt_http_date(at))

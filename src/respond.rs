@@ -221,7 +221,9 @@ fn generate<B>(
         retryable,
         retry_after_seconds: retry_after.map(|a| {
             let delay = a.delay_from(now);
-            delay.as_secs() + u64::from(delay.subsec_nanos() > 0)
+            delay
+                .as_secs()
+                .saturating_add(u64::from(delay.subsec_nanos() > 0))
         }),
         proxy: &config.proxy_name,
     };

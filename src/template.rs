@@ -43,9 +43,11 @@ use crate::render::ErrorView;
 /// assert_eq!(err.to_string(), "unknown placeholder `{staus}` at line 1, column 5 (byte 4)");
 /// assert!(Template::text("{status").is_err());
 ///
-/// // JSON templates must render valid JSON; checked with sample values.
+/// // JSON templates must render valid JSON; checked with sample values, optional ones present
+/// // and absent.
 /// assert!(Template::problem_json(r#"{{"status":{status},"title":"{title}"}}"#).is_ok());
 /// assert!(Template::problem_json(r#"{{"title":{title}}}"#).is_err());
+/// assert!(Template::problem_json(r#"{{"retry_after":{retry_after}}}"#).is_err());
 /// ```
 #[derive(Clone)]
 pub struct Template {
@@ -126,21 +128,43 @@ impl Template {
     }
 
     /// Compiles an `application/problem+json` template; string values are JSON-escaped. The
-    /// template is rendered once with sample values, hostile ones included, and must give a valid
-    /// JSON object.
+    /// template is rendered with sample values, hostile ones included, once for each way the
+    /// optional values can be present or absent (and with a `retry_after` of 0), and must give a
+    /// valid JSON object every time.
     pub fn problem_json(source: &str) -> Result<Template, TemplateError> {
         let template = Template::compile(Format::ProblemJson, source)?;
+        let sample = ErrorView::sample();
         let mut out = Vec::new();
-        template.render(&ErrorView::sample(), &mut out);
-        match serde_json::from_slice::<serde_json::Value>(&out) {
-            Ok(serde_json::Value::Object(_)) => Ok(template),
-            Ok(_) => Err(TemplateError::new(source, 0, ErrorKind::NotAnObject)),
-            Err(e) => Err(TemplateError::new(
-                source,
-                0,
-                ErrorKind::InvalidJson(e.to_string()),
-            )),
+        // Sections and bare numbers make the output depend on which values are present: a
+        // template valid with all of them can break without one (`"a":{retry_after}`).
+        for request_id in [sample.request_id, None] {
+            for kind in [sample.kind, None] {
+                for retry_after_seconds in [sample.retry_after_seconds, Some(0), None] {
+                    for retryable in [true, false] {
+                        let view = ErrorView {
+                            request_id,
+                            kind,
+                            retry_after_seconds,
+                            retryable,
+                            ..sample
+                        };
+                        out.clear();
+                        template.render(&view, &mut out);
+                        match serde_json::from_slice::<serde_json::Value>(&out) {
+                            Ok(serde_json::Value::Object(_)) => {}
+                            Ok(_) => {
+                                return Err(TemplateError::new(source, 0, ErrorKind::NotAnObject))
+                            }
+                            Err(e) => {
+                                let kind = ErrorKind::InvalidJson(e.to_string());
+                                return Err(TemplateError::new(source, 0, kind));
+                            }
+                        }
+                    }
+                }
+            }
         }
+        Ok(template)
     }
 
     /// Compiles a template for `format`.

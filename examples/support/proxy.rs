@@ -1,0 +1,350 @@
+//! The proxy of `examples/gateway.rs`: a hyper-util client that forwards every request to one
+//! upstream, and the HTTP/1 server loop in front of it.
+//!
+//! Kept apart from the example's `main` so that the tests (`tests/gateway_hardening.rs`,
+//! `tests/soak.rs`) check the very code a user copies.
+//!
+//! What makes it safe to put on an edge, beyond the layer:
+//! - only the configured upstream is ever contacted: the request's target is rewritten to it, so
+//!   an absolute-form request (`GET http://elsewhere/`) is no open proxy, and `CONNECT` is refused
+//!   (403, `http_request_denied`);
+//! - hop-by-hop headers, and those named in `Connection`, are stripped both ways (RFC 9110 §7.6.1);
+//! - a request body is limited: a `Content-Length` over the limit is answered 413 before anything
+//!   is sent, a chunked body is cut off at the limit and answered 413;
+//! - the server gives a client [`ServeOptions::header_read_timeout`] to send its request head
+//!   (slowloris) in at most [`ServeOptions::max_head_bytes`] (hyper answers 431 past that);
+//! - hyper refuses conflicting framing (two different `Content-Length`s, a `Transfer-Encoding`
+//!   that does not end in `chunked`) with a 400; a request with both `Content-Length` and
+//!   `Transfer-Encoding: chunked` is read as chunked, its `Content-Length` dropped, and its
+//!   connection closed after the response (RFC 9112 §6.3), so no bytes after it are read as
+//!   another request.
+
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::error::Error;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use gateway_errors::{Classification, ProxyError, ProxyErrorKind};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::{Either, Empty, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{self, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use pin_project_lite::pin_project;
+use tokio::net::TcpListener;
+use tower::Service;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Forwards every request to one upstream, whatever the request's target says.
+#[derive(Clone)]
+pub struct Proxy {
+    client: Client<HttpConnector, Limited<Incoming>>,
+    scheme: Scheme,
+    authority: Authority,
+    via: HeaderValue,
+    max_body: u64,
+}
+
+impl Proxy {
+    /// A proxy to `upstream` (an `http://host:port` URL) that names itself `name` in `Via` and
+    /// accepts request bodies of at most `max_body` bytes.
+    pub fn new(upstream: &Uri, name: &str, max_body: u64) -> Result<Self, BoxError> {
+        let scheme = upstream.scheme().cloned().unwrap_or(Scheme::HTTP);
+        if scheme != Scheme::HTTP {
+            return Err("only http:// upstreams are supported by this example".into());
+        }
+        let authority = upstream
+            .authority()
+            .cloned()
+            .ok_or("the upstream URL needs a host")?;
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Ok(Proxy {
+            client,
+            scheme,
+            authority,
+            via: HeaderValue::from_str(&format!("1.1 {name}"))?,
+            max_body,
+        })
+    }
+}
+
+/// The answer for a request body over the limit: 413, the request's own fault.
+fn payload_too_large() -> ProxyError {
+    let too_large = Classification::new(ProxyErrorKind::HttpRequestError)
+        .with_status(StatusCode::PAYLOAD_TOO_LARGE);
+    ProxyError::from_classification(too_large)
+}
+
+impl Service<Request<Incoming>> for Proxy {
+    type Response = Response<Incoming>;
+    type Error = BoxError;
+    type Future = Forwarding;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.client.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> Forwarding {
+        let (mut parts, body) = request.into_parts();
+        if parts.method == Method::CONNECT {
+            // A tunnel is a forward proxy's business: refused by policy, nothing is sent.
+            let denied = ProxyError::new(ProxyErrorKind::HttpRequestDenied);
+            return Forwarding::Refused {
+                error: Some(denied.into()),
+            };
+        }
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > self.max_body) {
+            return Forwarding::Refused {
+                error: Some(payload_too_large().into()),
+            };
+        }
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let uri = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path)
+            .build();
+        let Ok(uri) = uri else {
+            let bad = Classification::new(ProxyErrorKind::HttpRequestError);
+            return Forwarding::Refused {
+                error: Some(ProxyError::from_classification(bad).into()),
+            };
+        };
+        parts.uri = uri;
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(header::HOST);
+        parts.headers.append(header::VIA, self.via.clone());
+        // A chunked body states no length up front: it is cut off at the limit instead.
+        let limit = usize::try_from(self.max_body).unwrap_or(usize::MAX);
+        let body = Limited::new(body, limit);
+        Forwarding::Sent {
+            future: self.client.request(Request::from_parts(parts, body)),
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`Proxy`].
+    #[project = ForwardingProj]
+    pub enum Forwarding {
+        Sent { #[pin] future: legacy::ResponseFuture },
+        Refused { error: Option<BoxError> },
+    }
+}
+
+impl Future for Forwarding {
+    type Output = Result<Response<Incoming>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            ForwardingProj::Sent { future } => future.poll(cx).map(|result| match result {
+                Ok(mut response) => {
+                    strip_hop_by_hop(response.headers_mut());
+                    Ok(response)
+                }
+                // The request body went over the limit while it was being sent: the client's
+                // fault, not the upstream's.
+                Err(error) if caused_by_length_limit(&error) => {
+                    Err(payload_too_large().with_source(error).into())
+                }
+                Err(error) => Err(error.into()),
+            }),
+            ForwardingProj::Refused { error } => {
+                Poll::Ready(Err(error.take().expect("polled after completion")))
+            }
+        }
+    }
+}
+
+/// Whether the body limit is somewhere in `error`'s source chain.
+fn caused_by_length_limit(error: &(dyn Error + 'static)) -> bool {
+    let mut next = Some(error);
+    // Bounded: a `source()` chain that loops must not hang the proxy.
+    for _ in 0..16 {
+        let Some(error) = next else {
+            return false;
+        };
+        if error.is::<LengthLimitError>() {
+            return true;
+        }
+        next = error.source();
+    }
+    false
+}
+
+/// RFC 9110 §7.6.1: a proxy removes the fields named in `Connection`, and the hop-by-hop fields.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    const HOP_BY_HOP: [&str; 7] = [
+        "connection",
+        "proxy-connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ];
+    if !headers.contains_key(header::CONNECTION) {
+        // The common case: nothing named, only the fixed set (no allocation).
+        for name in HOP_BY_HOP {
+            headers.remove(name);
+        }
+        return;
+    }
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// The baseline: the same proxy, every error an empty 502.
+#[derive(Clone)]
+pub struct Bare<S>(pub S);
+
+impl<S> Service<Request<Incoming>> for Bare<S>
+where
+    S: Service<Request<Incoming>, Response = Response<Incoming>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Either<Incoming, Empty<Bytes>>>;
+    type Error = Infallible;
+    type Future = BareFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // A failing poll_ready is answered on the next call.
+        let _ = std::task::ready!(self.0.poll_ready(cx));
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        BareFuture {
+            future: self.0.call(request),
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`Bare`].
+    pub struct BareFuture<F> { #[pin] future: F }
+}
+
+impl<F, E> Future for BareFuture<F>
+where
+    F: Future<Output = Result<Response<Incoming>, E>>,
+{
+    type Output = Result<Response<Either<Incoming, Empty<Bytes>>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().future.poll(cx).map(|result| {
+            Ok(match result {
+                Ok(response) => response.map(Either::Left),
+                Err(_) => {
+                    let mut response = Response::new(Either::Right(Empty::new()));
+                    *response.status_mut() = StatusCode::BAD_GATEWAY;
+                    response
+                }
+            })
+        })
+    }
+}
+
+/// The limits of the server loop.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeOptions {
+    /// How long a client has to send its whole request head (against slowloris).
+    pub header_read_timeout: Duration,
+    /// The most bytes of request head hyper buffers; a longer head is answered 431.
+    pub max_head_bytes: usize,
+    /// How long a shutdown waits for the requests in flight.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            header_read_timeout: Duration::from_secs(10),
+            max_head_bytes: 64 * 1024,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Serves `service` with hyper's HTTP/1 server until `shutdown` completes, then waits up to
+/// [`ServeOptions::shutdown_grace`] for the requests in flight.
+pub async fn serve<S, B>(
+    listener: TcpListener,
+    service: S,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let Ok((stream, _peer)) = accepted else {
+            // Out of file descriptors and the like: back off instead of spinning.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(service.clone());
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(options.header_read_timeout)
+            // `max_buf_size` alone is not a bound on the head: one read can take the buffer
+            // past it, and a head that arrived whole is then accepted. `max_header_size` is
+            // checked against the parsed head.
+            .max_buf_size(options.max_head_bytes)
+            .max_header_size(options.max_head_bytes)
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
+    eprintln!(
+        "shutting down: waiting up to {} s for requests in flight",
+        options.shutdown_grace.as_secs()
+    );
+    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| unreachable!("one owner"));
+    let _ = tokio::time::timeout(options.shutdown_grace, graceful.shutdown()).await;
+}
