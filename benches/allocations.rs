@@ -4,6 +4,9 @@
 //! every allocation made while requests are served (request construction is done before the
 //! window opens); the difference between `layered` and `bare` is what the layer costs.
 //!
+//! `ns/req` is the wall time per request on one thread, a rough guide only: criterion benches
+//! time things properly; this one counts.
+//!
 //! No tracing subscriber is installed, as in a service whose spans are filtered out; a subscriber
 //! that records spans allocates for them on its own account.
 
@@ -84,7 +87,7 @@ where
 
 /// Serves every request with `service`, consuming each body, and returns allocations and bytes
 /// per request inside the window.
-async fn measure<S, B>(mut service: S, requests: Vec<Request<Full<Bytes>>>) -> (f64, f64)
+async fn measure<S, B>(mut service: S, requests: Vec<Request<Full<Bytes>>>) -> (f64, f64, f64)
 where
     S: Service<Request<Full<Bytes>>, Response = Response<B>>,
     S::Error: std::fmt::Debug,
@@ -102,14 +105,17 @@ where
     ALLOCATIONS.store(0, Ordering::SeqCst);
     BYTES.store(0, Ordering::SeqCst);
     COUNTING.store(true, Ordering::SeqCst);
+    let started = std::time::Instant::now();
     for request in requests {
         let response = service.ready().await.unwrap().call(request).await.unwrap();
         drain(response.into_body()).await;
     }
+    let elapsed = started.elapsed();
     COUNTING.store(false, Ordering::SeqCst);
     (
         ALLOCATIONS.load(Ordering::SeqCst) as f64 / count,
         BYTES.load(Ordering::SeqCst) as f64 / count,
+        elapsed.as_nanos() as f64 / count,
     )
 }
 
@@ -165,9 +171,12 @@ fn main() {
     let timed = layer.clone().upstream_timeout(Duration::from_secs(30));
 
     println!("heap allocations per request ({REQUESTS} requests each; no tracing subscriber)");
-    println!("{:<46} {:>12} {:>12}", "case", "allocs/req", "bytes/req");
-    let row = |name: &str, (allocs, bytes): (f64, f64)| {
-        println!("{name:<46} {allocs:>12.2} {bytes:>12.0}");
+    println!(
+        "{:<46} {:>12} {:>12} {:>10}",
+        "case", "allocs/req", "bytes/req", "ns/req"
+    );
+    let row = |name: &str, (allocs, bytes, nanos): (f64, f64, f64)| {
+        println!("{name:<46} {allocs:>12.2} {bytes:>12.0} {nanos:>10.0}");
     };
     runtime.block_on(async {
         row("success: bare", measure(ok_service(), requests(None)).await);

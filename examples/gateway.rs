@@ -9,7 +9,8 @@
 //! - `--bare` serves the same proxy without the layer: every upstream error becomes an empty 502.
 //!   It is the baseline the benchmarks compare against.
 //! - `--name` sets the proxy name in `Proxy-Status` (default `edge-1`); `--max-body` the request
-//!   body limit in bytes (default 10 MiB).
+//!   body limit in bytes (default 10 MiB); `--http2` speaks h2c to the upstream (one connection
+//!   for all requests; the demo upstream understands it, but its byte-level faults are HTTP/1).
 //!
 //! What makes it safe to copy, beyond the layer (the proxy itself is in `support/proxy.rs`, where
 //! `tests/gateway_hardening.rs` checks each point): only the configured upstream is ever contacted
@@ -41,13 +42,14 @@ struct Options {
     upstream: Option<Uri>,
     timeout: Duration,
     bare: bool,
+    http2: bool,
     name: String,
     max_body: u64,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: gateway [--listen ADDR] [--upstream URL] [--timeout 5s|500ms] [--bare] [--name NAME] [--max-body BYTES]"
+        "usage: gateway [--listen ADDR] [--upstream URL] [--timeout 5s|500ms] [--bare] [--name NAME] [--max-body BYTES] [--http2]"
     );
     std::process::exit(2)
 }
@@ -69,6 +71,7 @@ fn parse_options() -> Options {
         upstream: None,
         timeout: Duration::from_secs(5),
         bare: false,
+        http2: false,
         name: "edge-1".into(),
         max_body: 10 * 1024 * 1024,
     };
@@ -82,6 +85,7 @@ fn parse_options() -> Options {
             "--name" => options.name = value(),
             "--max-body" => options.max_body = value().parse().unwrap_or_else(|_| usage()),
             "--bare" => options.bare = true,
+            "--http2" => options.http2 = true,
             "-h" | "--help" => usage(),
             _ => usage(),
         }
@@ -111,7 +115,10 @@ async fn main() -> Result<(), BoxError> {
     };
     let listener = TcpListener::bind(options.listen).await?;
     let addr = listener.local_addr()?;
-    let proxy = Proxy::new(&upstream, &options.name, options.max_body)?;
+    let mut proxy = Proxy::new(&upstream, &options.name, options.max_body)?;
+    if options.http2 {
+        proxy = proxy.http2_only();
+    }
 
     if demo.is_some() {
         println!("demo upstream on {upstream}; try:");

@@ -2,14 +2,17 @@
 //!
 //! ```text
 //! cargo run --release --example stall_clients -- --target 127.0.0.1:8080 --path /slow \
-//!     --requests 10000 --timeout-ms 2000 [--gateway-pid PID]
+//!     --requests 10000 --timeout-ms 2000 [--gateway-pid PID] [--rounds 2]
 //! ```
 //!
-//! Opens `--requests` connections to the gateway, sends one request on each to a route whose
-//! upstream never answers, and waits. Every request must come back as a 504 within the gateway's
-//! timeout plus 100 ms, counted from when that request was sent. With `--gateway-pid`, it reads the
-//! gateway's resident memory before, while every request is pending, and after they are answered,
-//! and reports the bytes each pending request held.
+//! Opens `--requests` connections to the gateway and has a small `/ok` answered on each, so that
+//! every connection is accepted and idle; then sends one request on each, all at once, to a route
+//! whose upstream never answers, and waits. Every request must come back as a 504 within the
+//! gateway's timeout plus 100 ms, counted from when that request was sent. With `--gateway-pid`,
+//! it reads the gateway's resident memory with the connections idle, while every request is
+//! pending, and after they are answered, and reports the bytes each pending request held.
+//! `--rounds` repeats the whole burst: resident memory that stays level from one round to the next
+//! is memory the allocator keeps for reuse, not a leak.
 //!
 //! Prints a summary and `key=value` lines for scripts. Loopback addresses only.
 
@@ -27,6 +30,7 @@ struct Options {
     requests: usize,
     timeout: Duration,
     gateway_pid: Option<u32>,
+    rounds: u32,
 }
 
 fn parse_options() -> Options {
@@ -36,6 +40,7 @@ fn parse_options() -> Options {
         requests: 10_000,
         timeout: Duration::from_secs(2),
         gateway_pid: None,
+        rounds: 1,
     };
     let mut args = std::env::args().skip(1);
     let fail = |what: &str| -> ! {
@@ -52,6 +57,7 @@ fn parse_options() -> Options {
                 let ms = value.parse().unwrap_or_else(|_| fail("--timeout-ms"));
                 options.timeout = Duration::from_millis(ms);
             }
+            "--rounds" => options.rounds = value.parse().unwrap_or_else(|_| fail("--rounds")),
             "--gateway-pid" => {
                 options.gateway_pid = Some(value.parse().unwrap_or_else(|_| fail("--gateway-pid")))
             }
@@ -79,18 +85,55 @@ enum Outcome {
     Hung,
 }
 
-async fn one_request(target: SocketAddr, request: Arc<Vec<u8>>, sent: Arc<AtomicUsize>) -> Outcome {
-    // Connecting is retried: with thousands at once, the listen backlog overflows for a moment.
-    let mut stream = None;
-    for _ in 0..50 {
-        match TcpStream::connect(target).await {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+/// Reads one response with a `content-length` off a keep-alive connection.
+async fn read_response(stream: &mut TcpStream) -> std::io::Result<u16> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let length = text
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await?;
+    Ok(status)
+}
+
+/// Opens a connection and has one small request answered on it, so that the gateway has accepted
+/// and is serving the connection before the timed request: a burst of connects otherwise waits in
+/// the listen queue, and that wait is not the gateway's timeout.
+async fn warm_connection(target: SocketAddr) -> Option<TcpStream> {
+    for _ in 0..100 {
+        let Ok(mut stream) = TcpStream::connect(target).await else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let warm = b"GET /ok HTTP/1.1\r\nhost: gateway\r\n\r\n";
+        if stream.write_all(warm).await.is_ok() && read_response(&mut stream).await.ok()? == 200 {
+            return Some(stream);
         }
     }
+    None
+}
+
+async fn one_request(
+    target: SocketAddr,
+    request: Arc<Vec<u8>>,
+    warmed: Arc<AtomicUsize>,
+    go: Arc<tokio::sync::Notify>,
+    sent: Arc<AtomicUsize>,
+) -> Outcome {
+    let stream = warm_connection(target).await;
+    warmed.fetch_add(1, Ordering::SeqCst);
+    go.notified().await;
     let Some(mut stream) = stream else {
         sent.fetch_add(1, Ordering::SeqCst);
         return Outcome::Failed;
@@ -118,32 +161,51 @@ async fn one_request(target: SocketAddr, request: Arc<Vec<u8>>, sent: Arc<Atomic
     }
 }
 
-#[tokio::main]
-async fn main() {
-    let options = parse_options();
-    let request = Arc::new(
-        format!(
-            "GET {} HTTP/1.1\r\nhost: gateway\r\naccept: application/json\r\nconnection: close\r\n\r\n",
-            options.path
-        )
-        .into_bytes(),
-    );
-    let rss_before = options.gateway_pid.and_then(rss_bytes);
+struct Burst {
+    latencies: Vec<Duration>,
+    wrong_status: usize,
+    failed: usize,
+    hung: usize,
+    all_sent_after: Duration,
+    rss_before: Option<u64>,
+    rss_pending: Option<u64>,
+    rss_after: Option<u64>,
+}
+
+/// One burst: every connection warmed, then every timed request sent at once.
+async fn burst(options: &Options, request: &Arc<Vec<u8>>) -> Burst {
+    let warmed = Arc::new(AtomicUsize::new(0));
     let sent = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
+    let go = Arc::new(tokio::sync::Notify::new());
     let tasks: Vec<_> = (0..options.requests)
-        .map(|_| tokio::spawn(one_request(options.target, request.clone(), sent.clone())))
+        .map(|_| {
+            tokio::spawn(one_request(
+                options.target,
+                request.clone(),
+                warmed.clone(),
+                go.clone(),
+                sent.clone(),
+            ))
+        })
         .collect();
+    while warmed.load(Ordering::SeqCst) < options.requests {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Idle connections only, now: this is the gateway's resting memory for them.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rss_before = options.gateway_pid.and_then(rss_bytes);
+    let started = Instant::now();
+    go.notify_waiters();
 
     // Sample the gateway's memory while everything is pending: once every request is sent, and
-    // again halfway to the timeout, keeping the larger.
-    let mut rss_pending = None;
+    // again a quarter of the timeout later, keeping the larger.
     while sent.load(Ordering::SeqCst) < options.requests
         && started.elapsed() < Duration::from_secs(20)
     {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let all_sent_after = started.elapsed();
+    let mut rss_pending = None;
     if let Some(pid) = options.gateway_pid {
         rss_pending = rss_bytes(pid);
         tokio::time::sleep(options.timeout / 4).await;
@@ -160,10 +222,53 @@ async fn main() {
             Outcome::Hung => hung += 1,
         }
     }
-    // Let the gateway drop its upstream connections before the last reading.
+    // Let the gateway drop its connections before the last reading.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_after = options.gateway_pid.and_then(rss_bytes);
+    Burst {
+        latencies,
+        wrong_status,
+        failed,
+        hung,
+        all_sent_after,
+        rss_before,
+        rss_pending,
+        rss_after: options.gateway_pid.and_then(rss_bytes),
+    }
+}
 
+#[tokio::main]
+async fn main() {
+    let options = parse_options();
+    let request = Arc::new(
+        format!(
+            "GET {} HTTP/1.1\r\nhost: gateway\r\naccept: application/json\r\nconnection: close\r\n\r\n",
+            options.path
+        )
+        .into_bytes(),
+    );
+    let mut last_round = None;
+    for round in 1..=options.rounds {
+        let report = burst(&options, &request).await;
+        println!(
+            "round {round}: gateway RSS after {:.1} MiB",
+            report.rss_after.unwrap_or(0) as f64 / 1048576.0
+        );
+        println!("rss_after_round{round}={}", report.rss_after.unwrap_or(0));
+        last_round = Some(report);
+    }
+    let Some(Burst {
+        mut latencies,
+        wrong_status,
+        failed,
+        hung,
+        all_sent_after,
+        rss_before,
+        rss_pending,
+        rss_after,
+    }) = last_round
+    else {
+        return;
+    };
     latencies.sort();
     let limit = options.timeout + Duration::from_millis(100);
     let late = latencies.iter().filter(|l| **l > limit).count();
@@ -183,13 +288,20 @@ async fn main() {
         hung
     );
     println!(
-        "time to 504: min {:.0?}  p50 {:.0?}  p99 {:.0?}  max {:.0?}  (limit {:.0?}); {} late",
-        pct(0.0),
-        pct(0.5),
-        pct(0.99),
-        pct(1.0),
-        limit,
+        "time to 504: min {} ms  p50 {} ms  p99 {} ms  max {} ms  (limit {} ms); {} late",
+        pct(0.0).as_millis(),
+        pct(0.5).as_millis(),
+        pct(0.99).as_millis(),
+        pct(1.0).as_millis(),
+        limit.as_millis(),
         late
+    );
+    // The gateway answers at its own pace: 504s leave at most as fast as it can serve requests.
+    let spread = pct(1.0).saturating_sub(pct(0.0));
+    println!(
+        "the 504s left over {} ms ({:.0} per second)",
+        spread.as_millis(),
+        latencies.len() as f64 / spread.as_secs_f64().max(0.001)
     );
     println!("stall_answered={}", latencies.len());
     println!("stall_wrong={wrong_status}");
@@ -197,6 +309,11 @@ async fn main() {
     println!("stall_hung={hung}");
     println!("stall_late={late}");
     println!("stall_max_ms={}", pct(1.0).as_millis());
+    println!("stall_spread_ms={}", spread.as_millis());
+    println!(
+        "stall_rate={:.0}",
+        latencies.len() as f64 / spread.as_secs_f64().max(0.001)
+    );
     if let (Some(before), Some(pending), Some(after)) = (rss_before, rss_pending, rss_after) {
         let per_request = pending.saturating_sub(before) / options.requests.max(1) as u64;
         println!(

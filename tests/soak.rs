@@ -1,6 +1,6 @@
 //! Fault soak: 64 concurrent clients drive the example gateway (the proxy and server loop of
 //! `examples/gateway.rs`, from `examples/support/proxy.rs`) while the demo upstream rotates through
-//! every fault of DESIGN.md §5 and healthy responses with bodies up to 2 MiB. Every response is
+//! each of its faults and healthy responses with bodies up to 2 MiB. Every response is
 //! checked against what that route must give:
 //!
 //! - a generated error: its status, its `Proxy-Status` token, a body in the negotiated format that

@@ -1,4 +1,4 @@
-//! Every upstream failure of DESIGN.md §5, made real on loopback, and what the client gets for it:
+//! Every upstream failure the layer classifies, made real on loopback, and what the client gets for it:
 //! the RFC 9209 status and `Proxy-Status`, an uncacheable problem+json body with a correct length,
 //! a truthful retry hint, and the `ProxyError` in the response extensions.
 

@@ -67,21 +67,32 @@ impl Proxy {
             .authority()
             .cloned()
             .ok_or("the upstream URL needs a host")?;
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_timer(TokioTimer::new())
-            .build(connector);
         Ok(Proxy {
-            client,
+            client: upstream_client(false),
             scheme,
             authority,
             via: HeaderValue::from_str(&format!("1.1 {name}"))?,
             max_body,
         })
     }
+
+    /// Speaks HTTP/2 to the upstream with prior knowledge (h2c): all requests share one
+    /// connection, where HTTP/1.1 needs one connection per request in flight.
+    pub fn http2_only(mut self) -> Self {
+        self.client = upstream_client(true);
+        self
+    }
+}
+
+fn upstream_client(http2_only: bool) -> Client<HttpConnector, Limited<Incoming>> {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(Duration::from_secs(2)));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_timer(TokioTimer::new())
+        .http2_only(http2_only)
+        .build(connector)
 }
 
 /// The answer for a request body over the limit: 413, the request's own fault.
