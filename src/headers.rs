@@ -263,15 +263,19 @@ impl RetryAfter {
         }
     }
 
+    /// The advised delay from `now` in whole seconds, rounded up (a retry is never advised
+    /// early), as `Retry-After` and the `{retry_after}` placeholder state it.
+    pub fn seconds_from(&self, now: SystemTime) -> u64 {
+        let delay = self.delay_from(now);
+        delay
+            .as_secs()
+            .saturating_add(u64::from(delay.subsec_nanos() > 0))
+    }
+
     /// The header value: whole seconds (rounded up), or an IMF-fixdate.
     pub fn to_header_value(&self) -> HeaderValue {
         match *self {
-            RetryAfter::Delay(delay) => {
-                let seconds = delay
-                    .as_secs()
-                    .saturating_add(u64::from(delay.subsec_nanos() > 0));
-                HeaderValue::from(seconds)
-            }
+            RetryAfter::Delay(_) => HeaderValue::from(self.seconds_from(SystemTime::now())),
             RetryAfter::At(at) => HeaderValue::from_str(&httpdate::fmt_http_date(at))
                 .expect("an HTTP-date is visible ASCII"),
         }

@@ -58,8 +58,7 @@ impl RequestFacts {
             accept,
             is_head: request.method() == Method::HEAD,
             idempotent_method: config.retry.is_idempotent(request.method()),
-            idempotency_key: headers.contains_key(&crate::retry::IDEMPOTENCY_KEY)
-                && has_idempotency_key(headers),
+            idempotency_key: has_idempotency_key(headers),
             request_id,
         }
     }
@@ -212,19 +211,13 @@ fn generate<B>(
         (None, Some(_)) => "The upstream server could not process the request.",
         (None, None) => UNRECOGNIZED_DETAIL,
     };
-    let now = std::time::SystemTime::now();
     let view = ErrorView {
         status,
         kind,
         detail,
         request_id: facts.request_id(),
         retryable,
-        retry_after_seconds: retry_after.map(|a| {
-            let delay = a.delay_from(now);
-            delay
-                .as_secs()
-                .saturating_add(u64::from(delay.subsec_nanos() > 0))
-        }),
+        retry_after_seconds: retry_after.map(|a| a.seconds_from(std::time::SystemTime::now())),
         proxy: &config.proxy_name,
     };
     // A rewritten response may carry its own Retry-After, which the body states: not cached.
