@@ -1,15 +1,15 @@
-//! Rendered bodies, kept per configuration.
+//! Rendered error responses, kept per configuration.
 //!
-//! When an upstream dies, every request becomes the same error at once. Most of those bodies are
-//! identical: same kind, same format, same retry hint, and no request id. The first one is rendered
-//! and kept, with its `Content-Length` value; the rest share its bytes. A body that shows a request
-//! id, a date-based `Retry-After`, a status a classifier changed, or the output of a custom
-//! renderer is rendered every time.
+//! When an upstream dies, every request becomes the same error at once. Most of those responses
+//! are identical: same kind, same format, same retry hint, and no request id. The first one is
+//! rendered and kept, body and head; the rest share its body's bytes and clone its header map. A
+//! response that shows a request id, a date-based `Retry-After`, a status a classifier changed, a
+//! rewritten origin response, or the output of a custom renderer is built every time.
 
 use std::sync::OnceLock;
 
 use bytes::Bytes;
-use http::HeaderValue;
+use http::HeaderMap;
 
 use crate::kind::ProxyErrorKind;
 use crate::negotiate::Format;
@@ -18,23 +18,14 @@ use crate::negotiate::Format;
 const KIND_SLOTS: usize = ProxyErrorKind::ALL.len() + 1;
 const SLOTS: usize = Format::ALL.len() * KIND_SLOTS * 2;
 
-#[derive(Clone)]
-pub(crate) struct CachedBody {
+/// A generated error's body and head, identical for every request of its slot.
+pub(crate) struct CachedResponse {
     pub(crate) body: Bytes,
-    pub(crate) content_length: HeaderValue,
-}
-
-impl CachedBody {
-    pub(crate) fn new(body: Bytes) -> Self {
-        CachedBody {
-            content_length: HeaderValue::from(body.len()),
-            body,
-        }
-    }
+    pub(crate) headers: HeaderMap,
 }
 
 pub(crate) struct BodyCache {
-    slots: Box<[OnceLock<CachedBody>]>,
+    slots: Box<[OnceLock<CachedResponse>]>,
 }
 
 impl BodyCache {
@@ -48,11 +39,9 @@ impl BodyCache {
         format: Format,
         kind: Option<ProxyErrorKind>,
         retryable: bool,
-        render: impl FnOnce() -> Bytes,
-    ) -> CachedBody {
-        self.slots[Self::slot(format, kind, retryable)]
-            .get_or_init(|| CachedBody::new(render()))
-            .clone()
+        render: impl FnOnce() -> CachedResponse,
+    ) -> &CachedResponse {
+        self.slots[Self::slot(format, kind, retryable)].get_or_init(render)
     }
 }
 
@@ -93,14 +82,19 @@ mod tests {
 
     #[test]
     fn a_clone_starts_empty() {
+        let response = |body: &'static str| {
+            move || CachedResponse {
+                body: Bytes::from_static(body.as_bytes()),
+                headers: HeaderMap::new(),
+            }
+        };
         let cache = BodyCache::default();
-        let first = cache.get_or_render(Format::Text, None, false, || Bytes::from_static(b"a"));
+        let first = cache.get_or_render(Format::Text, None, false, response("a"));
         assert_eq!(first.body, "a");
-        let again = cache.get_or_render(Format::Text, None, false, || Bytes::from_static(b"b"));
+        let again = cache.get_or_render(Format::Text, None, false, response("b"));
         assert_eq!(again.body, "a");
         let cloned = cache.clone();
-        let fresh = cloned.get_or_render(Format::Text, None, false, || Bytes::from_static(b"c"));
+        let fresh = cloned.get_or_render(Format::Text, None, false, response("c"));
         assert_eq!(fresh.body, "c");
-        assert_eq!(fresh.content_length, "1");
     }
 }

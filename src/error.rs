@@ -2,7 +2,6 @@
 
 use std::error::Error as StdError;
 use std::fmt;
-use std::sync::Arc;
 
 use http::{Response, StatusCode};
 
@@ -40,12 +39,90 @@ use crate::kind::{Phase, ProxyErrorKind};
 ///
 /// Its [`source`](std::error::Error::source) is the original error, for logs and spans only: no part
 /// of it is ever written to a response.
-#[derive(Clone)]
+///
+/// It is `Clone`, as response extensions require, but errors in general are not: a clone keeps the
+/// classification and the messages of the whole source chain, while the original error (the one to
+/// downcast) stays with the value the layer inserted. Owning the error in a `Box` rather than an
+/// `Arc` saves an allocation on every generated error; clones are rare.
+///
+/// ```
+/// use gateway_errors::{ProxyError, ProxyErrorKind};
+/// use std::error::Error;
+///
+/// let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+/// let error = ProxyError::new(ProxyErrorKind::ConnectionRefused).with_source(refused);
+/// assert!(error.source().unwrap().is::<std::io::Error>());
+///
+/// let copy = error.clone();
+/// assert_eq!(copy.kind(), Some(ProxyErrorKind::ConnectionRefused));
+/// assert_eq!(copy.source().unwrap().to_string(), "refused");
+/// ```
 pub struct ProxyError {
     classification: Classification,
     retryable: bool,
     retry_after: Option<RetryAfter>,
-    source: Option<Arc<dyn StdError + Send + Sync>>,
+    source: Option<Box<dyn StdError + Send + Sync>>,
+}
+
+impl Clone for ProxyError {
+    fn clone(&self) -> Self {
+        ProxyError {
+            classification: self.classification,
+            retryable: self.retryable,
+            retry_after: self.retry_after,
+            source: self.source.as_deref().map(|source| {
+                let copy: Box<dyn StdError + Send + Sync> = Box::new(CopiedError::of(source));
+                copy
+            }),
+        }
+    }
+}
+
+/// The messages of an error chain, copied when a [`ProxyError`] is cloned.
+#[derive(Debug)]
+struct CopiedError {
+    message: String,
+    source: Option<Box<CopiedError>>,
+}
+
+impl CopiedError {
+    /// The same depth bound as [`ErrorChain`]: a `source()` chain that loops must end.
+    const MAX_DEPTH: usize = 32;
+
+    fn of(error: &(dyn StdError + 'static)) -> Self {
+        Self::at_depth(error, 0)
+    }
+
+    fn at_depth(error: &(dyn StdError + 'static), depth: usize) -> Self {
+        let source = error.source().map(|next| {
+            Box::new(if depth + 1 < Self::MAX_DEPTH {
+                Self::at_depth(next, depth + 1)
+            } else {
+                CopiedError {
+                    message: "...".to_owned(),
+                    source: None,
+                }
+            })
+        });
+        CopiedError {
+            message: error.to_string(),
+            source,
+        }
+    }
+}
+
+impl fmt::Display for CopiedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl StdError for CopiedError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static))
+    }
 }
 
 impl ProxyError {
@@ -84,7 +161,7 @@ impl ProxyError {
     }
 
     pub(crate) fn with_source_boxed(mut self, source: Box<dyn StdError + Send + Sync>) -> Self {
-        self.source = Some(Arc::from(source));
+        self.source = Some(source);
         self
     }
 
@@ -208,5 +285,91 @@ impl fmt::Display for ErrorChain<'_> {
             next = err.source();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kind::ProxyErrorKind;
+
+    /// An error whose `source()` is itself: a chain that never ends.
+    #[derive(Debug)]
+    struct Looping;
+
+    impl fmt::Display for Looping {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("loop")
+        }
+    }
+
+    impl StdError for Looping {
+        fn source(&self) -> Option<&(dyn StdError + 'static)> {
+            Some(self)
+        }
+    }
+
+    fn chain_of(error: &(dyn StdError + 'static)) -> Vec<String> {
+        let mut messages = Vec::new();
+        let mut next = Some(error);
+        while let Some(error) = next {
+            messages.push(error.to_string());
+            next = error.source();
+            assert!(messages.len() < 100, "the copied chain must end");
+        }
+        messages
+    }
+
+    #[test]
+    fn a_clone_keeps_the_classification_and_the_chain_text() {
+        let inner = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let outer = ErrorWithSource("connect failed", inner);
+        let error = ProxyError::new(ProxyErrorKind::ConnectionRefused)
+            .with_source(outer)
+            .with_retry_hint(
+                true,
+                Some(RetryAfter::Delay(std::time::Duration::from_secs(3))),
+            );
+        let copy = error.clone();
+        assert_eq!(copy.kind(), error.kind());
+        assert_eq!(copy.status(), error.status());
+        assert!(copy.is_retryable());
+        assert_eq!(copy.retry_after(), error.retry_after());
+        assert_eq!(
+            chain_of(&copy),
+            chain_of(&error),
+            "the same messages, level by level"
+        );
+        assert_eq!(
+            chain_of(&copy),
+            [
+                "upstream request failed: connection_refused",
+                "connect failed",
+                "refused"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_clone_of_a_looping_chain_ends() {
+        let error = ProxyError::new(ProxyErrorKind::ConnectionRefused).with_source(Looping);
+        let chain = chain_of(&error.clone());
+        assert_eq!(chain.len(), 1 + CopiedError::MAX_DEPTH + 1);
+        assert_eq!(chain.last().map(String::as_str), Some("..."));
+    }
+
+    #[derive(Debug)]
+    struct ErrorWithSource(&'static str, std::io::Error);
+
+    impl fmt::Display for ErrorWithSource {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl StdError for ErrorWithSource {
+        fn source(&self) -> Option<&(dyn StdError + 'static)> {
+            Some(&self.1)
+        }
     }
 }

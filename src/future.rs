@@ -52,7 +52,12 @@ pub(crate) struct Pending {
     pub(crate) config: Arc<Config>,
     pub(crate) facts: RequestFacts,
     pub(crate) span: Span,
-    pub(crate) started: Instant,
+    /// For `gateway.upstream_ms`; not read when no subscriber wants the span.
+    pub(crate) started: Option<Instant>,
+}
+
+fn started(span: &Span) -> Option<Instant> {
+    (!span.is_disabled()).then(Instant::now)
 }
 
 impl<F> ResponseFuture<F> {
@@ -64,8 +69,8 @@ impl<F> ResponseFuture<F> {
             pending: Some(Pending {
                 config,
                 facts,
+                started: started(&span),
                 span,
-                started: Instant::now(),
             }),
         }
     }
@@ -82,8 +87,8 @@ impl<F> ResponseFuture<F> {
             pending: Some(Pending {
                 config,
                 facts,
+                started: started(&span),
                 span,
-                started: Instant::now(),
             }),
         }
     }

@@ -124,6 +124,87 @@ where
     }
 }
 
+/// Negotiates one `Accept` field line, remembering the last few answers on this thread.
+///
+/// When an upstream dies, the same few `Accept` values (one per kind of client) arrive thousands of
+/// times a second. Parsing one costs a few thousand instructions, comparing it with a remembered
+/// copy a few dozen. The answer depends on the bytes and the default alone, so a remembered answer
+/// is always the one [`negotiate`] would give. Values longer than [`MEMO_MAX_LEN`] are parsed every
+/// time; the memo never allocates and holds about 1 KiB per thread.
+pub(crate) fn negotiate_line(line: &HeaderValue, default: Format) -> Format {
+    let bytes = line.as_bytes();
+    if bytes.len() > MEMO_MAX_LEN {
+        return negotiate([line], default);
+    }
+    // `try_with`: a thread being torn down negotiates without the memo.
+    MEMO.try_with(|memo| {
+        if let Some(format) = memo.borrow().get(bytes, default) {
+            return format;
+        }
+        let format = negotiate([line], default);
+        memo.borrow_mut().put(bytes, default, format);
+        format
+    })
+    .unwrap_or_else(|_| negotiate([line], default))
+}
+
+/// The longest `Accept` value the memo keeps. Browsers send about 100 to 150 bytes.
+const MEMO_MAX_LEN: usize = 224;
+const MEMO_ENTRIES: usize = 4;
+
+thread_local! {
+    static MEMO: std::cell::RefCell<Memo> = const { std::cell::RefCell::new(Memo::EMPTY) };
+}
+
+struct Memo {
+    entries: [MemoEntry; MEMO_ENTRIES],
+    /// The entry the next miss replaces (round robin).
+    next: usize,
+}
+
+#[derive(Clone, Copy)]
+struct MemoEntry {
+    /// `None` until the entry is first filled.
+    answer: Option<(Format, Format)>,
+    len: u8,
+    bytes: [u8; MEMO_MAX_LEN],
+}
+
+impl Memo {
+    const EMPTY: Memo = Memo {
+        entries: [MemoEntry {
+            answer: None,
+            len: 0,
+            bytes: [0; MEMO_MAX_LEN],
+        }; MEMO_ENTRIES],
+        next: 0,
+    };
+
+    fn get(&self, bytes: &[u8], default: Format) -> Option<Format> {
+        self.entries.iter().find_map(|entry| match entry.answer {
+            Some((d, format)) if d == default && entry.value() == bytes => Some(format),
+            _ => None,
+        })
+    }
+
+    fn put(&mut self, bytes: &[u8], default: Format, format: Format) {
+        let Ok(len) = u8::try_from(bytes.len()) else {
+            return;
+        };
+        let entry = &mut self.entries[self.next];
+        entry.bytes[..bytes.len()].copy_from_slice(bytes);
+        entry.len = len;
+        entry.answer = Some((default, format));
+        self.next = (self.next + 1) % MEMO_ENTRIES;
+    }
+}
+
+impl MemoEntry {
+    fn value(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
 struct Candidate {
     ty: &'static [u8],
     subtype: &'static [u8],
@@ -400,6 +481,37 @@ mod tests {
         );
         let refused = "application/problem+json;q=0, application/json, text/plain;q=0.1";
         assert_eq!(pick(refused), Format::Text);
+    }
+
+    #[test]
+    fn the_memo_answers_as_the_parser_does() {
+        let values = [
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+            "application/json",
+            "text/plain",
+            "text/html;q=0, text/*",
+            "*/*",
+            "image/png",
+            "",
+        ];
+        // More values than entries, each asked twice under each default, in turns: every answer
+        // is either remembered or parsed again, and both must agree with the parser.
+        for _ in 0..3 {
+            for value in values {
+                let line = HeaderValue::from_static(value);
+                for default in Format::ALL {
+                    assert_eq!(
+                        negotiate_line(&line, default),
+                        negotiate([&line], default),
+                        "{value:?} with default {default:?}"
+                    );
+                }
+            }
+        }
+        let long = format!("{}, text/plain", "a/b;q=0.1,".repeat(40));
+        let long = HeaderValue::from_str(&long).unwrap();
+        assert!(long.len() > MEMO_MAX_LEN);
+        assert_eq!(negotiate_line(&long, Format::Html), Format::Text);
     }
 
     #[test]

@@ -7,20 +7,21 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use tracing::Level;
 
 use crate::body::GatewayBody;
-use crate::cache::CachedBody;
+use crate::cache::CachedResponse;
 use crate::classify::{classify, Classification};
 use crate::error::{ErrorChain, PendingProxyError, ProxyError};
 use crate::future::Pending;
 use crate::headers::{append_member, details_param, RetryAfter, PROXY_STATUS};
 use crate::kind::{Phase, ProxyErrorKind};
 use crate::layer::Config;
-use crate::negotiate::{negotiate, Format};
+use crate::negotiate::{negotiate, negotiate_line, Format};
 use crate::render::{ErrorView, UNRECOGNIZED_DETAIL};
 use crate::retry::{has_idempotency_key, RetryFacts};
 use crate::trace::{BodyObserver, TARGET};
@@ -67,7 +68,7 @@ impl RequestFacts {
     fn format(&self, default: Format) -> Format {
         match &self.accept {
             AcceptSnapshot::Absent => default,
-            AcceptSnapshot::One(line) => negotiate([line], default),
+            AcceptSnapshot::One(line) => negotiate_line(line, default),
             AcceptSnapshot::Decided(format) => *format,
         }
     }
@@ -107,8 +108,10 @@ impl fmt::Display for UpstreamTimedOut {
 impl StdError for UpstreamTimedOut {}
 
 pub(crate) fn finish<B: Body>(pending: Pending, outcome: Outcome<B>) -> Response<GatewayBody<B>> {
-    let elapsed_ms = i64::try_from(pending.started.elapsed().as_millis()).unwrap_or(i64::MAX);
-    pending.span.record("gateway.upstream_ms", elapsed_ms);
+    if let Some(started) = pending.started {
+        let elapsed_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        pending.span.record("gateway.upstream_ms", elapsed_ms);
+    }
     match outcome {
         Outcome::Response(mut response) => {
             if let Some(PendingProxyError(error)) =
@@ -148,11 +151,14 @@ pub(crate) fn finish<B: Body>(pending: Pending, outcome: Outcome<B>) -> Response
 fn forward<B: Body>(pending: Pending, response: Response<B>) -> Response<GatewayBody<B>> {
     let span = pending.span;
     let status = response.status();
-    span.record("http.response.status_code", i64::from(status.as_u16()));
-    span.record("gateway.generated", false);
-    if status.is_server_error() {
-        span.record("error.type", status.as_str());
-        span.record("otel.status_code", "ERROR");
+    // Each `record` looks its field up by name: skipped when no subscriber wants the span.
+    if !span.is_disabled() {
+        span.record("http.response.status_code", i64::from(status.as_u16()));
+        span.record("gateway.generated", false);
+        if status.is_server_error() {
+            span.record("error.type", status.as_str());
+            span.record("otel.status_code", "ERROR");
+        }
     }
     // A server never polls a body it will not send (HEAD, 1xx, 204, 304, or one that is already
     // at its end): the response is complete with its head, and dropping that body is no
@@ -226,76 +232,48 @@ fn generate<B>(
         && !config.templates.has_renderer()
         && status == kind.map_or(StatusCode::BAD_GATEWAY, ProxyErrorKind::status)
         && !matches!(retry_after, Some(RetryAfter::At(_)));
-    let rendered = if cacheable {
-        let render = || config.templates.render(&view, format);
-        config
-            .body_cache
-            .get_or_render(format, kind, retryable, render)
-    } else {
-        CachedBody::new(config.templates.render(&view, format))
-    };
-
-    // RFC 9110 §6.4.1: 1xx, 204 and 304 never carry content; a classifier could pick one.
-    let bodiless_status = status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
-    // Five fields always; room for Retry-After, and for what a rewrite keeps. A map sized to fit
-    // allocates a third of what the next power of two would.
-    let kept = rewritten.map_or(0, |old| {
-        config
-            .keep_on_rewrite
-            .iter()
-            .map(|name| old.get_all(name).iter().count())
-            .sum()
-    });
-    let mut headers = HeaderMap::with_capacity(6 + kept);
-    if !bodiless_status {
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(format.content_type()),
-        );
-        // For HEAD, the length a GET would have had (RFC 9110 §8.6).
-        headers.insert(header::CONTENT_LENGTH, rendered.content_length);
-    }
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(header::VARY, HeaderValue::from_static("accept"));
-    let ours = match received {
-        Some(received) => received_status_member(config, received),
-        None => config.proxy_status.get(kind),
+    let head = ErrorHead {
+        config,
+        format,
+        status,
+        kind,
+        retry_after: retry_after.filter(|_| kept_retry_after.is_none()),
+        received,
+        rewritten,
     };
     // Opt-in only: the chain may name internal hosts. Built per response, never cached.
-    let ours = match StdError::source(&error).filter(|_| config.details) {
-        Some(cause) => with_details(ours, cause),
-        None => ours,
+    let detailed = StdError::source(&error)
+        .filter(|_| config.details)
+        .map(|cause| with_details(head.proxy_status_member(), cause));
+    let (body, headers) = if cacheable {
+        // The head of a cacheable error depends on its slot alone: a clone of the kept map costs
+        // the map's two allocations and no hashing.
+        let cached = config
+            .body_cache
+            .get_or_render(format, kind, retryable, || {
+                let body = config.templates.render(&view, format);
+                let headers = head.headers(&body, None);
+                CachedResponse { body, headers }
+            });
+        let mut headers = cached.headers.clone();
+        if let Some(detailed) = detailed {
+            // Not a rewrite, so the field holds our member alone; replacing it does not grow
+            // the map.
+            headers.insert(PROXY_STATUS.clone(), detailed);
+        }
+        (cached.body.clone(), headers)
+    } else {
+        let body = config.templates.render(&view, format);
+        let headers = head.headers(&body, detailed);
+        (body, headers)
     };
-    match rewritten {
-        Some(old) => {
-            for name in &config.keep_on_rewrite {
-                for value in old.get_all(name) {
-                    headers.append(name.clone(), value.clone());
-                }
-            }
-            let proxy_status = if old.contains_key(&PROXY_STATUS) {
-                append_member(old.get_all(&PROXY_STATUS).iter(), &ours)
-            } else {
-                ours
-            };
-            headers.insert(PROXY_STATUS.clone(), proxy_status);
-        }
-        None => {
-            headers.insert(PROXY_STATUS.clone(), ours);
-        }
-    }
-    if let (Some(after), None) = (retry_after, kept_retry_after) {
-        headers.insert(header::RETRY_AFTER, after.to_header_value());
-    }
 
     record(pending, &error, received.is_some());
 
-    let body = if facts.is_head || bodiless_status {
-        GatewayBody::generated(bytes::Bytes::new())
+    let body = if facts.is_head || head.bodiless_status() {
+        GatewayBody::generated(Bytes::new())
     } else {
-        GatewayBody::generated(rendered.body)
+        GatewayBody::generated(body)
     };
     let mut response = Response::new(body);
     *response.status_mut() = status;
@@ -312,6 +290,83 @@ fn generate<B>(
 /// leaves it alone instead of rendering it a second time.
 #[derive(Clone, Copy)]
 struct Generated;
+
+/// Everything the head of a generated error depends on, besides the body.
+struct ErrorHead<'a> {
+    config: &'a Config,
+    format: Format,
+    status: StatusCode,
+    kind: Option<ProxyErrorKind>,
+    /// Ours to send: `None` when there is none, or when a rewrite keeps the origin's own.
+    retry_after: Option<RetryAfter>,
+    received: Option<StatusCode>,
+    rewritten: Option<&'a HeaderMap>,
+}
+
+impl ErrorHead<'_> {
+    /// RFC 9110 §6.4.1: 1xx, 204 and 304 never carry content; a classifier could pick one.
+    fn bodiless_status(&self) -> bool {
+        self.status.is_informational()
+            || self.status == StatusCode::NO_CONTENT
+            || self.status == StatusCode::NOT_MODIFIED
+    }
+
+    /// Our `Proxy-Status` member, without details.
+    fn proxy_status_member(&self) -> HeaderValue {
+        match self.received {
+            Some(received) => received_status_member(self.config, received),
+            None => self.config.proxy_status.get(self.kind),
+        }
+    }
+
+    /// The head for `body`; `detailed` is our `Proxy-Status` member with its details, if any.
+    fn headers(&self, body: &Bytes, detailed: Option<HeaderValue>) -> HeaderMap {
+        let config = self.config;
+        // Five fields always; room for Retry-After, and for what a rewrite keeps. A map sized to
+        // fit allocates a third of what the next power of two would.
+        let kept = self.rewritten.map_or(0, |old| {
+            config
+                .keep_on_rewrite
+                .iter()
+                .map(|name| old.get_all(name).iter().count())
+                .sum()
+        });
+        let mut headers = HeaderMap::with_capacity(6 + kept);
+        if !self.bodiless_status() {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(self.format.content_type()),
+            );
+            // Also for HEAD: the length a GET would have had (RFC 9110 §8.6).
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        }
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(header::VARY, HeaderValue::from_static("accept"));
+        let ours = detailed.unwrap_or_else(|| self.proxy_status_member());
+        match self.rewritten {
+            Some(old) => {
+                for name in &config.keep_on_rewrite {
+                    for value in old.get_all(name) {
+                        headers.append(name.clone(), value.clone());
+                    }
+                }
+                let proxy_status = if old.contains_key(&PROXY_STATUS) {
+                    append_member(old.get_all(&PROXY_STATUS).iter(), &ours)
+                } else {
+                    ours
+                };
+                headers.insert(PROXY_STATUS.clone(), proxy_status);
+            }
+            None => {
+                headers.insert(PROXY_STATUS.clone(), ours);
+            }
+        }
+        if let Some(after) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, after.to_header_value());
+        }
+        headers
+    }
+}
 
 /// `<name>; received-status=<code>`, for an origin error whose body was replaced.
 fn received_status_member(config: &Config, received: StatusCode) -> HeaderValue {
@@ -343,17 +398,20 @@ fn record(pending: &Pending, error: &ProxyError, intercepted: bool) {
         Some(kind) => kind.token(),
         None => status.as_str(),
     };
-    // Integers as i64: tracing-opentelemetry exports u64 fields as strings.
-    span.record("http.response.status_code", i64::from(status.as_u16()));
-    span.record("error.type", error_type);
-    span.record("gateway.generated", true);
-    span.record("gateway.retryable", error.is_retryable());
-    span.record("gateway.phase", error.phase().as_str());
-    if status.is_server_error() {
-        span.record("otel.status_code", "ERROR");
-    }
-    if span.is_disabled() && !tracing::event_enabled!(target: TARGET, Level::WARN) {
-        return;
+    if span.is_disabled() {
+        if !tracing::event_enabled!(target: TARGET, Level::WARN) {
+            return;
+        }
+    } else {
+        // Integers as i64: tracing-opentelemetry exports u64 fields as strings.
+        span.record("http.response.status_code", i64::from(status.as_u16()));
+        span.record("error.type", error_type);
+        span.record("gateway.generated", true);
+        span.record("gateway.retryable", error.is_retryable());
+        span.record("gateway.phase", error.phase().as_str());
+        if status.is_server_error() {
+            span.record("otel.status_code", "ERROR");
+        }
     }
     let cause = StdError::source(error).map(ErrorChain);
     let message = if intercepted {
