@@ -143,6 +143,53 @@ fn refused_service() -> impl Service<
     })
 }
 
+/// The same refused upstream behind a service whose error type is already boxed (tower's
+/// `BoxError` convention, as the example gateway's proxy): the box is the inner service's own.
+fn refused_boxed_service() -> impl Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = BoxError,
+    Future = impl Send,
+> + Clone {
+    tower::service_fn(|_request: Request<Full<Bytes>>| async {
+        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+        Err::<Response<Full<Bytes>>, BoxError>(Box::new(refused))
+    })
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What http itself allocates for any response that carries a head and one typed extension,
+/// whoever builds it: the head is cloned from a prepared one (its index and its entries), the
+/// extension needs the map's box, its table and the value's box. The error is not even kept.
+fn floor_service() -> impl Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone {
+    #[derive(Clone)]
+    struct Marker(#[allow(dead_code)] u64);
+    let mut head = http::HeaderMap::with_capacity(6);
+    for (name, value) in [
+        ("content-type", "application/problem+json"),
+        ("content-length", "200"),
+        ("cache-control", "no-store"),
+        ("vary", "accept"),
+        ("proxy-status", "edge-1; error=connection_refused"),
+    ] {
+        head.insert(name, HeaderValue::from_static(value));
+    }
+    let body = Bytes::from_static(b"{}");
+    tower::service_fn(move |_request: Request<Full<Bytes>>| {
+        let mut response = Response::new(Full::new(body.clone()));
+        *response.status_mut() = StatusCode::BAD_GATEWAY;
+        *response.headers_mut() = head.clone();
+        response.extensions_mut().insert(Marker(1));
+        std::future::ready(Ok::<_, Infallible>(response))
+    })
+}
+
 /// The `--bare` baseline of the error path: an empty 502.
 fn bare_errors<S>(
     service: S,
@@ -212,5 +259,17 @@ fn main() {
                 measure(layer.layer(refused_service()), requests(accept)).await,
             );
         }
+        row(
+            "refused: bare, inner error already boxed",
+            measure(bare_errors(refused_boxed_service()), requests(None)).await,
+        );
+        row(
+            "refused: layered, inner error already boxed",
+            measure(layer.layer(refused_boxed_service()), requests(None)).await,
+        );
+        row(
+            "floor: any response with a head + 1 extension",
+            measure(floor_service(), requests(None)).await,
+        );
     });
 }

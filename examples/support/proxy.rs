@@ -203,20 +203,23 @@ fn caused_by_length_limit(error: &(dyn Error + 'static)) -> bool {
     false
 }
 
+/// The hop-by-hop fields (RFC 9110 §7.6.1), as names ready to look up: removing by `&str` would
+/// parse each name again on every request.
+static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
 /// RFC 9110 §7.6.1: a proxy removes the fields named in `Connection`, and the hop-by-hop fields.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    const HOP_BY_HOP: [&str; 7] = [
-        "connection",
-        "proxy-connection",
-        "keep-alive",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ];
     if !headers.contains_key(header::CONNECTION) {
         // The common case: nothing named, only the fixed set (no allocation).
-        for name in HOP_BY_HOP {
+        for name in &HOP_BY_HOP {
             headers.remove(name);
         }
         return;
@@ -231,7 +234,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Instructions per request in the error storm, the example gateway --bare vs with the layer, and
+# nginx to the same closed port for scale, counted by callgrind: figures that do not move with the
+# machine's load, unlike req/s.
+#
+#   scripts/instructions.sh                  # 8 s of wrk per side
+#   SECONDS_PER_SIDE=20 scripts/instructions.sh
+#
+# Counts user-space instructions only. The kernel's share of a request to a closed port (socket,
+# connect, epoll, close, the response write) is the same for both sides: they make the same
+# system calls per request.
+#
+# Installs valgrind, wrk and nginx from Debian when missing. Everything listens on 127.0.0.1, and the
+# upstream is a closed loopback port.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SECONDS_PER_SIDE=${SECONDS_PER_SIDE:-8}
+ACCEPT=${ACCEPT:-'text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8'}
+
+need() {
+  if ! command -v "$1" >/dev/null 2>&1; then
+    echo "installing $2 from Debian..." >&2
+    if [ -z "${APT_UPDATED:-}" ]; then apt-get update -qq; APT_UPDATED=1; fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+  fi
+}
+need valgrind valgrind
+need wrk wrk
+need nginx nginx-light
+need python3 python3
+
+echo "building the gateway (release)..." >&2
+cargo build --release --quiet --example gateway
+
+WORK=$(mktemp -d)
+GATEWAY_PID=
+cleanup() {
+  if [ -n "$GATEWAY_PID" ]; then kill -9 "$GATEWAY_PID" 2>/dev/null || true; fi
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+CLOSED=$(free_port) # nothing listens here: every connect is refused
+
+# TERM, then KILL after 5 s: nginx under valgrind may not act on TERM, and the run must end.
+stop() { # pid
+  kill "$1" 2>/dev/null || return 0
+  for _ in $(seq 1 50); do
+    if ! kill -0 "$1" 2>/dev/null; then break; fi
+    sleep 0.1
+  done
+  kill -9 "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+
+# Runs one side under callgrind; prints "requests instructions", and keeps the profile.
+count() { # name, port, command...
+  local name=$1 port=$2; shift 2
+  RUST_LOG=off TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --instr-atstart=no \
+    --callgrind-out-file="$WORK/$name.out" "$@" >/dev/null 2>"$WORK/$name.log" &
+  GATEWAY_PID=$!
+  for _ in $(seq 1 200); do
+    if curl -s -o /dev/null "http://127.0.0.1:$port/" 2>/dev/null; then break; fi
+    sleep 0.1
+  done
+  # Warm up (connections, the rendered body), then count a measured window only.
+  wrk -t1 -c8 -d2s -H "Accept: $ACCEPT" "http://127.0.0.1:$port/" >/dev/null
+  callgrind_control -i on "$GATEWAY_PID" >/dev/null 2>&1
+  local out
+  out=$(wrk -t1 -c8 -d"${SECONDS_PER_SIDE}s" -H "Accept: $ACCEPT" "http://127.0.0.1:$port/")
+  callgrind_control -i off "$GATEWAY_PID" >/dev/null 2>&1
+  callgrind_control -d "$GATEWAY_PID" >/dev/null 2>&1
+  stop "$GATEWAY_PID"; GATEWAY_PID=
+  local requests total
+  requests=$(awk '/requests in/ {print $1}' <<<"$out")
+  total=$(callgrind_annotate "$WORK/$name.out".1 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
+  echo "$requests $total"
+}
+
+GATEWAY=(target/release/examples/gateway --upstream "http://127.0.0.1:$CLOSED" --timeout 5s)
+port=$(free_port)
+read -r bare_requests bare_total < <(count bare "$port" "${GATEWAY[@]}" --listen "127.0.0.1:$port" --bare)
+port=$(free_port)
+read -r layered_requests layered_total < <(count layered "$port" "${GATEWAY[@]}" --listen "127.0.0.1:$port")
+
+# nginx with one worker process and no master, so that callgrind follows the process that serves.
+port=$(free_port)
+mkdir -p "$WORK/nginx"
+cat >"$WORK/nginx/nginx.conf" <<CONF
+worker_processes 1;
+master_process off;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log /dev/null crit;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_requests 100000;
+  server { listen 127.0.0.1:$port; location / { proxy_pass http://127.0.0.1:$CLOSED; } }
+}
+CONF
+read -r nginx_requests nginx_total < <(count nginx "$port" nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf")
+
+python3 - "$WORK" "$bare_requests" "$bare_total" "$layered_requests" "$layered_total" \
+  "$nginx_requests" "$nginx_total" <<'EOF'
+import re, subprocess, sys
+work, br, bt, lr, lt, nr, nt = sys.argv[1], *map(int, sys.argv[2:])
+bare, layered, nginx = bt / br, lt / lr, nt / nr
+print(f"instructions per request (user space, callgrind; {br}, {lr} and {nr} requests)")
+print(f"| side | instructions/request |\n|---|---|")
+print(f"| bare (empty 502) | {bare:,.0f} |")
+print(f"| layered (negotiated HTML page) | {layered:,.0f} |")
+print(f"| added by the layer | {layered - bare:,.0f} ({(layered / bare - 1) * 100:.1f}%) |")
+print(f"| nginx, 1 worker (its own 502 page) | {nginx:,.0f} |")
+
+def functions(name, requests):
+    text = subprocess.run(["callgrind_annotate", f"{work}/{name}.out.1"],
+                          capture_output=True, text=True).stdout
+    table = {}
+    for line in text.splitlines():
+        m = re.match(r"\s*([\d,]+)\s+\([\s\d.]+%\)\s+(.*)", line)
+        if m:
+            table[m.group(2)] = int(m.group(1).replace(",", "")) / requests
+    return table
+
+b, l = functions("bare", br), functions("layered", lr)
+diff = sorted(((l.get(k, 0) - b.get(k, 0), k) for k in set(b) | set(l) if "PROGRAM TOTALS" not in k), reverse=True)
+print("\nlargest increases per request, by function:")
+for d, k in diff[:12]:
+    name = re.sub(r"\s*\[[^\]]*\]$", "", k).split(":", 1)[-1]
+    print(f"{d:8.0f}  {name[:110]}")
+EOF
