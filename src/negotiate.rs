@@ -1,10 +1,11 @@
 //! `Accept` → body [`Format`], per RFC 9110 §12.5.1.
 //!
-//! The parser is our own, for two reasons: it runs on every request (the layer negotiates before
-//! the outcome is known, because the request is gone by then), and the well-kept crates allocate
-//! for each media range (`mediatype` collects each range's parameters into a `Vec`). This one makes
-//! one pass over the bytes, allocates nothing, and is linear in the length of the header whatever
-//! the header holds: a hostile `Accept` costs what a long one does.
+//! The parser is our own, for two reasons: it runs for every generated error, thousands of times a
+//! second when an upstream dies, and the well-kept crates allocate for each media range
+//! (`mediatype` collects each range's parameters into a `Vec`). This one makes one pass over the
+//! bytes, allocates nothing, and is linear in the length of the header whatever the header holds:
+//! a hostile `Accept` costs what a long one does. The layer also remembers, per thread, the last few
+//! values it negotiated ([`negotiate_line`]), so a storm of identical browsers parses once.
 //!
 //! Rules:
 //! - each format takes the quality of the most specific range that matches it
