@@ -24,11 +24,11 @@ pub(crate) struct CachedResponse {
     pub(crate) headers: HeaderMap,
 }
 
-pub(crate) struct BodyCache {
+pub(crate) struct ResponseCache {
     slots: Box<[OnceLock<CachedResponse>]>,
 }
 
-impl BodyCache {
+impl ResponseCache {
     fn slot(format: Format, kind: Option<ProxyErrorKind>, retryable: bool) -> usize {
         let kind = kind.map_or(KIND_SLOTS - 1, ProxyErrorKind::index);
         (format.index() * KIND_SLOTS + kind) * 2 + usize::from(retryable)
@@ -45,9 +45,9 @@ impl BodyCache {
     }
 }
 
-impl Default for BodyCache {
+impl Default for ResponseCache {
     fn default() -> Self {
-        BodyCache {
+        ResponseCache {
             slots: (0..SLOTS).map(|_| OnceLock::new()).collect(),
         }
     }
@@ -55,9 +55,9 @@ impl Default for BodyCache {
 
 /// A configuration that changes starts with an empty cache: a clone never carries bodies rendered
 /// from the templates it had before.
-impl Clone for BodyCache {
+impl Clone for ResponseCache {
     fn clone(&self) -> Self {
-        BodyCache::default()
+        ResponseCache::default()
     }
 }
 
@@ -71,7 +71,7 @@ mod tests {
         for format in Format::ALL {
             for kind in ProxyErrorKind::ALL.iter().copied().map(Some).chain([None]) {
                 for retryable in [false, true] {
-                    let slot = BodyCache::slot(format, kind, retryable);
+                    let slot = ResponseCache::slot(format, kind, retryable);
                     assert!(slot < SLOTS);
                     assert!(seen.insert(slot));
                 }
@@ -88,7 +88,7 @@ mod tests {
                 headers: HeaderMap::new(),
             }
         };
-        let cache = BodyCache::default();
+        let cache = ResponseCache::default();
         let first = cache.get_or_render(Format::Text, None, false, response("a"));
         assert_eq!(first.body, "a");
         let again = cache.get_or_render(Format::Text, None, false, response("b"));

@@ -8,7 +8,7 @@ use http::{HeaderName, Method, StatusCode};
 use tower_layer::Layer;
 use tracing::Level;
 
-use crate::cache::BodyCache;
+use crate::cache::ResponseCache;
 use crate::classify::Classify;
 use crate::headers::{ProxyName, ProxyStatusValues, RetryAfter};
 use crate::kind::ProxyErrorKind;
@@ -58,7 +58,7 @@ pub(crate) struct Config {
     /// Add `details="..."` (the error chain, sanitized and bounded) to our `Proxy-Status` member.
     pub(crate) details: bool,
     /// Empty again in every changed configuration (its `Clone` makes an empty one).
-    pub(crate) body_cache: BodyCache,
+    pub(crate) response_cache: ResponseCache,
 }
 
 impl Default for GatewayErrorLayer {
@@ -93,7 +93,7 @@ impl GatewayErrorLayer {
                 ]
                 .into(),
                 details: false,
-                body_cache: BodyCache::default(),
+                response_cache: ResponseCache::default(),
             }),
         }
     }

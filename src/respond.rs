@@ -249,7 +249,7 @@ fn generate<B>(
         // The head of a cacheable error depends on its slot alone: a clone of the kept map costs
         // the map's two allocations and no hashing.
         let cached = config
-            .body_cache
+            .response_cache
             .get_or_render(format, kind, retryable, || {
                 let body = config.templates.render(&view, format);
                 let headers = head.headers(&body, None);
