@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Response;
@@ -54,6 +54,8 @@ pub(crate) struct Pending {
     pub(crate) span: Span,
     /// For `gateway.upstream_ms`; not read when no subscriber wants the span.
     pub(crate) started: Option<Instant>,
+    /// When the whole response must be over, if a response deadline is set.
+    pub(crate) response_deadline: Option<(tokio::time::Instant, Duration)>,
 }
 
 fn started(span: &Span) -> Option<Instant> {
@@ -62,7 +64,18 @@ fn started(span: &Span) -> Option<Instant> {
 
 impl<F> ResponseFuture<F> {
     pub(crate) fn new(future: F, config: Arc<Config>, facts: RequestFacts, span: Span) -> Self {
-        let deadline = config.upstream_timeout.map(tokio::time::sleep);
+        // The clock is read only when a whole-response deadline needs a start.
+        let response_deadline = config
+            .response_deadline
+            .map(|after| (tokio::time::Instant::now() + after, after));
+        let deadline = match (config.upstream_timeout, response_deadline) {
+            (None, None) => None,
+            (Some(after), None) => Some(tokio::time::sleep(after)),
+            (Some(after), Some((at, _))) => Some(tokio::time::sleep_until(
+                at.min(tokio::time::Instant::now() + after),
+            )),
+            (None, Some((at, _))) => Some(tokio::time::sleep_until(at)),
+        };
         ResponseFuture {
             state: State::Waiting { future },
             deadline,
@@ -71,6 +84,7 @@ impl<F> ResponseFuture<F> {
                 facts,
                 started: started(&span),
                 span,
+                response_deadline,
             }),
         }
     }
@@ -89,6 +103,7 @@ impl<F> ResponseFuture<F> {
                 facts,
                 started: started(&span),
                 span,
+                response_deadline: None,
             }),
         }
     }

@@ -47,6 +47,9 @@ pub(crate) struct Config {
     pub(crate) proxy_name: Box<str>,
     pub(crate) proxy_status: ProxyStatusValues,
     pub(crate) upstream_timeout: Option<Duration>,
+    /// `None`: follow `upstream_timeout`; `Some(None)`: off.
+    pub(crate) read_timeout: Option<Option<Duration>>,
+    pub(crate) response_deadline: Option<Duration>,
     pub(crate) classifiers: Vec<Arc<dyn Classify>>,
     pub(crate) default_format: Format,
     pub(crate) templates: Templates,
@@ -78,6 +81,8 @@ impl GatewayErrorLayer {
                 proxy_name: DEFAULT_PROXY_NAME.into(),
                 proxy_status: ProxyStatusValues::new(&name),
                 upstream_timeout: None,
+                read_timeout: None,
+                response_deadline: None,
                 classifiers: Vec::new(),
                 default_format: Format::ProblemJson,
                 templates: Templates::default(),
@@ -121,12 +126,71 @@ impl GatewayErrorLayer {
     }
 
     /// Answers `504 Gateway Timeout` (`http_response_timeout`) when the inner service has not
-    /// produced a response head within `timeout`. The body that follows is not timed.
+    /// produced a response head within `timeout`.
+    ///
+    /// Unless [`upstream_read_timeout`](Self::upstream_read_timeout) says otherwise, the body that
+    /// follows gets the same time between two of its frames.
     ///
     /// Use this instead of tower-http's `TimeoutLayer`, which answers 408 (a client's fault) with an
     /// empty body.
     pub fn upstream_timeout(mut self, timeout: Duration) -> Self {
         self.config().upstream_timeout = Some(timeout);
+        self
+    }
+
+    /// The longest the origin's response body may keep the gateway waiting for its next frame, in
+    /// the manner of nginx's `proxy_read_timeout`. `None` turns it off.
+    ///
+    /// Default: the [`upstream_timeout`](Self::upstream_timeout), if one is set (else none).
+    ///
+    /// The status has been sent by the time a body stalls, so it cannot become a 504 any more.
+    /// Instead the body ends with an error: the server then breaks the client's connection
+    /// (HTTP/1.1: no last chunk, or fewer bytes than `Content-Length`, then a close) or resets the
+    /// stream (HTTP/2). A client never mistakes the cut body for a complete one, and never hangs.
+    /// The span records `error.type = connection_read_timeout`, the bytes forwarded
+    /// (`http.response.body.size`) and `gateway.head_sent = true`.
+    ///
+    /// The clock runs only while the gateway waits on the origin: a client that reads slowly
+    /// (so that the server stops asking for frames) does not use up the origin's time.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use gateway_errors::GatewayErrorLayer;
+    ///
+    /// // 30 s for the head, then at most 5 s of silence between body frames.
+    /// let layer = GatewayErrorLayer::new()
+    ///     .upstream_timeout(Duration::from_secs(30))
+    ///     .upstream_read_timeout(Duration::from_secs(5));
+    ///
+    /// // A long-polling or streaming upstream: time the head only.
+    /// let streaming = GatewayErrorLayer::new()
+    ///     .upstream_timeout(Duration::from_secs(30))
+    ///     .upstream_read_timeout(None);
+    /// # let _ = (layer, streaming);
+    /// ```
+    pub fn upstream_read_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.config().read_timeout = Some(timeout.into());
+        self
+    }
+
+    /// A deadline for the whole response, head and body together, counted from the request's
+    /// arrival at the layer. Off by default.
+    ///
+    /// Before the head arrives, it answers `504 Gateway Timeout` (`http_response_timeout`), like
+    /// [`upstream_timeout`](Self::upstream_timeout) (the earlier of the two fires). After the head,
+    /// it cuts the body as a [read timeout](Self::upstream_read_timeout) does, recorded as
+    /// `http_response_timeout`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use gateway_errors::GatewayErrorLayer;
+    ///
+    /// // No download through this gateway takes more than a minute, however it trickles.
+    /// let layer = GatewayErrorLayer::new().response_deadline(Duration::from_secs(60));
+    /// # let _ = layer;
+    /// ```
+    pub fn response_deadline(mut self, deadline: Duration) -> Self {
+        self.config().response_deadline = Some(deadline);
         self
     }
 
@@ -282,6 +346,13 @@ impl GatewayErrorLayer {
     }
 }
 
+impl Config {
+    /// The read timeout in force: the one set, else the upstream timeout.
+    pub(crate) fn body_read_timeout(&self) -> Option<Duration> {
+        self.read_timeout.unwrap_or(self.upstream_timeout)
+    }
+}
+
 impl<S> Layer<S> for GatewayErrorLayer {
     type Service = GatewayError<S>;
 
@@ -296,6 +367,8 @@ impl fmt::Debug for GatewayErrorLayer {
         f.debug_struct("GatewayErrorLayer")
             .field("proxy_name", &config.proxy_name)
             .field("upstream_timeout", &config.upstream_timeout)
+            .field("upstream_read_timeout", &config.body_read_timeout())
+            .field("response_deadline", &config.response_deadline)
             .field("classifiers", &config.classifiers.len())
             .field("default_format", &config.default_format)
             .field("span_level", &config.span_level)

@@ -87,6 +87,7 @@
 mod body;
 mod cache;
 mod classify;
+mod deadline;
 mod error;
 mod future;
 mod headers;

@@ -16,6 +16,7 @@ use tracing::Level;
 use crate::body::GatewayBody;
 use crate::cache::CachedResponse;
 use crate::classify::{classify, Classification};
+use crate::deadline::BodyLimits;
 use crate::error::{ErrorChain, PendingProxyError, ProxyError};
 use crate::future::Pending;
 use crate::headers::{append_member, details_param, RetryAfter, PROXY_STATUS};
@@ -35,6 +36,8 @@ pub(crate) struct RequestFacts {
     idempotency_key: bool,
     /// Cloning a parsed header value shares its bytes; it does not copy them.
     request_id: Option<HeaderValue>,
+    /// The protocols the client asked to switch to (`Upgrade`), if any.
+    upgrade: Option<HeaderValue>,
 }
 
 impl RequestFacts {
@@ -61,6 +64,7 @@ impl RequestFacts {
             idempotent_method: config.retry.is_idempotent(request.method()),
             idempotency_key: has_idempotency_key(headers),
             request_id,
+            upgrade: headers.get(header::UPGRADE).cloned(),
         }
     }
 
@@ -95,17 +99,107 @@ pub(crate) enum Outcome<B> {
     TimedOut,
 }
 
-/// The upstream timeout fired. The source of the `http_response_timeout` error, for the span.
+/// A timer fired before the response head arrived. The source of the `http_response_timeout`
+/// error, for the span.
 #[derive(Debug)]
-struct UpstreamTimedOut(Duration);
+enum HeadTimedOut {
+    Upstream(Duration),
+    ResponseDeadline(Duration),
+}
 
-impl fmt::Display for UpstreamTimedOut {
+impl fmt::Display for HeadTimedOut {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "upstream sent no response head within {:?}", self.0)
+        match self {
+            HeadTimedOut::Upstream(after) => {
+                write!(f, "upstream sent no response head within {after:?}")
+            }
+            HeadTimedOut::ResponseDeadline(after) => write!(
+                f,
+                "upstream sent no response head within the response deadline of {after:?}"
+            ),
+        }
     }
 }
 
-impl StdError for UpstreamTimedOut {}
+impl StdError for HeadTimedOut {}
+
+/// What is wrong with an interim or protocol-switching response the origin gave as final.
+#[derive(Debug)]
+enum BadSwitch {
+    /// A 1xx other than 101 as the final response.
+    Interim(StatusCode),
+    /// A 101 to a request that asked for no upgrade (RFC 9110 §15.2.2).
+    Unasked,
+    /// A 101 that names no protocol, or one the client did not offer (RFC 9110 §7.8).
+    Unoffered,
+}
+
+impl fmt::Display for BadSwitch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BadSwitch::Interim(status) => {
+                write!(
+                    f,
+                    "upstream gave the interim status {status} as its final response"
+                )
+            }
+            BadSwitch::Unasked => {
+                f.write_str("upstream switched protocols for a request that sent no Upgrade")
+            }
+            BadSwitch::Unoffered => f.write_str(
+                "upstream switched protocols without naming one the request offered in Upgrade",
+            ),
+        }
+    }
+}
+
+impl StdError for BadSwitch {}
+
+/// Checks a 1xx final response: only a 101 that answers the request's `Upgrade` may pass.
+fn check_switch(
+    status: StatusCode,
+    facts: &RequestFacts,
+    headers: &HeaderMap,
+) -> Option<ProxyError> {
+    let bad = if status != StatusCode::SWITCHING_PROTOCOLS {
+        BadSwitch::Interim(status)
+    } else {
+        let Some(offered) = &facts.upgrade else {
+            return Some(
+                ProxyError::new(ProxyErrorKind::HttpProtocolError).with_source(BadSwitch::Unasked),
+            );
+        };
+        let chosen = headers.get(header::UPGRADE).map(HeaderValue::as_bytes);
+        if chosen.is_some_and(|chosen| offers(offered.as_bytes(), chosen)) {
+            return None;
+        }
+        return Some(
+            ProxyError::new(ProxyErrorKind::HttpUpgradeFailed).with_source(BadSwitch::Unoffered),
+        );
+    };
+    Some(ProxyError::new(ProxyErrorKind::HttpProtocolError).with_source(bad))
+}
+
+/// Whether every protocol in the 101's `Upgrade` (usually one) is among those the request
+/// offered. Protocol names compare case-insensitively, versions included (`websocket`,
+/// `HTTP/2.0`).
+fn offers(offered: &[u8], chosen: &[u8]) -> bool {
+    let mut any = false;
+    for protocol in chosen.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+        if protocol.is_empty() {
+            continue;
+        }
+        any = true;
+        let found = offered
+            .split(|&b| b == b',')
+            .map(<[u8]>::trim_ascii)
+            .any(|o| o.eq_ignore_ascii_case(protocol));
+        if !found {
+            return false;
+        }
+    }
+    any
+}
 
 pub(crate) fn finish<B: Body>(pending: Pending, outcome: Outcome<B>) -> Response<GatewayBody<B>> {
     if let Some(started) = pending.started {
@@ -121,6 +215,13 @@ pub(crate) fn finish<B: Body>(pending: Pending, outcome: Outcome<B>) -> Response
                 return generate(&pending, error, Some(&parts.headers), None);
             }
             let status = response.status();
+            if status.is_informational() {
+                // hyper consumes interim responses (100, 103) itself; an inner service that
+                // hands one over as final, or a 101 nobody asked for, broke the exchange.
+                if let Some(error) = check_switch(status, &pending.facts, response.headers()) {
+                    return generate(&pending, error, None, None);
+                }
+            }
             let generated_inside = response.extensions().get::<Generated>().is_some();
             if pending.config.intercept.contains(status) && !generated_inside {
                 let (parts, _) = response.into_parts();
@@ -139,9 +240,13 @@ pub(crate) fn finish<B: Body>(pending: Pending, outcome: Outcome<B>) -> Response
             generate(&pending, error, None, None)
         }
         Outcome::TimedOut => {
-            let after = pending.config.upstream_timeout.unwrap_or_default();
-            let error = ProxyError::new(ProxyErrorKind::HttpResponseTimeout)
-                .with_source(UpstreamTimedOut(after));
+            let source = match pending.response_deadline {
+                Some((at, after)) if tokio::time::Instant::now() >= at => {
+                    HeadTimedOut::ResponseDeadline(after)
+                }
+                _ => HeadTimedOut::Upstream(pending.config.upstream_timeout.unwrap_or_default()),
+            };
+            let error = ProxyError::new(ProxyErrorKind::HttpResponseTimeout).with_source(source);
             generate(&pending, error, None, None)
         }
     }
@@ -173,7 +278,11 @@ fn forward<B: Body>(pending: Pending, response: Response<B>) -> Response<Gateway
     } else {
         BodyObserver::new(span)
     };
-    response.map(|body| GatewayBody::origin(body, observer))
+    let limits = BodyLimits {
+        read_timeout: pending.config.body_read_timeout(),
+        response_deadline: pending.response_deadline,
+    };
+    response.map(|body| GatewayBody::origin(body, limits, observer))
 }
 
 /// A generated error response. `rewritten` holds the headers of the response it replaces (a

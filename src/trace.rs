@@ -15,12 +15,18 @@
 //! | `gateway.phase` | `not_sent` or `maybe_sent`, for a generated error |
 //! | `gateway.upstream_ms` | time until the response head or the failure |
 //! | `gateway.cancelled` | the client went away first (not an error) |
+//! | `http.response.body.size` | the bytes of the origin's body forwarded, once it ended (or broke off) |
+//! | `gateway.head_sent` | `true` when the origin's body failed or timed out after its head went to the client |
 //!
-//! The span lives until the response body ends, so a mid-stream failure lands on it too.
+//! The span lives until the response body ends, so a mid-stream failure or a stall lands on it too
+//! (`error.type` is then `http_response_incomplete`, `connection_read_timeout` or
+//! `http_response_timeout`).
 
 use std::error::Error as StdError;
 
+use bytes::Buf;
 use http::Request;
+use http_body::Frame;
 use tracing::field::Empty;
 use tracing::{Level, Span};
 
@@ -47,6 +53,8 @@ pub(crate) fn request_span<B>(level: Level, request: &Request<B>) -> Span {
                 gateway.phase = Empty,
                 gateway.upstream_ms = Empty,
                 gateway.cancelled = Empty,
+                gateway.head_sent = Empty,
+                http.response.body.size = Empty,
             )
         };
     }
@@ -64,27 +72,50 @@ pub(crate) fn request_span<B>(level: Level, request: &Request<B>) -> Span {
 pub(crate) struct BodyObserver {
     span: Span,
     done: bool,
+    bytes: u64,
 }
 
 impl BodyObserver {
     pub(crate) fn new(span: Span) -> Option<Self> {
-        (!span.is_disabled()).then_some(BodyObserver { span, done: false })
+        (!span.is_disabled()).then_some(BodyObserver {
+            span,
+            done: false,
+            bytes: 0,
+        })
+    }
+
+    #[inline]
+    pub(crate) fn forwarded<D: Buf>(&mut self, frame: &Frame<D>) {
+        if let Some(data) = frame.data_ref() {
+            self.bytes += data.remaining() as u64;
+        }
     }
 
     pub(crate) fn completed(mut self) {
         self.done = true;
+        self.span
+            .record("http.response.body.size", self.body_size());
     }
 
-    pub(crate) fn failed(mut self, error: &(dyn StdError + 'static)) {
+    /// As i64: tracing-opentelemetry exports u64 fields as strings.
+    fn body_size(&self) -> i64 {
+        i64::try_from(self.bytes).unwrap_or(i64::MAX)
+    }
+
+    /// The body broke off after its head was sent: `kind` says why.
+    pub(crate) fn failed(mut self, kind: ProxyErrorKind, error: &(dyn StdError + 'static)) {
         self.done = true;
-        let kind = ProxyErrorKind::HttpResponseIncomplete;
         self.span.record("error.type", kind.token());
         self.span.record("otel.status_code", "ERROR");
+        self.span.record("gateway.head_sent", true);
+        self.span
+            .record("http.response.body.size", self.body_size());
         tracing::event!(
             target: TARGET,
             parent: &self.span,
             Level::WARN,
             error.type = kind.token(),
+            http.response.body.size = self.body_size(),
             error = %ErrorChain(error),
             "upstream response body failed after the head was sent; the client's connection is broken off",
         );

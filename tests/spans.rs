@@ -455,7 +455,7 @@ async fn a_client_that_drops_the_body_early_is_cancelled_not_an_error() {
     )
     .await;
     assert_eq!(response.status(), StatusCode::OK);
-    let mut body = response.into_body();
+    let mut body = Box::pin(response.into_body());
     let first = within("first frame", body.frame()).await;
     assert!(matches!(first, Some(Ok(_))));
     drop(body);
