@@ -143,6 +143,7 @@ where
 /// | hyper: header section too large | `http_response_header_section_size` |
 /// | hyper: any other parse error | `http_protocol_error` |
 /// | hyper: connection closed before a complete message | `connection_terminated` |
+/// | hyper: request canceled (its connection was gone before it was written) | `connection_terminated`, not sent |
 /// | hyper: timeout | `http_response_timeout` |
 /// | `tower::load_shed::error::Overloaded` | `connection_limit_reached` |
 /// | `tower::buffer::error::Closed` | `destination_unavailable` |
@@ -203,12 +204,14 @@ struct Walk<'a> {
     io_inner: Option<&'a (dyn StdError + 'static)>,
     /// The protocol says the upstream did not process the request (HTTP/2 `REFUSED_STREAM`).
     refused_by_protocol: bool,
+    /// hyper says it never wrote the request (`is_canceled`).
+    unsent_by_client: bool,
 }
 
 impl<'a> Walk<'a> {
     fn finish(&self, kind: ProxyErrorKind) -> Classification {
         let classification = Classification::new(kind);
-        if self.connecting || self.refused_by_protocol {
+        if self.connecting || self.refused_by_protocol || self.unsent_by_client {
             classification.with_phase(Phase::NotSent)
         } else {
             classification
@@ -245,6 +248,11 @@ impl<'a> Walk<'a> {
             }
             if e.is_timeout() {
                 return Some(self.timeout());
+            }
+            if e.is_canceled() {
+                // hyper gives a request back unwritten when its connection is gone first (a
+                // pooled connection the origin had closed): nothing reached the origin.
+                self.unsent_by_client = true;
             }
             if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
                 // An io error deeper in the chain (a reset) says more; keep walking.

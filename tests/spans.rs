@@ -444,6 +444,55 @@ async fn a_body_cut_mid_stream_is_recorded_on_the_span_after_the_head() {
 }
 
 #[tokio::test]
+async fn a_body_that_stalls_is_recorded_as_a_read_timeout_after_the_head() {
+    let capture = Captured::default();
+    let _guard = capture.install();
+    let demo = demo_upstream::spawn().await.expect("demo upstream");
+
+    let layer = GatewayErrorLayer::new().upstream_read_timeout(Duration::from_millis(200));
+    let response = send(gateway(demo.addr, layer), get("/stall-body")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let result = within("body", response.into_body().collect()).await;
+    assert!(result.is_err(), "a stalled body must fail, not end");
+
+    let (index, span) = capture.gateway_span();
+    assert_eq!(field(&span, "http.response.status_code"), Some("200"));
+    assert_eq!(field(&span, "error.type"), Some("connection_read_timeout"));
+    assert_eq!(field(&span, "otel.status_code"), Some("ERROR"));
+    assert_eq!(field(&span, "gateway.head_sent"), Some("true"));
+    let sent = demo_upstream::STALL_SENT.to_string();
+    assert_eq!(field(&span, "http.response.body.size"), Some(sent.as_str()));
+    assert_eq!(field(&span, "gateway.cancelled"), None);
+    assert!(span.closed);
+    let events = capture.events_of(index);
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0].level, Level::WARN);
+    assert_eq!(events[0].fields["error.type"], "connection_read_timeout");
+    assert!(events[0].fields["error"].contains("read timeout"));
+}
+
+#[tokio::test]
+async fn a_complete_body_records_its_size() {
+    let capture = Captured::default();
+    let _guard = capture.install();
+    let demo = demo_upstream::spawn().await.expect("demo upstream");
+
+    let response = send(
+        gateway(demo.addr, GatewayErrorLayer::new()),
+        get("/large?bytes=100000"),
+    )
+    .await;
+    let body = within("body", response.into_body().collect())
+        .await
+        .expect("a whole body");
+    assert_eq!(body.to_bytes().len(), 100_000);
+    let (_, span) = capture.gateway_span();
+    assert_eq!(field(&span, "http.response.body.size"), Some("100000"));
+    assert_eq!(field(&span, "gateway.head_sent"), None);
+    assert_eq!(field(&span, "error.type"), None);
+}
+
+#[tokio::test]
 async fn a_client_that_drops_the_body_early_is_cancelled_not_an_error() {
     let capture = Captured::default();
     let _guard = capture.install();

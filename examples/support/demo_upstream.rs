@@ -63,6 +63,42 @@ pub const ROUTES: &[(&str, &str)] = &[
         "/origin-502",
         "an upstream proxy's 502 with its own Proxy-Status",
     ),
+    (
+        "/stall-body",
+        "sends the head (Content-Length: 1000) and 10 bytes, then goes silent (read timeout)",
+    ),
+    (
+        "/stall-chunked",
+        "sends a chunked head and one 10-byte chunk, then goes silent (read timeout)",
+    ),
+    (
+        "/drip?ms=N",
+        "dribbles its response head out over N ms, then a whole body (slow head)",
+    ),
+    (
+        "/drip-body?ms=N",
+        "sends 10 body chunks, one every N ms (each gap counts for the read timeout)",
+    ),
+    (
+        "/early-hints",
+        "sends 103 Early Hints, then the real 200 (interim response)",
+    ),
+    (
+        "/hints-then-stall",
+        "sends 103 Early Hints, then nothing (response timeout)",
+    ),
+    (
+        "/switch",
+        "answers 101 Switching Protocols to a protocol nobody asked for (bad upgrade)",
+    ),
+    (
+        "/ws",
+        "a WebSocket echo server (upgrade with Upgrade: websocket)",
+    ),
+    (
+        "/stale",
+        "answers one request and keeps the connection, then drops the next request unanswered",
+    ),
 ];
 
 /// The body of `/ok`.
@@ -73,6 +109,16 @@ pub const ORIGIN_500_BODY: &str = "origin says: database unavailable\n";
 pub const ORIGIN_503_BODY: &str = "{\"origin\":\"maintenance\"}";
 /// The body of `/origin-502`.
 pub const ORIGIN_502_BODY: &str = "upstream proxy: bad gateway\n";
+/// The declared length of `/stall-body`.
+pub const STALL_DECLARED: usize = 1000;
+/// How much of `/stall-body` (and of `/stall-chunked`) is sent before the silence.
+pub const STALL_SENT: usize = 10;
+/// The chunks of `/drip-body`, each [`DRIP_CHUNK`] bytes.
+pub const DRIP_CHUNKS: usize = 10;
+/// The size of one chunk of `/drip-body`.
+pub const DRIP_CHUNK: usize = 100;
+/// The `Upgrade` a 101 from `/switch` names: no client asks for it.
+pub const SWITCH_PROTOCOL: &str = "demo-nobody-asked/1";
 /// The declared and the sent length of `/cut`.
 pub const CUT_DECLARED: usize = 1000;
 /// How much of `/cut`'s body is sent before the close.
@@ -138,9 +184,25 @@ async fn serve_connection(stream: TcpStream) -> io::Result<()> {
             .await
             .map_err(io::Error::other);
     }
-    let path = peek_path(&stream).await?;
-    match path.as_str() {
+    let target = peek_target(&stream).await?;
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    let millis = || {
+        let ms = query
+            .strip_prefix("ms=")
+            .and_then(|n| n.parse::<u64>().ok());
+        Duration::from_millis(ms.unwrap_or(500).min(60_000))
+    };
+    match path {
         "/slow" => stall(stream).await,
+        "/stall-body" => stall_body(stream, false).await,
+        "/stall-chunked" => stall_body(stream, true).await,
+        "/drip" => drip_head(stream, millis()).await,
+        "/drip-body" => drip_body(stream, millis()).await,
+        "/early-hints" => early_hints(stream, true).await,
+        "/hints-then-stall" => early_hints(stream, false).await,
+        "/switch" => switch_unasked(stream).await,
+        "/ws" => websocket_echo(stream).await,
+        "/stale" => answer_once_then_drop(stream).await,
         "/garbage" => raw_reply(stream, b"this is not HTTP at all\r\n\r\n").await,
         "/close" => close_before_head(stream).await,
         "/reset" => reset(stream).await,
@@ -183,9 +245,9 @@ async fn http2_route(request: Request<Incoming>) -> Result<Response<Full<Bytes>>
     well_formed(request).await
 }
 
-/// The path of the first request on the connection, read without consuming it, so hyper can still
-/// parse the request.
-async fn peek_path(stream: &TcpStream) -> io::Result<String> {
+/// The target (path and query) of the first request on the connection, read without consuming
+/// it, so hyper can still parse the request.
+async fn peek_target(stream: &TcpStream) -> io::Result<String> {
     let mut buf = vec![0u8; 2048];
     loop {
         let n = stream.peek(&mut buf).await?;
@@ -195,8 +257,7 @@ async fn peek_path(stream: &TcpStream) -> io::Result<String> {
         if let Some(end) = buf[..n].windows(2).position(|w| w == b"\r\n") {
             let line = String::from_utf8_lossy(&buf[..end]);
             let target = line.split(' ').nth(1).unwrap_or("/");
-            let path = target.split('?').next().unwrap_or("/");
-            return Ok(path.to_owned());
+            return Ok(target.to_owned());
         }
         if n == buf.len() {
             return Ok(String::new());
@@ -255,6 +316,159 @@ async fn cut_body(mut stream: TcpStream) -> io::Result<()> {
     stream.write_all(&large_body(CUT_SENT)).await?;
     stream.flush().await?;
     stream.shutdown().await
+}
+
+/// Holds the connection open, silent, until the peer goes away.
+async fn hold(mut stream: TcpStream) -> io::Result<()> {
+    let mut buf = [0u8; 1024];
+    while stream.read(&mut buf).await? > 0 {}
+    Ok(())
+}
+
+async fn stall_body(mut stream: TcpStream, chunked: bool) -> io::Result<()> {
+    read_head(&mut stream).await?;
+    let body = large_body(STALL_SENT);
+    if chunked {
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+            .await?;
+        stream
+            .write_all(format!("{:x}\r\n", body.len()).as_bytes())
+            .await?;
+        stream.write_all(&body).await?;
+        stream.write_all(b"\r\n").await?;
+    } else {
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {STALL_DECLARED}\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(&body).await?;
+    }
+    stream.flush().await?;
+    hold(stream).await
+}
+
+async fn drip_head(mut stream: TcpStream, over: Duration) -> io::Result<()> {
+    read_head(&mut stream).await?;
+    let head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-dripped: yes\r\ncontent-length: {}\r\n\r\n",
+        OK_BODY.len()
+    );
+    let pieces = 10;
+    let piece = head.len().div_ceil(pieces);
+    for bytes in head.as_bytes().chunks(piece) {
+        stream.write_all(bytes).await?;
+        stream.flush().await?;
+        tokio::time::sleep(over / pieces as u32).await;
+    }
+    stream.write_all(OK_BODY.as_bytes()).await?;
+    stream.flush().await?;
+    hold(stream).await
+}
+
+async fn drip_body(mut stream: TcpStream, every: Duration) -> io::Result<()> {
+    read_head(&mut stream).await?;
+    let len = DRIP_CHUNKS * DRIP_CHUNK;
+    let head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {len}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.flush().await?;
+    for chunk in large_body(len).chunks(DRIP_CHUNK) {
+        tokio::time::sleep(every).await;
+        stream.write_all(chunk).await?;
+        stream.flush().await?;
+    }
+    hold(stream).await
+}
+
+async fn early_hints(mut stream: TcpStream, then_answer: bool) -> io::Result<()> {
+    read_head(&mut stream).await?;
+    stream
+        .write_all(b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload; as=style\r\n\r\n")
+        .await?;
+    stream.flush().await?;
+    if then_answer {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{OK_BODY}",
+            OK_BODY.len()
+        );
+        stream.write_all(reply.as_bytes()).await?;
+        stream.flush().await?;
+    }
+    hold(stream).await
+}
+
+async fn switch_unasked(mut stream: TcpStream) -> io::Result<()> {
+    read_head(&mut stream).await?;
+    let reply = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: {SWITCH_PROTOCOL}\r\n\r\n"
+    );
+    stream.write_all(reply.as_bytes()).await?;
+    stream
+        .write_all(b"\x00\x01 bytes of a protocol nobody asked for")
+        .await?;
+    stream.flush().await?;
+    hold(stream).await
+}
+
+/// Echoes every text and binary message back; a close ends it.
+async fn websocket_echo(stream: TcpStream) -> io::Result<()> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let mut socket = tokio_tungstenite::accept_async(stream)
+        .await
+        .map_err(io::Error::other)?;
+    while let Some(message) = socket.next().await {
+        match message.map_err(io::Error::other)? {
+            message @ (Message::Text(_) | Message::Binary(_)) => {
+                socket.send(message).await.map_err(io::Error::other)?;
+            }
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A keep-alive connection that the origin gives up on just as the client reuses it: the first
+/// request gets a 200; the second is read whole and dropped with the connection.
+async fn answer_once_then_drop(mut stream: TcpStream) -> io::Result<()> {
+    read_request(&mut stream).await?;
+    let reply = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{OK_BODY}",
+        OK_BODY.len()
+    );
+    stream.write_all(reply.as_bytes()).await?;
+    stream.flush().await?;
+    read_request(&mut stream).await?;
+    stream.shutdown().await
+}
+
+/// Reads one request: its head, and a body of the `Content-Length` it declares.
+async fn read_request(stream: &mut TcpStream) -> io::Result<()> {
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&bytes[..end]).to_ascii_lowercase();
+            let declared = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .and_then(|n| n.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if bytes.len() >= end + 4 + declared {
+                return Ok(());
+            }
+        }
+        let n = stream.read(&mut buf).await?;
+        if n == 0 || bytes.len() > 64 * 1024 {
+            return Ok(());
+        }
+        bytes.extend_from_slice(&buf[..n]);
+    }
 }
 
 async fn huge_head(mut stream: TcpStream) -> io::Result<()> {

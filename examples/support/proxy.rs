@@ -25,7 +25,6 @@ use std::convert::Infallible;
 use std::error::Error;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -36,6 +35,7 @@ use http::uri::{Authority, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{Either, Empty, LengthLimitError, Limited};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{self, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -113,6 +113,12 @@ impl Service<Request<Incoming>> for Proxy {
 
     fn call(&mut self, request: Request<Incoming>) -> Forwarding {
         let (mut parts, body) = request.into_parts();
+        // A protocol switch (WebSocket) keeps its two hop-by-hop fields, and the client's side of
+        // the connection, which hyper hands over once the 101 has gone out.
+        let upgrade = requested_upgrade(&parts.headers).map(|protocols| {
+            let client_side = parts.extensions.remove::<OnUpgrade>();
+            (protocols, client_side)
+        });
         if parts.method == Method::CONNECT {
             // A tunnel is a forward proxy's business: refused by policy, nothing is sent.
             let denied = ProxyError::new(ProxyErrorKind::HttpRequestDenied);
@@ -148,10 +154,73 @@ impl Service<Request<Incoming>> for Proxy {
         // A chunked body states no length up front: it is cut off at the limit instead.
         let limit = usize::try_from(self.max_body).unwrap_or(usize::MAX);
         let body = Limited::new(body, limit);
-        Forwarding::Sent {
-            future: self.client.request(Request::from_parts(parts, body)),
+        match upgrade {
+            None => Forwarding::Sent {
+                future: self.client.request(Request::from_parts(parts, body)),
+            },
+            Some((protocols, client_side)) => {
+                parts.headers.insert(header::UPGRADE, protocols);
+                parts
+                    .headers
+                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                let sent = self.client.request(Request::from_parts(parts, body));
+                Forwarding::Upgrading {
+                    future: Box::pin(switch_protocols(sent, client_side)),
+                }
+            }
         }
     }
+}
+
+/// The protocols a request asks to switch to: an `Upgrade` field that `Connection` names.
+fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let named = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|name| name.trim().eq_ignore_ascii_case("upgrade"));
+    named
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// Waits for the upstream's answer to an upgrade request. On a 101, joins the client's connection
+/// to the upstream's, byte for byte, once hyper has switched both.
+async fn switch_protocols(
+    sent: legacy::ResponseFuture,
+    client_side: Option<OnUpgrade>,
+) -> Result<Response<Incoming>, BoxError> {
+    let mut response = sent.await?;
+    let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let protocol = response.headers().get(header::UPGRADE).cloned();
+    strip_hop_by_hop(response.headers_mut());
+    if !switched {
+        // The upstream answered as plain HTTP (it may ignore `Upgrade`): its answer goes on.
+        return Ok(response);
+    }
+    let upstream_side = hyper::upgrade::on(&mut response)
+        .await
+        .map_err(|e| ProxyError::new(ProxyErrorKind::HttpUpgradeFailed).with_source(e))?;
+    let Some(client_side) = client_side else {
+        return Err(ProxyError::new(ProxyErrorKind::HttpUpgradeFailed).into());
+    };
+    if let Some(protocol) = protocol {
+        response.headers_mut().insert(header::UPGRADE, protocol);
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    tokio::spawn(async move {
+        // Fails when the layer turned the 101 into an error: then there is nothing to join.
+        let Ok(client_side) = client_side.await else {
+            return;
+        };
+        let mut client_side = TokioIo::new(client_side);
+        let mut upstream_side = TokioIo::new(upstream_side);
+        let _ = tokio::io::copy_bidirectional(&mut client_side, &mut upstream_side).await;
+    });
+    Ok(response)
 }
 
 pin_project! {
@@ -159,6 +228,8 @@ pin_project! {
     #[project = ForwardingProj]
     pub enum Forwarding {
         Sent { #[pin] future: legacy::ResponseFuture },
+        // Rare enough to box: a request that asks to switch protocols.
+        Upgrading { future: Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>> },
         Refused { error: Option<BoxError> },
     }
 }
@@ -180,6 +251,7 @@ impl Future for Forwarding {
                 }
                 Err(error) => Err(error.into()),
             }),
+            ForwardingProj::Upgrading { future } => future.as_mut().poll(cx),
             ForwardingProj::Refused { error } => {
                 Poll::Ready(Err(error.take().expect("polled after completion")))
             }
@@ -327,7 +399,9 @@ pub async fn serve<S, B>(
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
+    // Every connection task holds a sender; once all are gone, every connection has ended.
+    let (alive, mut all_ended) = tokio::sync::mpsc::channel::<()>(1);
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -349,9 +423,20 @@ pub async fn serve<S, B>(
             // checked against the parsed head.
             .max_buf_size(options.max_head_bytes)
             .max_header_size(options.max_head_bytes)
-            .serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
+            .serve_connection(TokioIo::new(stream), service)
+            // Hands the connection over after a 101 (WebSocket).
+            .with_upgrades();
+        let alive = alive.clone();
+        let mut stopping = stopping.clone();
         tokio::spawn(async move {
+            let _alive = alive;
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                _ = stopping.changed() => {}
+            }
+            // Finish the request in flight, then close; an idle connection closes at once.
+            connection.as_mut().graceful_shutdown();
             let _ = connection.await;
         });
     }
@@ -359,6 +444,7 @@ pub async fn serve<S, B>(
         "shutting down: waiting up to {} s for requests in flight",
         options.shutdown_grace.as_secs()
     );
-    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| unreachable!("one owner"));
-    let _ = tokio::time::timeout(options.shutdown_grace, graceful.shutdown()).await;
+    let _ = stop.send(true);
+    drop(alive);
+    let _ = tokio::time::timeout(options.shutdown_grace, all_ended.recv()).await;
 }
