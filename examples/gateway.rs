@@ -1,7 +1,8 @@
 //! A reverse proxy on hyper-util's client, with every upstream failure made a correct response.
 //!
 //! ```text
-//! cargo run --release --example gateway -- [--listen ADDR] [--upstream URL] [--timeout 5s] [--bare]
+//! cargo run --release --example gateway -- [--listen ADDR] [--upstream URL] [--timeout 5s]
+//!     [--read-timeout 5s|off] [--deadline 60s] [--bare]
 //! ```
 //!
 //! - Without `--upstream`, an embedded demo upstream starts on loopback; its routes each show one
@@ -11,6 +12,12 @@
 //! - `--name` sets the proxy name in `Proxy-Status` (default `edge-1`); `--max-body` the request
 //!   body limit in bytes (default 10 MiB); `--http2` speaks h2c to the upstream (one connection
 //!   for all requests; the demo upstream understands it, but its byte-level faults are HTTP/1).
+//! - `--timeout` is the time the upstream has for its response head (504 after it);
+//!   `--read-timeout` the longest silence within its body (default: the same as `--timeout`;
+//!   `off` to turn it off), after which the client's connection is broken off; `--deadline` an
+//!   optional limit on the whole response, head and body.
+//! - WebSocket (and any `Upgrade`) passes through: the gateway joins the two connections once the
+//!   upstream answers `101`.
 //!
 //! What makes it safe to copy, beyond the layer (the proxy itself is in `support/proxy.rs`, where
 //! `tests/gateway_hardening.rs` checks each point): only the configured upstream is ever contacted
@@ -41,6 +48,9 @@ struct Options {
     listen: SocketAddr,
     upstream: Option<Uri>,
     timeout: Duration,
+    /// `None`: the same as `timeout`; `Some(None)`: off.
+    read_timeout: Option<Option<Duration>>,
+    deadline: Option<Duration>,
     bare: bool,
     http2: bool,
     name: String,
@@ -49,7 +59,7 @@ struct Options {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: gateway [--listen ADDR] [--upstream URL] [--timeout 5s|500ms] [--bare] [--name NAME] [--max-body BYTES] [--http2]"
+        "usage: gateway [--listen ADDR] [--upstream URL] [--timeout 5s|500ms] [--read-timeout 5s|off] [--deadline 60s] [--bare] [--name NAME] [--max-body BYTES] [--http2]"
     );
     std::process::exit(2)
 }
@@ -70,6 +80,8 @@ fn parse_options() -> Options {
         listen: "127.0.0.1:8080".parse().expect("default address"),
         upstream: None,
         timeout: Duration::from_secs(5),
+        read_timeout: None,
+        deadline: None,
         bare: false,
         http2: false,
         name: "edge-1".into(),
@@ -82,6 +94,16 @@ fn parse_options() -> Options {
             "--listen" => options.listen = value().parse().unwrap_or_else(|_| usage()),
             "--upstream" => options.upstream = Some(value().parse().unwrap_or_else(|_| usage())),
             "--timeout" => options.timeout = parse_duration(&value()).unwrap_or_else(|| usage()),
+            "--read-timeout" => {
+                let value = value();
+                options.read_timeout = Some(match value.as_str() {
+                    "off" => None,
+                    _ => Some(parse_duration(&value).unwrap_or_else(|| usage())),
+                });
+            }
+            "--deadline" => {
+                options.deadline = Some(parse_duration(&value()).unwrap_or_else(|| usage()))
+            }
             "--name" => options.name = value(),
             "--max-body" => options.max_body = value().parse().unwrap_or_else(|_| usage()),
             "--bare" => options.bare = true,
@@ -129,14 +151,19 @@ async fn main() -> Result<(), BoxError> {
         println!("  curl -i -H 'Accept: text/html' http://{addr}/close    # the HTML page");
         println!("  curl -i -H 'Accept: text/plain' http://{addr}/slow    # plain text");
     }
+    let read_timeout = options.read_timeout.unwrap_or(Some(options.timeout));
     println!(
-        "listening on http://{addr} ({}; upstream {upstream}, timeout {:?})",
+        "listening on http://{addr} ({}; upstream {upstream}, timeout {:?}, read timeout {}{})",
         if options.bare {
             "bare"
         } else {
             "with gateway-errors"
         },
-        options.timeout
+        options.timeout,
+        read_timeout.map_or("off".into(), |t| format!("{t:?}")),
+        options
+            .deadline
+            .map_or(String::new(), |d| format!(", deadline {d:?}")),
     );
 
     if options.bare {
@@ -147,9 +174,15 @@ async fn main() -> Result<(), BoxError> {
         );
         serve(listener, service, ServeOptions::default(), ctrl_c()).await;
     } else {
-        let layer = GatewayErrorLayer::new()
+        let mut layer = GatewayErrorLayer::new()
             .proxy_name(&options.name)
             .upstream_timeout(options.timeout);
+        if let Some(read_timeout) = options.read_timeout {
+            layer = layer.upstream_read_timeout(read_timeout);
+        }
+        if let Some(deadline) = options.deadline {
+            layer = layer.response_deadline(deadline);
+        }
         let service = ServiceBuilder::new().layer(layer).service(proxy);
         serve(listener, service, ServeOptions::default(), ctrl_c()).await;
     }

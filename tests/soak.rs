@@ -6,7 +6,10 @@
 //! - a generated error: its status, its `Proxy-Status` token, a body in the negotiated format that
 //!   says the same, and no upstream address in it;
 //! - an origin response: status, headers and body byte for byte (hashed), untouched;
-//! - a body the origin cut short: an error for the client, never a complete short body;
+//! - a body the origin cut short, or stalled past the read timeout: an error for the client, never
+//!   a complete short body;
+//! - heads dripped under and over the timeout, 103 Early Hints before the answer or before
+//!   silence, a 101 nobody asked for, and a 101 that refuses the offered upgrade;
 //! - every request within the upstream timeout plus a margin, or it counts as hung.
 //!
 //! It also counts panics anywhere in the process, and compares resident memory after the run
@@ -44,13 +47,15 @@ use tower::util::BoxCloneSyncService;
 use tower::{service_fn, ServiceBuilder};
 
 use support::demo_upstream::{
-    self, large_body, CUT_DECLARED, OK_BODY, ORIGIN_500_BODY, ORIGIN_502_BODY, ORIGIN_503_BODY,
+    self, large_body, OK_BODY, ORIGIN_500_BODY, ORIGIN_502_BODY, ORIGIN_503_BODY,
 };
 
 /// Concurrent clients.
 const CLIENTS: usize = 64;
 /// The gateway's upstream timeout: `/slow` is answered 504 after this.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_millis(500);
+/// The upstream timeout of [`Target::Patient`].
+const PATIENT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long past the upstream timeout a request may take before it counts as hung. Generous,
 /// because 64 clients share two cores with the gateway and the upstream in a debug build; a hang
 /// is forever, and the longest wait seen is printed.
@@ -81,6 +86,9 @@ const LARGE_SIZES: [usize; 10] = [
 enum Target {
     /// The example gateway in front of the demo upstream.
     Demo,
+    /// The same with a longer upstream timeout ([`PATIENT_TIMEOUT`]), for a slow head that must
+    /// arrive within it even when 64 clients keep both cores busy.
+    Patient,
     /// The example gateway in front of a closed port.
     Refused,
     /// A gateway whose resolver fails.
@@ -116,6 +124,8 @@ struct Route {
     path: &'static str,
     target: Target,
     expect: Expect,
+    /// Extra request headers (an upgrade request's).
+    headers: &'static [(&'static str, &'static str)],
 }
 
 fn routes() -> Vec<Route> {
@@ -126,6 +136,7 @@ fn routes() -> Vec<Route> {
         path,
         target,
         expect,
+        headers: &[],
     };
     vec![
         route(
@@ -213,6 +224,64 @@ fn routes() -> Vec<Route> {
             Target::Demo,
             Origin(OriginCheck::Origin502),
         ),
+        route("/stall-body", Method::GET, "/stall-body", Target::Demo, Cut),
+        route(
+            "/stall-chunked",
+            Method::GET,
+            "/stall-chunked",
+            Target::Demo,
+            Cut,
+        ),
+        route(
+            "/drip?ms=300",
+            Method::GET,
+            "/drip?ms=300",
+            Target::Patient,
+            Origin(OriginCheck::Ok),
+        ),
+        route(
+            "/drip?ms=2000",
+            Method::GET,
+            "/drip?ms=2000",
+            Target::Demo,
+            Generated(504, "http_response_timeout"),
+        ),
+        route(
+            "/early-hints",
+            Method::GET,
+            "/early-hints",
+            Target::Demo,
+            Origin(OriginCheck::Ok),
+        ),
+        route(
+            "/hints-then-stall",
+            Method::GET,
+            "/hints-then-stall",
+            Target::Demo,
+            Generated(504, "http_response_timeout"),
+        ),
+        route(
+            "/switch",
+            Method::GET,
+            "/switch",
+            Target::Demo,
+            Generated(502, "http_protocol_error"),
+        ),
+        Route {
+            headers: &[
+                ("connection", "upgrade"),
+                ("upgrade", "websocket"),
+                ("sec-websocket-version", "13"),
+                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ],
+            ..route(
+                "upgrade refused",
+                Method::GET,
+                "/switch",
+                Target::Demo,
+                Generated(502, "http_upgrade_failed"),
+            )
+        },
         route(
             "closed port",
             Method::GET,
@@ -259,17 +328,23 @@ impl Drop for Task {
 }
 
 fn layer() -> GatewayErrorLayer {
-    // As examples/gateway.rs configures it.
+    layer_with_timeout(UPSTREAM_TIMEOUT)
+}
+
+fn layer_with_timeout(timeout: Duration) -> GatewayErrorLayer {
+    // As examples/gateway.rs configures it (the read timeout follows the upstream timeout).
     GatewayErrorLayer::new()
         .proxy_name("edge-1")
-        .upstream_timeout(UPSTREAM_TIMEOUT)
+        .upstream_timeout(timeout)
 }
 
 /// The example's gateway (its proxy, its server loop) in front of `upstream`.
-async fn example_gateway(upstream: SocketAddr) -> (SocketAddr, Task) {
+async fn example_gateway(upstream: SocketAddr, timeout: Duration) -> (SocketAddr, Task) {
     let uri: Uri = format!("http://{upstream}").parse().expect("a URI");
     let proxy = proxy::Proxy::new(&uri, "edge-1", 10 * 1024 * 1024).expect("a proxy");
-    let service = ServiceBuilder::new().layer(layer()).service(proxy);
+    let service = ServiceBuilder::new()
+        .layer(layer_with_timeout(timeout))
+        .service(proxy);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
     let task = tokio::spawn(proxy::serve(
@@ -348,6 +423,7 @@ impl Setup {
     fn addr(&self, target: Target) -> SocketAddr {
         let key = match target {
             Target::Demo => "demo",
+            Target::Patient => "patient",
             Target::Refused => "refused",
             Target::Dns => "dns",
             Target::ConnectStall => "stall",
@@ -380,10 +456,14 @@ async fn one_request(setup: &Setup, n: usize) -> Result<Verdict, String> {
         _ => Vec::new(),
     };
     let uri = format!("http://{}{path}", setup.addr(route.target));
-    let request = Request::builder()
+    let mut request = Request::builder()
         .method(route.method.clone())
         .uri(uri)
-        .header(header::ACCEPT, accept)
+        .header(header::ACCEPT, accept);
+    for (name, value) in route.headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
         .body(Full::new(Bytes::from(sent.clone())))
         .expect("a valid request");
 
@@ -413,8 +493,7 @@ async fn one_request(setup: &Setup, n: usize) -> Result<Verdict, String> {
                 Err(_) if status == 200 => Ok(Verdict::Expected),
                 Err(e) => Err(format!("status {status}, body error {e}")),
                 Ok(bytes) => Err(format!(
-                    "a body cut at {} of {CUT_DECLARED} bytes arrived as complete ({} bytes)",
-                    demo_upstream::CUT_SENT,
+                    "a body cut short or stalled arrived as complete ({} bytes)",
                     bytes.len()
                 )),
             }
@@ -425,7 +504,10 @@ async fn one_request(setup: &Setup, n: usize) -> Result<Verdict, String> {
                 Err(e) => return Err(format!("origin body failed: {e}")),
             };
             if header("proxy-status").is_some() && !matches!(check, OriginCheck::Origin502) {
-                return Err("an origin response got a Proxy-Status".into());
+                return Err(format!(
+                    "an origin response got a Proxy-Status: {:?} ({status})",
+                    header("proxy-status")
+                ));
             }
             let expected: (u16, &[u8]) = match check {
                 OriginCheck::Ok => (200, OK_BODY.as_bytes()),
@@ -703,14 +785,17 @@ async fn fault_soak() {
     let warm_up = Duration::from_secs((seconds / 2).clamp(2, 10));
 
     let upstream = demo_upstream::spawn().await.expect("the demo upstream");
-    let (demo, _demo_task) = example_gateway(upstream.addr).await;
+    let (demo, _demo_task) = example_gateway(upstream.addr, UPSTREAM_TIMEOUT).await;
+    let (patient, _patient_task) = example_gateway(upstream.addr, PATIENT_TIMEOUT).await;
     let dns = dns_gateway().await;
     let stall = connect_stall_gateway().await;
     // Last, so that no listener made after it can take the port back.
-    let (refused, _refused_task) = example_gateway(demo_upstream::closed_port()).await;
+    let (refused, _refused_task) =
+        example_gateway(demo_upstream::closed_port(), UPSTREAM_TIMEOUT).await;
 
     let addrs = BTreeMap::from([
         ("demo", demo),
+        ("patient", patient),
         ("refused", refused),
         ("dns", dns.addr),
         ("stall", stall.addr),

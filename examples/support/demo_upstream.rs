@@ -350,11 +350,12 @@ async fn stall_body(mut stream: TcpStream, chunked: bool) -> io::Result<()> {
 
 async fn drip_head(mut stream: TcpStream, over: Duration) -> io::Result<()> {
     read_head(&mut stream).await?;
+    // `connection: close`: this socket serves no second request.
     let head = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-dripped: yes\r\ncontent-length: {}\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-dripped: yes\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
         OK_BODY.len()
     );
-    let pieces = 10;
+    let pieces = 5;
     let piece = head.len().div_ceil(pieces);
     for bytes in head.as_bytes().chunks(piece) {
         stream.write_all(bytes).await?;
@@ -363,7 +364,7 @@ async fn drip_head(mut stream: TcpStream, over: Duration) -> io::Result<()> {
     }
     stream.write_all(OK_BODY.as_bytes()).await?;
     stream.flush().await?;
-    hold(stream).await
+    stream.shutdown().await
 }
 
 async fn drip_body(mut stream: TcpStream, every: Duration) -> io::Result<()> {
@@ -391,11 +392,12 @@ async fn early_hints(mut stream: TcpStream, then_answer: bool) -> io::Result<()>
     if then_answer {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let reply = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{OK_BODY}",
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{OK_BODY}",
             OK_BODY.len()
         );
         stream.write_all(reply.as_bytes()).await?;
         stream.flush().await?;
+        return stream.shutdown().await;
     }
     hold(stream).await
 }
