@@ -130,6 +130,51 @@ fn ok_service() -> impl Service<
     })
 }
 
+/// A body that makes its reader wait once before each of its two frames, as a body streamed from
+/// a socket does: the layer's read timer is armed for real.
+struct Streamed {
+    frames: u8,
+    waited: bool,
+}
+
+impl http_body::Body for Streamed {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        if self.frames == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        if !self.waited {
+            self.waited = true;
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        self.waited = false;
+        self.frames -= 1;
+        let frame = http_body::Frame::data(Bytes::from_static(b"hello"));
+        std::task::Poll::Ready(Some(Ok(frame)))
+    }
+}
+
+fn streamed_service() -> impl Service<
+    Request<Full<Bytes>>,
+    Response = Response<Streamed>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone {
+    tower::service_fn(|_request: Request<Full<Bytes>>| async {
+        let body = Streamed {
+            frames: 2,
+            waited: false,
+        };
+        Ok::<_, Infallible>(Response::new(body))
+    })
+}
+
 /// An upstream whose connection is refused. `io::Error::from(kind)` does not allocate, so the
 /// error itself costs nothing and what is counted is the layer's work.
 fn refused_service() -> impl Service<
@@ -234,6 +279,29 @@ fn main() {
         row(
             "success: layered + upstream_timeout",
             measure(timed.layer(ok_service()), requests(None)).await,
+        );
+        row(
+            "streamed success: bare",
+            measure(streamed_service(), requests(None)).await,
+        );
+        row(
+            "streamed success: layered, no timers",
+            measure(layer.layer(streamed_service()), requests(None)).await,
+        );
+        row(
+            "streamed success: layered + read timeout armed",
+            measure(timed.layer(streamed_service()), requests(None)).await,
+        );
+        row(
+            "streamed: + read timeout + response_deadline",
+            measure(
+                timed
+                    .clone()
+                    .response_deadline(Duration::from_secs(60))
+                    .layer(streamed_service()),
+                requests(None),
+            )
+            .await,
         );
         row(
             "success: layered, browser Accept",

@@ -12,7 +12,10 @@
 //!   HTML page or plain text, from templates you can replace;
 //! - every generated error says whether a retry is safe and, where configured, when;
 //! - every request gets a span with OpenTelemetry field names; the error's internals go to the
-//!   span, never to the client.
+//!   span, never to the client;
+//! - the clock does not stop at the head: an origin whose body stalls is cut at the
+//!   [read timeout](GatewayErrorLayer::upstream_read_timeout), and the client sees a broken
+//!   transfer, never a hang or a body that looks complete.
 //!
 //! # Quick start
 //!
@@ -60,11 +63,15 @@
 //! 1. [`GatewayError::call`](tower_service::Service::call) reads what the response may need, once and
 //!    without allocating: the body format from `Accept`, whether the method is idempotent, whether
 //!    an `Idempotency-Key` is present, the request id. It opens the request's span.
-//! 2. The inner service runs, raced against the [upstream timeout](GatewayErrorLayer::upstream_timeout).
+//! 2. The inner service runs, raced against the [upstream timeout](GatewayErrorLayer::upstream_timeout)
+//!    (and the [response deadline](GatewayErrorLayer::response_deadline), if set).
 //! 3. One decision point:
-//!    - a response from the origin is forwarded unchanged; its body is observed, so that a failure
-//!      mid-stream breaks the client's connection (never a short body that looks complete) and
-//!      lands on the span;
+//!    - a response from the origin is forwarded unchanged; its body is observed and timed, so
+//!      that a failure or a stall mid-stream breaks the client's connection (never a short body
+//!      that looks complete) and lands on the span;
+//!    - an interim status handed over as final, or a `101` the request did not ask for, is an
+//!      error (`http_protocol_error`, `http_upgrade_failed`); a `101` that answers the request's
+//!      `Upgrade` passes;
 //!    - an error is [classified](Classify) into a [`ProxyErrorKind`], whose status is final; the
 //!      body, `Proxy-Status`, `Retry-After`, the [`ProxyError`] extension and the span all read it.
 //!
