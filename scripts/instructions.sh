@@ -5,6 +5,9 @@
 #
 #   scripts/instructions.sh                  # 8 s of wrk per side
 #   SECONDS_PER_SIDE=20 scripts/instructions.sh
+#   CASE=happy scripts/instructions.sh       # successful requests instead: an nginx origin that
+#                                            # sends BODY_BYTES (default 3), and a third side with
+#                                            # the layer's read timeout off (the body clock's cost)
 #
 # Counts user-space instructions only. The kernel's share of a request to a closed port (socket,
 # connect, epoll, close, the response write) is the same for both sides: they make the same
@@ -47,6 +50,8 @@ free_port() {
 }
 
 CLOSED=$(free_port) # nothing listens here: every connect is refused
+CASE=${CASE:-storm}
+BODY_BYTES=${BODY_BYTES:-3}
 
 # TERM, then KILL after 5 s: nginx under valgrind may not act on TERM, and the run must end.
 stop() { # pid
@@ -82,6 +87,55 @@ count() { # name, port, command...
   total=$(callgrind_annotate "$WORK/$name.out".1 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
   echo "$requests $total"
 }
+
+if [ "$CASE" = happy ]; then
+  # An origin outside valgrind: only the gateway's instructions are counted.
+  ORIGIN=$(free_port)
+  mkdir -p "$WORK/origin"
+  head -c "$BODY_BYTES" /dev/zero | tr '\0' 'x' >"$WORK/origin/body"
+  chmod 755 "$WORK" "$WORK/origin"; chmod 644 "$WORK/origin/body"
+  cat >"$WORK/origin/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $WORK/origin/nginx.pid;
+error_log /dev/null crit;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_requests 100000;
+  server { listen 127.0.0.1:$ORIGIN; root $WORK/origin; location / { try_files /body =404; } }
+}
+CONF
+  nginx -p "$WORK/origin" -c "$WORK/origin/nginx.conf" &
+  ORIGIN_PID=$!
+  trap 'kill $ORIGIN_PID 2>/dev/null || true; cleanup' EXIT
+  for _ in $(seq 1 100); do
+    got=$(curl -s -o /dev/null -w '%{http_code} %{size_download}' "http://127.0.0.1:$ORIGIN/" || true)
+    [ "$got" = "200 $BODY_BYTES" ] && break
+    sleep 0.1
+  done
+  [ "$got" = "200 $BODY_BYTES" ] || { echo "the origin answered $got, not 200 with $BODY_BYTES bytes" >&2; exit 1; }
+  GATEWAY=(target/release/examples/gateway --upstream "http://127.0.0.1:$ORIGIN" --timeout 5s)
+  port=$(free_port)
+  read -r bare_requests bare_total < <(count bare "$port" "${GATEWAY[@]}" --listen "127.0.0.1:$port" --bare)
+  port=$(free_port)
+  read -r timed_requests timed_total < <(count timed "$port" "${GATEWAY[@]}" --listen "127.0.0.1:$port")
+  port=$(free_port)
+  read -r untimed_requests untimed_total < <(count untimed "$port" "${GATEWAY[@]}" --listen "127.0.0.1:$port" --read-timeout off)
+  python3 - "$BODY_BYTES" "$bare_requests" "$bare_total" "$timed_requests" "$timed_total" \
+    "$untimed_requests" "$untimed_total" <<'EOF2'
+import sys
+size, br, bt, tr, tt, ur, ut = map(int, sys.argv[1:])
+bare, timed, untimed = bt / br, tt / tr, ut / ur
+print(f"instructions per successful request, {size}-byte body (user space, callgrind; {br}, {tr} and {ur} requests)")
+print("| side | instructions/request |\n|---|---|")
+print(f"| bare | {bare:,.0f} |")
+print(f"| layered, read timeout off | {untimed:,.0f} ({(untimed / bare - 1) * 100:+.1f}%) |")
+print(f"| layered, read timeout on (the default) | {timed:,.0f} ({(timed / bare - 1) * 100:+.1f}%) |")
+print(f"| the body clock alone | {timed - untimed:+,.0f} |")
+EOF2
+  exit 0
+fi
 
 GATEWAY=(target/release/examples/gateway --upstream "http://127.0.0.1:$CLOSED" --timeout 5s)
 port=$(free_port)
