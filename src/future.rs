@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Response;
@@ -61,8 +61,15 @@ fn started(span: &Span) -> Option<Instant> {
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(future: F, config: Arc<Config>, facts: RequestFacts, span: Span) -> Self {
-        let deadline = config.upstream_timeout.map(tokio::time::sleep);
+    /// `timeout` is this request's: see `RequestFacts::upstream_timeout`.
+    pub(crate) fn new(
+        future: F,
+        timeout: Option<Duration>,
+        config: Arc<Config>,
+        facts: RequestFacts,
+        span: Span,
+    ) -> Self {
+        let deadline = timeout.map(tokio::time::sleep);
         ResponseFuture {
             state: State::Waiting { future },
             deadline,

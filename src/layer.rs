@@ -10,6 +10,7 @@ use tracing::Level;
 
 use crate::cache::ResponseCache;
 use crate::classify::Classify;
+use crate::grpc::{GrpcCode, GrpcSettings};
 use crate::headers::{ProxyName, ProxyStatusValues, RetryAfter};
 use crate::kind::ProxyErrorKind;
 use crate::negotiate::Format;
@@ -59,6 +60,8 @@ pub(crate) struct Config {
     pub(crate) details: bool,
     /// Empty again in every changed configuration (its `Clone` makes an empty one).
     pub(crate) response_cache: ResponseCache,
+    /// The gRPC code per kind, and the gRPC answers already built.
+    pub(crate) grpc: GrpcSettings,
 }
 
 impl Default for GatewayErrorLayer {
@@ -94,6 +97,7 @@ impl GatewayErrorLayer {
                 .into(),
                 details: false,
                 response_cache: ResponseCache::default(),
+                grpc: GrpcSettings::default(),
             }),
         }
     }
@@ -278,6 +282,31 @@ impl GatewayErrorLayer {
         if !keep.contains(&name) {
             keep.push(name);
         }
+        self
+    }
+}
+
+/// gRPC callers.
+impl GatewayErrorLayer {
+    /// Answers a gRPC caller's errors of this kind with `code` instead of the default from
+    /// [`GrpcCode::for_kind`].
+    ///
+    /// A request whose `Content-Type` is `application/grpc`, `application/grpc-web` or
+    /// `application/grpc-web-text` (with any `+suffix` and parameters) is a gRPC call: its
+    /// generated errors are HTTP 200 with `grpc-status` and `grpc-message` (for gRPC-Web, in a
+    /// trailer frame in the body), not a body in a negotiated format. See the [crate
+    /// docs](crate#grpc-callers).
+    ///
+    /// ```
+    /// use gateway_errors::{GatewayErrorLayer, GrpcCode, ProxyErrorKind};
+    ///
+    /// // A full pool means "back off", which gRPC says with RESOURCE_EXHAUSTED.
+    /// let layer = GatewayErrorLayer::new()
+    ///     .grpc_code_for_kind(ProxyErrorKind::ConnectionLimitReached, GrpcCode::ResourceExhausted);
+    /// # let _ = layer;
+    /// ```
+    pub fn grpc_code_for_kind(mut self, kind: ProxyErrorKind, code: GrpcCode) -> Self {
+        self.config().grpc.set_code_for_kind(kind, code);
         self
     }
 }

@@ -16,6 +16,17 @@
 //! | `gateway.upstream_ms` | time until the response head or the failure |
 //! | `gateway.cancelled` | the client went away first (not an error) |
 //!
+//! A gRPC call (see [`GrpcCode`](crate::GrpcCode)) also gets the OpenTelemetry RPC fields:
+//!
+//! | field | value |
+//! |---|---|
+//! | `rpc.system` | `grpc` |
+//! | `rpc.service`, `rpc.method` | from the path `/package.Service/Method`; absent for a path of another shape |
+//! | `rpc.grpc.status_code` | the code of a generated error, or the origin's `grpc-status` when it came in the response headers |
+//!
+//! For a generated gRPC error, `http.response.status_code` is 200, the status gRPC requires;
+//! `error.type` is still the RFC 9209 token, and a 5xx-class error still sets `otel.status_code`.
+//!
 //! The span lives until the response body ends, so a mid-stream failure lands on it too.
 
 use std::error::Error as StdError;
@@ -39,6 +50,10 @@ pub(crate) fn request_span<B>(level: Level, request: &Request<B>) -> Span {
                 "gateway.request",
                 http.request.method = %request.method(),
                 url.path = request.uri().path(),
+                rpc.system = Empty,
+                rpc.service = Empty,
+                rpc.method = Empty,
+                rpc.grpc.status_code = Empty,
                 http.response.status_code = Empty,
                 error.type = Empty,
                 otel.status_code = Empty,
