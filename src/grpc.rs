@@ -451,15 +451,16 @@ impl Clone for GrpcCache {
     }
 }
 
-/// The body and the gRPC fields of a generated error for `call`, to go with the layer's head.
+/// Writes the gRPC fields of a generated error for `call` into `headers` (the layer's head for
+/// the error) and returns the body:
 ///
 /// - gRPC: a trailers-only response: `grpc-status` and `grpc-message` in the headers, no body.
 /// - gRPC-Web: the same fields in one trailer frame (flag `0x80`, a 4-byte big-endian length,
 ///   then `name:value\r\n` lines), the whole body; base64 for `grpc-web-text`. A browser reads
-///   the body whatever CORS exposes of the headers.
+///   the body whatever CORS lets it read of the headers.
 ///
 /// `grpc-message` is percent-encoded as the gRPC HTTP/2 protocol requires. Where a retry delay is
-/// advised, `grpc-retry-pushback-ms` states it for gRPC's own retry policy.
+/// advised, `grpc-retry-pushback-ms` states it in milliseconds for gRPC's own retry policy.
 pub(crate) fn answer(
     call: GrpcCall,
     code: GrpcCode,

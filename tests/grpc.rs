@@ -9,6 +9,8 @@ mod support;
 
 #[path = "../examples/support/grpc_demo.rs"]
 mod grpc_demo;
+#[path = "../examples/support/proxy.rs"]
+mod proxy;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -31,7 +33,7 @@ use tonic::Code;
 use tower::ServiceExt;
 
 use grpc_demo::{DemoClient, Ping};
-use support::{within, GatewayService};
+use support::{within, GatewayService, PROXY_NAME};
 
 // ---------------------------------------------------------------------------------------------
 // The setup: demo service, gateway over h2c, client
@@ -310,6 +312,42 @@ async fn a_grpc_status_on_an_http_error_is_the_origins_answer_and_not_intercepte
         .expect_err("the origin is draining");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(status.message(), grpc_demo::GRPC_503_MESSAGE);
+}
+
+#[tokio::test]
+async fn the_example_proxy_carries_grpc_over_h2c() {
+    let demo = within("demo", grpc_demo::spawn()).await.unwrap();
+    let upstream: http::Uri = format!("http://{}", demo.addr).parse().unwrap();
+    let example = proxy::Proxy::new(&upstream, PROXY_NAME, 1 << 20)
+        .unwrap()
+        .http2_only();
+    let service = tower::ServiceBuilder::new()
+        .layer(support::layer().upstream_timeout(Duration::from_millis(300)))
+        .service(example);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serving = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(service.clone());
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    let mut client = within("connecting", DemoClient::connect(addr))
+        .await
+        .unwrap();
+    let ok = within("Ok", client.unary(grpc_demo::OK, "via", None)).await;
+    assert_eq!(ok.expect("a healthy call").into_inner().text, "pong: via");
+    let not_found = within("NotFound", client.unary(grpc_demo::NOT_FOUND, "x", None)).await;
+    assert_eq!(not_found.unwrap_err().code(), Code::NotFound);
+    let stall = within("Stall", client.unary(grpc_demo::STALL, "x", None)).await;
+    assert_eq!(stall.unwrap_err().code(), Code::DeadlineExceeded);
+    serving.abort();
 }
 
 // ---------------------------------------------------------------------------------------------
