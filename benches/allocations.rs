@@ -286,6 +286,7 @@ fn main() {
             measure(layer.layer(ok_service()), grpc_requests("application/grpc")).await,
         );
         for (name, content_type) in [
+            ("refused: layered, same head, not gRPC", "application/json"),
             ("refused: layered, gRPC (trailers-only)", "application/grpc"),
             ("refused: layered, gRPC-Web", "application/grpc-web+proto"),
             (
