@@ -243,9 +243,10 @@ const CONTENT_TYPES: [[&str; 3]; 3] = [
     ],
 ];
 
-/// Slots of the per-configuration response cache: content types × (kinds + unrecognised).
+/// Slots of the per-configuration response cache: framings × (kinds + unrecognised). The suffix
+/// of the content type is not part of the key: the content type is set again on each answer.
 const KIND_SLOTS: usize = ProxyErrorKind::ALL.len() + 1;
-const SLOTS: usize = 9 * KIND_SLOTS;
+const SLOTS: usize = 3 * KIND_SLOTS;
 
 /// What the layer knows about a gRPC call, read from its request head in `call`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -271,8 +272,9 @@ impl GrpcCall {
         })
     }
 
-    fn content_type(self) -> &'static str {
-        CONTENT_TYPES[self.framing as usize][self.suffix as usize]
+    /// The `Content-Type` of the answer: the caller's gRPC type.
+    pub(crate) fn content_type(self) -> HeaderValue {
+        HeaderValue::from_static(CONTENT_TYPES[self.framing as usize][self.suffix as usize])
     }
 
     /// Whether the status travels in the body (gRPC-Web) rather than in headers.
@@ -281,8 +283,7 @@ impl GrpcCall {
     }
 
     fn slot(self, kind: Option<ProxyErrorKind>) -> usize {
-        let content_type = self.framing as usize * 3 + self.suffix as usize;
-        content_type * KIND_SLOTS + kind.map_or(KIND_SLOTS - 1, ProxyErrorKind::index)
+        self.framing as usize * KIND_SLOTS + kind.map_or(KIND_SLOTS - 1, ProxyErrorKind::index)
     }
 }
 
@@ -474,7 +475,7 @@ pub(crate) fn answer(
         let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
         HeaderValue::from(millis)
     });
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static(call.content_type()));
+    headers.insert(CONTENT_TYPE, call.content_type());
     if !call.is_web() {
         headers.insert(GRPC_STATUS.clone(), status);
         headers.insert(GRPC_MESSAGE.clone(), message);
@@ -615,22 +616,22 @@ mod tests {
     }
 
     #[test]
-    fn cache_slots_are_distinct_and_in_range() {
+    fn cache_slots_are_distinct_per_framing_and_kind_and_in_range() {
         let mut seen = std::collections::HashSet::new();
         for framing in [Framing::Grpc, Framing::Web, Framing::WebText] {
-            for suffix in [Suffix::Bare, Suffix::Proto, Suffix::Json] {
-                let call = GrpcCall {
-                    framing,
-                    suffix,
-                    timeout: None,
-                };
-                for kind in ProxyErrorKind::ALL.iter().copied().map(Some).chain([None]) {
-                    let slot = call.slot(kind);
-                    assert!(slot < SLOTS);
-                    assert!(seen.insert(slot));
-                }
+            let call = |suffix| GrpcCall {
+                framing,
+                suffix,
+                timeout: None,
+            };
+            for kind in ProxyErrorKind::ALL.iter().copied().map(Some).chain([None]) {
+                let slot = call(Suffix::Bare).slot(kind);
+                assert!(slot < SLOTS);
+                assert!(seen.insert(slot));
+                assert_eq!(call(Suffix::Proto).slot(kind), slot);
             }
         }
+        assert_eq!(seen.len(), SLOTS);
     }
 
     #[test]

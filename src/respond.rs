@@ -461,6 +461,9 @@ fn generate_grpc<B>(
     let (body, headers) = if cacheable {
         let cached = config.grpc.cached(call, head.kind, || build(None));
         let mut headers = cached.headers.clone();
+        // Kept once per framing: the caller's own `+proto` or `+json` goes back to it. Replacing
+        // a value does not grow the map.
+        headers.insert(header::CONTENT_TYPE, call.content_type());
         if let Some(detailed) = detailed {
             headers.insert(PROXY_STATUS.clone(), detailed);
         }

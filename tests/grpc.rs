@@ -382,17 +382,22 @@ async fn a_generated_grpc_error_is_a_trailers_only_200_that_keeps_proxy_status_a
     let layer = support::layer()
         .retry_after_for_kind(ProxyErrorKind::ConnectionRefused, Duration::from_secs(3));
     let service = gateway(layer, refusing_addr().await);
-    // Twice: the second answer comes from the layer's cache and must be the same.
-    for round in 0..2 {
-        let response = support::call(
-            service.clone(),
-            grpc_request(grpc_demo::OK, "application/grpc+proto", &[]),
-        )
-        .await;
+    // The answers after the first come from the layer's cache, with the caller's own type.
+    let content_types = [
+        ("application/grpc+proto", "application/grpc+proto"),
+        ("application/grpc", "application/grpc"),
+        (
+            "application/grpc+json; charset=utf-8",
+            "application/grpc+json",
+        ),
+        ("application/grpc+proto", "application/grpc+proto"),
+    ];
+    for (sent, answered) in content_types {
+        let response = support::call(service.clone(), grpc_request(grpc_demo::OK, sent, &[])).await;
         let (parts, body) = response.into_parts();
-        assert_eq!(parts.status, StatusCode::OK, "round {round}");
+        assert_eq!(parts.status, StatusCode::OK, "{sent}");
         let header = |name: &str| parts.headers.get(name).map(|v| v.to_str().unwrap());
-        assert_eq!(header("content-type"), Some("application/grpc+proto"));
+        assert_eq!(header("content-type"), Some(answered));
         assert_eq!(header("grpc-status"), Some("14"));
         assert_eq!(
             header("grpc-message"),
