@@ -129,6 +129,9 @@ impl GatewayErrorLayer {
     ///
     /// Use this instead of tower-http's `TimeoutLayer`, which answers 408 (a client's fault) with an
     /// empty body.
+    ///
+    /// A gRPC caller's own deadline (`grpc-timeout`) takes its place when it is sooner, and applies
+    /// when no timeout is set here; that caller is answered `DEADLINE_EXCEEDED`.
     pub fn upstream_timeout(mut self, timeout: Duration) -> Self {
         self.config().upstream_timeout = Some(timeout);
         self
