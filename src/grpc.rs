@@ -20,6 +20,7 @@ use http::StatusCode;
 use tracing::Span;
 
 use crate::cache::CachedResponse;
+use crate::headers::is_tchar;
 use crate::kind::ProxyErrorKind;
 
 /// A gRPC status code, as a gRPC client reads it from `grpc-status`.
@@ -321,10 +322,6 @@ fn parse_content_type(value: &[u8]) -> Option<(Framing, Suffix)> {
         _ => return None,
     };
     Some((framing, suffix))
-}
-
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// `grpc-timeout`: 1 to 8 ASCII digits and a unit, `H` hours, `M` minutes, `S` seconds, `m`
