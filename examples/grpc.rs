@@ -14,6 +14,11 @@
 //!
 //! The gateway intercepts origin error statuses (500–599): an HTML error page becomes a gRPC
 //! status a client can read, while an origin's own gRPC status always passes through.
+//!
+//! The server loop here is a demo's: `support/proxy.rs`'s `serve`, which `examples/gateway.rs`
+//! uses, speaks HTTP/1.1 only (so gRPC clients cannot reach that gateway) and holds the limits an
+//! edge needs (a header read timeout, a head size limit). An edge serving h2c would want those,
+//! and HTTP/2's own (concurrent streams, header list size, idle connections), set here too.
 
 #[path = "support/grpc_demo.rs"]
 mod grpc_demo;

@@ -434,6 +434,25 @@ async fn the_code_per_kind_can_be_overridden() {
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
 }
 
+#[tokio::test]
+async fn an_axum_handlers_proxy_error_reaches_a_grpc_caller_as_its_code() {
+    async fn denied() -> Result<String, ProxyError> {
+        Err(ProxyError::new(ProxyErrorKind::HttpRequestDenied))
+    }
+    let app = axum::Router::new()
+        .route("/demo.Demo/Ok", axum::routing::post(denied))
+        .layer(support::layer());
+    let response = support::call(app, grpc_request(grpc_demo::OK, "application/grpc", &[])).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let headers = response.headers();
+    assert_eq!(headers["grpc-status"], "7");
+    assert_eq!(
+        headers["grpc-message"],
+        ProxyErrorKind::HttpRequestDenied.detail()
+    );
+    assert_eq!(headers["proxy-status"], "edge-1; error=http_request_denied");
+}
+
 type ExtraHeaders<'a> = &'a [(&'a str, &'a str)];
 
 #[tokio::test]
