@@ -119,6 +119,23 @@ where
     )
 }
 
+/// gRPC calls: `Content-Type` as a gRPC client sends it, and a deadline in `grpc-timeout`.
+fn grpc_requests(content_type: &'static str) -> Vec<Request<Full<Bytes>>> {
+    (0..REQUESTS)
+        .map(|_| {
+            Request::post("http://127.0.0.1/demo.Demo/Ok")
+                .header(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static(content_type),
+                )
+                .header("te", HeaderValue::from_static("trailers"))
+                .header("grpc-timeout", HeaderValue::from_static("5S"))
+                .body(Full::new(Bytes::new()))
+                .expect("valid request")
+        })
+        .collect()
+}
+
 fn ok_service() -> impl Service<
     Request<Full<Bytes>>,
     Response = Response<Full<Bytes>>,
@@ -325,6 +342,29 @@ fn main() {
             row(
                 name,
                 measure(layer.layer(refused_service()), requests(accept)).await,
+            );
+        }
+        // The same head with another content type: what detection and the deadline add.
+        row(
+            "success: layered, same head, not gRPC",
+            measure(layer.layer(ok_service()), grpc_requests("application/json")).await,
+        );
+        row(
+            "success: layered, gRPC call",
+            measure(layer.layer(ok_service()), grpc_requests("application/grpc")).await,
+        );
+        for (name, content_type) in [
+            ("refused: layered, same head, not gRPC", "application/json"),
+            ("refused: layered, gRPC (trailers-only)", "application/grpc"),
+            ("refused: layered, gRPC-Web", "application/grpc-web+proto"),
+            (
+                "refused: layered, gRPC-Web text",
+                "application/grpc-web-text",
+            ),
+        ] {
+            row(
+                name,
+                measure(layer.layer(refused_service()), grpc_requests(content_type)).await,
             );
         }
         row(

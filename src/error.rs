@@ -177,6 +177,10 @@ impl ProxyError {
     }
 
     /// The status of the generated response.
+    ///
+    /// A gRPC caller's response is HTTP 200 whatever this says, with the error in `grpc-status`
+    /// (see the [crate docs](crate#grpc-callers)); this stays the status an HTTP client would
+    /// have got.
     pub fn status(&self) -> StatusCode {
         self.classification.status()
     }

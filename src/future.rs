@@ -63,12 +63,19 @@ fn started(span: &Span) -> Option<Instant> {
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(future: F, config: Arc<Config>, facts: RequestFacts, span: Span) -> Self {
+    /// `timeout` is this request's upstream timeout: see `RequestFacts::upstream_timeout`.
+    pub(crate) fn new(
+        future: F,
+        timeout: Option<Duration>,
+        config: Arc<Config>,
+        facts: RequestFacts,
+        span: Span,
+    ) -> Self {
         // The clock is read only when a whole-response deadline needs a start.
         let response_deadline = config
             .response_deadline
             .map(|after| (tokio::time::Instant::now() + after, after));
-        let deadline = match (config.upstream_timeout, response_deadline) {
+        let deadline = match (timeout, response_deadline) {
             (None, None) => None,
             (Some(after), None) => Some(tokio::time::sleep(after)),
             (Some(after), Some((at, _))) => Some(tokio::time::sleep_until(

@@ -101,7 +101,7 @@ pub(crate) fn is_sf_token(s: &str) -> bool {
     bytes.all(|b| is_tchar(b) || b == b':' || b == b'/')
 }
 
-fn is_tchar(b: u8) -> bool {
+pub(crate) fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 

@@ -10,6 +10,7 @@ use tracing::Level;
 
 use crate::cache::ResponseCache;
 use crate::classify::Classify;
+use crate::grpc::{GrpcCode, GrpcSettings};
 use crate::headers::{ProxyName, ProxyStatusValues, RetryAfter};
 use crate::kind::ProxyErrorKind;
 use crate::negotiate::Format;
@@ -62,6 +63,8 @@ pub(crate) struct Config {
     pub(crate) details: bool,
     /// Empty again in every changed configuration (its `Clone` makes an empty one).
     pub(crate) response_cache: ResponseCache,
+    /// The gRPC code per kind, and the gRPC answers already built.
+    pub(crate) grpc: GrpcSettings,
 }
 
 impl Default for GatewayErrorLayer {
@@ -99,6 +102,7 @@ impl GatewayErrorLayer {
                 .into(),
                 details: false,
                 response_cache: ResponseCache::default(),
+                grpc: GrpcSettings::default(),
             }),
         }
     }
@@ -133,6 +137,9 @@ impl GatewayErrorLayer {
     ///
     /// Use this instead of tower-http's `TimeoutLayer`, which answers 408 (a client's fault) with an
     /// empty body.
+    ///
+    /// A gRPC caller's own deadline (`grpc-timeout`) takes its place when it is sooner, and applies
+    /// when no timeout is set here; that caller is answered `DEADLINE_EXCEEDED`.
     pub fn upstream_timeout(mut self, timeout: Duration) -> Self {
         self.config().upstream_timeout = Some(timeout);
         self
@@ -350,6 +357,31 @@ impl Config {
     /// The read timeout in force: the one set, else the upstream timeout.
     pub(crate) fn body_read_timeout(&self) -> Option<Duration> {
         self.read_timeout.unwrap_or(self.upstream_timeout)
+    }
+}
+
+/// gRPC callers.
+impl GatewayErrorLayer {
+    /// Answers a gRPC caller's errors of this kind with `code` instead of the default from
+    /// [`GrpcCode::for_kind`].
+    ///
+    /// A request whose `Content-Type` is `application/grpc`, `application/grpc-web` or
+    /// `application/grpc-web-text` (with any `+suffix` and parameters) is a gRPC call: its
+    /// generated errors are HTTP 200 with `grpc-status` and `grpc-message` (for gRPC-Web, in a
+    /// trailer frame in the body), not a body in a negotiated format. See the [crate
+    /// docs](crate#grpc-callers).
+    ///
+    /// ```
+    /// use gateway_errors::{GatewayErrorLayer, GrpcCode, ProxyErrorKind};
+    ///
+    /// // A full pool means "back off", which gRPC says with RESOURCE_EXHAUSTED.
+    /// let layer = GatewayErrorLayer::new()
+    ///     .grpc_code_for_kind(ProxyErrorKind::ConnectionLimitReached, GrpcCode::ResourceExhausted);
+    /// # let _ = layer;
+    /// ```
+    pub fn grpc_code_for_kind(mut self, kind: ProxyErrorKind, code: GrpcCode) -> Self {
+        self.config().grpc.set_code_for_kind(kind, code);
+        self
     }
 }
 

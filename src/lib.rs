@@ -80,6 +80,39 @@
 //! A handler that proxies by hand returns [`ProxyError`]; the layer around the router renders it
 //! exactly as it renders an inner service's error.
 //!
+//! # gRPC callers
+//!
+//! A gRPC client reads `grpc-status` and `grpc-message`; a 502 page is an opaque protocol error to
+//! it. A request whose `Content-Type` is `application/grpc`, `application/grpc-web` or
+//! `application/grpc-web-text` (with any `+proto`, `+json`, ... and parameters) is a gRPC call,
+//! and its generated errors are answered in gRPC's terms:
+//!
+//! - HTTP 200 (gRPC requires it), `Content-Type` the caller's gRPC type, `grpc-status` the
+//!   [`GrpcCode`] of the error's kind ([`GrpcCode::for_kind`], changed per kind with
+//!   [`GatewayErrorLayer::grpc_code_for_kind`]) and `grpc-message` the kind's client-safe
+//!   sentence, percent-encoded; no body (a trailers-only response);
+//! - gRPC-Web callers get the same fields in a trailer frame as the body (base64 for
+//!   `grpc-web-text`);
+//! - `Proxy-Status`, `Retry-After` and the [`ProxyError`] extension as for any generated error,
+//!   plus `grpc-retry-pushback-ms` where a retry delay is configured;
+//! - the upstream timeout is the sooner of [`upstream_timeout`](GatewayErrorLayer::upstream_timeout)
+//!   and the caller's `grpc-timeout`; when it passes, the caller gets `DEADLINE_EXCEEDED`.
+//!
+//! The origin's own gRPC answers pass through untouched, trailers included, and are never
+//! [intercepted](GatewayErrorLayer::intercept_origin_errors). An origin's plain HTTP error (an
+//! HTML 503 page) passes through too unless its status is intercepted; it then becomes the code
+//! of [`GrpcCode::from_http_status`]. The span gets `rpc.system`, `rpc.service`, `rpc.method` and
+//! `rpc.grpc.status_code`, and records `http.response.status_code` as the 200 that was sent.
+//!
+//! ```text
+//! HTTP/2 200
+//! content-type: application/grpc
+//! grpc-status: 14
+//! grpc-message: The upstream server refused the connection.
+//! proxy-status: edge-1; error=connection_refused
+//! cache-control: no-store
+//! ```
+//!
 //! # Features
 //!
 //! - `axum` (default): `impl IntoResponse for ProxyError`.
@@ -97,6 +130,7 @@ mod classify;
 mod deadline;
 mod error;
 mod future;
+mod grpc;
 mod headers;
 mod kind;
 mod layer;
@@ -113,6 +147,7 @@ pub use body::GatewayBody;
 pub use classify::{Classification, Classify, DefaultClassifier};
 pub use error::ProxyError;
 pub use future::ResponseFuture;
+pub use grpc::GrpcCode;
 pub use headers::{InvalidProxyName, ProxyName, RetryAfter, PROXY_STATUS};
 pub use kind::{Phase, ProxyErrorKind, UnknownProxyErrorKind};
 pub use layer::{GatewayErrorLayer, DEFAULT_PROXY_NAME};

@@ -19,6 +19,7 @@ use crate::classify::{classify, Classification};
 use crate::deadline::BodyLimits;
 use crate::error::{ErrorChain, PendingProxyError, ProxyError};
 use crate::future::Pending;
+use crate::grpc::{self, GrpcCall, GRPC_STATUS};
 use crate::headers::{append_member, details_param, RetryAfter, PROXY_STATUS};
 use crate::kind::{Phase, ProxyErrorKind};
 use crate::layer::Config;
@@ -38,6 +39,8 @@ pub(crate) struct RequestFacts {
     request_id: Option<HeaderValue>,
     /// The protocols the client asked to switch to (`Upgrade`), if any.
     upgrade: Option<HeaderValue>,
+    /// A gRPC caller is answered in gRPC's terms; `None` for every other request.
+    grpc: Option<GrpcCall>,
 }
 
 impl RequestFacts {
@@ -65,7 +68,23 @@ impl RequestFacts {
             idempotency_key: has_idempotency_key(headers),
             request_id,
             upgrade: headers.get(header::UPGRADE).cloned(),
+            grpc: GrpcCall::detect(headers),
         }
+    }
+
+    /// How long the upstream has for its response head: the configured timeout, or the gRPC
+    /// caller's own deadline (`grpc-timeout`) when that is sooner.
+    pub(crate) fn upstream_timeout(&self, configured: Option<Duration>) -> Option<Duration> {
+        let deadline = self.grpc.and_then(|call| call.timeout);
+        match (configured, deadline) {
+            (Some(configured), Some(deadline)) => Some(configured.min(deadline)),
+            (configured, deadline) => configured.or(deadline),
+        }
+    }
+
+    /// The gRPC call this request is, if it is one.
+    pub(crate) fn grpc(&self) -> Option<GrpcCall> {
+        self.grpc
     }
 
     /// The body format, negotiated only now that an error needs a body.
@@ -223,7 +242,11 @@ pub(crate) fn finish<B: Body>(pending: Pending, outcome: Outcome<B>) -> Response
                 }
             }
             let generated_inside = response.extensions().get::<Generated>().is_some();
-            if pending.config.intercept.contains(status) && !generated_inside {
+            // A gRPC status from the origin is its answer to a gRPC caller, whatever the HTTP
+            // status: never replaced.
+            let grpc_answer =
+                pending.facts.grpc.is_some() && response.headers().contains_key(&GRPC_STATUS);
+            if pending.config.intercept.contains(status) && !generated_inside && !grpc_answer {
                 let (parts, _) = response.into_parts();
                 let error = ProxyError::from_classification(
                     Classification::unrecognized()
@@ -244,7 +267,12 @@ pub(crate) fn finish<B: Body>(pending: Pending, outcome: Outcome<B>) -> Response
                 Some((at, after)) if tokio::time::Instant::now() >= at => {
                     HeadTimedOut::ResponseDeadline(after)
                 }
-                _ => HeadTimedOut::Upstream(pending.config.upstream_timeout.unwrap_or_default()),
+                _ => HeadTimedOut::Upstream(
+                    pending
+                        .facts
+                        .upstream_timeout(pending.config.upstream_timeout)
+                        .unwrap_or_default(),
+                ),
             };
             let error = ProxyError::new(ProxyErrorKind::HttpResponseTimeout).with_source(source);
             generate(&pending, error, None, None)
@@ -263,6 +291,9 @@ fn forward<B: Body>(pending: Pending, response: Response<B>) -> Response<Gateway
         if status.is_server_error() {
             span.record("error.type", status.as_str());
             span.record("otel.status_code", "ERROR");
+        }
+        if pending.facts.grpc.is_some() {
+            grpc::record_forwarded(&span, response.headers());
         }
     }
     // A server never polls a body it will not send (HEAD, 1xx, 204, 304, or one that is already
@@ -350,6 +381,9 @@ fn generate<B>(
         received,
         rewritten,
     };
+    if let Some(call) = facts.grpc {
+        return generate_grpc(pending, call, error, &head, detail);
+    }
     // Opt-in only: the chain may name internal hosts. Built per response, never cached.
     let detailed = StdError::source(&error)
         .filter(|_| config.details)
@@ -499,10 +533,88 @@ fn with_details(member: HeaderValue, cause: &(dyn StdError + 'static)) -> Header
     HeaderValue::from_bytes(&value).unwrap_or(member)
 }
 
+/// A generated error for a gRPC caller: HTTP 200, as gRPC requires, with the error in gRPC's own
+/// fields (see [`grpc::answer`]), and the same `Proxy-Status`, `Retry-After`, extension and span
+/// as any generated error. The head keeps `Cache-Control: no-store` and drops `Vary: accept`: the
+/// answer follows the request's `Content-Type`, not its `Accept`. A trailers-only answer has no
+/// body and so no `Content-Length`; a gRPC-Web answer states its body's.
+fn generate_grpc<B>(
+    pending: &Pending,
+    call: GrpcCall,
+    error: ProxyError,
+    head: &ErrorHead<'_>,
+    detail: &str,
+) -> Response<GatewayBody<B>> {
+    let config = head.config;
+    let code = config.grpc.code(head.kind, head.status);
+    let retry_after = error.retry_after();
+    let build = |detailed: Option<HeaderValue>| {
+        let mut headers = head.headers(&Bytes::new(), detailed);
+        headers.remove(header::VARY);
+        headers.remove(header::CONTENT_LENGTH);
+        let pushback = retry_after.map(|after| after.delay_from(std::time::SystemTime::now()));
+        let body = grpc::answer(call, code, detail, pushback, &mut headers);
+        if call.is_web() {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        }
+        CachedResponse { body, headers }
+    };
+    // As for the other formats: only answers that depend on their slot alone are kept.
+    let cacheable = head.rewritten.is_none()
+        && head.status
+            == head
+                .kind
+                .map_or(StatusCode::BAD_GATEWAY, ProxyErrorKind::status)
+        && !matches!(retry_after, Some(RetryAfter::At(_)));
+    let detailed = StdError::source(&error)
+        .filter(|_| config.details)
+        .map(|cause| with_details(head.proxy_status_member(), cause));
+    let (body, headers) = if cacheable {
+        let cached = config.grpc.cached(call, head.kind, || build(None));
+        let mut headers = cached.headers.clone();
+        // Kept once per framing: the caller's own `+proto` or `+json` goes back to it. Replacing
+        // a value does not grow the map.
+        headers.insert(header::CONTENT_TYPE, call.content_type());
+        if let Some(detailed) = detailed {
+            headers.insert(PROXY_STATUS.clone(), detailed);
+        }
+        (cached.body.clone(), headers)
+    } else {
+        let built = build(detailed);
+        (built.body, built.headers)
+    };
+
+    record(pending, &error, head.received.is_some());
+    if !pending.span.is_disabled() {
+        pending
+            .span
+            .record("rpc.grpc.status_code", i64::from(code.as_i32()));
+    }
+
+    let body = if pending.facts.is_head {
+        Bytes::new()
+    } else {
+        body
+    };
+    let mut response = Response::new(GatewayBody::generated(body));
+    *response.headers_mut() = headers;
+    if head.received.is_none() {
+        response.extensions_mut().insert(error);
+    }
+    response.extensions_mut().insert(Generated);
+    response
+}
+
 /// Records the decision on the span, and one event with the whole error chain for operators.
 fn record(pending: &Pending, error: &ProxyError, intercepted: bool) {
     let span = &pending.span;
     let status = error.status();
+    // gRPC requires HTTP 200 for its own errors; the error's status still decides the severity.
+    let sent = if pending.facts.grpc.is_some() {
+        StatusCode::OK
+    } else {
+        status
+    };
     let error_type: &str = match error.kind() {
         Some(kind) => kind.token(),
         None => status.as_str(),
@@ -513,7 +625,7 @@ fn record(pending: &Pending, error: &ProxyError, intercepted: bool) {
         }
     } else {
         // Integers as i64: tracing-opentelemetry exports u64 fields as strings.
-        span.record("http.response.status_code", i64::from(status.as_u16()));
+        span.record("http.response.status_code", i64::from(sent.as_u16()));
         span.record("error.type", error_type);
         span.record("gateway.generated", true);
         span.record("gateway.retryable", error.is_retryable());
@@ -535,7 +647,7 @@ fn record(pending: &Pending, error: &ProxyError, intercepted: bool) {
                 parent: span,
                 $level,
                 error.type = error_type,
-                http.response.status_code = i64::from(status.as_u16()),
+                http.response.status_code = i64::from(sent.as_u16()),
                 gateway.retryable = error.is_retryable(),
                 gateway.phase = error.phase().as_str(),
                 error = cause.as_ref().map(tracing::field::display),

@@ -12,6 +12,7 @@ use tower_service::Service;
 
 use crate::body::GatewayBody;
 use crate::future::ResponseFuture;
+use crate::grpc;
 use crate::layer::{Config, GatewayErrorLayer};
 use crate::respond::RequestFacts;
 use crate::trace;
@@ -106,6 +107,10 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let facts = RequestFacts::capture(&request, &self.config);
         let span = trace::request_span(self.config.span_level, &request);
+        let timeout = facts.upstream_timeout(self.config.upstream_timeout);
+        if facts.grpc().is_some() && !span.is_disabled() {
+            grpc::record_call(&span, request.uri().path());
+        }
         let config = self.config.clone();
         match self.ready_error.take() {
             Some(error) => ResponseFuture::failed(error, config, facts, span),
@@ -114,7 +119,7 @@ where
                     let _entered = span.enter();
                     self.inner.call(request)
                 };
-                ResponseFuture::new(future, config, facts, span)
+                ResponseFuture::new(future, timeout, config, facts, span)
             }
         }
     }

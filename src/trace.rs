@@ -18,6 +18,17 @@
 //! | `http.response.body.size` | the bytes of the origin's body forwarded, once it ended (or broke off) |
 //! | `gateway.head_sent` | `true` when the origin's body failed or timed out after its head went to the client |
 //!
+//! A gRPC call (see [`GrpcCode`](crate::GrpcCode)) also gets the OpenTelemetry RPC fields:
+//!
+//! | field | value |
+//! |---|---|
+//! | `rpc.system` | `grpc` |
+//! | `rpc.service`, `rpc.method` | from the path `/package.Service/Method`; absent for a path of another shape |
+//! | `rpc.grpc.status_code` | the code of a generated error, or the origin's `grpc-status` when it came in the response headers |
+//!
+//! For a generated gRPC error, `http.response.status_code` is 200, the status gRPC requires;
+//! `error.type` is still the RFC 9209 token, and a 5xx-class error still sets `otel.status_code`.
+//!
 //! The span lives until the response body ends, so a mid-stream failure or a stall lands on it too
 //! (`error.type` is then `http_response_incomplete`, `connection_read_timeout` or
 //! `http_response_timeout`).
@@ -45,6 +56,10 @@ pub(crate) fn request_span<B>(level: Level, request: &Request<B>) -> Span {
                 "gateway.request",
                 http.request.method = %request.method(),
                 url.path = request.uri().path(),
+                rpc.system = Empty,
+                rpc.service = Empty,
+                rpc.method = Empty,
+                rpc.grpc.status_code = Empty,
                 http.response.status_code = Empty,
                 error.type = Empty,
                 otel.status_code = Empty,

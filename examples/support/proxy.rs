@@ -149,6 +149,13 @@ impl Service<Request<Incoming>> for Proxy {
         };
         parts.uri = uri;
         strip_hop_by_hop(&mut parts.headers);
+        if is_grpc(&parts.headers) {
+            // The one TE value HTTP/2 allows, and one gRPC servers may require: it says the
+            // client reads trailers, which this proxy does and passes on.
+            parts
+                .headers
+                .insert(header::TE, HeaderValue::from_static("trailers"));
+        }
         parts.headers.remove(header::HOST);
         parts.headers.append(header::VIA, self.via.clone());
         // A chunked body states no length up front: it is cut off at the limit instead.
@@ -257,6 +264,18 @@ impl Future for Forwarding {
             }
         }
     }
+}
+
+/// A gRPC request: `application/grpc`, `+proto` and the like. (gRPC-Web carries its trailers in
+/// the body and needs no TE.)
+fn is_grpc(headers: &HeaderMap) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
+    headers.get(header::CONTENT_TYPE).is_some_and(|value| {
+        let value = value.as_bytes();
+        value.len() >= GRPC.len()
+            && value[..GRPC.len()].eq_ignore_ascii_case(GRPC)
+            && matches!(value.get(GRPC.len()), None | Some(b'+' | b';' | b' '))
+    })
 }
 
 /// Whether the body limit is somewhere in `error`'s source chain.
