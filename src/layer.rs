@@ -59,6 +59,8 @@ pub(crate) struct Config {
     pub(crate) details: bool,
     /// Empty again in every changed configuration (its `Clone` makes an empty one).
     pub(crate) response_cache: ResponseCache,
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: Option<crate::metrics::Metrics>,
 }
 
 impl Default for GatewayErrorLayer {
@@ -94,6 +96,8 @@ impl GatewayErrorLayer {
                 .into(),
                 details: false,
                 response_cache: ResponseCache::default(),
+                #[cfg(feature = "metrics")]
+                metrics: None,
             }),
         }
     }
@@ -278,6 +282,45 @@ impl GatewayErrorLayer {
         if !keep.contains(&name) {
             keep.push(name);
         }
+        self
+    }
+}
+
+#[cfg(feature = "metrics")]
+impl GatewayErrorLayer {
+    /// Records OpenTelemetry metrics with `meter`: the semantic conventions'
+    /// `http.server.request.duration` histogram for every request, and the
+    /// `gateway.errors.generated` counter for every error response the layer generates. The
+    /// [`metrics`](crate::metrics) module lists their attributes and says what the duration
+    /// measures. Needs the `metrics` feature.
+    ///
+    /// The instruments are created here, on this meter. A meter from the global provider is bound
+    /// to the provider that was set when the meter was made, so set yours first (a meter taken
+    /// before that records nothing).
+    ///
+    /// ```
+    /// use gateway_errors::GatewayErrorLayer;
+    /// use opentelemetry::metrics::MeterProvider;
+    /// use opentelemetry_sdk::metrics::{ManualReader, SdkMeterProvider};
+    ///
+    /// // The application's pipeline: here a reader that collects on demand. A real one exports
+    /// // periodically (OTLP) or serves a Prometheus scrape.
+    /// let provider = SdkMeterProvider::builder()
+    ///     .with_reader(ManualReader::builder().build())
+    ///     .build();
+    /// opentelemetry::global::set_meter_provider(provider.clone());
+    ///
+    /// // The layer's instruments, under a scope named after this crate.
+    /// let layer = GatewayErrorLayer::new()
+    ///     .proxy_name("edge-1")
+    ///     .metrics(&opentelemetry::global::meter("gateway-errors"));
+    ///
+    /// // Or with a provider the application holds itself, without the global one:
+    /// let layer = GatewayErrorLayer::new().metrics(&provider.meter("gateway-errors"));
+    /// # let _ = layer;
+    /// ```
+    pub fn metrics(mut self, meter: &opentelemetry::metrics::Meter) -> Self {
+        self.config().metrics = Some(crate::metrics::Metrics::new(meter));
         self
     }
 }

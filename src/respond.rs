@@ -35,6 +35,9 @@ pub(crate) struct RequestFacts {
     idempotency_key: bool,
     /// Cloning a parsed header value shares its bytes; it does not copy them.
     request_id: Option<HeaderValue>,
+    /// When the request arrived, and its method's attribute; only when metrics are recorded.
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: Option<crate::metrics::Started>,
 }
 
 impl RequestFacts {
@@ -61,6 +64,8 @@ impl RequestFacts {
             idempotent_method: config.retry.is_idempotent(request.method()),
             idempotency_key: has_idempotency_key(headers),
             request_id,
+            #[cfg(feature = "metrics")]
+            metrics: crate::metrics::Started::capture(config.metrics.as_ref(), request.method()),
         }
     }
 
@@ -160,6 +165,8 @@ fn forward<B: Body>(pending: Pending, response: Response<B>) -> Response<Gateway
             span.record("otel.status_code", "ERROR");
         }
     }
+    #[cfg(feature = "metrics")]
+    crate::metrics::forwarded(&pending.config, &pending.facts, status);
     // A server never polls a body it will not send (HEAD, 1xx, 204, 304, or one that is already
     // at its end): the response is complete with its head, and dropping that body is no
     // cancellation.
@@ -269,6 +276,8 @@ fn generate<B>(
     };
 
     record(pending, &error, received.is_some());
+    #[cfg(feature = "metrics")]
+    crate::metrics::generated(config, facts, status, kind, retryable);
 
     let body = if facts.is_head || head.bodiless_status() {
         GatewayBody::generated(Bytes::new())
