@@ -301,12 +301,12 @@ impl GatewayErrorLayer {
     /// ```
     /// use gateway_errors::GatewayErrorLayer;
     /// use opentelemetry::metrics::MeterProvider;
-    /// use opentelemetry_sdk::metrics::{ManualReader, SdkMeterProvider};
+    /// use opentelemetry_sdk::metrics::SdkMeterProvider;
     ///
-    /// // The application's pipeline: here a reader that collects on demand. A real one exports
-    /// // periodically (OTLP) or serves a Prometheus scrape.
+    /// // The application's pipeline: here the stdout exporter, every 60 s; OTLP is the same with
+    /// // opentelemetry-otlp's `MetricExporter`.
     /// let provider = SdkMeterProvider::builder()
-    ///     .with_reader(ManualReader::builder().build())
+    ///     .with_periodic_exporter(opentelemetry_stdout::MetricExporter::default())
     ///     .build();
     /// opentelemetry::global::set_meter_provider(provider.clone());
     ///
