@@ -11,6 +11,8 @@
 //! - `--name` sets the proxy name in `Proxy-Status` (default `edge-1`); `--max-body` the request
 //!   body limit in bytes (default 10 MiB); `--http2` speaks h2c to the upstream (one connection
 //!   for all requests; the demo upstream understands it, but its byte-level faults are HTTP/1).
+//! - `--metrics` (built with `--features metrics`) records the layer's OpenTelemetry metrics and
+//!   prints them to stdout every 60 s and on exit.
 //!
 //! What makes it safe to copy, beyond the layer (the proxy itself is in `support/proxy.rs`, where
 //! `tests/gateway_hardening.rs` checks each point): only the configured upstream is ever contacted
@@ -42,6 +44,7 @@ struct Options {
     upstream: Option<Uri>,
     timeout: Duration,
     bare: bool,
+    metrics: bool,
     http2: bool,
     name: String,
     max_body: u64,
@@ -49,7 +52,7 @@ struct Options {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: gateway [--listen ADDR] [--upstream URL] [--timeout 5s|500ms] [--bare] [--name NAME] [--max-body BYTES] [--http2]"
+        "usage: gateway [--listen ADDR] [--upstream URL] [--timeout 5s|500ms] [--bare] [--name NAME] [--max-body BYTES] [--http2] [--metrics]"
     );
     std::process::exit(2)
 }
@@ -71,6 +74,7 @@ fn parse_options() -> Options {
         upstream: None,
         timeout: Duration::from_secs(5),
         bare: false,
+        metrics: false,
         http2: false,
         name: "edge-1".into(),
         max_body: 10 * 1024 * 1024,
@@ -85,6 +89,7 @@ fn parse_options() -> Options {
             "--name" => options.name = value(),
             "--max-body" => options.max_body = value().parse().unwrap_or_else(|_| usage()),
             "--bare" => options.bare = true,
+            "--metrics" => options.metrics = true,
             "--http2" => options.http2 = true,
             "-h" | "--help" => usage(),
             _ => usage(),
@@ -150,11 +155,54 @@ async fn main() -> Result<(), BoxError> {
         let layer = GatewayErrorLayer::new()
             .proxy_name(&options.name)
             .upstream_timeout(options.timeout);
+        let (layer, meters) = metrics::with_metrics(layer, options.metrics);
         let service = ServiceBuilder::new().layer(layer).service(proxy);
         serve(listener, service, ServeOptions::default(), ctrl_c()).await;
+        drop(meters);
     }
     drop(demo);
     Ok(())
+}
+
+/// `--metrics`: the layer's metrics, exported to stdout.
+#[cfg(feature = "metrics")]
+mod metrics {
+    use gateway_errors::GatewayErrorLayer;
+    use opentelemetry::metrics::MeterProvider;
+    use opentelemetry_sdk::metrics::SdkMeterProvider;
+
+    /// Shuts the provider down, and so exports once more, when dropped.
+    pub struct Meters(SdkMeterProvider);
+
+    impl Drop for Meters {
+        fn drop(&mut self) {
+            let _ = self.0.shutdown();
+        }
+    }
+
+    pub fn with_metrics(layer: GatewayErrorLayer, on: bool) -> (GatewayErrorLayer, Option<Meters>) {
+        if !on {
+            return (layer, None);
+        }
+        let provider = SdkMeterProvider::builder()
+            .with_periodic_exporter(opentelemetry_stdout::MetricExporter::default())
+            .build();
+        let layer = layer.metrics(&provider.meter("gateway-errors"));
+        (layer, Some(Meters(provider)))
+    }
+}
+
+#[cfg(not(feature = "metrics"))]
+mod metrics {
+    use gateway_errors::GatewayErrorLayer;
+
+    pub fn with_metrics(layer: GatewayErrorLayer, on: bool) -> (GatewayErrorLayer, Option<()>) {
+        if on {
+            eprintln!("--metrics needs the example built with --features metrics");
+            std::process::exit(2);
+        }
+        (layer, None)
+    }
 }
 
 /// Completes on Ctrl-C.
