@@ -30,14 +30,18 @@
 //!
 //! # What the duration measures
 //!
-//! From the moment the layer's service is called with the request to the moment the layer hands
-//! the response head on: for a generated error that is the whole response (its body is ready with
-//! its head), and for an origin's response it is the time the upstream took to answer, or to
-//! fail. The conventions measure a server request to the end of its response body; the time a
-//! forwarded body takes to stream is not included here, and a body that fails after its head has
-//! been recorded with the head's status (the span records that failure as
-//! `http_response_incomplete`). A request whose client goes away before the head is not recorded:
-//! it has no status.
+//! The whole request, as the conventions ask, from the moment the layer's service is called with
+//! it:
+//!
+//! - an origin's response: to the end of its body, that is when the body hands the server its last
+//!   frame. A body that fails after the head is recorded then, with the head's status and
+//!   `error.type` `http_response_incomplete`; a body the client stopped reading (it went away) is
+//!   recorded when the server drops it. A response without a body to send (HEAD, 204, 304, an
+//!   empty body) is recorded with its head;
+//! - a generated error: to its head, with which its whole body is ready. So for a failure, the
+//!   duration is the time the upstream took to fail (or the upstream timeout).
+//!
+//! A request whose client goes away before the response head is not recorded: it has no status.
 //!
 //! # Cost
 //!
@@ -56,6 +60,7 @@ use opentelemetry::{Key, KeyValue, StringValue, Value};
 use crate::kind::ProxyErrorKind;
 use crate::layer::Config;
 use crate::respond::RequestFacts;
+use crate::trace::BodyObserver;
 
 /// The name of the request duration histogram, from the OpenTelemetry HTTP semantic conventions.
 pub const REQUEST_DURATION: &str = "http.server.request.duration";
@@ -117,7 +122,9 @@ impl Metrics {
         let duration = meter
             .f64_histogram(REQUEST_DURATION)
             .with_unit("s")
-            .with_description("Time from the gateway receiving a request to its response head.")
+            .with_description(
+                "Time from the gateway receiving a request to the end of its response.",
+            )
             .with_boundaries(DURATION_BOUNDARIES.to_vec())
             .build();
         let generated = meter
@@ -211,21 +218,61 @@ impl Started {
     }
 }
 
-/// Records an origin's response (forwarded, its head now known).
-pub(crate) fn forwarded(config: &Config, facts: &RequestFacts, status: StatusCode) {
-    let (Some(metrics), Some(started)) = (&config.metrics, &facts.metrics) else {
-        return;
+/// Records an origin's response now if it has no body the server will send, else gives the body's
+/// observer a timer that records when the body ends.
+pub(crate) fn forwarded(
+    config: &Config,
+    started: Option<Started>,
+    status: StatusCode,
+    no_body: bool,
+    observer: Option<BodyObserver>,
+) -> Option<BodyObserver> {
+    let (Some(metrics), Some(started)) = (&config.metrics, started) else {
+        return observer;
     };
-    let seconds = started.at.elapsed().as_secs_f64();
-    let method = KeyValue::new(METHOD, started.method.clone());
-    let status_code = KeyValue::new(STATUS_CODE, i64::from(status.as_u16()));
-    if status.is_server_error() {
-        let error_type = KeyValue::new(ERROR_TYPE, status_text(status));
-        metrics
-            .duration
-            .record(seconds, &[method, status_code, error_type]);
-    } else {
-        metrics.duration.record(seconds, &[method, status_code]);
+    let timer = ResponseTimer {
+        duration: metrics.duration.clone(),
+        started,
+        status,
+        error_type: status.is_server_error().then(|| status_text(status)),
+    };
+    if no_body {
+        // The response is complete with its head: dropping the timer records it.
+        drop(timer);
+        return observer;
+    }
+    Some(BodyObserver::timed(observer, timer))
+}
+
+/// Records the duration of a forwarded response when dropped: when its body has ended, failed, or
+/// been dropped by a client that went away.
+pub(crate) struct ResponseTimer {
+    duration: Histogram<f64>,
+    started: Started,
+    status: StatusCode,
+    /// The status for an origin 5xx, `http_response_incomplete` for a body that failed.
+    error_type: Option<&'static str>,
+}
+
+impl ResponseTimer {
+    /// The body failed after its head was sent.
+    pub(crate) fn failed(&mut self, kind: ProxyErrorKind) {
+        self.error_type = Some(kind.token());
+    }
+}
+
+impl Drop for ResponseTimer {
+    fn drop(&mut self) {
+        let seconds = self.started.at.elapsed().as_secs_f64();
+        let method = KeyValue::new(METHOD, self.started.method.clone());
+        let status_code = KeyValue::new(STATUS_CODE, i64::from(self.status.as_u16()));
+        match self.error_type {
+            Some(error_type) => self.duration.record(
+                seconds,
+                &[method, status_code, KeyValue::new(ERROR_TYPE, error_type)],
+            ),
+            None => self.duration.record(seconds, &[method, status_code]),
+        }
     }
 }
 

@@ -165,8 +165,6 @@ fn forward<B: Body>(pending: Pending, response: Response<B>) -> Response<Gateway
             span.record("otel.status_code", "ERROR");
         }
     }
-    #[cfg(feature = "metrics")]
-    crate::metrics::forwarded(&pending.config, &pending.facts, status);
     // A server never polls a body it will not send (HEAD, 1xx, 204, 304, or one that is already
     // at its end): the response is complete with its head, and dropping that body is no
     // cancellation.
@@ -180,6 +178,15 @@ fn forward<B: Body>(pending: Pending, response: Response<B>) -> Response<Gateway
     } else {
         BodyObserver::new(span)
     };
+    // Recorded now when there is no body, else when the body ends.
+    #[cfg(feature = "metrics")]
+    let observer = crate::metrics::forwarded(
+        &pending.config,
+        pending.facts.metrics,
+        status,
+        no_body,
+        observer,
+    );
     response.map(|body| GatewayBody::origin(body, observer))
 }
 

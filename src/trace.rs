@@ -64,11 +64,32 @@ pub(crate) fn request_span<B>(level: Level, request: &Request<B>) -> Span {
 pub(crate) struct BodyObserver {
     span: Span,
     done: bool,
+    /// Records the request's duration when dropped, that is when the body ends.
+    #[cfg(feature = "metrics")]
+    timer: Option<crate::metrics::ResponseTimer>,
 }
 
 impl BodyObserver {
     pub(crate) fn new(span: Span) -> Option<Self> {
-        (!span.is_disabled()).then_some(BodyObserver { span, done: false })
+        (!span.is_disabled()).then_some(BodyObserver {
+            span,
+            done: false,
+            #[cfg(feature = "metrics")]
+            timer: None,
+        })
+    }
+
+    /// Adds `timer` to `observer`, or makes an observer for it alone when no subscriber wants the
+    /// span: the body's end must be seen either way.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn timed(observer: Option<Self>, timer: crate::metrics::ResponseTimer) -> Self {
+        let mut observer = observer.unwrap_or_else(|| BodyObserver {
+            span: Span::none(),
+            done: false,
+            timer: None,
+        });
+        observer.timer = Some(timer);
+        observer
     }
 
     pub(crate) fn completed(mut self) {
@@ -78,6 +99,16 @@ impl BodyObserver {
     pub(crate) fn failed(mut self, error: &(dyn StdError + 'static)) {
         self.done = true;
         let kind = ProxyErrorKind::HttpResponseIncomplete;
+        #[cfg(feature = "metrics")]
+        {
+            if let Some(timer) = &mut self.timer {
+                timer.failed(kind);
+            }
+            // Kept only for its timer: nobody wants the span, nor (as without metrics) the event.
+            if self.span.is_disabled() {
+                return;
+            }
+        }
         self.span.record("error.type", kind.token());
         self.span.record("otel.status_code", "ERROR");
         tracing::event!(

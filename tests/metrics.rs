@@ -48,8 +48,9 @@ impl Pipeline {
         support::layer().metrics(&self.provider.meter("gateway-errors"))
     }
 
-    /// Exports what was recorded so far and reads the named metric as the exporter got it.
-    async fn exported<R>(&self, name: &str, read: impl FnOnce(&Metric) -> R) -> R {
+    /// Exports what was recorded so far and reads the named metric as the exporter got it; `None`
+    /// when nothing was recorded in it (the SDK then exports nothing).
+    async fn exported<R>(&self, name: &str, read: impl FnOnce(&Metric) -> R) -> Option<R> {
         let provider = self.provider.clone();
         within(
             "flushing the metrics",
@@ -58,28 +59,28 @@ impl Pipeline {
         .await
         .expect("the flush task ran")
         .expect("the flush succeeded");
-        let mut exports = self.exporter.get_finished_metrics().expect("exported");
-        let last = exports.pop().expect("at least one export");
+        let exports = self.exporter.get_finished_metrics().expect("exported");
+        let last = exports.last()?;
         let mut found = last
             .scope_metrics()
             .filter(|scope| scope.scope().name() == "gateway-errors")
             .flat_map(|scope| scope.metrics())
             .filter(|metric| metric.name() == name);
-        let metric = found
-            .next()
-            .unwrap_or_else(|| panic!("no {name} in the export"));
+        let metric = found.next()?;
         assert!(found.next().is_none(), "{name} exported twice");
-        read(metric)
+        Some(read(metric))
     }
 
     /// The duration histogram's points, as exported now.
     async fn durations(&self) -> BTreeMap<Attributes, DurationPoint> {
-        self.exported(REQUEST_DURATION, duration_points).await
+        let points = self.exported(REQUEST_DURATION, duration_points).await;
+        points.unwrap_or_default()
     }
 
     /// The generated error counter's values, as exported now.
     async fn errors(&self) -> BTreeMap<Attributes, u64> {
-        self.exported(ERRORS_GENERATED, error_counts).await
+        let counts = self.exported(ERRORS_GENERATED, error_counts).await;
+        counts.unwrap_or_default()
     }
 }
 
@@ -463,5 +464,118 @@ async fn an_intercepted_origin_error_counts_under_its_status() {
                 N,
             ),
         ])
+    );
+}
+
+#[tokio::test]
+async fn an_origin_response_is_timed_to_the_end_of_its_body() {
+    let upstream = start_upstream().await;
+    let pipeline = Pipeline::new();
+    let gateway = gateway_to(pipeline.layer(), upstream.addr);
+    let ok = set(&[
+        ("http.request.method", "GET"),
+        ("http.response.status_code", "200"),
+    ]);
+
+    // Heads first, bodies unread: nothing is recorded yet.
+    let mut responses = Vec::new();
+    for _ in 0..N {
+        let response = call(gateway.clone(), request("GET", "/ok", None)).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        responses.push(response);
+    }
+    assert!(
+        !pipeline.durations().await.contains_key(&ok),
+        "recorded before the body ended"
+    );
+
+    // The client reads the bodies a while later: that time counts.
+    let held = Duration::from_millis(300);
+    tokio::time::sleep(held).await;
+    for response in responses {
+        read_body(response.into_body()).await;
+    }
+    // A body that fails after its head counts as an error of that response, with its status.
+    for _ in 0..N {
+        let response = call(gateway.clone(), request("GET", "/cut", None)).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let read = within(
+            "reading /cut",
+            http_body_util::BodyExt::collect(response.into_body()),
+        );
+        assert!(read.await.is_err(), "the cut body ends in an error");
+    }
+
+    let durations = pipeline.durations().await;
+    let counts: BTreeMap<_, _> = durations
+        .iter()
+        .map(|(set, point)| (set.clone(), point.count))
+        .collect();
+    assert_eq!(
+        counts,
+        BTreeMap::from([
+            (ok.clone(), N),
+            (
+                set(&[
+                    ("error.type", "http_response_incomplete"),
+                    ("http.request.method", "GET"),
+                    ("http.response.status_code", "200"),
+                ]),
+                N,
+            ),
+        ])
+    );
+    let held_bodies = &durations[&ok];
+    assert!(
+        held_bodies.sum >= held.as_secs_f64() * N as f64,
+        "{held_bodies:?}"
+    );
+    let below_quarter_second = DURATION_BOUNDARIES
+        .iter()
+        .take_while(|bound| **bound <= 0.25)
+        .count();
+    assert!(
+        held_bodies.bucket_counts[..below_quarter_second]
+            .iter()
+            .all(|count| *count == 0),
+        "{held_bodies:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_body_its_client_stops_reading_is_recorded_when_dropped() {
+    let upstream = start_upstream().await;
+    let pipeline = Pipeline::new();
+    let gateway = gateway_to(pipeline.layer(), upstream.addr);
+
+    for _ in 0..N {
+        let response = call(
+            gateway.clone(),
+            request("GET", "/large?bytes=4194304", None),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let mut body = response.into_body();
+        let first = within("the first chunk", http_body_util::BodyExt::frame(&mut body)).await;
+        assert!(matches!(first, Some(Ok(_))), "a first chunk arrives");
+        drop(body);
+    }
+
+    let counts: BTreeMap<_, _> = pipeline
+        .durations()
+        .await
+        .into_iter()
+        .map(|(set, point)| (set, point.count))
+        .collect();
+    // A client's hang-up is no error of the server's.
+    assert_eq!(
+        counts,
+        BTreeMap::from([(
+            set(&[
+                ("http.request.method", "GET"),
+                ("http.response.status_code", "200"),
+            ]),
+            N,
+        )])
     );
 }
