@@ -155,10 +155,10 @@ async fn main() -> Result<(), BoxError> {
         let layer = GatewayErrorLayer::new()
             .proxy_name(&options.name)
             .upstream_timeout(options.timeout);
-        let (layer, meters) = metrics::with_metrics(layer, options.metrics);
+        // Held until the server is done: dropping it exports the metrics a last time.
+        let (layer, _meters) = metrics::with_metrics(layer, options.metrics);
         let service = ServiceBuilder::new().layer(layer).service(proxy);
         serve(listener, service, ServeOptions::default(), ctrl_c()).await;
-        drop(meters);
     }
     drop(demo);
     Ok(())

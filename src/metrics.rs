@@ -45,10 +45,11 @@
 //!
 //! # Cost
 //!
-//! Without the feature nothing of this is compiled. With it, a request without metrics configured
-//! costs one branch; with metrics, the attribute values are static strings and integers built on
-//! the stack, so recording allocates nothing once the SDK has seen each attribute set (see
-//! `benches/allocations.rs`).
+//! Without the feature nothing of this is compiled. With it, a layer without metrics configured
+//! checks for them at three points of a request and does nothing more. With metrics, the
+//! attribute values are static strings, integers and booleans built on the stack, so recording
+//! allocates nothing once the SDK has seen each attribute set (see `benches/allocations.rs`). Most
+//! of its time is the SDK's: hashing each measurement's attributes to find their series.
 
 use std::sync::Arc;
 use std::time::Instant;
