@@ -80,9 +80,9 @@
 //! - `http2`: the default classifier recognises `h2::Error`: a stream the upstream refused
 //!   (`REFUSED_STREAM`) or left unprocessed by a GOAWAY is `destination_unavailable`, not sent, and
 //!   so safe to retry for every method.
-//! - `metrics`: [`GatewayErrorLayer::metrics`] records OpenTelemetry's `http.server.request.duration`
+//! - `metrics`: `GatewayErrorLayer::metrics` records OpenTelemetry's `http.server.request.duration`
 //!   and a counter of generated errors by type and retry hint, through the `opentelemetry` metrics
-//!   API (see the [`metrics`] module).
+//!   API (see the `metrics` module, present with the feature).
 #![deny(missing_docs, unreachable_pub)]
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
