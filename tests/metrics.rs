@@ -150,8 +150,8 @@ fn error_counts(metric: &Metric) -> BTreeMap<Attributes, u64> {
         .collect()
 }
 
-/// Sends `method path` through `gateway`, with a request id and a tracking query that must never
-/// become attributes, and reads the whole response.
+/// Sends `method path` through `gateway`, with a request id that must never become an attribute,
+/// and reads the whole response.
 async fn exchange(gateway: impl support::GatewayService, method: &str, path: &str) -> StatusCode {
     let mut request = request(method, path, Some("application/problem+json"));
     request
