@@ -579,3 +579,35 @@ async fn a_body_its_client_stops_reading_is_recorded_when_dropped() {
         )])
     );
 }
+
+#[tokio::test]
+async fn a_response_without_a_body_is_recorded_with_its_head() {
+    let upstream = start_upstream().await;
+    let pipeline = Pipeline::new();
+    let gateway = gateway_to(pipeline.layer(), upstream.addr);
+
+    // The responses stay alive, bodies untouched: a HEAD response has nothing more to send.
+    let mut responses = Vec::new();
+    for _ in 0..N {
+        let response = call(gateway.clone(), request("HEAD", "/ok", None)).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        responses.push(response);
+    }
+    let counts: BTreeMap<_, _> = pipeline
+        .durations()
+        .await
+        .into_iter()
+        .map(|(set, point)| (set, point.count))
+        .collect();
+    assert_eq!(
+        counts,
+        BTreeMap::from([(
+            set(&[
+                ("http.request.method", "HEAD"),
+                ("http.response.status_code", "200"),
+            ]),
+            N,
+        )])
+    );
+    drop(responses);
+}
