@@ -28,6 +28,10 @@
 //! Nothing that grows with traffic is ever an attribute: no path, no query, no request id, no
 //! address. With the default methods the duration histogram has at most a few hundred series.
 //!
+//! The conventions also ask for `url.scheme` on the duration. The layer leaves it out: behind a
+//! TLS terminator, or on an HTTP/1.1 connection (whose request target carries no scheme), it
+//! cannot tell `http` from `https`.
+//!
 //! # What the duration measures
 //!
 //! The whole request, as the conventions ask, from the moment the layer's service is called with
