@@ -9,6 +9,10 @@
 //!
 //! No tracing subscriber is installed, as in a service whose spans are filtered out; a subscriber
 //! that records spans allocates for them on its own account.
+//!
+//! With `--features metrics`, rows marked `+ metrics` use a layer that records OpenTelemetry
+//! metrics into the SDK (a meter provider whose reader does not collect during the run),
+//! each right after the same case without them: the difference is what recording costs.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::convert::Infallible;
@@ -278,6 +282,21 @@ fn main() {
         .expect("runtime");
     let layer = GatewayErrorLayer::new().proxy_name("edge-1");
     let timed = layer.clone().upstream_timeout(Duration::from_secs(30));
+    // Kept alive for the whole run: dropping the provider would shut its instruments down.
+    #[cfg(feature = "metrics")]
+    let (metered, _provider) = {
+        use opentelemetry::metrics::MeterProvider;
+        use opentelemetry_sdk::metrics::{
+            InMemoryMetricExporter, PeriodicReader, SdkMeterProvider,
+        };
+        // The reader's interval is longer than the run: no export happens while it counts.
+        let reader = PeriodicReader::builder(InMemoryMetricExporter::default())
+            .with_interval(Duration::from_secs(3600))
+            .build();
+        let provider = SdkMeterProvider::builder().with_reader(reader).build();
+        let metered = layer.clone().metrics(&provider.meter("gateway-errors"));
+        (metered, provider)
+    };
 
     println!("heap allocations per request ({REQUESTS} requests each; no tracing subscriber)");
     println!(
@@ -292,6 +311,11 @@ fn main() {
         row(
             "success: layered",
             measure(layer.layer(ok_service()), requests(None)).await,
+        );
+        #[cfg(feature = "metrics")]
+        row(
+            "success: layered + metrics",
+            measure(metered.layer(ok_service()), requests(None)).await,
         );
         row(
             "success: layered + upstream_timeout",
@@ -367,6 +391,11 @@ fn main() {
                 measure(layer.layer(refused_service()), grpc_requests(content_type)).await,
             );
         }
+        #[cfg(feature = "metrics")]
+        row(
+            "refused: layered + metrics, problem+json",
+            measure(metered.layer(refused_service()), requests(None)).await,
+        );
         row(
             "refused: bare, inner error already boxed",
             measure(bare_errors(refused_boxed_service()), requests(None)).await,

@@ -18,6 +18,8 @@
 //!   optional limit on the whole response, head and body.
 //! - WebSocket (and any `Upgrade`) passes through: the gateway joins the two connections once the
 //!   upstream answers `101`.
+//! - `--metrics` (built with `--features metrics`) records the layer's OpenTelemetry metrics and
+//!   prints them to stdout every 60 s and on exit.
 //!
 //! What makes it safe to copy, beyond the layer (the proxy itself is in `support/proxy.rs`, where
 //! `tests/gateway_hardening.rs` checks each point): only the configured upstream is ever contacted
@@ -52,6 +54,7 @@ struct Options {
     read_timeout: Option<Option<Duration>>,
     deadline: Option<Duration>,
     bare: bool,
+    metrics: bool,
     http2: bool,
     name: String,
     max_body: u64,
@@ -59,7 +62,7 @@ struct Options {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: gateway [--listen ADDR] [--upstream URL] [--timeout 5s|500ms] [--read-timeout 5s|off] [--deadline 60s] [--bare] [--name NAME] [--max-body BYTES] [--http2]"
+        "usage: gateway [--listen ADDR] [--upstream URL] [--timeout 5s|500ms] [--read-timeout 5s|off] [--deadline 60s] [--bare] [--name NAME] [--max-body BYTES] [--http2] [--metrics]"
     );
     std::process::exit(2)
 }
@@ -83,6 +86,7 @@ fn parse_options() -> Options {
         read_timeout: None,
         deadline: None,
         bare: false,
+        metrics: false,
         http2: false,
         name: "edge-1".into(),
         max_body: 10 * 1024 * 1024,
@@ -107,6 +111,7 @@ fn parse_options() -> Options {
             "--name" => options.name = value(),
             "--max-body" => options.max_body = value().parse().unwrap_or_else(|_| usage()),
             "--bare" => options.bare = true,
+            "--metrics" => options.metrics = true,
             "--http2" => options.http2 = true,
             "-h" | "--help" => usage(),
             _ => usage(),
@@ -183,11 +188,54 @@ async fn main() -> Result<(), BoxError> {
         if let Some(deadline) = options.deadline {
             layer = layer.response_deadline(deadline);
         }
+        // Held until the server is done: dropping it exports the metrics a last time.
+        let (layer, _meters) = metrics::with_metrics(layer, options.metrics);
         let service = ServiceBuilder::new().layer(layer).service(proxy);
         serve(listener, service, ServeOptions::default(), ctrl_c()).await;
     }
     drop(demo);
     Ok(())
+}
+
+/// `--metrics`: the layer's metrics, exported to stdout.
+#[cfg(feature = "metrics")]
+mod metrics {
+    use gateway_errors::GatewayErrorLayer;
+    use opentelemetry::metrics::MeterProvider;
+    use opentelemetry_sdk::metrics::SdkMeterProvider;
+
+    /// Shuts the provider down, and so exports once more, when dropped.
+    pub struct Meters(SdkMeterProvider);
+
+    impl Drop for Meters {
+        fn drop(&mut self) {
+            let _ = self.0.shutdown();
+        }
+    }
+
+    pub fn with_metrics(layer: GatewayErrorLayer, on: bool) -> (GatewayErrorLayer, Option<Meters>) {
+        if !on {
+            return (layer, None);
+        }
+        let provider = SdkMeterProvider::builder()
+            .with_periodic_exporter(opentelemetry_stdout::MetricExporter::default())
+            .build();
+        let layer = layer.metrics(&provider.meter("gateway-errors"));
+        (layer, Some(Meters(provider)))
+    }
+}
+
+#[cfg(not(feature = "metrics"))]
+mod metrics {
+    use gateway_errors::GatewayErrorLayer;
+
+    pub fn with_metrics(layer: GatewayErrorLayer, on: bool) -> (GatewayErrorLayer, Option<()>) {
+        if on {
+            eprintln!("--metrics needs the example built with --features metrics");
+            std::process::exit(2);
+        }
+        (layer, None)
+    }
 }
 
 /// Completes on Ctrl-C.

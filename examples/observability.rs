@@ -1,7 +1,7 @@
-//! The gateway's spans and events, as JSON logs and as OpenTelemetry spans.
+//! The gateway's spans and events, as JSON logs and as OpenTelemetry spans and metrics.
 //!
 //! ```text
-//! cargo run --example observability -- [--once] [--listen ADDR] [--otlp http://127.0.0.1:4318]
+//! cargo run --example observability --features metrics -- [--once] [--listen ADDR] [--otlp http://127.0.0.1:4318]
 //! ```
 //!
 //! A reverse proxy (hyper-util's client behind `GatewayErrorLayer`) in front of the embedded demo
@@ -12,7 +12,10 @@
 //!   whole error chain, and one line per `gateway.request` span when it closes, with every field;
 //! - **stdout**: the same spans through tracing-opentelemetry, printed by OpenTelemetry's stdout
 //!   exporter; with `--otlp URL` they go to an OTLP/HTTP collector instead (protobuf, to
-//!   `URL/v1/traces` when the URL has no path).
+//!   `URL/v1/traces` when the URL has no path);
+//! - **stdout** too, the layer's metrics (`http.server.request.duration`,
+//!   `gateway.errors.generated`), through the same exporter every 10 s and once more on exit; with
+//!   `--otlp URL` to `URL/v1/metrics` (the URL's scheme and authority, whatever its path).
 //!
 //! Then it keeps serving on `--listen` (default 127.0.0.1:8081) until Ctrl-C, or exits with
 //! `--once`. Paths under `/refused` are sent to a closed loopback port; everything else goes to the
@@ -31,7 +34,9 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 use tokio::net::TcpListener;
@@ -103,6 +108,40 @@ fn tracer_provider(otlp: Option<&str>) -> Result<SdkTracerProvider, BoxError> {
         }
     };
     Ok(provider)
+}
+
+/// The metrics pipeline: the stdout exporter by default, OTLP/HTTP with `--otlp`; both every 10 s
+/// and on shutdown.
+fn meter_provider(otlp: Option<&str>) -> Result<SdkMeterProvider, BoxError> {
+    let resource = Resource::builder()
+        .with_service_name("gateway-errors-example")
+        .build();
+    let interval = Duration::from_secs(10);
+    let builder = SdkMeterProvider::builder().with_resource(resource);
+    let builder = match otlp {
+        None => builder.with_reader(
+            PeriodicReader::builder(opentelemetry_stdout::MetricExporter::default())
+                .with_interval(interval)
+                .build(),
+        ),
+        Some(url) => {
+            use opentelemetry_otlp::WithExportConfig;
+            let uri: Uri = url.parse()?;
+            let scheme = uri.scheme_str().unwrap_or("http");
+            let authority = uri.authority().ok_or("the OTLP URL needs a host")?;
+            let exporter = opentelemetry_otlp::MetricExporter::builder()
+                .with_http()
+                .with_endpoint(format!("{scheme}://{authority}/v1/metrics"))
+                .build()?;
+            // The reader exports on its own thread: the blocking client stays off the runtime.
+            builder.with_reader(
+                PeriodicReader::builder(exporter)
+                    .with_interval(interval)
+                    .build(),
+            )
+        }
+    };
+    Ok(builder.build())
 }
 
 /// One request the example sends itself, and what it does with the response.
@@ -178,6 +217,7 @@ async fn main() -> Result<(), BoxError> {
     let options = parse_options();
 
     let provider = tracer_provider(options.otlp.as_deref())?;
+    let meters = meter_provider(options.otlp.as_deref())?;
     tracing_subscriber::registry()
         .with(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with(
@@ -199,7 +239,8 @@ async fn main() -> Result<(), BoxError> {
     let layer = GatewayErrorLayer::new()
         .proxy_name("edge-1")
         .upstream_timeout(Duration::from_millis(300))
-        .retry_after_for_kind(ProxyErrorKind::ConnectionRefused, Duration::from_secs(2));
+        .retry_after_for_kind(ProxyErrorKind::ConnectionRefused, Duration::from_secs(2))
+        .metrics(&meters.meter("gateway-errors"));
     let client = Client::builder(TokioExecutor::new()).build_http::<Incoming>();
     let gateway = ServiceBuilder::new()
         .layer(layer)
@@ -251,5 +292,7 @@ async fn main() -> Result<(), BoxError> {
     }
     server.abort();
     provider.shutdown()?;
+    // Exports what was recorded since the last interval.
+    meters.shutdown()?;
     Ok(())
 }

@@ -8,6 +8,7 @@
 #   CASE=happy scripts/instructions.sh       # successful requests instead: an nginx origin that
 #                                            # sends BODY_BYTES (default 3), and a third side with
 #                                            # the layer's read timeout off (the body clock's cost)
+#   METRICS=1 scripts/instructions.sh        # also the layer recording metrics (--features metrics)
 #
 # Counts user-space instructions only. The kernel's share of a request to a closed port (socket,
 # connect, epoll, close, the response write) is the same for both sides: they make the same
@@ -34,7 +35,7 @@ need nginx nginx-light
 need python3 python3
 
 echo "building the gateway (release)..." >&2
-cargo build --release --quiet --example gateway
+cargo build --release --quiet --example gateway ${METRICS:+--features metrics}
 
 WORK=$(mktemp -d)
 GATEWAY_PID=
@@ -142,6 +143,11 @@ port=$(free_port)
 read -r bare_requests bare_total < <(count bare "$port" "${GATEWAY[@]}" --listen "127.0.0.1:$port" --bare)
 port=$(free_port)
 read -r layered_requests layered_total < <(count layered "$port" "${GATEWAY[@]}" --listen "127.0.0.1:$port")
+if [ -n "${METRICS:-}" ]; then
+  port=$(free_port)
+  read -r metered_requests metered_total < <(count metered "$port" "${GATEWAY[@]}" --listen "127.0.0.1:$port" --metrics)
+  export METERED="$metered_requests $metered_total"
+fi
 
 # nginx with one worker process and no master, so that callgrind follows the process that serves.
 port=$(free_port)
@@ -163,7 +169,7 @@ read -r nginx_requests nginx_total < <(count nginx "$port" nginx -p "$WORK/nginx
 
 python3 - "$WORK" "$bare_requests" "$bare_total" "$layered_requests" "$layered_total" \
   "$nginx_requests" "$nginx_total" <<'EOF'
-import re, subprocess, sys
+import os, re, subprocess, sys
 work, br, bt, lr, lt, nr, nt = sys.argv[1], *map(int, sys.argv[2:])
 bare, layered, nginx = bt / br, lt / lr, nt / nr
 print(f"instructions per request (user space, callgrind; {br}, {lr} and {nr} requests)")
@@ -172,6 +178,11 @@ print(f"| bare (empty 502) | {bare:,.0f} |")
 print(f"| layered (negotiated HTML page) | {layered:,.0f} |")
 print(f"| added by the layer | {layered - bare:,.0f} ({(layered / bare - 1) * 100:.1f}%) |")
 print(f"| nginx, 1 worker (its own 502 page) | {nginx:,.0f} |")
+metered = os.environ.get("METERED")
+if metered:
+    mr, mt = map(int, metered.split())
+    print(f"| layered + metrics | {mt / mr:,.0f} |")
+    print(f"| added by recording metrics | {mt / mr - layered:,.0f} ({(mt / mr / layered - 1) * 100:.1f}%) |")
 
 def functions(name, requests):
     text = subprocess.run(["callgrind_annotate", f"{work}/{name}.out.1"],
@@ -189,4 +200,12 @@ print("\nlargest increases per request, by function:")
 for d, k in diff[:12]:
     name = re.sub(r"\s*\[[^\]]*\]$", "", k).split(":", 1)[-1]
     print(f"{d:8.0f}  {name[:110]}")
+
+if metered:
+    m = functions("metered", mr)
+    diff = sorted(((m.get(k, 0) - l.get(k, 0), k) for k in set(l) | set(m) if "PROGRAM TOTALS" not in k), reverse=True)
+    print("\nlargest increases per request by recording metrics, by function:")
+    for d, k in diff[:12]:
+        name = re.sub(r"\s*\[[^\]]*\]$", "", k).split(":", 1)[-1]
+        print(f"{d:8.0f}  {name[:110]}")
 EOF

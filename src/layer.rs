@@ -65,6 +65,8 @@ pub(crate) struct Config {
     pub(crate) response_cache: ResponseCache,
     /// The gRPC code per kind, and the gRPC answers already built.
     pub(crate) grpc: GrpcSettings,
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: Option<crate::metrics::Metrics>,
 }
 
 impl Default for GatewayErrorLayer {
@@ -103,6 +105,8 @@ impl GatewayErrorLayer {
                 details: false,
                 response_cache: ResponseCache::default(),
                 grpc: GrpcSettings::default(),
+                #[cfg(feature = "metrics")]
+                metrics: None,
             }),
         }
     }
@@ -381,6 +385,45 @@ impl GatewayErrorLayer {
     /// ```
     pub fn grpc_code_for_kind(mut self, kind: ProxyErrorKind, code: GrpcCode) -> Self {
         self.config().grpc.set_code_for_kind(kind, code);
+        self
+    }
+}
+
+#[cfg(feature = "metrics")]
+impl GatewayErrorLayer {
+    /// Records OpenTelemetry metrics with `meter`: the semantic conventions'
+    /// `http.server.request.duration` histogram for every request, and the
+    /// `gateway.errors.generated` counter for every error response the layer generates. The
+    /// [`metrics`](crate::metrics) module lists their attributes and says what the duration
+    /// measures. Needs the `metrics` feature.
+    ///
+    /// The instruments are created here, on this meter. A meter from the global provider is bound
+    /// to the provider that was set when the meter was made, so set yours first (a meter taken
+    /// before that records nothing).
+    ///
+    /// ```
+    /// use gateway_errors::GatewayErrorLayer;
+    /// use opentelemetry::metrics::MeterProvider;
+    /// use opentelemetry_sdk::metrics::SdkMeterProvider;
+    ///
+    /// // The application's pipeline: here the stdout exporter, every 60 s; OTLP is the same with
+    /// // opentelemetry-otlp's `MetricExporter`.
+    /// let provider = SdkMeterProvider::builder()
+    ///     .with_periodic_exporter(opentelemetry_stdout::MetricExporter::default())
+    ///     .build();
+    /// opentelemetry::global::set_meter_provider(provider.clone());
+    ///
+    /// // The layer's instruments, under a scope named after this crate.
+    /// let layer = GatewayErrorLayer::new()
+    ///     .proxy_name("edge-1")
+    ///     .metrics(&opentelemetry::global::meter("gateway-errors"));
+    ///
+    /// // Or with a provider the application holds itself, without the global one:
+    /// let layer = GatewayErrorLayer::new().metrics(&provider.meter("gateway-errors"));
+    /// # let _ = layer;
+    /// ```
+    pub fn metrics(mut self, meter: &opentelemetry::metrics::Meter) -> Self {
+        self.config().metrics = Some(crate::metrics::Metrics::new(meter));
         self
     }
 }

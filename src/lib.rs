@@ -120,6 +120,9 @@
 //! - `http2`: the default classifier recognises `h2::Error`: a stream the upstream refused
 //!   (`REFUSED_STREAM`) or left unprocessed by a GOAWAY is `destination_unavailable`, not sent, and
 //!   so safe to retry for every method.
+//! - `metrics`: `GatewayErrorLayer::metrics` records OpenTelemetry's `http.server.request.duration`
+//!   and a counter of generated errors by type and retry hint, through the `opentelemetry` metrics
+//!   API (see the `metrics` module, present with the feature).
 #![deny(missing_docs, unreachable_pub)]
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
@@ -134,6 +137,8 @@ mod grpc;
 mod headers;
 mod kind;
 mod layer;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 mod negotiate;
 mod render;
 mod respond;

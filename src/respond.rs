@@ -41,6 +41,9 @@ pub(crate) struct RequestFacts {
     upgrade: Option<HeaderValue>,
     /// A gRPC caller is answered in gRPC's terms; `None` for every other request.
     grpc: Option<GrpcCall>,
+    /// When the request arrived, and its method's attribute; only when metrics are recorded.
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: Option<crate::metrics::Started>,
 }
 
 impl RequestFacts {
@@ -69,6 +72,8 @@ impl RequestFacts {
             request_id,
             upgrade: headers.get(header::UPGRADE).cloned(),
             grpc: GrpcCall::detect(headers),
+            #[cfg(feature = "metrics")]
+            metrics: crate::metrics::Started::capture(config.metrics.as_ref(), request.method()),
         }
     }
 
@@ -309,6 +314,15 @@ fn forward<B: Body>(pending: Pending, response: Response<B>) -> Response<Gateway
     } else {
         BodyObserver::new(span)
     };
+    // Recorded now when there is no body, else when the body ends.
+    #[cfg(feature = "metrics")]
+    let observer = crate::metrics::forwarded(
+        &pending.config,
+        pending.facts.metrics,
+        status,
+        no_body,
+        observer,
+    );
     let limits = BodyLimits {
         read_timeout: pending.config.body_read_timeout(),
         response_deadline: pending.response_deadline,
@@ -412,6 +426,8 @@ fn generate<B>(
     };
 
     record(pending, &error, received.is_some());
+    #[cfg(feature = "metrics")]
+    crate::metrics::generated(config, facts, status, kind, retryable);
 
     let body = if facts.is_head || head.bodiless_status() {
         GatewayBody::generated(Bytes::new())

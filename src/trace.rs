@@ -88,6 +88,9 @@ pub(crate) struct BodyObserver {
     span: Span,
     done: bool,
     bytes: u64,
+    /// Records the request's duration when dropped, that is when the body ends.
+    #[cfg(feature = "metrics")]
+    timer: Option<crate::metrics::ResponseTimer>,
 }
 
 impl BodyObserver {
@@ -96,6 +99,8 @@ impl BodyObserver {
             span,
             done: false,
             bytes: 0,
+            #[cfg(feature = "metrics")]
+            timer: None,
         })
     }
 
@@ -104,6 +109,20 @@ impl BodyObserver {
         if let Some(data) = frame.data_ref() {
             self.bytes += data.remaining() as u64;
         }
+    }
+
+    /// Adds `timer` to `observer`, or makes an observer for it alone when no subscriber wants the
+    /// span: the body's end must be seen either way.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn timed(observer: Option<Self>, timer: crate::metrics::ResponseTimer) -> Self {
+        let mut observer = observer.unwrap_or_else(|| BodyObserver {
+            span: Span::none(),
+            done: false,
+            bytes: 0,
+            timer: None,
+        });
+        observer.timer = Some(timer);
+        observer
     }
 
     pub(crate) fn completed(mut self) {
@@ -120,6 +139,16 @@ impl BodyObserver {
     /// The body broke off after its head was sent: `kind` says why.
     pub(crate) fn failed(mut self, kind: ProxyErrorKind, error: &(dyn StdError + 'static)) {
         self.done = true;
+        #[cfg(feature = "metrics")]
+        {
+            if let Some(timer) = &mut self.timer {
+                timer.failed(kind);
+            }
+            // Kept only for its timer: nobody wants the span, nor (as without metrics) the event.
+            if self.span.is_disabled() {
+                return;
+            }
+        }
         self.span.record("error.type", kind.token());
         self.span.record("otel.status_code", "ERROR");
         self.span.record("gateway.head_sent", true);

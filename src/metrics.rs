@@ -1,0 +1,380 @@
+//! OpenTelemetry metrics (feature `metrics`): request durations and generated errors, as rates an
+//! operator can alert on.
+//!
+//! Turned on with [`GatewayErrorLayer::metrics`](crate::GatewayErrorLayer::metrics), which creates
+//! two instruments on the [`Meter`] it is given:
+//!
+//! | instrument | kind, unit | attributes |
+//! |---|---|---|
+//! | [`REQUEST_DURATION`] `http.server.request.duration` | histogram, `s`, the boundaries in [`DURATION_BOUNDARIES`] | `http.request.method`, `http.response.status_code`, `error.type` (only on errors) |
+//! | [`ERRORS_GENERATED`] `gateway.errors.generated` | counter, `{error}` | `error.type`, `gateway.retryable`, `http.response.status_code` |
+//!
+//! Attribute values, following the OpenTelemetry HTTP semantic conventions:
+//!
+//! - `http.request.method`: the method when it is one the conventions know (GET, HEAD, POST, PUT,
+//!   DELETE, CONNECT, OPTIONS, TRACE, PATCH), otherwise `_OTHER`. A client can send any token as a
+//!   method; folding keeps the number of series bounded. The environment variable
+//!   `OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS` (a comma-separated, case-sensitive list) replaces the
+//!   known set, read once when [`GatewayErrorLayer::metrics`](crate::GatewayErrorLayer::metrics) is
+//!   called.
+//! - `http.response.status_code`: the status the client got, as an integer.
+//! - `error.type`: for a response the layer generated, the RFC 9209 token of its kind
+//!   (`connection_refused`, ...), or its status as a string when no classifier recognised the
+//!   error or the layer replaced an origin error's body; for an origin's own 5xx, its status as a
+//!   string (`"503"`). Absent on every other response: a 4xx forwarded from the origin is the
+//!   client's business, not the server's error.
+//! - `gateway.retryable`: the retry hint the client was given (`true` or `false`).
+//!
+//! Nothing that grows with traffic is ever an attribute: no path, no query, no request id, no
+//! address. With the default methods the duration histogram has at most a few hundred series.
+//!
+//! The conventions also ask for `url.scheme` on the duration. The layer leaves it out: behind a
+//! TLS terminator, or on an HTTP/1.1 connection (whose request target carries no scheme), it
+//! cannot tell `http` from `https`.
+//!
+//! # What the duration measures
+//!
+//! The whole request, as the conventions ask, from the moment the layer's service is called with
+//! it:
+//!
+//! - an origin's response: to the end of its body, that is when the body hands the server its last
+//!   frame. A body that fails after the head is recorded then, with the head's status and
+//!   `error.type` `http_response_incomplete`; a body the client stopped reading (it went away) is
+//!   recorded when the server drops it. A response without a body to send (HEAD, 204, 304, an
+//!   empty body) is recorded with its head;
+//! - a generated error: to its head, with which its whole body is ready. So for a failure, the
+//!   duration is the time the upstream took to fail (or the upstream timeout).
+//!
+//! A request whose client goes away before the response head is not recorded: it has no status.
+//!
+//! # Cost
+//!
+//! Without the feature nothing of this is compiled. With it, a layer without metrics configured
+//! checks for them at three points of a request and does nothing more. With metrics, the
+//! attribute values are static strings, integers and booleans built on the stack, so recording
+//! allocates nothing once the SDK has seen each attribute set (see `benches/allocations.rs`). Most
+//! of its time is the SDK's: hashing each measurement's attributes to find their series.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Method, StatusCode};
+use opentelemetry::metrics::{Counter, Histogram, Meter};
+use opentelemetry::{Key, KeyValue, StringValue, Value};
+
+use crate::kind::ProxyErrorKind;
+use crate::layer::Config;
+use crate::respond::RequestFacts;
+use crate::trace::BodyObserver;
+
+/// The name of the request duration histogram, from the OpenTelemetry HTTP semantic conventions.
+pub const REQUEST_DURATION: &str = "http.server.request.duration";
+
+/// The name of the counter of responses the layer generated.
+pub const ERRORS_GENERATED: &str = "gateway.errors.generated";
+
+/// The bucket boundaries of [`REQUEST_DURATION`], in seconds: those the semantic conventions
+/// advise for it, given to the SDK as the instrument's advisory boundaries. A view in the meter
+/// provider can still replace them.
+pub const DURATION_BOUNDARIES: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// The value of `http.request.method` for a method outside the known set.
+const OTHER_METHOD: &str = "_OTHER";
+
+/// The semantic conventions' default known methods: RFC 9110's and PATCH (RFC 5789).
+const DEFAULT_METHODS: [Method; 9] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::CONNECT,
+    Method::OPTIONS,
+    Method::TRACE,
+    Method::PATCH,
+];
+
+/// The environment variable that replaces the known methods, named by the semantic conventions.
+const KNOWN_METHODS_VAR: &str = "OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS";
+
+const METHOD: Key = Key::from_static_str("http.request.method");
+const STATUS_CODE: Key = Key::from_static_str("http.response.status_code");
+const ERROR_TYPE: Key = Key::from_static_str("error.type");
+const RETRYABLE: Key = Key::from_static_str("gateway.retryable");
+
+/// The instruments, and the attribute values prepared for them. Held in the layer's `Config`.
+#[derive(Clone)]
+pub(crate) struct Metrics {
+    duration: Histogram<f64>,
+    generated: Counter<u64>,
+    /// The known methods with their attribute values, prepared so that a request copies a value
+    /// (a static string, or a shared one for an extension method) instead of allocating one.
+    methods: Arc<[(Method, Value)]>,
+}
+
+impl Metrics {
+    pub(crate) fn new(meter: &Meter) -> Self {
+        let methods = std::env::var(KNOWN_METHODS_VAR)
+            .ok()
+            .map(|list| parse_known_methods(&list))
+            .unwrap_or_else(|| DEFAULT_METHODS.to_vec());
+        Metrics::with_methods(meter, methods)
+    }
+
+    fn with_methods(meter: &Meter, methods: Vec<Method>) -> Self {
+        let duration = meter
+            .f64_histogram(REQUEST_DURATION)
+            .with_unit("s")
+            .with_description(
+                "Time from the gateway receiving a request to the end of its response.",
+            )
+            .with_boundaries(DURATION_BOUNDARIES.to_vec())
+            .build();
+        let generated = meter
+            .u64_counter(ERRORS_GENERATED)
+            .with_unit("{error}")
+            .with_description(
+                "Error responses the gateway generated, by RFC 9209 error type and retry hint.",
+            )
+            .build();
+        let methods = methods
+            .into_iter()
+            .map(|method| {
+                let value = method_value(&method);
+                (method, value)
+            })
+            .collect();
+        Metrics {
+            duration,
+            generated,
+            methods,
+        }
+    }
+
+    /// `http.request.method`: the method if it is known, else `_OTHER`.
+    fn method(&self, method: &Method) -> Value {
+        self.methods
+            .iter()
+            .find(|(known, _)| known == method)
+            .map_or(
+                Value::String(StringValue::from(OTHER_METHOD)),
+                |(_, value)| value.clone(),
+            )
+    }
+}
+
+/// A method's attribute value: static for the standard methods, shared for an extension method
+/// (cloning either allocates nothing).
+fn method_value(method: &Method) -> Value {
+    let standard = DEFAULT_METHODS
+        .iter()
+        .find(|standard| *standard == method)
+        .map(|standard| match *standard {
+            Method::GET => "GET",
+            Method::HEAD => "HEAD",
+            Method::POST => "POST",
+            Method::PUT => "PUT",
+            Method::DELETE => "DELETE",
+            Method::CONNECT => "CONNECT",
+            Method::OPTIONS => "OPTIONS",
+            Method::TRACE => "TRACE",
+            _ => "PATCH",
+        });
+    let value = match standard {
+        Some(name) => StringValue::from(name),
+        None => StringValue::from(Arc::<str>::from(method.as_str())),
+    };
+    Value::String(value)
+}
+
+/// The known methods from `OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS`: a comma-separated list of
+/// method names, case-sensitive; empty entries and names that are not tokens are skipped.
+fn parse_known_methods(list: &str) -> Vec<Method> {
+    let mut methods: Vec<Method> = Vec::new();
+    for name in list
+        .split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+    {
+        if let Ok(method) = Method::from_bytes(name.as_bytes()) {
+            if !methods.contains(&method) {
+                methods.push(method);
+            }
+        }
+    }
+    methods
+}
+
+/// When the request arrived, for the duration. Kept with the request's facts only when the layer
+/// records metrics.
+pub(crate) struct Started {
+    at: Instant,
+    method: Value,
+}
+
+impl Started {
+    pub(crate) fn capture(metrics: Option<&Metrics>, method: &Method) -> Option<Self> {
+        metrics.map(|metrics| Started {
+            at: Instant::now(),
+            method: metrics.method(method),
+        })
+    }
+}
+
+/// Records an origin's response now if it has no body the server will send, else gives the body's
+/// observer a timer that records when the body ends.
+pub(crate) fn forwarded(
+    config: &Config,
+    started: Option<Started>,
+    status: StatusCode,
+    no_body: bool,
+    observer: Option<BodyObserver>,
+) -> Option<BodyObserver> {
+    let (Some(metrics), Some(started)) = (&config.metrics, started) else {
+        return observer;
+    };
+    let timer = ResponseTimer {
+        duration: metrics.duration.clone(),
+        started,
+        status,
+        error_type: status.is_server_error().then(|| status_text(status)),
+    };
+    if no_body {
+        // The response is complete with its head: dropping the timer records it.
+        drop(timer);
+        return observer;
+    }
+    Some(BodyObserver::timed(observer, timer))
+}
+
+/// Records the duration of a forwarded response when dropped: when its body has ended, failed, or
+/// been dropped by a client that went away.
+pub(crate) struct ResponseTimer {
+    duration: Histogram<f64>,
+    started: Started,
+    status: StatusCode,
+    /// The status for an origin 5xx, `http_response_incomplete` for a body that failed.
+    error_type: Option<&'static str>,
+}
+
+impl ResponseTimer {
+    /// The body failed after its head was sent.
+    pub(crate) fn failed(&mut self, kind: ProxyErrorKind) {
+        self.error_type = Some(kind.token());
+    }
+}
+
+impl Drop for ResponseTimer {
+    fn drop(&mut self) {
+        let seconds = self.started.at.elapsed().as_secs_f64();
+        let method = KeyValue::new(METHOD, self.started.method.clone());
+        let status_code = KeyValue::new(STATUS_CODE, i64::from(self.status.as_u16()));
+        match self.error_type {
+            Some(error_type) => self.duration.record(
+                seconds,
+                &[method, status_code, KeyValue::new(ERROR_TYPE, error_type)],
+            ),
+            None => self.duration.record(seconds, &[method, status_code]),
+        }
+    }
+}
+
+/// Records a response the layer generated: its duration, and one count of the error. Its
+/// `error.type` is the kind's token, or the status when no kind was recognised (as on the span).
+pub(crate) fn generated(
+    config: &Config,
+    facts: &RequestFacts,
+    status: StatusCode,
+    kind: Option<ProxyErrorKind>,
+    retryable: bool,
+) {
+    let (Some(metrics), Some(started)) = (&config.metrics, &facts.metrics) else {
+        return;
+    };
+    let seconds = started.at.elapsed().as_secs_f64();
+    let error_type = kind.map_or_else(|| status_text(status), ProxyErrorKind::token);
+    let status_code = KeyValue::new(STATUS_CODE, i64::from(status.as_u16()));
+    let error_type = KeyValue::new(ERROR_TYPE, error_type);
+    metrics.duration.record(
+        seconds,
+        &[
+            KeyValue::new(METHOD, started.method.clone()),
+            status_code.clone(),
+            error_type.clone(),
+        ],
+    );
+    metrics.generated.add(
+        1,
+        &[error_type, KeyValue::new(RETRYABLE, retryable), status_code],
+    );
+}
+
+/// Every status code 100–999 as three ASCII digits, one after the other.
+const STATUS_DIGITS: [u8; 2700] = {
+    let mut digits = [0u8; 2700];
+    let mut code = 100;
+    while code < 1000 {
+        let at = (code - 100) * 3;
+        digits[at] = b'0' + (code / 100) as u8;
+        digits[at + 1] = b'0' + (code / 10 % 10) as u8;
+        digits[at + 2] = b'0' + (code % 10) as u8;
+        code += 1;
+    }
+    digits
+};
+
+const STATUS_TEXT: &str = match std::str::from_utf8(&STATUS_DIGITS) {
+    Ok(text) => text,
+    Err(_) => panic!("status digits are ASCII"),
+};
+
+/// The status as a `&'static str`, so that an attribute can hold it without allocating
+/// (`StatusCode::as_str` borrows from the status).
+fn status_text(status: StatusCode) -> &'static str {
+    // A `StatusCode` is always 100–999.
+    let at = usize::from(status.as_u16() - 100) * 3;
+    &STATUS_TEXT[at..at + 3]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_text_is_the_code_for_every_status() {
+        for code in 100..1000 {
+            let status = StatusCode::from_u16(code).unwrap();
+            assert_eq!(status_text(status), status.as_str());
+        }
+    }
+
+    #[test]
+    fn known_methods_from_the_environment_replace_the_defaults() {
+        let methods = parse_known_methods("GET, PROPFIND,,get,GET,bad method");
+        assert_eq!(
+            methods,
+            [
+                Method::GET,
+                Method::from_bytes(b"PROPFIND").unwrap(),
+                Method::from_bytes(b"get").unwrap(),
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_methods_fold_to_other_and_known_ones_keep_their_name() {
+        let provider = opentelemetry::metrics::NoopMeterProvider::new();
+        let meter = opentelemetry::metrics::MeterProvider::meter(&provider, "test");
+        let metrics = Metrics::with_methods(
+            &meter,
+            vec![Method::GET, Method::from_bytes(b"PROPFIND").unwrap()],
+        );
+        let name = |method: &[u8]| metrics.method(&Method::from_bytes(method).unwrap());
+        assert_eq!(name(b"GET"), Value::from("GET"));
+        assert_eq!(name(b"PROPFIND"), Value::from("PROPFIND"));
+        assert_eq!(name(b"POST"), Value::from("_OTHER"));
+        assert_eq!(name(b"get"), Value::from("_OTHER"));
+    }
+}
