@@ -18,6 +18,8 @@
 //!   optional limit on the whole response, head and body.
 //! - WebSocket (and any `Upgrade`) passes through: the gateway joins the two connections once the
 //!   upstream answers `101`.
+//! - The listener speaks HTTP/1.1 and, to a client that opens with the HTTP/2 preface, h2c: with
+//!   `--http2` to a gRPC upstream, gRPC calls go through (`examples/grpc.rs` shows them).
 //! - `--metrics` (built with `--features metrics`) records the layer's OpenTelemetry metrics and
 //!   prints them to stdout every 60 s and on exit.
 //!

@@ -15,10 +15,9 @@
 //! The gateway intercepts origin error statuses (500–599): an HTML error page becomes a gRPC
 //! status a client can read, while an origin's own gRPC status always passes through.
 //!
-//! The server loop here is a demo's: `support/proxy.rs`'s `serve`, which `examples/gateway.rs`
-//! uses, speaks HTTP/1.1 only (so gRPC clients cannot reach that gateway) and holds the limits an
-//! edge needs (a header read timeout, a head size limit). An edge serving h2c would want those,
-//! and HTTP/2's own (concurrent streams, header list size, idle connections), set here too.
+//! The proxy and the server loop are those of `examples/gateway.rs` (`support/proxy.rs`), so
+//! `cargo run --example gateway -- --http2 --upstream http://YOUR-GRPC-SERVER` carries gRPC the
+//! same way.
 
 #[path = "support/grpc_demo.rs"]
 mod grpc_demo;
@@ -30,13 +29,11 @@ use std::time::Duration;
 
 use gateway_errors::GatewayErrorLayer;
 use http::Uri;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tonic::Code;
 use tower::ServiceBuilder;
 
-use proxy::{BoxError, Proxy};
+use proxy::{BoxError, Proxy, ServeOptions};
 
 struct Options {
     listen: SocketAddr,
@@ -78,8 +75,8 @@ fn parse_options() -> Options {
     options
 }
 
-/// Serves `layer` around a proxy to `upstream` on `listener`: HTTP/1.1 and h2c, detected per
-/// connection, until the task is dropped.
+/// Serves `layer` around a proxy to `upstream` on `listener`, with the server loop of
+/// `examples/gateway.rs` (HTTP/1.1 and h2c, detected per connection), until the task is dropped.
 fn serve_gateway(
     listener: TcpListener,
     upstream: SocketAddr,
@@ -88,20 +85,12 @@ fn serve_gateway(
     let upstream: Uri = format!("http://{upstream}").parse()?;
     let proxy = Proxy::new(&upstream, "edge-1", 4 * 1024 * 1024)?.http2_only();
     let service = ServiceBuilder::new().layer(layer).service(proxy);
-    Ok(tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                continue;
-            };
-            let service = TowerToHyperService::new(service.clone());
-            tokio::spawn(async move {
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    }))
+    Ok(tokio::spawn(proxy::serve(
+        listener,
+        service,
+        ServeOptions::default(),
+        std::future::pending(),
+    )))
 }
 
 #[tokio::main]

@@ -3,7 +3,7 @@
 //! TCP, in front of an upstream that records everything that reaches it.
 //!
 //! - slowloris: a head sent slowly, or half a head and silence, is cut off by the header-read
-//!   timeout;
+//!   timeout, and so is half an HTTP/2 preface; a real h2c client is served on the same port;
 //! - a head over the limit is answered 431 by hyper and not forwarded;
 //! - a body over the limit, declared or chunked, is answered 413 problem+json and never reaches
 //!   the upstream whole;
@@ -313,6 +313,53 @@ async fn half_a_head_and_silence_is_cut_off_by_the_header_read_timeout() {
     assert_eq!(gateway.upstream.seen.heads(), 0);
     // The gateway still serves everyone else.
     control_request(&gateway).await;
+}
+
+#[tokio::test]
+async fn half_an_http2_preface_and_silence_is_cut_off_by_the_header_read_timeout() {
+    let gateway = start_gateway().await;
+    let mut stream = raw::connect(gateway.addr).await;
+    // The first bytes of the h2c preface, then nothing: the server cannot tell which protocol
+    // this is yet, and must not wait for ever to find out.
+    raw::send(&mut stream, b"PRI * HTTP/2.0\r\n").await;
+
+    let closed = time_until_closed(&mut stream, b"").await;
+
+    let closed = closed.expect("the gateway must close a silent half preface");
+    assert!(
+        closed < HEADER_TIMEOUT + Duration::from_secs(1),
+        "closed only after {closed:?}"
+    );
+    assert_eq!(gateway.upstream.seen.heads(), 0);
+    control_request(&gateway).await;
+}
+
+/// The same port serves h2c with prior knowledge (a gRPC client's way), through the same proxy.
+#[tokio::test]
+async fn an_h2c_client_is_served_on_the_same_port() {
+    let gateway = start_gateway().await;
+    let stream = raw::connect(gateway.addr).await;
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .expect("an h2c handshake");
+    tokio::spawn(connection);
+    let request = Request::get(format!("http://{}/h2c-check", gateway.addr))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let response = tokio::time::timeout(Duration::from_secs(5), sender.send_request(request))
+        .await
+        .expect("in time")
+        .expect("a response");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let targets = targets(&gateway).await;
+    assert!(
+        targets.iter().any(|t| t == "GET /h2c-check"),
+        "forwarded to the upstream as HTTP/1.1: {targets:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 //! The proxy of `examples/gateway.rs`: a hyper-util client that forwards every request to one
-//! upstream, and the HTTP/1 server loop in front of it.
+//! upstream, and the server loop in front of it (HTTP/1.1 with upgrades, and h2c).
 //!
 //! Kept apart from the example's `main` so that the tests (`tests/gateway_hardening.rs`,
 //! `tests/soak.rs`) check the very code a user copies.
@@ -32,7 +32,7 @@ use bytes::Bytes;
 use gateway_errors::{Classification, ProxyError, ProxyErrorKind};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, Scheme};
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Empty, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -148,6 +148,9 @@ impl Service<Request<Incoming>> for Proxy {
             };
         };
         parts.uri = uri;
+        // A client's HTTP/2 request goes on as HTTP/1.1 to an HTTP/1.1 upstream (hyper-util
+        // refuses to send an HTTP/2 request there); over h2c the version is moot.
+        parts.version = Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
         if is_grpc(&parts.headers) {
             // The one TE value HTTP/2 allows, and one gRPC servers may require: it says the
@@ -384,10 +387,14 @@ where
 /// The limits of the server loop.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeOptions {
-    /// How long a client has to send its whole request head (against slowloris).
+    /// How long a client has to send its whole request head (against slowloris); for a client
+    /// that opens with the HTTP/2 preface, how long it has to send that.
     pub header_read_timeout: Duration,
-    /// The most bytes of request head hyper buffers; a longer head is answered 431.
+    /// The most bytes of request head hyper buffers; a longer head is answered 431 (HTTP/1.1),
+    /// or refused by HPACK's header list limit (HTTP/2).
     pub max_head_bytes: usize,
+    /// The most requests one HTTP/2 connection may have in flight.
+    pub max_concurrent_streams: u32,
     /// How long a shutdown waits for the requests in flight.
     pub shutdown_grace: Duration,
 }
@@ -397,13 +404,18 @@ impl Default for ServeOptions {
         ServeOptions {
             header_read_timeout: Duration::from_secs(10),
             max_head_bytes: 64 * 1024,
+            max_concurrent_streams: 256,
             shutdown_grace: Duration::from_secs(5),
         }
     }
 }
 
-/// Serves `service` with hyper's HTTP/1 server until `shutdown` completes, then waits up to
+/// Serves `service` until `shutdown` completes, then waits up to
 /// [`ServeOptions::shutdown_grace`] for the requests in flight.
+///
+/// Each connection speaks HTTP/1.1 (with upgrades, for WebSocket) or, when it opens with the
+/// HTTP/2 preface, h2c (prior knowledge: gRPC clients). The preface must arrive within the header
+/// read timeout, like an HTTP/1.1 head.
 pub async fn serve<S, B>(
     listener: TcpListener,
     service: S,
@@ -434,29 +446,43 @@ pub async fn serve<S, B>(
         };
         let _ = stream.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(service.clone());
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(options.header_read_timeout)
-            // `max_buf_size` alone is not a bound on the head: one read can take the buffer
-            // past it, and a head that arrived whole is then accepted. `max_header_size` is
-            // checked against the parsed head.
-            .max_buf_size(options.max_head_bytes)
-            .max_header_size(options.max_head_bytes)
-            .serve_connection(TokioIo::new(stream), service)
-            // Hands the connection over after a 101 (WebSocket).
-            .with_upgrades();
         let alive = alive.clone();
-        let mut stopping = stopping.clone();
+        let stopping = stopping.clone();
         tokio::spawn(async move {
             let _alive = alive;
-            let mut connection = std::pin::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => return,
-                _ = stopping.changed() => {}
+            let preface =
+                tokio::time::timeout(options.header_read_timeout, opens_with_preface(&stream));
+            match preface.await {
+                Ok(Ok(true)) => {
+                    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .timer(TokioTimer::new())
+                        .max_concurrent_streams(options.max_concurrent_streams)
+                        .max_header_list_size(
+                            u32::try_from(options.max_head_bytes).unwrap_or(u32::MAX),
+                        )
+                        // A silent peer is pinged, and dropped if it does not answer.
+                        .keep_alive_interval(Duration::from_secs(20))
+                        .keep_alive_timeout(Duration::from_secs(20))
+                        .serve_connection(TokioIo::new(stream), service);
+                    until_stopped(connection, stopping, |c| c.graceful_shutdown()).await;
+                }
+                Ok(Ok(false)) => {
+                    let connection = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(options.header_read_timeout)
+                        // `max_buf_size` alone is not a bound on the head: one read can take the
+                        // buffer past it, and a head that arrived whole is then accepted.
+                        // `max_header_size` is checked against the parsed head.
+                        .max_buf_size(options.max_head_bytes)
+                        .max_header_size(options.max_head_bytes)
+                        .serve_connection(TokioIo::new(stream), service)
+                        // Hands the connection over after a 101 (WebSocket).
+                        .with_upgrades();
+                    until_stopped(connection, stopping, |c| c.graceful_shutdown()).await;
+                }
+                // Closed, failed, or too slow to say which protocol it speaks.
+                Ok(Err(_)) | Err(_) => {}
             }
-            // Finish the request in flight, then close; an idle connection closes at once.
-            connection.as_mut().graceful_shutdown();
-            let _ = connection.await;
         });
     }
     eprintln!(
@@ -466,4 +492,45 @@ pub async fn serve<S, B>(
     let _ = stop.send(true);
     drop(alive);
     let _ = tokio::time::timeout(options.shutdown_grace, all_ended.recv()).await;
+}
+
+/// Runs `connection` until it ends; when the server stops first, lets it finish the requests in
+/// flight and close (an idle connection closes at once).
+async fn until_stopped<C: Future>(
+    connection: C,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+    graceful_shutdown: impl FnOnce(Pin<&mut C>),
+) {
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        _ = stopping.changed() => {}
+    }
+    graceful_shutdown(connection.as_mut());
+    let _ = connection.await;
+}
+
+/// Whether the connection opens with the HTTP/2 preface, read without consuming it. Decided at the
+/// first byte that differs, so an HTTP/1.1 request is told apart at once.
+async fn opens_with_preface(stream: &tokio::net::TcpStream) -> std::io::Result<bool> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut buf = [0u8; PREFACE.len()];
+    let mut seen = 0;
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if buf[..n] != PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == PREFACE.len() {
+            return Ok(true);
+        }
+        if n == seen {
+            // Part of the preface is here and the rest is not: peek would return at once again.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        seen = n;
+    }
 }
