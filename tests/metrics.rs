@@ -611,3 +611,42 @@ async fn a_response_without_a_body_is_recorded_with_its_head() {
     );
     drop(responses);
 }
+
+/// A body the read timeout cut counts as that error, timed to the cut.
+#[tokio::test]
+async fn a_body_cut_by_the_read_timeout_counts_as_connection_read_timeout() {
+    let upstream = start_upstream().await;
+    let pipeline = Pipeline::new();
+    let read_timeout = Duration::from_millis(200);
+    let gateway = gateway_to(
+        pipeline.layer().upstream_read_timeout(read_timeout),
+        upstream.addr,
+    );
+    for _ in 0..N {
+        let response = call(gateway.clone(), request("GET", "/stall-body", None)).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let read = within(
+            "reading /stall-body",
+            http_body_util::BodyExt::collect(response.into_body()),
+        );
+        assert!(read.await.is_err(), "the stalled body ends in an error");
+    }
+    let durations = pipeline.durations().await;
+    let stalled = set(&[
+        ("error.type", "connection_read_timeout"),
+        ("http.request.method", "GET"),
+        ("http.response.status_code", "200"),
+    ]);
+    assert_eq!(
+        durations.keys().cloned().collect::<Vec<_>>(),
+        vec![stalled.clone()]
+    );
+    let point = &durations[&stalled];
+    assert_eq!(point.count, N);
+    assert!(
+        point.sum >= read_timeout.as_secs_f64() * N as f64,
+        "timed to the cut, after the read timeout: {point:?}"
+    );
+    // Nothing was generated: the head was the origin's.
+    assert_eq!(pipeline.errors().await, BTreeMap::new());
+}
