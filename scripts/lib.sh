@@ -9,6 +9,7 @@ need() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
   fi
 }
+TARGET=${CARGO_TARGET_DIR:-target}
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
@@ -52,7 +53,7 @@ EOF
 start_gateway() { # port, upstream url, extra args...
   local port=$1 upstream=$2; shift 2
   RUST_LOG=off TOKIO_WORKER_THREADS=$WORKERS \
-    target/release/examples/gateway --listen "127.0.0.1:$port" --upstream "$upstream" "$@" \
+    "$TARGET/release/examples/gateway" --listen "127.0.0.1:$port" --upstream "$upstream" "$@" \
     >"$WORK/gateway-$port.log" 2>&1 &
   PIDS+=($!)
   wait_for "$port"

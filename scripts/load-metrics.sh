@@ -11,6 +11,8 @@
 # ratio that should be 1. Installs wrk from Debian when missing. Everything is on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 DURATION=${DURATION:-3}
 ROUNDS=${ROUNDS:-6}
@@ -19,60 +21,11 @@ WRK_THREADS=${WRK_THREADS:-2}
 WORKERS=${WORKERS:-2}
 BROWSER_ACCEPT='text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8'
 
-if ! command -v wrk >/dev/null 2>&1; then
-  echo "installing wrk from Debian..." >&2
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
-fi
+need wrk wrk
+need python3 python3
 
 echo "building the examples (release, --features metrics)..." >&2
 cargo build --release --quiet --features metrics --example gateway --example upstream
-TARGET=${CARGO_TARGET_DIR:-target}
-
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-
-wait_for() { # port
-  for _ in $(seq 1 200); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "nothing listening on 127.0.0.1:$1" >&2; exit 1
-}
-
-start_gateway() { # port, upstream url, extra args...
-  local port=$1 upstream=$2; shift 2
-  RUST_LOG=off TOKIO_WORKER_THREADS=$WORKERS \
-    "$TARGET/release/examples/gateway" --listen "127.0.0.1:$port" --upstream "$upstream" "$@" \
-    >"$WORK/gateway-$port.log" 2>&1 &
-  PIDS+=($!)
-  wait_for "$port"
-}
-
-run_wrk() { # url; prints requests per second
-  wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${DURATION}s" -H "Accept: $BROWSER_ACCEPT" "$1" 2>&1 |
-    python3 -c '
-import re, sys
-text = sys.stdin.read()
-errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-if errors and sum(map(int, errors.groups())) > 0:
-    print("wrk socket errors: " + errors.group(0), file=sys.stderr)
-print(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-'
-}
-
-median() { python3 -c 'import statistics,sys; print(f"{statistics.median(float(x) for x in sys.argv[1:]):.3f}")' "$@"; }
-spread() { python3 -c 'import sys; v=[float(x) for x in sys.argv[1:]]; print(f"{min(v):.2f} to {max(v):.2f}")' "$@"; }
-ratio() { python3 -c 'import sys; print(f"{float(sys.argv[1])/float(sys.argv[2]):.3f}")' "$1" "$2"; }
 
 ORIGIN=$(free_port)
 "$TARGET/release/examples/upstream" --listen "127.0.0.1:$ORIGIN" >"$WORK/upstream.log" 2>&1 &
@@ -93,13 +46,13 @@ for round in $(seq 1 "$ROUNDS"); do
   if [ $((round % 2)) -eq 1 ]; then order="off on"; else order="on off"; fi
   for side in $order; do
     if [ "$side" = off ]; then port=$HAPPY_OFF; else port=$HAPPY_ON; fi
-    LAST[$side]=$(run_wrk "http://127.0.0.1:$port/ok")
+    read -r "LAST[$side]" _ < <(run_wrk "http://127.0.0.1:$port/ok" "$BROWSER_ACCEPT")
     echo "round $round happy metrics $side: ${LAST[$side]} req/s" >&2
   done
   PAIRED[happy]+="$(ratio "${LAST[on]}" "${LAST[off]}") "
   for side in $order off2; do
     case $side in off) port=$STORM_OFF;; on) port=$STORM_ON;; off2) port=$STORM_OFF2;; esac
-    LAST[$side]=$(run_wrk "http://127.0.0.1:$port/")
+    read -r "LAST[$side]" _ < <(run_wrk "http://127.0.0.1:$port/" "$BROWSER_ACCEPT")
     echo "round $round storm metrics $side: ${LAST[$side]} req/s" >&2
   done
   PAIRED[storm]+="$(ratio "${LAST[on]}" "${LAST[off]}") "
