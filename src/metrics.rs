@@ -39,7 +39,8 @@
 //!
 //! - an origin's response: to the end of its body, that is when the body hands the server its last
 //!   frame. A body that fails after the head is recorded then, with the head's status and
-//!   `error.type` `http_response_incomplete`; a body the client stopped reading (it went away) is
+//!   `error.type` `http_response_incomplete` (`connection_read_timeout` or
+//!   `http_response_timeout` when the layer cut a stalled body); a body the client stopped reading (it went away) is
 //!   recorded when the server drops it. A response without a body to send (HEAD, 204, 304, an
 //!   empty body) is recorded with its head;
 //! - a generated error: to its head, with which its whole body is ready. So for a failure, the
@@ -255,7 +256,7 @@ pub(crate) struct ResponseTimer {
     duration: Histogram<f64>,
     started: Started,
     status: StatusCode,
-    /// The status for an origin 5xx, `http_response_incomplete` for a body that failed.
+    /// The status for an origin 5xx; the kind's token for a body that failed or was cut.
     error_type: Option<&'static str>,
 }
 
