@@ -113,6 +113,11 @@ fn parse_options() -> Options {
             "--name" => options.name = value(),
             "--max-body" => options.max_body = value().parse().unwrap_or_else(|_| usage()),
             "--bare" => options.bare = true,
+            "--metrics" if !cfg!(feature = "metrics") => {
+                // Said before anything starts, not after the listener is up.
+                eprintln!("--metrics needs the example built with --features metrics");
+                std::process::exit(2);
+            }
             "--metrics" => options.metrics = true,
             "--http2" => options.http2 = true,
             "-h" | "--help" => usage(),
@@ -231,11 +236,8 @@ mod metrics {
 mod metrics {
     use gateway_errors::GatewayErrorLayer;
 
-    pub fn with_metrics(layer: GatewayErrorLayer, on: bool) -> (GatewayErrorLayer, Option<()>) {
-        if on {
-            eprintln!("--metrics needs the example built with --features metrics");
-            std::process::exit(2);
-        }
+    /// `--metrics` was refused when the options were read: there is nothing to add.
+    pub fn with_metrics(layer: GatewayErrorLayer, _on: bool) -> (GatewayErrorLayer, Option<()>) {
         (layer, None)
     }
 }
