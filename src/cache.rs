@@ -24,8 +24,37 @@ pub(crate) struct CachedResponse {
     pub(crate) headers: HeaderMap,
 }
 
-pub(crate) struct ResponseCache {
+/// Responses in numbered slots, each built once, on first use. A clone starts empty: a changed
+/// configuration never carries responses built from what it had before.
+pub(crate) struct Slots {
     slots: Box<[OnceLock<CachedResponse>]>,
+}
+
+impl Slots {
+    pub(crate) fn new(len: usize) -> Self {
+        Slots {
+            slots: (0..len).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    pub(crate) fn get_or_init(
+        &self,
+        slot: usize,
+        build: impl FnOnce() -> CachedResponse,
+    ) -> &CachedResponse {
+        self.slots[slot].get_or_init(build)
+    }
+}
+
+impl Clone for Slots {
+    fn clone(&self) -> Self {
+        Slots::new(self.slots.len())
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct ResponseCache {
+    slots: Slots,
 }
 
 impl ResponseCache {
@@ -41,23 +70,16 @@ impl ResponseCache {
         retryable: bool,
         render: impl FnOnce() -> CachedResponse,
     ) -> &CachedResponse {
-        self.slots[Self::slot(format, kind, retryable)].get_or_init(render)
+        self.slots
+            .get_or_init(Self::slot(format, kind, retryable), render)
     }
 }
 
 impl Default for ResponseCache {
     fn default() -> Self {
         ResponseCache {
-            slots: (0..SLOTS).map(|_| OnceLock::new()).collect(),
+            slots: Slots::new(SLOTS),
         }
-    }
-}
-
-/// A configuration that changes starts with an empty cache: a clone never carries bodies rendered
-/// from the templates it had before.
-impl Clone for ResponseCache {
-    fn clone(&self) -> Self {
-        ResponseCache::default()
     }
 }
 

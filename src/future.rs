@@ -78,10 +78,12 @@ impl<F> ResponseFuture<F> {
         let deadline = match (timeout, response_deadline) {
             (None, None) => None,
             (Some(after), None) => Some(tokio::time::sleep(after)),
-            (Some(after), Some((at, _))) => Some(tokio::time::sleep_until(
-                at.min(tokio::time::Instant::now() + after),
+            // `at - whole` is the moment the clock was read: the head is due at the sooner limit.
+            (timeout, Some((at, whole))) => Some(tokio::time::sleep_until(
+                timeout
+                    .filter(|head| *head < whole)
+                    .map_or(at, |head| at - whole + head),
             )),
-            (None, Some((at, _))) => Some(tokio::time::sleep_until(at)),
         };
         ResponseFuture {
             state: State::Waiting { future },

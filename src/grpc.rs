@@ -11,7 +11,6 @@
 //! deadline and splitting its path allocate nothing.
 
 use std::fmt;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -19,7 +18,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use http::StatusCode;
 use tracing::Span;
 
-use crate::cache::CachedResponse;
+use crate::cache::{CachedResponse, Slots};
 use crate::headers::is_tchar;
 use crate::kind::ProxyErrorKind;
 
@@ -389,7 +388,7 @@ pub(crate) fn record_forwarded(span: &Span, headers: &HeaderMap) {
 pub(crate) struct GrpcSettings {
     codes: [GrpcCode; ProxyErrorKind::ALL.len()],
     /// Empty again in every changed configuration (its `Clone` makes an empty one).
-    cache: GrpcCache,
+    cache: Slots,
 }
 
 impl Default for GrpcSettings {
@@ -400,7 +399,7 @@ impl Default for GrpcSettings {
         }
         GrpcSettings {
             codes,
-            cache: GrpcCache::default(),
+            cache: Slots::new(SLOTS),
         }
     }
 }
@@ -425,27 +424,7 @@ impl GrpcSettings {
         kind: Option<ProxyErrorKind>,
         build: impl FnOnce() -> CachedResponse,
     ) -> &CachedResponse {
-        self.cache.slots[call.slot(kind)].get_or_init(build)
-    }
-}
-
-struct GrpcCache {
-    slots: Box<[OnceLock<CachedResponse>]>,
-}
-
-impl Default for GrpcCache {
-    fn default() -> Self {
-        GrpcCache {
-            slots: (0..SLOTS).map(|_| OnceLock::new()).collect(),
-        }
-    }
-}
-
-/// A changed configuration starts empty: a clone never carries answers built from the codes it
-/// had before.
-impl Clone for GrpcCache {
-    fn clone(&self) -> Self {
-        GrpcCache::default()
+        self.cache.get_or_init(call.slot(kind), build)
     }
 }
 

@@ -17,7 +17,8 @@
 //!   `OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS` (a comma-separated, case-sensitive list) replaces the
 //!   known set, read once when [`GatewayErrorLayer::metrics`](crate::GatewayErrorLayer::metrics) is
 //!   called.
-//! - `http.response.status_code`: the status the client got, as an integer.
+//! - `http.response.status_code`: the status the client got, as an integer (200 for a gRPC
+//!   caller's generated error, as gRPC requires; `error.type` still names the failure).
 //! - `error.type`: for a response the layer generated, the RFC 9209 token of its kind
 //!   (`connection_refused`, ...), or its status as a string when no classifier recognised the
 //!   error or the layer replaced an origin error's body; for an origin's own 5xx, its status as a
@@ -63,6 +64,7 @@ use http::{Method, StatusCode};
 use opentelemetry::metrics::{Counter, Histogram, Meter};
 use opentelemetry::{Key, KeyValue, StringValue, Value};
 
+use crate::error::ProxyError;
 use crate::kind::ProxyErrorKind;
 use crate::layer::Config;
 use crate::respond::RequestFacts;
@@ -282,21 +284,24 @@ impl Drop for ResponseTimer {
     }
 }
 
-/// Records a response the layer generated: its duration, and one count of the error. Its
-/// `error.type` is the kind's token, or the status when no kind was recognised (as on the span).
+/// Records a response the layer generated: its duration, and one count of the error. `sent` is
+/// the status the client got (200 for a gRPC caller). Its `error.type` is the kind's token, or the
+/// error's status when no kind was recognised (as on the span).
 pub(crate) fn generated(
     config: &Config,
     facts: &RequestFacts,
-    status: StatusCode,
-    kind: Option<ProxyErrorKind>,
-    retryable: bool,
+    sent: StatusCode,
+    error: &ProxyError,
 ) {
     let (Some(metrics), Some(started)) = (&config.metrics, &facts.metrics) else {
         return;
     };
     let seconds = started.at.elapsed().as_secs_f64();
-    let error_type = kind.map_or_else(|| status_text(status), ProxyErrorKind::token);
-    let status_code = KeyValue::new(STATUS_CODE, i64::from(status.as_u16()));
+    let retryable = error.is_retryable();
+    let error_type = error
+        .kind()
+        .map_or_else(|| status_text(error.status()), ProxyErrorKind::token);
+    let status_code = KeyValue::new(STATUS_CODE, i64::from(sent.as_u16()));
     let error_type = KeyValue::new(ERROR_TYPE, error_type);
     metrics.duration.record(
         seconds,

@@ -19,7 +19,7 @@ use crate::classify::{classify, Classification};
 use crate::deadline::BodyLimits;
 use crate::error::{ErrorChain, PendingProxyError, ProxyError};
 use crate::future::Pending;
-use crate::grpc::{self, GrpcCall, GRPC_STATUS};
+use crate::grpc::{self, GrpcCall, GrpcCode, GRPC_STATUS};
 use crate::headers::{append_member, details_param, RetryAfter, PROXY_STATUS};
 use crate::kind::{Phase, ProxyErrorKind};
 use crate::layer::Config;
@@ -268,16 +268,15 @@ pub(crate) fn finish<B: Body>(pending: Pending, outcome: Outcome<B>) -> Response
             generate(&pending, error, None, None)
         }
         Outcome::TimedOut => {
+            // The timer was set for the sooner of the two limits (see `ResponseFuture::new`).
+            let timeout = pending
+                .facts
+                .upstream_timeout(pending.config.upstream_timeout);
             let source = match pending.response_deadline {
-                Some((at, after)) if tokio::time::Instant::now() >= at => {
-                    HeadTimedOut::ResponseDeadline(after)
+                Some((_, whole)) if timeout.is_none_or(|head| whole <= head) => {
+                    HeadTimedOut::ResponseDeadline(whole)
                 }
-                _ => HeadTimedOut::Upstream(
-                    pending
-                        .facts
-                        .upstream_timeout(pending.config.upstream_timeout)
-                        .unwrap_or_default(),
-                ),
+                _ => HeadTimedOut::Upstream(timeout.unwrap_or_default()),
             };
             let error = ProxyError::new(ProxyErrorKind::HttpResponseTimeout).with_source(source);
             generate(&pending, error, None, None)
@@ -371,21 +370,6 @@ fn generate<B>(
         (None, Some(_)) => "The upstream server could not process the request.",
         (None, None) => UNRECOGNIZED_DETAIL,
     };
-    let view = ErrorView {
-        status,
-        kind,
-        detail,
-        request_id: facts.request_id(),
-        retryable,
-        retry_after_seconds: retry_after.map(|a| a.seconds_from(std::time::SystemTime::now())),
-        proxy: &config.proxy_name,
-    };
-    // A rewritten response may carry its own Retry-After, which the body states: not cached.
-    let cacheable = view.request_id.is_none()
-        && rewritten.is_none()
-        && !config.templates.has_renderer()
-        && status == kind.map_or(StatusCode::BAD_GATEWAY, ProxyErrorKind::status)
-        && !matches!(retry_after, Some(RetryAfter::At(_)));
     let head = ErrorHead {
         config,
         format,
@@ -395,47 +379,48 @@ fn generate<B>(
         received,
         rewritten,
     };
-    if let Some(call) = facts.grpc {
-        return generate_grpc(pending, call, error, &head, detail);
-    }
     // Opt-in only: the chain may name internal hosts. Built per response, never cached.
     let detailed = StdError::source(&error)
         .filter(|_| config.details)
         .map(|cause| with_details(head.proxy_status_member(), cause));
-    let (body, headers) = if cacheable {
-        // The head of a cacheable error depends on its slot alone: a clone of the kept map costs
-        // the map's two allocations and no hashing.
-        let cached = config
-            .response_cache
-            .get_or_render(format, kind, retryable, || {
-                let body = config.templates.render(&view, format);
-                let headers = head.headers(&body, None);
-                CachedResponse { body, headers }
-            });
-        let mut headers = cached.headers.clone();
-        if let Some(detailed) = detailed {
-            // Not a rewrite, so the field holds our member alone; replacing it does not grow
-            // the map.
-            headers.insert(PROXY_STATUS.clone(), detailed);
+    let (sent, body, headers) = match facts.grpc {
+        Some(call) => {
+            let code = config.grpc.code(kind, status);
+            if !pending.span.is_disabled() {
+                let code = i64::from(code.as_i32());
+                pending.span.record("rpc.grpc.status_code", code);
+            }
+            let (body, headers) = grpc_answer(&head, call, code, detail, retry_after, detailed);
+            // gRPC requires HTTP 200 for its own errors.
+            (StatusCode::OK, body, headers)
         }
-        (cached.body.clone(), headers)
-    } else {
-        let body = config.templates.render(&view, format);
-        let headers = head.headers(&body, detailed);
-        (body, headers)
+        None => {
+            let view = ErrorView {
+                status,
+                kind,
+                detail,
+                request_id: facts.request_id(),
+                retryable,
+                retry_after_seconds: retry_after
+                    .map(|a| a.seconds_from(std::time::SystemTime::now())),
+                proxy: &config.proxy_name,
+            };
+            let (body, headers) = negotiated_answer(&head, &view, retryable, detailed);
+            (status, body, headers)
+        }
     };
 
-    record(pending, &error, received.is_some());
+    record(pending, &error, sent, received.is_some());
     #[cfg(feature = "metrics")]
-    crate::metrics::generated(config, facts, status, kind, retryable);
+    crate::metrics::generated(config, facts, sent, &error);
 
-    let body = if facts.is_head || head.bodiless_status() {
+    let body = if facts.is_head || bodiless(sent) {
         GatewayBody::generated(Bytes::new())
     } else {
         GatewayBody::generated(body)
     };
     let mut response = Response::new(body);
-    *response.status_mut() = status;
+    *response.status_mut() = sent;
     *response.headers_mut() = headers;
     if received.is_none() {
         response.extensions_mut().insert(error);
@@ -443,6 +428,47 @@ fn generate<B>(
     // Zero-sized: costs no allocation once the map exists.
     response.extensions_mut().insert(Generated);
     response
+}
+
+/// The body in the negotiated format, and its head; `detailed` is our `Proxy-Status` member with
+/// its details, if any.
+fn negotiated_answer(
+    head: &ErrorHead<'_>,
+    view: &ErrorView<'_>,
+    retryable: bool,
+    detailed: Option<HeaderValue>,
+) -> (Bytes, HeaderMap) {
+    let config = head.config;
+    let format = head.format;
+    let cacheable = head.depends_on_its_slot_alone()
+        && view.request_id.is_none()
+        && !config.templates.has_renderer();
+    if !cacheable {
+        let body = config.templates.render(view, format);
+        let headers = head.headers(&body, detailed);
+        return (body, headers);
+    }
+    // A clone of the kept head costs the map's two allocations and no hashing.
+    let cached = config
+        .response_cache
+        .get_or_render(format, head.kind, retryable, || {
+            let body = config.templates.render(view, format);
+            let headers = head.headers(&body, None);
+            CachedResponse { body, headers }
+        });
+    let mut headers = cached.headers.clone();
+    if let Some(detailed) = detailed {
+        // Not a rewrite, so the field holds our member alone; replacing it does not grow the map.
+        headers.insert(PROXY_STATUS.clone(), detailed);
+    }
+    (cached.body.clone(), headers)
+}
+
+/// RFC 9110 §6.4.1: 1xx, 204 and 304 never carry content.
+fn bodiless(status: StatusCode) -> bool {
+    status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
 }
 
 /// Marks a response this crate generated, so that an outer layer that intercepts origin errors
@@ -465,9 +491,19 @@ struct ErrorHead<'a> {
 impl ErrorHead<'_> {
     /// RFC 9110 §6.4.1: 1xx, 204 and 304 never carry content; a classifier could pick one.
     fn bodiless_status(&self) -> bool {
-        self.status.is_informational()
-            || self.status == StatusCode::NO_CONTENT
-            || self.status == StatusCode::NOT_MODIFIED
+        bodiless(self.status)
+    }
+
+    /// Whether this head (and the body for it) depends on the format, kind and retry hint alone,
+    /// so that it can be rendered once and kept. Not so for a rewrite (it keeps the old
+    /// response's fields), a status a classifier chose over the kind's, or a `Retry-After` date.
+    fn depends_on_its_slot_alone(&self) -> bool {
+        self.rewritten.is_none()
+            && self.status
+                == self
+                    .kind
+                    .map_or(StatusCode::BAD_GATEWAY, ProxyErrorKind::status)
+            && !matches!(self.retry_after, Some(RetryAfter::At(_)))
     }
 
     /// Our `Proxy-Status` member, without details.
@@ -549,25 +585,24 @@ fn with_details(member: HeaderValue, cause: &(dyn StdError + 'static)) -> Header
     HeaderValue::from_bytes(&value).unwrap_or(member)
 }
 
-/// A generated error for a gRPC caller: HTTP 200, as gRPC requires, with the error in gRPC's own
-/// fields (see [`grpc::answer`]), and the same `Proxy-Status`, `Retry-After`, extension and span
-/// as any generated error. The head keeps `Cache-Control: no-store` and drops `Vary: accept`: the
-/// answer follows the request's `Content-Type`, not its `Accept`. A trailers-only answer has no
-/// body and so no `Content-Length`; a gRPC-Web answer states its body's.
-fn generate_grpc<B>(
-    pending: &Pending,
-    call: GrpcCall,
-    error: ProxyError,
+/// A gRPC caller's answer (see [`grpc::answer`]): the error in gRPC's own fields, with the same
+/// `Proxy-Status` and `Retry-After` as any generated error. The head keeps
+/// `Cache-Control: no-store` and drops `Vary: accept`: the answer follows the request's
+/// `Content-Type`, not its `Accept`. A trailers-only answer has no body and so no
+/// `Content-Length`; a gRPC-Web answer states its body's.
+fn grpc_answer(
     head: &ErrorHead<'_>,
+    call: GrpcCall,
+    code: GrpcCode,
     detail: &str,
-) -> Response<GatewayBody<B>> {
-    let config = head.config;
-    let code = config.grpc.code(head.kind, head.status);
-    let retry_after = error.retry_after();
+    retry_after: Option<RetryAfter>,
+    detailed: Option<HeaderValue>,
+) -> (Bytes, HeaderMap) {
     let build = |detailed: Option<HeaderValue>| {
         let mut headers = head.headers(&Bytes::new(), detailed);
         headers.remove(header::VARY);
         headers.remove(header::CONTENT_LENGTH);
+        // The delay the caller is told, an origin's own on a rewrite included.
         let pushback = retry_after.map(|after| after.delay_from(std::time::SystemTime::now()));
         let body = grpc::answer(call, code, detail, pushback, &mut headers);
         if call.is_web() {
@@ -575,62 +610,27 @@ fn generate_grpc<B>(
         }
         CachedResponse { body, headers }
     };
-    // As for the other formats: only answers that depend on their slot alone are kept.
-    let cacheable = head.rewritten.is_none()
-        && head.status
-            == head
-                .kind
-                .map_or(StatusCode::BAD_GATEWAY, ProxyErrorKind::status)
-        && !matches!(retry_after, Some(RetryAfter::At(_)));
-    let detailed = StdError::source(&error)
-        .filter(|_| config.details)
-        .map(|cause| with_details(head.proxy_status_member(), cause));
-    let (body, headers) = if cacheable {
-        let cached = config.grpc.cached(call, head.kind, || build(None));
-        let mut headers = cached.headers.clone();
-        // Kept once per framing: the caller's own `+proto` or `+json` goes back to it. Replacing
-        // a value does not grow the map.
-        headers.insert(header::CONTENT_TYPE, call.content_type());
-        if let Some(detailed) = detailed {
-            headers.insert(PROXY_STATUS.clone(), detailed);
-        }
-        (cached.body.clone(), headers)
-    } else {
+    if !head.depends_on_its_slot_alone() {
         let built = build(detailed);
-        (built.body, built.headers)
-    };
-
-    record(pending, &error, head.received.is_some());
-    if !pending.span.is_disabled() {
-        pending
-            .span
-            .record("rpc.grpc.status_code", i64::from(code.as_i32()));
+        return (built.body, built.headers);
     }
-
-    let body = if pending.facts.is_head {
-        Bytes::new()
-    } else {
-        body
-    };
-    let mut response = Response::new(GatewayBody::generated(body));
-    *response.headers_mut() = headers;
-    if head.received.is_none() {
-        response.extensions_mut().insert(error);
+    let cached = head.config.grpc.cached(call, head.kind, || build(None));
+    let mut headers = cached.headers.clone();
+    // Kept once per framing: the caller's own `+proto` or `+json` goes back to it. Replacing a
+    // value does not grow the map.
+    headers.insert(header::CONTENT_TYPE, call.content_type());
+    if let Some(detailed) = detailed {
+        headers.insert(PROXY_STATUS.clone(), detailed);
     }
-    response.extensions_mut().insert(Generated);
-    response
+    (cached.body.clone(), headers)
 }
 
 /// Records the decision on the span, and one event with the whole error chain for operators.
-fn record(pending: &Pending, error: &ProxyError, intercepted: bool) {
+/// `sent` is the status the client gets: 200 for a gRPC caller, whose error's own status still
+/// decides the severity.
+fn record(pending: &Pending, error: &ProxyError, sent: StatusCode, intercepted: bool) {
     let span = &pending.span;
     let status = error.status();
-    // gRPC requires HTTP 200 for its own errors; the error's status still decides the severity.
-    let sent = if pending.facts.grpc.is_some() {
-        StatusCode::OK
-    } else {
-        status
-    };
     let error_type: &str = match error.kind() {
         Some(kind) => kind.token(),
         None => status.as_str(),

@@ -127,7 +127,7 @@ async fn a_slow_but_steady_body_arrives_whole() {
 }
 
 #[tokio::test]
-async fn the_read_timeout_follows_the_upstream_timeout_and_can_be_turned_off() {
+async fn a_read_timeout_turned_off_leaves_a_stalled_body_open() {
     let demo = start_upstream().await;
     let off = layer()
         .upstream_timeout(Duration::from_millis(200))

@@ -650,3 +650,48 @@ async fn a_body_cut_by_the_read_timeout_counts_as_connection_read_timeout() {
     // Nothing was generated: the head was the origin's.
     assert_eq!(pipeline.errors().await, BTreeMap::new());
 }
+
+/// A gRPC caller's error is timed and counted like any other, under the status it got (200, as
+/// gRPC requires) and the kind's type.
+#[tokio::test]
+async fn a_grpc_callers_error_counts_under_the_status_it_got() {
+    let pipeline = Pipeline::new();
+    let gateway = gateway_to(pipeline.layer(), demo_upstream::closed_port());
+    for _ in 0..N {
+        let mut call_request = request("POST", "/demo.Demo/Ping", None);
+        call_request
+            .headers_mut()
+            .insert("content-type", "application/grpc".parse().unwrap());
+        let response = call(gateway.clone(), call_request).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["grpc-status"], "14");
+        read_body(response.into_body()).await;
+    }
+    assert_eq!(
+        pipeline.errors().await,
+        BTreeMap::from([(
+            set(&[
+                ("error.type", "connection_refused"),
+                ("gateway.retryable", "true"),
+                ("http.response.status_code", "200"),
+            ]),
+            N,
+        )])
+    );
+    let durations = pipeline.durations().await;
+    let counts: Vec<_> = durations
+        .iter()
+        .map(|(set, point)| (set.clone(), point.count))
+        .collect();
+    assert_eq!(
+        counts,
+        vec![(
+            set(&[
+                ("error.type", "connection_refused"),
+                ("http.request.method", "POST"),
+                ("http.response.status_code", "200"),
+            ]),
+            N,
+        )]
+    );
+}
