@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use gateway_errors::GatewayErrorLayer;
+use gateway_errors::{GatewayErrorLayer, ProxyName};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tower::{Layer, Service, ServiceExt};
@@ -280,7 +280,7 @@ fn main() {
         .enable_time()
         .build()
         .expect("runtime");
-    let layer = GatewayErrorLayer::new().proxy_name("edge-1");
+    let layer = GatewayErrorLayer::new().proxy_name(ProxyName::from_static("edge-1"));
     let timed = layer.clone().upstream_timeout(Duration::from_secs(30));
     // Kept alive for the whole run: dropping the provider would shut its instruments down.
     #[cfg(feature = "metrics")]

@@ -6,9 +6,8 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use gateway_errors::{
-    negotiate, ErrorView, Format, ProxyErrorKind, Template, DEFAULT_HTML, DEFAULT_PROBLEM_JSON,
-};
+use gateway_errors::render::{negotiate, ErrorView, DEFAULT_HTML, DEFAULT_PROBLEM_JSON};
+use gateway_errors::{Format, ProxyErrorKind, Template};
 use http::HeaderValue;
 
 /// Chrome's `Accept` for a page load.

@@ -15,7 +15,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use gateway_errors::{ErrorView, Format, GatewayErrorLayer, ProxyErrorKind, Template};
+use gateway_errors::render::ErrorView;
+use gateway_errors::{Format, GatewayErrorLayer, ProxyErrorKind, ProxyName, Template};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::ServiceBuilder;
@@ -55,7 +56,7 @@ pub fn layer() -> Result<GatewayErrorLayer, Box<dyn std::error::Error>> {
     let mut env = minijinja::Environment::new();
     env.add_template("problem.json", PROBLEM)?;
     Ok(GatewayErrorLayer::new()
-        .proxy_name("edge-1")
+        .proxy_name(ProxyName::from_static("edge-1"))
         .upstream_timeout(Duration::from_secs(2))
         .template(Template::html(PAGE)?)
         .template_for_kind(

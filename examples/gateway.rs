@@ -41,7 +41,7 @@ mod proxy;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use gateway_errors::GatewayErrorLayer;
+use gateway_errors::{GatewayErrorLayer, ProxyName};
 use http::Uri;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
@@ -58,7 +58,7 @@ struct Options {
     bare: bool,
     metrics: bool,
     http2: bool,
-    name: String,
+    name: ProxyName,
     max_body: u64,
 }
 
@@ -90,7 +90,7 @@ fn parse_options() -> Options {
         bare: false,
         metrics: false,
         http2: false,
-        name: "edge-1".into(),
+        name: ProxyName::from_static("edge-1"),
         max_body: 10 * 1024 * 1024,
     };
     let mut args = std::env::args().skip(1);
@@ -110,7 +110,12 @@ fn parse_options() -> Options {
             "--deadline" => {
                 options.deadline = Some(parse_duration(&value()).unwrap_or_else(|| usage()))
             }
-            "--name" => options.name = value(),
+            "--name" => {
+                options.name = ProxyName::new(&value()).unwrap_or_else(|e| {
+                    eprintln!("--name: {e}");
+                    std::process::exit(2)
+                })
+            }
             "--max-body" => options.max_body = value().parse().unwrap_or_else(|_| usage()),
             "--bare" => options.bare = true,
             "--metrics" if !cfg!(feature = "metrics") => {
@@ -149,7 +154,7 @@ async fn main() -> Result<(), BoxError> {
     };
     let listener = TcpListener::bind(options.listen).await?;
     let addr = listener.local_addr()?;
-    let mut proxy = Proxy::new(&upstream, &options.name, options.max_body)?;
+    let mut proxy = Proxy::new(&upstream, options.name.as_str(), options.max_body)?;
     if options.http2 {
         proxy = proxy.http2_only();
     }
@@ -187,7 +192,7 @@ async fn main() -> Result<(), BoxError> {
         serve(listener, service, ServeOptions::default(), ctrl_c()).await;
     } else {
         let mut layer = GatewayErrorLayer::new()
-            .proxy_name(&options.name)
+            .proxy_name(options.name.clone())
             .upstream_timeout(options.timeout);
         if let Some(read_timeout) = options.read_timeout {
             layer = layer.upstream_read_timeout(read_timeout);

@@ -27,7 +27,7 @@ mod proxy;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use gateway_errors::GatewayErrorLayer;
+use gateway_errors::{GatewayErrorLayer, ProxyName};
 use http::Uri;
 use tokio::net::TcpListener;
 use tonic::Code;
@@ -105,9 +105,11 @@ async fn main() -> Result<(), BoxError> {
 
     let demo = grpc_demo::spawn().await?;
     let layer = GatewayErrorLayer::new()
-        .proxy_name("edge-1")
+        .proxy_name(ProxyName::from_static("edge-1"))
         .upstream_timeout(options.timeout)
-        .intercept_origin_errors(500..=599);
+        .intercept_origin_errors(
+            (500..600).filter_map(|code| http::StatusCode::from_u16(code).ok()),
+        );
 
     let listener = TcpListener::bind(options.listen).await?;
     let gateway = listener.local_addr()?;

@@ -28,7 +28,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use gateway_errors::{GatewayErrorLayer, ProxyErrorKind};
+use gateway_errors::{GatewayErrorLayer, ProxyErrorKind, ProxyName};
 use http::{Method, Request, Uri};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
@@ -237,7 +237,7 @@ async fn main() -> Result<(), BoxError> {
     let upstream = demo.addr;
 
     let layer = GatewayErrorLayer::new()
-        .proxy_name("edge-1")
+        .proxy_name(ProxyName::from_static("edge-1"))
         .upstream_timeout(Duration::from_millis(300))
         .retry_after_for_kind(ProxyErrorKind::ConnectionRefused, Duration::from_secs(2))
         .metrics(&meters.meter("gateway-errors"));

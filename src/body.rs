@@ -1,5 +1,7 @@
-//! [`GatewayBody`]: the origin's body, observed, or a generated one.
+//! [`GatewayBody`]: the response body of the layer's service: the origin's body, observed and
+//! timed, or a generated one.
 
+use std::error::Error as StdError;
 use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -11,20 +13,21 @@ use pin_project_lite::pin_project;
 use crate::deadline::{BodyClock, BodyLimits};
 use crate::error::ProxyError;
 use crate::kind::ProxyErrorKind;
-use crate::trace::BodyObserver;
+#[cfg(feature = "metrics")]
+use crate::metrics::ResponseTimer;
+use crate::trace::BodyTrace;
 use crate::BoxError;
 
 pin_project! {
-    /// The response body of [`GatewayError`](crate::GatewayError).
+    /// The response body of [`GatewayErrorService`](crate::GatewayErrorService).
     ///
     /// An origin's body passes through frame by frame, trailers included, unchanged. If it fails
     /// mid-stream, or stalls past the [read timeout](crate::GatewayErrorLayer::upstream_read_timeout)
     /// or the [response deadline](crate::GatewayErrorLayer::response_deadline), the body ends with
     /// an error, which the server answers by breaking the connection (HTTP/1.1) or resetting the
     /// stream (HTTP/2): a client never sees a cut body as a complete one. A timeout's error is a
-    /// [`ProxyError`](crate::ProxyError) of kind `connection_read_timeout` (or
-    /// `http_response_timeout` for the deadline), so an outer layer can tell what happened; the
-    /// span records it too.
+    /// [`ProxyError`] of kind `connection_read_timeout` (or `http_response_timeout` for the
+    /// deadline), so an outer layer can tell what happened; the span records it too.
     ///
     /// The timer lives inline, so the body is `!Unpin` (as tower-http's `TimeoutBody` is): hyper
     /// and axum pin it themselves; to poll it by hand, pin it first (`std::pin::pin!`, `Box::pin`).
@@ -33,7 +36,7 @@ pin_project! {
         inner: Inner<B>,
         #[pin]
         clock: BodyClock,
-        observer: Option<BodyObserver>,
+        watch: Watch,
     }
 }
 
@@ -47,13 +50,52 @@ pin_project! {
     }
 }
 
+/// Who is told how an origin's body ends: the span (when a subscriber wants it) and the metrics.
+/// Each is told once.
+#[derive(Default)]
+struct Watch {
+    trace: Option<BodyTrace>,
+    #[cfg(feature = "metrics")]
+    timer: Option<ResponseTimer>,
+}
+
+impl Watch {
+    /// The body ended: well, or badly with `failure` (why, and the error).
+    fn ended(&mut self, failure: Option<(ProxyErrorKind, &(dyn StdError + 'static))>) {
+        #[cfg(feature = "metrics")]
+        if let Some(mut timer) = self.timer.take() {
+            if let Some((kind, _)) = failure {
+                timer.failed(kind);
+            }
+            // Dropped here: that records the duration.
+        }
+        if let Some(trace) = self.trace.take() {
+            match failure {
+                Some((kind, error)) => trace.failed(kind, error),
+                None => trace.completed(),
+            }
+        }
+    }
+}
+
 impl<B> GatewayBody<B> {
-    pub(crate) fn origin(body: B, limits: BodyLimits, observer: Option<BodyObserver>) -> Self {
+    pub(crate) fn origin(body: B, limits: BodyLimits, trace: Option<BodyTrace>) -> Self {
         GatewayBody {
             inner: Inner::Origin { body },
             clock: BodyClock::new(limits),
-            observer,
+            watch: Watch {
+                trace,
+                #[cfg(feature = "metrics")]
+                timer: None,
+            },
         }
+    }
+
+    /// Has the body record the request's duration when it ends.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn timed(mut self, timer: Option<ResponseTimer>) -> Self {
+        self.watch.timer = timer;
+        self
     }
 
     pub(crate) fn generated(data: Bytes) -> Self {
@@ -62,7 +104,7 @@ impl<B> GatewayBody<B> {
                 data: (!data.is_empty()).then_some(data),
             },
             clock: BodyClock::new(BodyLimits::default()),
-            observer: None,
+            watch: Watch::default(),
         }
     }
 
@@ -97,38 +139,31 @@ where
                 },
                 Poll::Ready(Some(Ok(frame))) => {
                     this.clock.frame_arrived();
-                    if let Some(observer) = this.observer.as_mut() {
-                        observer.forwarded(&frame);
+                    if let Some(trace) = this.watch.trace.as_mut() {
+                        trace.forwarded(&frame);
                     }
                     // A server stops polling once `is_end_stream` says the body is done, so the
                     // end may never be seen as `None`.
                     if body.is_end_stream() {
-                        if let Some(observer) = this.observer.take() {
-                            observer.completed();
-                        }
+                        this.watch.ended(None);
                     }
                     return Poll::Ready(Some(Ok(frame)));
                 }
                 Poll::Ready(Some(Err(error))) => {
                     let error = error.into();
-                    if let Some(observer) = this.observer.take() {
-                        observer.failed(ProxyErrorKind::HttpResponseIncomplete, &*error);
-                    }
+                    this.watch
+                        .ended(Some((ProxyErrorKind::HttpResponseIncomplete, &*error)));
                     return Poll::Ready(Some(Err(error)));
                 }
                 Poll::Ready(None) => {
-                    if let Some(observer) = this.observer.take() {
-                        observer.completed();
-                    }
+                    this.watch.ended(None);
                     return Poll::Ready(None);
                 }
             },
         };
         // Drop the stalled body now: its upstream connection is closed rather than kept waiting.
         this.inner.set(Inner::Cut);
-        if let Some(observer) = this.observer.take() {
-            observer.failed(timed_out.kind(), &timed_out);
-        }
+        this.watch.ended(Some((timed_out.kind(), &timed_out)));
         let error = ProxyError::new(timed_out.kind()).with_source(timed_out);
         Poll::Ready(Some(Err(Box::new(error))))
     }
@@ -162,5 +197,142 @@ impl<B> fmt::Debug for GatewayBody<B> {
                 .field("len", &data.as_ref().map_or(0, Bytes::len))
                 .finish(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http_body_util::BodyExt;
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::deadline::ResponseDeadline;
+
+    type Frames = mpsc::UnboundedSender<Result<Bytes, std::io::Error>>;
+
+    /// A body whose frames a test sends by hand; it ends when the sender is dropped.
+    struct Scripted(mpsc::UnboundedReceiver<Result<Bytes, std::io::Error>>);
+
+    impl Body for Scripted {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            self.0
+                .poll_recv(cx)
+                .map(|next| next.map(|r| r.map(Frame::data)))
+        }
+    }
+
+    fn scripted(limits: BodyLimits) -> (Frames, Pin<Box<GatewayBody<Scripted>>>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            tx,
+            Box::pin(GatewayBody::origin(Scripted(rx), limits, None)),
+        )
+    }
+
+    fn read_timeout(after: Duration) -> BodyLimits {
+        BodyLimits {
+            read_timeout: Some(after),
+            response_deadline: None,
+        }
+    }
+
+    fn kind_of(error: &BoxError) -> Option<ProxyErrorKind> {
+        error
+            .downcast_ref::<ProxyError>()
+            .and_then(ProxyError::kind)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_is_cut_at_the_read_timeout_and_frames_restart_the_clock() {
+        let (tx, mut body) = scripted(read_timeout(Duration::from_secs(1)));
+        let started = tokio::time::Instant::now();
+        tx.send(Ok(Bytes::from_static(b"a"))).unwrap();
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "a");
+
+        // Frames 900 ms apart never trip a 1 s limit.
+        for _ in 0..3 {
+            let sender = tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(900)).await;
+                sender.send(Ok(Bytes::from_static(b"b"))).unwrap();
+            });
+            assert!(body.frame().await.unwrap().is_ok());
+        }
+        assert_eq!(started.elapsed(), Duration::from_millis(2700));
+
+        // Then silence: an error after exactly one second, and the body is over.
+        let error = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(kind_of(&error), Some(ProxyErrorKind::ConnectionReadTimeout));
+        assert_eq!(started.elapsed(), Duration::from_millis(3700));
+        assert!(body.is_end_stream());
+        assert!(body.frame().await.is_none());
+        drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_response_deadline_cuts_a_body_that_keeps_trickling() {
+        let limits = BodyLimits {
+            read_timeout: Some(Duration::from_secs(1)),
+            response_deadline: Some(ResponseDeadline::start(Duration::from_secs(2))),
+        };
+        let (tx, mut body) = scripted(limits);
+        let started = tokio::time::Instant::now();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if tx.send(Ok(Bytes::from_static(b"."))).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut frames = 0;
+        let error = loop {
+            match body.frame().await.unwrap() {
+                Ok(_) => frames += 1,
+                Err(error) => break error,
+            }
+        };
+        assert_eq!(kind_of(&error), Some(ProxyErrorKind::HttpResponseTimeout));
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        assert_eq!(frames, 3, "the frames before the deadline went through");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_origin_error_passes_as_an_error_and_a_clean_end_as_an_end() {
+        let (tx, mut body) = scripted(read_timeout(Duration::from_secs(1)));
+        tx.send(Err(std::io::ErrorKind::ConnectionReset.into()))
+            .unwrap();
+        assert!(body.frame().await.unwrap().is_err());
+
+        let (tx, mut body) = scripted(BodyLimits::default());
+        tx.send(Ok(Bytes::from_static(b"all"))).unwrap();
+        drop(tx);
+        let bytes = body.as_mut().collect().await.unwrap().to_bytes();
+        assert_eq!(bytes, "all");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_limits_a_silent_body_waits() {
+        let (tx, mut body) = scripted(BodyLimits::default());
+        let waited = tokio::time::timeout(Duration::from_secs(3600), body.frame()).await;
+        assert!(waited.is_err(), "no limit, no cut");
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn a_generated_body_is_one_frame() {
+        let body = GatewayBody::<Scripted>::generated(Bytes::from_static(b"502"));
+        assert!(body.is_generated());
+        assert_eq!(body.size_hint().exact(), Some(3));
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "502");
     }
 }

@@ -1,85 +1,60 @@
-//! Rendered error responses, kept per configuration.
+//! Generated answers, kept per configuration.
 //!
-//! When an upstream dies, every request becomes the same error at once. Most of those responses
-//! are identical: same kind, same format, same retry hint, and no request id. The first one is
-//! rendered and kept, body and head; the rest share its body's bytes and clone its header map. A
-//! response that shows a request id, a date-based `Retry-After`, a status a classifier changed, a
-//! rewritten origin response, or the output of a custom renderer is built every time.
+//! When an upstream dies, every request becomes the same error at once. Most of those answers are
+//! identical: same form (a negotiated format, or a gRPC framing), same kind, same retry hint, and
+//! no request id. The first one is built and kept, body and head; the rest share its body's bytes
+//! and clone its header map. An answer that shows a request id, a date-based `Retry-After`, a
+//! status a classifier changed, a rewritten origin response, or the output of a custom renderer
+//! is built every time.
+//!
+//! The cache belongs to one frozen configuration: a layer that is configured again gets a new,
+//! empty one, so an answer built from old settings is never served.
 
 use std::sync::OnceLock;
 
 use bytes::Bytes;
 use http::HeaderMap;
 
-use crate::kind::ProxyErrorKind;
-use crate::negotiate::Format;
-
-/// Slots: formats × (kinds + unrecognised) × retryable.
-const KIND_SLOTS: usize = ProxyErrorKind::ALL.len() + 1;
-const SLOTS: usize = Format::ALL.len() * KIND_SLOTS * 2;
+use crate::kind::{kind_slot, ProxyErrorKind, KIND_SLOTS};
 
 /// A generated error's body and head, identical for every request of its slot.
-pub(crate) struct CachedResponse {
+pub(crate) struct Answer {
     pub(crate) body: Bytes,
     pub(crate) headers: HeaderMap,
 }
 
-/// Responses in numbered slots, each built once, on first use. A clone starts empty: a changed
-/// configuration never carries responses built from what it had before.
-pub(crate) struct Slots {
-    slots: Box<[OnceLock<CachedResponse>]>,
+/// Answers in numbered slots: forms × (kinds + unrecognised) × retryable, each built once, on
+/// first use.
+pub(crate) struct AnswerCache {
+    forms: usize,
+    slots: Box<[OnceLock<Answer>]>,
 }
 
-impl Slots {
-    pub(crate) fn new(len: usize) -> Self {
-        Slots {
-            slots: (0..len).map(|_| OnceLock::new()).collect(),
+impl AnswerCache {
+    /// An empty cache for answers in `forms` forms.
+    pub(crate) fn new(forms: usize) -> Self {
+        AnswerCache {
+            forms,
+            slots: (0..forms * KIND_SLOTS * 2)
+                .map(|_| OnceLock::new())
+                .collect(),
         }
     }
 
-    pub(crate) fn get_or_init(
+    fn slot(&self, form: usize, kind: Option<ProxyErrorKind>, retryable: bool) -> usize {
+        debug_assert!(form < self.forms);
+        (form * KIND_SLOTS + kind_slot(kind)) * 2 + usize::from(retryable)
+    }
+
+    /// The answer of this slot, built by `build` the first time.
+    pub(crate) fn get_or_build(
         &self,
-        slot: usize,
-        build: impl FnOnce() -> CachedResponse,
-    ) -> &CachedResponse {
-        self.slots[slot].get_or_init(build)
-    }
-}
-
-impl Clone for Slots {
-    fn clone(&self) -> Self {
-        Slots::new(self.slots.len())
-    }
-}
-
-#[derive(Clone)]
-pub(crate) struct ResponseCache {
-    slots: Slots,
-}
-
-impl ResponseCache {
-    fn slot(format: Format, kind: Option<ProxyErrorKind>, retryable: bool) -> usize {
-        let kind = kind.map_or(KIND_SLOTS - 1, ProxyErrorKind::index);
-        (format.index() * KIND_SLOTS + kind) * 2 + usize::from(retryable)
-    }
-
-    pub(crate) fn get_or_render(
-        &self,
-        format: Format,
+        form: usize,
         kind: Option<ProxyErrorKind>,
         retryable: bool,
-        render: impl FnOnce() -> CachedResponse,
-    ) -> &CachedResponse {
-        self.slots
-            .get_or_init(Self::slot(format, kind, retryable), render)
-    }
-}
-
-impl Default for ResponseCache {
-    fn default() -> Self {
-        ResponseCache {
-            slots: Slots::new(SLOTS),
-        }
+        build: impl FnOnce() -> Answer,
+    ) -> &Answer {
+        self.slots[self.slot(form, kind, retryable)].get_or_init(build)
     }
 }
 
@@ -89,34 +64,34 @@ mod tests {
 
     #[test]
     fn slots_are_distinct_and_in_range() {
+        let cache = AnswerCache::new(6);
         let mut seen = std::collections::HashSet::new();
-        for format in Format::ALL {
+        for form in 0..6 {
             for kind in ProxyErrorKind::ALL.iter().copied().map(Some).chain([None]) {
                 for retryable in [false, true] {
-                    let slot = ResponseCache::slot(format, kind, retryable);
-                    assert!(slot < SLOTS);
+                    let slot = cache.slot(form, kind, retryable);
+                    assert!(slot < cache.slots.len());
                     assert!(seen.insert(slot));
                 }
             }
         }
-        assert_eq!(seen.len(), SLOTS);
+        assert_eq!(seen.len(), cache.slots.len());
     }
 
     #[test]
-    fn a_clone_starts_empty() {
-        let response = |body: &'static str| {
-            move || CachedResponse {
+    fn an_answer_is_built_once() {
+        let answer = |body: &'static str| {
+            move || Answer {
                 body: Bytes::from_static(body.as_bytes()),
                 headers: HeaderMap::new(),
             }
         };
-        let cache = ResponseCache::default();
-        let first = cache.get_or_render(Format::Text, None, false, response("a"));
+        let cache = AnswerCache::new(1);
+        let first = cache.get_or_build(0, None, false, answer("a"));
         assert_eq!(first.body, "a");
-        let again = cache.get_or_render(Format::Text, None, false, response("b"));
+        let again = cache.get_or_build(0, None, false, answer("b"));
         assert_eq!(again.body, "a");
-        let cloned = cache.clone();
-        let fresh = cloned.get_or_render(Format::Text, None, false, response("c"));
-        assert_eq!(fresh.body, "c");
+        let other = cache.get_or_build(0, None, true, answer("c"));
+        assert_eq!(other.body, "c");
     }
 }

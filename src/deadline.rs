@@ -1,9 +1,10 @@
-//! The clock on an origin's body: the read timeout between frames, and the whole-response
-//! deadline.
+//! The clocks on an upstream's answer: the upstream timeout on the head, the read timeout between
+//! body frames, and the response deadline on both.
 //!
-//! One timer per body, created the first time the body makes the gateway wait and moved forward
-//! only when it fires early: a frame costs a store, a wait costs one clock read, and nothing
-//! allocates (the timer lives inline in the body).
+//! Every clock here keeps its `Sleep` inline next to the [`Limit`] it stands for, so that when
+//! it fires there is nothing to work out again: the limit says what the error is. Where two
+//! limits apply, the timer is set for the sooner one ([`sooner`]); a tie goes to the response
+//! deadline, the limit the operator set for the whole answer.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -17,13 +18,153 @@ use tokio::time::{Instant, Sleep};
 
 use crate::kind::ProxyErrorKind;
 
+/// One limit on an upstream's answer, with its configured length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Limit {
+    /// The upstream timeout (or a gRPC caller's own deadline): time until the response head.
+    Head(Duration),
+    /// The read timeout: the longest silence between two frames of the body.
+    Read(Duration),
+    /// The response deadline: head and body together.
+    Response(Duration),
+}
+
+/// When the whole response must be over, set when the request arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ResponseDeadline {
+    at: Instant,
+    after: Duration,
+}
+
+impl ResponseDeadline {
+    /// Starts the clock: the deadline is `after` from now.
+    pub(crate) fn start(after: Duration) -> Self {
+        ResponseDeadline {
+            at: Instant::now() + after,
+            after,
+        }
+    }
+
+    fn due(self) -> (Instant, Limit) {
+        (self.at, Limit::Response(self.after))
+    }
+
+    /// When the clock was started: the request's arrival, without reading the clock again.
+    fn started(self) -> Instant {
+        self.at - self.after
+    }
+}
+
+/// The sooner of two due times and the limit behind it; on a tie, `tie_winner`.
+fn sooner(
+    other: Option<(Instant, Limit)>,
+    tie_winner: Option<(Instant, Limit)>,
+) -> Option<(Instant, Limit)> {
+    match (other, tie_winner) {
+        (Some(other), Some(winner)) => Some(if other.0 < winner.0 { other } else { winner }),
+        (other, winner) => winner.or(other),
+    }
+}
+
+/// A limit ran out: the error the head's future, or the body, ends with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TimedOut {
+    limit: Limit,
+    /// Whether the response head had arrived (the body was cut).
+    after_head: bool,
+}
+
+impl TimedOut {
+    /// The RFC 9209 kind: a body that went silent is `connection_read_timeout`, a head or a whole
+    /// response that did not come in time `http_response_timeout`.
+    pub(crate) fn kind(self) -> ProxyErrorKind {
+        match self.limit {
+            Limit::Read(_) => ProxyErrorKind::ConnectionReadTimeout,
+            Limit::Head(_) | Limit::Response(_) => ProxyErrorKind::HttpResponseTimeout,
+        }
+    }
+}
+
+impl fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.limit, self.after_head) {
+            (Limit::Head(after), _) => {
+                write!(f, "upstream sent no response head within {after:?}")
+            }
+            (Limit::Response(after), false) => write!(
+                f,
+                "upstream sent no response head within the response deadline of {after:?}"
+            ),
+            (Limit::Response(after), true) => write!(
+                f,
+                "upstream response not complete within {after:?} (response deadline)"
+            ),
+            (Limit::Read(after), _) => {
+                write!(f, "upstream sent no body data for {after:?} (read timeout)")
+            }
+        }
+    }
+}
+
+impl StdError for TimedOut {}
+
+pin_project! {
+    /// The clock on the response head: one timer, set for the sooner of the upstream timeout and
+    /// the response deadline.
+    pub(crate) struct HeadClock {
+        #[pin]
+        timer: Option<Sleep>,
+        limit: Limit,
+    }
+}
+
+impl HeadClock {
+    /// The clock for a head due within `timeout`, under the whole response's `deadline`. The
+    /// clock is read once (by the deadline's start, when there is one).
+    pub(crate) fn new(timeout: Option<Duration>, deadline: Option<ResponseDeadline>) -> Self {
+        let started = match deadline {
+            Some(deadline) => deadline.started(),
+            None if timeout.is_some() => Instant::now(),
+            None => return HeadClock::off(),
+        };
+        let head = timeout.map(|after| (started + after, Limit::Head(after)));
+        match sooner(head, deadline.map(ResponseDeadline::due)) {
+            Some((due, limit)) => HeadClock {
+                timer: Some(tokio::time::sleep_until(due)),
+                limit,
+            },
+            None => HeadClock::off(),
+        }
+    }
+
+    /// A clock that never fires.
+    pub(crate) fn off() -> Self {
+        HeadClock {
+            timer: None,
+            limit: Limit::Head(Duration::ZERO),
+        }
+    }
+
+    /// Ready once the limit has run out.
+    pub(crate) fn poll_expired(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TimedOut> {
+        let this = self.project();
+        match this.timer.as_pin_mut() {
+            Some(timer) => timer.poll(cx).map(|()| TimedOut {
+                limit: *this.limit,
+                after_head: false,
+            }),
+            None => Poll::Pending,
+        }
+    }
+}
+
 /// The limits on one body, decided when the response head arrives.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct BodyLimits {
     /// The longest the origin may keep the gateway waiting for a frame.
     pub(crate) read_timeout: Option<Duration>,
-    /// When the whole response must be over, and the configured length of that deadline.
-    pub(crate) response_deadline: Option<(Instant, Duration)>,
+    /// When the whole response must be over.
+    pub(crate) response_deadline: Option<ResponseDeadline>,
 }
 
 impl BodyLimits {
@@ -32,22 +173,20 @@ impl BodyLimits {
     }
 
     /// When the wait that began at `waiting_since` must end, and which limit ends it.
-    fn due(&self, waiting_since: Instant) -> Option<(Instant, BodyTimedOut)> {
+    fn due(&self, waiting_since: Instant) -> Option<(Instant, Limit)> {
         let read = self
             .read_timeout
-            .map(|after| (waiting_since + after, BodyTimedOut::Read(after)));
-        let whole = self
-            .response_deadline
-            .map(|(at, after)| (at, BodyTimedOut::Response(after)));
-        match (read, whole) {
-            (Some(read), Some(whole)) => Some(if whole.0 <= read.0 { whole } else { read }),
-            (read, whole) => read.or(whole),
-        }
+            .map(|after| (waiting_since + after, Limit::Read(after)));
+        sooner(read, self.response_deadline.map(ResponseDeadline::due))
     }
 }
 
 pin_project! {
     /// The running clock of one body.
+    ///
+    /// One timer per body, created the first time the body makes the gateway wait and moved
+    /// forward only when it fires early: a frame costs a store, a wait costs one clock read, and
+    /// nothing allocates (the timer lives inline in the body).
     pub(crate) struct BodyClock {
         limits: BodyLimits,
         // When the gateway began waiting on the origin for the next frame; `None` while it is
@@ -74,13 +213,13 @@ impl BodyClock {
     }
 
     /// The origin made the gateway wait. Ready once a limit has run out.
-    pub(crate) fn poll_expired(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<BodyTimedOut> {
+    pub(crate) fn poll_expired(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TimedOut> {
         let mut this = self.project();
         if this.limits.is_off() {
             return Poll::Pending;
         }
         let waiting_since = *this.waiting_since.get_or_insert_with(Instant::now);
-        let Some((due, expired)) = this.limits.due(waiting_since) else {
+        let Some((due, limit)) = this.limits.due(waiting_since) else {
             return Poll::Pending;
         };
         let mut timer = match this.timer.as_mut().as_pin_mut() {
@@ -100,73 +239,119 @@ impl BodyClock {
                 return Poll::Pending;
             }
             if Instant::now() >= due {
-                return Poll::Ready(expired);
+                return Poll::Ready(TimedOut {
+                    limit,
+                    after_head: true,
+                });
             }
             timer.as_mut().reset(due);
         }
     }
 }
 
-/// A limit on an origin's body ran out: the error the body ends with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum BodyTimedOut {
-    /// No frame within the read timeout.
-    Read(Duration),
-    /// The whole-response deadline passed.
-    Response(Duration),
-}
-
-impl BodyTimedOut {
-    pub(crate) fn kind(self) -> ProxyErrorKind {
-        match self {
-            BodyTimedOut::Read(_) => ProxyErrorKind::ConnectionReadTimeout,
-            BodyTimedOut::Response(_) => ProxyErrorKind::HttpResponseTimeout,
-        }
-    }
-}
-
-impl fmt::Display for BodyTimedOut {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BodyTimedOut::Read(after) => {
-                write!(f, "upstream sent no body data for {after:?} (read timeout)")
-            }
-            BodyTimedOut::Response(after) => {
-                write!(
-                    f,
-                    "upstream response not complete within {after:?} (response deadline)"
-                )
-            }
-        }
-    }
-}
-
-impl StdError for BodyTimedOut {}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const SECOND: Duration = Duration::from_secs(1);
+
     #[test]
-    fn the_earlier_limit_decides() {
+    fn the_sooner_limit_decides_and_a_tie_goes_to_the_deadline() {
         let now = Instant::now();
-        let limits = BodyLimits {
-            read_timeout: Some(Duration::from_secs(5)),
-            response_deadline: Some((now + Duration::from_secs(2), Duration::from_secs(2))),
+        let deadline = ResponseDeadline {
+            at: now + 2 * SECOND,
+            after: 2 * SECOND,
         };
-        let (due, which) = limits.due(now).unwrap();
-        assert_eq!(due, now + Duration::from_secs(2));
-        assert_eq!(which.kind(), ProxyErrorKind::HttpResponseTimeout);
-        let (due, which) = limits.due(now - Duration::from_secs(4)).unwrap();
-        assert_eq!(due, now + Duration::from_secs(1));
-        assert_eq!(which.kind(), ProxyErrorKind::ConnectionReadTimeout);
+        let limits = BodyLimits {
+            read_timeout: Some(5 * SECOND),
+            response_deadline: Some(deadline),
+        };
+        assert_eq!(
+            limits.due(now),
+            Some((now + 2 * SECOND, Limit::Response(2 * SECOND)))
+        );
+        assert_eq!(
+            limits.due(now - 4 * SECOND),
+            Some((now + SECOND, Limit::Read(5 * SECOND)))
+        );
+        assert_eq!(
+            limits.due(now - 3 * SECOND),
+            Some((now + 2 * SECOND, Limit::Response(2 * SECOND))),
+            "a tie"
+        );
         assert!(BodyLimits::default().due(now).is_none());
     }
 
+    #[test]
+    fn what_a_timeout_is_called() {
+        let head = TimedOut {
+            limit: Limit::Head(SECOND),
+            after_head: false,
+        };
+        assert_eq!(head.kind(), ProxyErrorKind::HttpResponseTimeout);
+        assert_eq!(head.to_string(), "upstream sent no response head within 1s");
+        let read = TimedOut {
+            limit: Limit::Read(SECOND),
+            after_head: true,
+        };
+        assert_eq!(read.kind(), ProxyErrorKind::ConnectionReadTimeout);
+        let cut = TimedOut {
+            limit: Limit::Response(SECOND),
+            after_head: true,
+        };
+        assert_eq!(cut.kind(), ProxyErrorKind::HttpResponseTimeout);
+        assert!(cut.to_string().contains("not complete"), "{cut}");
+    }
+
+    fn poll_head(clock: Pin<&mut HeadClock>) -> Poll<TimedOut> {
+        clock.poll_expired(&mut Context::from_waker(std::task::Waker::noop()))
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn a_wait_restarts_the_clock_and_a_frame_stops_it() {
+    async fn the_head_clock_fires_at_the_sooner_limit() {
+        // The upstream timeout first.
+        let mut clock = Box::pin(HeadClock::new(
+            Some(SECOND),
+            Some(ResponseDeadline::start(3 * SECOND)),
+        ));
+        tokio::time::advance(SECOND - Duration::from_millis(1)).await;
+        assert!(poll_head(clock.as_mut()).is_pending());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(
+            poll_head(clock.as_mut()),
+            Poll::Ready(TimedOut {
+                limit: Limit::Head(SECOND),
+                after_head: false
+            })
+        );
+
+        // The deadline first, and on a tie.
+        for timeout in [Some(5 * SECOND), Some(2 * SECOND), None] {
+            let mut clock = Box::pin(HeadClock::new(
+                timeout,
+                Some(ResponseDeadline::start(2 * SECOND)),
+            ));
+            tokio::time::advance(2 * SECOND).await;
+            assert_eq!(
+                poll_head(clock.as_mut()),
+                Poll::Ready(TimedOut {
+                    limit: Limit::Response(2 * SECOND),
+                    after_head: false
+                }),
+                "{timeout:?}"
+            );
+        }
+
+        // Neither: never.
+        let mut off = Box::pin(HeadClock::new(None, None));
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert!(poll_head(off.as_mut()).is_pending());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_restarts_the_body_clock_and_a_frame_stops_it() {
         let limits = BodyLimits {
-            read_timeout: Some(Duration::from_secs(1)),
+            read_timeout: Some(SECOND),
             response_deadline: None,
         };
         let mut clock = Box::pin(BodyClock::new(limits));
@@ -185,7 +370,10 @@ mod tests {
         tokio::time::advance(Duration::from_millis(300)).await;
         assert_eq!(
             clock.as_mut().poll_expired(&mut cx),
-            Poll::Ready(BodyTimedOut::Read(Duration::from_secs(1)))
+            Poll::Ready(TimedOut {
+                limit: Limit::Read(SECOND),
+                after_head: true
+            })
         );
     }
 }

@@ -1,13 +1,15 @@
-//! [`ProxyError`]: one classified upstream failure.
+//! [`ProxyError`]: one classified upstream failure, and the other error types of the crate.
 
 use std::error::Error as StdError;
 use std::fmt;
 
 use http::{Response, StatusCode};
 
-use crate::classify::Classification;
-use crate::headers::RetryAfter;
+use crate::classify::classification::Classification;
+use crate::headers::retry_after::RetryAfter;
 use crate::kind::{Phase, ProxyErrorKind};
+
+pub use crate::kind::UnknownProxyErrorKind;
 
 /// A classified upstream failure.
 ///
@@ -86,28 +88,27 @@ struct CopiedError {
 }
 
 impl CopiedError {
-    /// The same depth bound as [`ErrorChain`]: a `source()` chain that loops must end.
-    const MAX_DEPTH: usize = 32;
-
+    /// The messages of `error` and of its sources, as far as [`chain`] goes; a chain cut there
+    /// ends with `...`.
     fn of(error: &(dyn StdError + 'static)) -> Self {
-        Self::at_depth(error, 0)
-    }
-
-    fn at_depth(error: &(dyn StdError + 'static), depth: usize) -> Self {
-        let source = error.source().map(|next| {
-            Box::new(if depth + 1 < Self::MAX_DEPTH {
-                Self::at_depth(next, depth + 1)
-            } else {
-                CopiedError {
-                    message: "...".to_owned(),
-                    source: None,
-                }
+        let levels: Vec<&(dyn StdError + 'static)> = chain(error).collect();
+        let cut = levels
+            .last()
+            .and_then(|last| last.source())
+            .map(|_| CopiedError {
+                message: "...".to_owned(),
+                source: None,
+            });
+        levels
+            .iter()
+            .rev()
+            .fold(cut, |below, error| {
+                Some(CopiedError {
+                    message: error.to_string(),
+                    source: below.map(Box::new),
+                })
             })
-        });
-        CopiedError {
-            message: error.to_string(),
-            source,
-        }
+            .expect("a chain has at least its first error")
     }
 }
 
@@ -139,17 +140,6 @@ impl ProxyError {
             retry_after: None,
             source: None,
         }
-    }
-
-    /// Classifies `error` with the [`DefaultClassifier`](crate::DefaultClassifier) and keeps it as
-    /// the source.
-    pub fn from_error<E>(error: E) -> Self
-    where
-        E: Into<Box<dyn StdError + Send + Sync>>,
-    {
-        let error = error.into();
-        let classification = crate::classify::classify(&[], &*error);
-        ProxyError::from_classification(classification).with_source_boxed(error)
     }
 
     /// Keeps `source` as the cause, for spans and logs.
@@ -204,22 +194,54 @@ impl ProxyError {
         self.retryable
     }
 
-    /// The advised delay before a retry, where one is configured.
+    /// The advised delay before a retry, where one is known: configured with
+    /// [`retry_after_for_kind`](crate::GatewayErrorLayer::retry_after_for_kind), or set on the
+    /// error by the service that made it ([`with_retry_after`](ProxyError::with_retry_after)).
     pub fn retry_after(&self) -> Option<RetryAfter> {
         self.retry_after
     }
 
-    /// A response with this error's status and an empty body, marked for the layer to render.
+    /// Advises a delay before a retry: the layer sends it as `Retry-After` (and to a gRPC caller
+    /// as `grpc-retry-pushback-ms`) unless its configuration names one for the error's kind or
+    /// status. For a service that knows when to come back, such as one that has marked its
+    /// upstream unavailable.
     ///
-    /// Without the layer around it, a client gets the bare status, which is still the right one.
-    pub fn into_response<B: Default>(self) -> Response<B> {
+    /// ```
+    /// use std::time::Duration;
+    /// use gateway_errors::{ProxyError, ProxyErrorKind};
+    /// use gateway_errors::retry::RetryAfter;
+    ///
+    /// let error = ProxyError::new(ProxyErrorKind::DestinationUnavailable)
+    ///     .with_retry_after(Duration::from_secs(10));
+    /// assert_eq!(error.retry_after(), Some(RetryAfter::Delay(Duration::from_secs(10))));
+    /// ```
+    pub fn with_retry_after(mut self, after: impl Into<RetryAfter>) -> Self {
+        self.retry_after = Some(after.into());
+        self
+    }
+}
+
+/// A response with the error's status and an empty body, marked for the layer to render: what
+/// a handler returns to have [`GatewayErrorLayer`](crate::GatewayErrorLayer) answer with the
+/// error. Without the layer around it, a client gets the bare status, which is still the right
+/// one. (With the `axum` feature, `IntoResponse` does the same.)
+///
+/// ```
+/// use gateway_errors::{ProxyError, ProxyErrorKind};
+/// use http::{Response, StatusCode};
+///
+/// let response: Response<String> = ProxyError::new(ProxyErrorKind::ConnectionRefused).into();
+/// assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+/// ```
+impl<B: Default> From<ProxyError> for Response<B> {
+    fn from(error: ProxyError) -> Self {
         let mut response = Response::new(B::default());
-        *response.status_mut() = self.status();
+        *response.status_mut() = error.status();
         response.headers_mut().insert(
             http::header::CACHE_CONTROL,
             http::HeaderValue::from_static("no-store"),
         );
-        response.extensions_mut().insert(PendingProxyError(self));
+        response.extensions_mut().insert(PendingProxyError(error));
         response
     }
 }
@@ -268,25 +290,37 @@ impl From<ProxyErrorKind> for ProxyError {
 #[cfg(feature = "axum")]
 impl axum_core::response::IntoResponse for ProxyError {
     fn into_response(self) -> axum_core::response::Response {
-        ProxyError::into_response(self)
+        self.into()
     }
 }
 
-/// Displays an error and every `source()` below it: `a: b: c`. For spans and logs.
+/// The most sources below an error that the layer reads: a `source()` chain that loops (a
+/// buggy error type) must still end.
+pub(crate) const MAX_CHAIN_DEPTH: usize = 32;
+
+/// `error`, then its sources, at most [`MAX_CHAIN_DEPTH`] of them.
+pub(crate) fn chain<'a>(
+    error: &'a (dyn StdError + 'static),
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> + Clone {
+    std::iter::successors(Some(error), |&error| error.source()).take(MAX_CHAIN_DEPTH + 1)
+}
+
+/// Displays an error and the sources below it: `a: b: c`, ending in `: ...` where [`chain`]
+/// stops short of the end. For spans and logs.
 pub(crate) struct ErrorChain<'a>(pub(crate) &'a (dyn StdError + 'static));
 
 impl fmt::Display for ErrorChain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut next = self.0.source();
-        let mut depth = 0;
-        while let Some(err) = next {
-            write!(f, ": {err}")?;
-            depth += 1;
-            if depth == 32 {
-                return f.write_str(": ...");
+        let mut last = self.0;
+        for (level, error) in chain(self.0).enumerate() {
+            if level > 0 {
+                f.write_str(": ")?;
             }
-            next = err.source();
+            write!(f, "{error}")?;
+            last = error;
+        }
+        if last.source().is_some() {
+            f.write_str(": ...")?;
         }
         Ok(())
     }
@@ -357,9 +391,12 @@ mod tests {
     #[test]
     fn a_clone_of_a_looping_chain_ends() {
         let error = ProxyError::new(ProxyErrorKind::ConnectionRefused).with_source(Looping);
+        // The error itself, then the source chain as far as it is read, then the cut.
         let chain = chain_of(&error.clone());
-        assert_eq!(chain.len(), 1 + CopiedError::MAX_DEPTH + 1);
+        assert_eq!(chain.len(), 1 + (MAX_CHAIN_DEPTH + 1) + 1);
         assert_eq!(chain.last().map(String::as_str), Some("..."));
+        let shown = ErrorChain(&error).to_string();
+        assert!(shown.ends_with("loop: loop: ..."), "{shown}");
     }
 
     #[derive(Debug)]

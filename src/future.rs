@@ -1,31 +1,29 @@
-//! [`ResponseFuture`]: waits for the inner service, with the optional upstream timeout.
+//! [`ResponseFuture`]: the future of [`GatewayErrorService`](crate::GatewayErrorService).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Response;
 use http_body::Body;
 use pin_project_lite::pin_project;
-use tokio::time::Sleep;
-use tracing::Span;
 
 use crate::body::GatewayBody;
-use crate::layer::Config;
-use crate::respond::{self, Outcome, RequestFacts};
+use crate::deadline::HeadClock;
+use crate::respond::{self, Outcome, Pending};
 use crate::BoxError;
 
 pin_project! {
-    /// The future of [`GatewayError`](crate::GatewayError). Never fails: every outcome is a response.
+    /// The future of [`GatewayErrorService`](crate::GatewayErrorService): waits for the inner
+    /// service, under the upstream timeout and the response deadline. Never fails: every outcome
+    /// is a response.
     pub struct ResponseFuture<F> {
         #[pin]
         state: State<F>,
         #[pin]
-        deadline: Option<Sleep>,
+        clock: HeadClock,
         pending: Option<Pending>,
     }
 
@@ -47,73 +45,21 @@ pin_project! {
     }
 }
 
-/// What the response will need, kept from the request until the outcome is known.
-pub(crate) struct Pending {
-    pub(crate) config: Arc<Config>,
-    pub(crate) facts: RequestFacts,
-    pub(crate) span: Span,
-    /// For `gateway.upstream_ms`; not read when no subscriber wants the span.
-    pub(crate) started: Option<Instant>,
-    /// When the whole response must be over, if a response deadline is set.
-    pub(crate) response_deadline: Option<(tokio::time::Instant, Duration)>,
-}
-
-fn started(span: &Span) -> Option<Instant> {
-    (!span.is_disabled()).then(Instant::now)
-}
-
 impl<F> ResponseFuture<F> {
-    /// `timeout` is this request's upstream timeout: see `RequestFacts::upstream_timeout`.
-    pub(crate) fn new(
-        future: F,
-        timeout: Option<Duration>,
-        config: Arc<Config>,
-        facts: RequestFacts,
-        span: Span,
-    ) -> Self {
-        // The clock is read only when a whole-response deadline needs a start.
-        let response_deadline = config
-            .response_deadline
-            .map(|after| (tokio::time::Instant::now() + after, after));
-        let deadline = match (timeout, response_deadline) {
-            (None, None) => None,
-            (Some(after), None) => Some(tokio::time::sleep(after)),
-            // `at - whole` is the moment the clock was read: the head is due at the sooner limit.
-            (timeout, Some((at, whole))) => Some(tokio::time::sleep_until(
-                timeout
-                    .filter(|head| *head < whole)
-                    .map_or(at, |head| at - whole + head),
-            )),
-        };
+    pub(crate) fn new(future: F, clock: HeadClock, pending: Pending) -> Self {
         ResponseFuture {
             state: State::Waiting { future },
-            deadline,
-            pending: Some(Pending {
-                config,
-                facts,
-                started: started(&span),
-                span,
-                response_deadline,
-            }),
+            clock,
+            pending: Some(pending),
         }
     }
 
-    pub(crate) fn failed(
-        error: BoxError,
-        config: Arc<Config>,
-        facts: RequestFacts,
-        span: Span,
-    ) -> Self {
+    /// The inner service failed in `poll_ready`: the answer is its error.
+    pub(crate) fn failed(error: BoxError, pending: Pending) -> Self {
         ResponseFuture {
             state: State::Failed { error: Some(error) },
-            deadline: None,
-            pending: Some(Pending {
-                config,
-                facts,
-                started: started(&span),
-                span,
-                response_deadline: None,
-            }),
+            clock: HeadClock::off(),
+            pending: Some(pending),
         }
     }
 }
@@ -142,16 +88,10 @@ where
                 StateProj::Waiting { future } => match future.poll(cx) {
                     Poll::Ready(Ok(response)) => Outcome::Response(response),
                     Poll::Ready(Err(error)) => Outcome::Failed(error.into()),
-                    Poll::Pending => {
-                        let expired = this
-                            .deadline
-                            .as_pin_mut()
-                            .is_some_and(|deadline| deadline.poll(cx).is_ready());
-                        if !expired {
-                            return Poll::Pending;
-                        }
-                        Outcome::TimedOut
-                    }
+                    Poll::Pending => match this.clock.poll_expired(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(timed_out) => Outcome::TimedOut(timed_out),
+                    },
                 },
             }
         };

@@ -208,6 +208,18 @@ proxy_error_kinds! {
         "The gateway detected a forwarding loop.";
 }
 
+/// A slot per kind, and one for an error no classifier recognised: the index of the per-kind tables
+/// (`Proxy-Status` members, gRPC codes, rendered answers).
+pub(crate) const KIND_SLOTS: usize = ProxyErrorKind::ALL.len() + 1;
+
+/// The slot of `kind` in a table of [`KIND_SLOTS`] entries; the last one is the unrecognised error.
+pub(crate) const fn kind_slot(kind: Option<ProxyErrorKind>) -> usize {
+    match kind {
+        Some(kind) => kind.index(),
+        None => KIND_SLOTS - 1,
+    }
+}
+
 impl fmt::Display for ProxyErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.token())

@@ -1,4 +1,4 @@
-//! [`GatewayErrorLayer`]: the builder, and the configuration its services share.
+//! [`GatewayErrorLayer`]: the builder.
 
 use std::fmt;
 use std::sync::Arc;
@@ -8,65 +8,36 @@ use http::{HeaderName, Method, StatusCode};
 use tower_layer::Layer;
 use tracing::Level;
 
-use crate::cache::ResponseCache;
 use crate::classify::Classify;
-use crate::grpc::{GrpcCode, GrpcSettings};
-use crate::headers::{ProxyName, ProxyStatusValues, RetryAfter};
+use crate::config::{Config, Settings};
+use crate::grpc::GrpcCode;
+use crate::headers::ProxyName;
 use crate::kind::ProxyErrorKind;
 use crate::negotiate::Format;
-use crate::render::{RenderBody, Templates};
-use crate::retry::{RetryFacts, RetryRules};
-use crate::service::GatewayError;
-use crate::template::Template;
-
-/// The default name in `Proxy-Status`. Set your deployment's with
-/// [`GatewayErrorLayer::proxy_name`].
-pub const DEFAULT_PROXY_NAME: &str = "gateway";
+use crate::render::template::Template;
+use crate::render::RenderBody;
+use crate::retry::{RetryAfter, RetryFacts};
+use crate::service::GatewayErrorService;
 
 /// Wraps a proxying service so that every upstream failure becomes a correct, consistent,
 /// observable response. See the [crate docs](crate) for the whole picture.
 ///
-/// The configuration lives behind one `Arc`: cloning the layer or its services is cheap, and every
-/// builder method returns a new layer (the `Arc` is copied on write).
+/// The configuration lives behind one `Arc`: cloning the layer or its services is cheap. Each
+/// builder method takes the layer and returns it with one setting changed; services made before
+/// the change keep the configuration they were made with.
 ///
 /// ```
 /// use std::time::Duration;
-/// use gateway_errors::GatewayErrorLayer;
+/// use gateway_errors::{GatewayErrorLayer, ProxyName};
 ///
 /// let layer = GatewayErrorLayer::new()
-///     .proxy_name("edge-1")
+///     .proxy_name(ProxyName::from_static("edge-1"))
 ///     .upstream_timeout(Duration::from_secs(30));
 /// # let _ = layer;
 /// ```
 #[derive(Clone)]
 pub struct GatewayErrorLayer {
     config: Arc<Config>,
-}
-
-#[derive(Clone)]
-pub(crate) struct Config {
-    pub(crate) proxy_name: Box<str>,
-    pub(crate) proxy_status: ProxyStatusValues,
-    pub(crate) upstream_timeout: Option<Duration>,
-    /// `None`: follow `upstream_timeout`; `Some(None)`: off.
-    pub(crate) read_timeout: Option<Option<Duration>>,
-    pub(crate) response_deadline: Option<Duration>,
-    pub(crate) classifiers: Vec<Arc<dyn Classify>>,
-    pub(crate) default_format: Format,
-    pub(crate) templates: Templates,
-    pub(crate) request_id_header: HeaderName,
-    pub(crate) span_level: Level,
-    pub(crate) retry: RetryRules,
-    pub(crate) intercept: StatusSet,
-    pub(crate) keep_on_rewrite: Vec<HeaderName>,
-    /// Add `details="..."` (the error chain, sanitized and bounded) to our `Proxy-Status` member.
-    pub(crate) details: bool,
-    /// Empty again in every changed configuration (its `Clone` makes an empty one).
-    pub(crate) response_cache: ResponseCache,
-    /// The gRPC code per kind, and the gRPC answers already built.
-    pub(crate) grpc: GrpcSettings,
-    #[cfg(feature = "metrics")]
-    pub(crate) metrics: Option<crate::metrics::Metrics>,
 }
 
 impl Default for GatewayErrorLayer {
@@ -80,57 +51,37 @@ impl GatewayErrorLayer {
     /// classifier, problem+json for clients without a preference, the built-in templates, request
     /// ids from `x-request-id`, spans at `INFO`, origin errors passed through untouched.
     pub fn new() -> Self {
-        let name = ProxyName::new(DEFAULT_PROXY_NAME).expect("default proxy name is a token");
         GatewayErrorLayer {
-            config: Arc::new(Config {
-                proxy_name: DEFAULT_PROXY_NAME.into(),
-                proxy_status: ProxyStatusValues::new(&name),
-                upstream_timeout: None,
-                read_timeout: None,
-                response_deadline: None,
-                classifiers: Vec::new(),
-                default_format: Format::ProblemJson,
-                templates: Templates::default(),
-                request_id_header: HeaderName::from_static("x-request-id"),
-                span_level: Level::INFO,
-                retry: RetryRules::default(),
-                intercept: StatusSet::default(),
-                keep_on_rewrite: [
-                    http::header::RETRY_AFTER,
-                    http::header::WWW_AUTHENTICATE,
-                    http::header::PROXY_AUTHENTICATE,
-                    http::header::ALLOW,
-                ]
-                .into(),
-                details: false,
-                response_cache: ResponseCache::default(),
-                grpc: GrpcSettings::default(),
-                #[cfg(feature = "metrics")]
-                metrics: None,
-            }),
+            config: Arc::new(Config::new(Settings::default())),
         }
     }
 
-    fn config(&mut self) -> &mut Config {
-        Arc::make_mut(&mut self.config)
+    /// Changes the settings of this layer (a copy of them: services already made are untouched).
+    fn set(mut self, change: impl FnOnce(&mut Settings)) -> Self {
+        let mut settings = self.config.settings().clone();
+        change(&mut settings);
+        self.config = Arc::new(Config::new(settings));
+        self
     }
 
-    /// The name of this intermediary in `Proxy-Status` and in the `{proxy}` placeholder: a
-    /// deployment name such as `edge-1`, per RFC 9209.
+    /// The name of this gateway in `Proxy-Status` and in the `{proxy}` placeholder: a
+    /// deployment name such as `edge-1`, per RFC 9209. Default: `gateway`.
     ///
-    /// # Panics
+    /// A [`ProxyName`] is checked when it is made: [`ProxyName::from_static`] for a literal,
+    /// [`ProxyName::new`] (which returns an error) for a name from configuration.
     ///
-    /// If the name is empty, longer than 256 bytes or not printable ASCII (it could not be written
-    /// in a header). Check a name from configuration with [`ProxyName::new`] first.
-    pub fn proxy_name(mut self, name: &str) -> Self {
-        let encoded = match ProxyName::new(name) {
-            Ok(encoded) => encoded,
-            Err(e) => panic!("invalid proxy name {name:?}: {e}"),
-        };
-        let config = self.config();
-        config.proxy_status = ProxyStatusValues::new(&encoded);
-        config.proxy_name = name.into();
-        self
+    /// ```
+    /// use gateway_errors::{GatewayErrorLayer, ProxyName};
+    ///
+    /// let layer = GatewayErrorLayer::new().proxy_name(ProxyName::from_static("edge-1"));
+    ///
+    /// let configured = "edge-2"; // from a file or the environment
+    /// let layer = GatewayErrorLayer::new().proxy_name(ProxyName::new(configured)?);
+    /// # let _ = layer;
+    /// # Ok::<(), gateway_errors::headers::InvalidProxyName>(())
+    /// ```
+    pub fn proxy_name(self, name: ProxyName) -> Self {
+        self.set(|s| s.proxy_name = name)
     }
 
     /// Answers `504 Gateway Timeout` (`http_response_timeout`) when the inner service has not
@@ -144,9 +95,8 @@ impl GatewayErrorLayer {
     ///
     /// A gRPC caller's own deadline (`grpc-timeout`) takes its place when it is sooner, and applies
     /// when no timeout is set here; that caller is answered `DEADLINE_EXCEEDED`.
-    pub fn upstream_timeout(mut self, timeout: Duration) -> Self {
-        self.config().upstream_timeout = Some(timeout);
-        self
+    pub fn upstream_timeout(self, timeout: Duration) -> Self {
+        self.set(|s| s.upstream_timeout = Some(timeout))
     }
 
     /// The longest the origin's response body may keep the gateway waiting for its next frame, in
@@ -179,9 +129,8 @@ impl GatewayErrorLayer {
     ///     .upstream_read_timeout(None);
     /// # let _ = (layer, streaming);
     /// ```
-    pub fn upstream_read_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
-        self.config().read_timeout = Some(timeout.into());
-        self
+    pub fn upstream_read_timeout(self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.set(|s| s.read_timeout = Some(timeout.into()))
     }
 
     /// A deadline for the whole response, head and body together, counted from the request's
@@ -200,107 +149,85 @@ impl GatewayErrorLayer {
     /// let layer = GatewayErrorLayer::new().response_deadline(Duration::from_secs(60));
     /// # let _ = layer;
     /// ```
-    pub fn response_deadline(mut self, deadline: Duration) -> Self {
-        self.config().response_deadline = Some(deadline);
-        self
+    pub fn response_deadline(self, deadline: Duration) -> Self {
+        self.set(|s| s.response_deadline = Some(deadline))
     }
 
     /// Adds a classifier that runs before the default one (and after those added before it).
-    pub fn classifier<C: Classify>(mut self, classifier: C) -> Self {
-        self.config().classifiers.push(Arc::new(classifier));
-        self
+    pub fn classifier<C: Classify>(self, classifier: C) -> Self {
+        self.set(|s| s.classifiers.push(Arc::new(classifier)))
     }
 
     /// The body format for clients that state no preference, or whose `Accept` allows none of the
     /// formats. Default: problem+json.
-    pub fn default_format(mut self, format: Format) -> Self {
-        self.config().default_format = format;
-        self
+    pub fn default_format(self, format: Format) -> Self {
+        self.set(|s| s.default_format = format)
     }
 
     /// Replaces the body template of the template's format for every error.
-    pub fn template(mut self, template: Template) -> Self {
-        self.config().templates.set_default(template);
-        self
+    pub fn template(self, template: Template) -> Self {
+        self.set(|s| s.templates.set_default(template))
     }
 
     /// Uses `template` for errors with this status (in the template's format).
-    pub fn template_for_status(mut self, status: StatusCode, template: Template) -> Self {
-        self.config().templates.set_for_status(status, template);
-        self
+    pub fn template_for_status(self, status: StatusCode, template: Template) -> Self {
+        self.set(|s| s.templates.set_for_status(status, template))
     }
 
     /// Uses `template` for errors of this kind (in the template's format). Beats a template for a
     /// status.
-    pub fn template_for_kind(mut self, kind: ProxyErrorKind, template: Template) -> Self {
-        self.config().templates.set_for_kind(kind, template);
-        self
+    pub fn template_for_kind(self, kind: ProxyErrorKind, template: Template) -> Self {
+        self.set(|s| s.templates.set_for_kind(kind, template))
     }
 
     /// Renders bodies with your own engine; where it returns `None`, the templates apply.
-    pub fn renderer<R: RenderBody>(mut self, renderer: R) -> Self {
-        self.config().templates.set_renderer(Arc::new(renderer));
-        self
+    pub fn renderer<R: RenderBody>(self, renderer: R) -> Self {
+        self.set(|s| s.templates.set_renderer(Arc::new(renderer)))
     }
 
     /// The request header that carries the request id, when tower-http's `RequestId` extension is
     /// absent. Default: `x-request-id`.
-    pub fn request_id_header(mut self, name: HeaderName) -> Self {
-        self.config().request_id_header = name;
-        self
+    pub fn request_id_header(self, name: HeaderName) -> Self {
+        self.set(|s| s.request_id_header = name)
     }
 
     /// The level of the per-request span (default `INFO`).
-    pub fn span_level(mut self, level: Level) -> Self {
-        self.config().span_level = level;
-        self
+    pub fn span_level(self, level: Level) -> Self {
+        self.set(|s| s.span_level = level)
     }
 
     /// The methods whose requests are safe to repeat after they may have reached the origin.
     /// Default: GET, HEAD, OPTIONS, TRACE, PUT, DELETE.
-    pub fn idempotent_methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
-        self.config().retry.set_idempotent_methods(methods);
-        self
+    pub fn idempotent_methods(self, methods: impl IntoIterator<Item = Method>) -> Self {
+        self.set(|s| s.retry.set_idempotent_methods(methods))
     }
 
     /// Replaces the rule that decides whether a failed request is safe to retry.
     ///
     /// ```
-    /// use gateway_errors::{GatewayErrorLayer, Phase, RetryFacts};
+    /// use gateway_errors::retry::RetryFacts;
+    /// use gateway_errors::{GatewayErrorLayer, Phase};
     ///
     /// // Stricter: only what never left the gateway.
     /// let layer = GatewayErrorLayer::new()
     ///     .retry_rule(|facts: &RetryFacts| facts.phase == Phase::NotSent);
     /// # let _ = layer;
     /// ```
-    pub fn retry_rule<F>(mut self, rule: F) -> Self
+    pub fn retry_rule<F>(self, rule: F) -> Self
     where
         F: Fn(&RetryFacts) -> bool + Send + Sync + 'static,
     {
-        self.config().retry.set_rule(Arc::new(rule));
-        self
+        self.set(|s| s.retry.set_rule(Arc::new(rule)))
     }
 
     /// Sends `Retry-After` on generated errors of this kind.
-    pub fn retry_after_for_kind(
-        mut self,
-        kind: ProxyErrorKind,
-        after: impl Into<RetryAfter>,
-    ) -> Self {
-        self.config().retry.set_after_for_kind(kind, after.into());
-        self
+    pub fn retry_after_for_kind(self, kind: ProxyErrorKind, after: impl Into<RetryAfter>) -> Self {
+        self.set(|s| s.retry.set_after_for_kind(kind, after.into()))
     }
 
     /// Sends `Retry-After` on generated errors with this status (a kind's setting wins).
-    pub fn retry_after_for_status(
-        mut self,
-        status: StatusCode,
-        after: impl Into<RetryAfter>,
-    ) -> Self {
-        self.config()
-            .retry
-            .set_after_for_status(status, after.into());
-        self
+    pub fn retry_after_for_status(self, status: StatusCode, after: impl Into<RetryAfter>) -> Self {
+        self.set(|s| s.retry.set_after_for_status(status, after.into()))
     }
 
     /// Replaces the body of origin responses with these statuses by a generated one, in the manner
@@ -313,18 +240,23 @@ impl GatewayErrorLayer {
     ///
     /// ```
     /// use gateway_errors::GatewayErrorLayer;
+    /// use http::StatusCode;
     ///
-    /// let layer = GatewayErrorLayer::new().intercept_origin_errors(500..=599);
-    /// let layer = layer.intercept_origin_errors([404, 410]);
+    /// let layer = GatewayErrorLayer::new()
+    ///     // every 5xx
+    ///     .intercept_origin_errors((500..600).filter_map(|code| StatusCode::from_u16(code).ok()))
+    ///     // and these two
+    ///     .intercept_origin_errors([StatusCode::NOT_FOUND, StatusCode::GONE]);
     /// # let _ = layer;
     /// ```
     ///
     /// [`keep_header_on_rewrite`]: GatewayErrorLayer::keep_header_on_rewrite
-    pub fn intercept_origin_errors(mut self, statuses: impl IntoIterator<Item = u16>) -> Self {
-        for status in statuses {
-            self.config().intercept.insert(status);
-        }
-        self
+    pub fn intercept_origin_errors(self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
+        self.set(|s| {
+            statuses
+                .into_iter()
+                .for_each(|status| s.intercept.insert(status))
+        })
     }
 
     /// Adds a `details` parameter to this gateway's `Proxy-Status` member on generated errors: the
@@ -338,29 +270,21 @@ impl GatewayErrorLayer {
     /// ```
     /// use gateway_errors::GatewayErrorLayer;
     ///
-    /// // Proxy-Status: edge-1; error=connection_refused; details="client error (Connect): ..."
-    /// let layer = GatewayErrorLayer::new().proxy_name("edge-1").proxy_status_details(true);
+    /// // Proxy-Status: gateway; error=connection_refused; details="client error (Connect): ..."
+    /// let layer = GatewayErrorLayer::new().proxy_status_details(true);
     /// # let _ = layer;
     /// ```
-    pub fn proxy_status_details(mut self, enabled: bool) -> Self {
-        self.config().details = enabled;
-        self
+    pub fn proxy_status_details(self, enabled: bool) -> Self {
+        self.set(|s| s.details = enabled)
     }
 
     /// Keeps this origin header when the layer replaces an origin's or a handler's response.
-    pub fn keep_header_on_rewrite(mut self, name: HeaderName) -> Self {
-        let keep = &mut self.config().keep_on_rewrite;
-        if !keep.contains(&name) {
-            keep.push(name);
-        }
-        self
-    }
-}
-
-impl Config {
-    /// The read timeout in force: the one set, else the upstream timeout.
-    pub(crate) fn body_read_timeout(&self) -> Option<Duration> {
-        self.read_timeout.unwrap_or(self.upstream_timeout)
+    pub fn keep_header_on_rewrite(self, name: HeaderName) -> Self {
+        self.set(|s| {
+            if !s.keep_on_rewrite.contains(&name) {
+                s.keep_on_rewrite.push(name);
+            }
+        })
     }
 }
 
@@ -376,16 +300,16 @@ impl GatewayErrorLayer {
     /// docs](crate#grpc-callers).
     ///
     /// ```
-    /// use gateway_errors::{GatewayErrorLayer, GrpcCode, ProxyErrorKind};
+    /// use gateway_errors::grpc::GrpcCode;
+    /// use gateway_errors::{GatewayErrorLayer, ProxyErrorKind};
     ///
     /// // A full pool means "back off", which gRPC says with RESOURCE_EXHAUSTED.
     /// let layer = GatewayErrorLayer::new()
     ///     .grpc_code_for_kind(ProxyErrorKind::ConnectionLimitReached, GrpcCode::ResourceExhausted);
     /// # let _ = layer;
     /// ```
-    pub fn grpc_code_for_kind(mut self, kind: ProxyErrorKind, code: GrpcCode) -> Self {
-        self.config().grpc.set_code_for_kind(kind, code);
-        self
+    pub fn grpc_code_for_kind(self, kind: ProxyErrorKind, code: GrpcCode) -> Self {
+        self.set(|s| s.grpc_codes.set(kind, code))
     }
 }
 
@@ -402,7 +326,7 @@ impl GatewayErrorLayer {
     /// before that records nothing).
     ///
     /// ```
-    /// use gateway_errors::GatewayErrorLayer;
+    /// use gateway_errors::{GatewayErrorLayer, ProxyName};
     /// use opentelemetry::metrics::MeterProvider;
     /// use opentelemetry_sdk::metrics::SdkMeterProvider;
     ///
@@ -415,24 +339,23 @@ impl GatewayErrorLayer {
     ///
     /// // The layer's instruments, under a scope named after this crate.
     /// let layer = GatewayErrorLayer::new()
-    ///     .proxy_name("edge-1")
+    ///     .proxy_name(ProxyName::from_static("edge-1"))
     ///     .metrics(&opentelemetry::global::meter("gateway-errors"));
     ///
     /// // Or with a provider the application holds itself, without the global one:
     /// let layer = GatewayErrorLayer::new().metrics(&provider.meter("gateway-errors"));
     /// # let _ = layer;
     /// ```
-    pub fn metrics(mut self, meter: &opentelemetry::metrics::Meter) -> Self {
-        self.config().metrics = Some(crate::metrics::Metrics::new(meter));
-        self
+    pub fn metrics(self, meter: &opentelemetry::metrics::Meter) -> Self {
+        self.set(|s| s.metrics = Some(crate::metrics::Metrics::new(meter)))
     }
 }
 
 impl<S> Layer<S> for GatewayErrorLayer {
-    type Service = GatewayError<S>;
+    type Service = GatewayErrorService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        GatewayError::from_config(inner, self.config.clone())
+        GatewayErrorService::from_config(inner, self.config.clone())
     }
 }
 
@@ -449,27 +372,5 @@ impl fmt::Debug for GatewayErrorLayer {
             .field("span_level", &config.span_level)
             .field("proxy_status_details", &config.details)
             .finish_non_exhaustive()
-    }
-}
-
-/// A set of status codes 400–599, one bit each.
-#[derive(Clone, Default)]
-pub(crate) struct StatusSet([u64; 4]);
-
-impl StatusSet {
-    fn insert(&mut self, status: u16) {
-        if (400..600).contains(&status) {
-            let i = usize::from(status - 400);
-            self.0[i / 64] |= 1 << (i % 64);
-        }
-    }
-
-    pub(crate) fn contains(&self, status: StatusCode) -> bool {
-        let status = status.as_u16();
-        if !(400..600).contains(&status) {
-            return false;
-        }
-        let i = usize::from(status - 400);
-        self.0[i / 64] & (1 << (i % 64)) != 0
     }
 }

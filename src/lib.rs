@@ -21,27 +21,35 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use gateway_errors::GatewayErrorLayer;
+//!
+//! use axum::body::Body;
+//! use axum::extract::Request;
+//! use gateway_errors::{GatewayErrorLayer, ProxyName};
 //! use hyper_util::client::legacy::Client;
 //! use hyper_util::rt::TokioExecutor;
 //! use tower::ServiceBuilder;
 //!
-//! # async fn run() -> std::io::Result<()> {
-//! let client = Client::builder(TokioExecutor::new()).build_http::<axum::body::Body>();
-//! let gateway = ServiceBuilder::new()
-//!     .layer(GatewayErrorLayer::new().proxy_name("edge-1").upstream_timeout(Duration::from_secs(30)))
-//!     .map_request(|mut request: axum::extract::Request| {
-//!         // Point the request at the upstream (a real proxy also strips hop-by-hop headers:
-//!         // see examples/gateway.rs).
-//!         let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
-//!         *request.uri_mut() = format!("http://127.0.0.1:3000{path}").parse().unwrap();
-//!         request
-//!     })
-//!     .service(client);
-//! let app = axum::Router::new().fallback_service(gateway);
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-//! axum::serve(listener, app).await
-//! # }
+//! #[tokio::main]
+//! async fn main() -> std::io::Result<()> {
+//!     let client = Client::builder(TokioExecutor::new()).build_http::<Body>();
+//!     let gateway = ServiceBuilder::new()
+//!         .layer(
+//!             GatewayErrorLayer::new()
+//!                 .proxy_name(ProxyName::from_static("edge-1"))
+//!                 .upstream_timeout(Duration::from_secs(30)),
+//!         )
+//!         .map_request(|mut request: Request| {
+//!             // Point the request at the upstream (a real proxy also strips hop-by-hop
+//!             // headers: see examples/gateway.rs).
+//!             let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+//!             *request.uri_mut() = format!("http://127.0.0.1:3000{path}").parse().unwrap();
+//!             request
+//!         })
+//!         .service(client);
+//!     let app = axum::Router::new().fallback_service(gateway);
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//!     axum::serve(listener, app).await
+//! }
 //! ```
 //!
 //! A refused connection then reaches the client as:
@@ -60,7 +68,7 @@
 //!
 //! # How a request flows
 //!
-//! 1. [`GatewayError::call`](tower_service::Service::call) reads what the response may need, once and
+//! 1. [`GatewayErrorService::call`](tower_service::Service::call) reads what the response may need, once and
 //!    without allocating: the body format from `Accept`, whether the method is idempotent, whether
 //!    an `Idempotency-Key` is present, the request id. It opens the request's span.
 //! 2. The inner service runs, raced against the [upstream timeout](GatewayErrorLayer::upstream_timeout)
@@ -72,7 +80,7 @@
 //!    - an interim status handed over as final, or a `101` the request did not ask for, is an
 //!      error (`http_protocol_error`, `http_upgrade_failed`); a `101` that answers the request's
 //!      `Upgrade` passes;
-//!    - an error is [classified](Classify) into a [`ProxyErrorKind`], whose status is final; the
+//!    - an error is [classified](classify::Classify) into a [`ProxyErrorKind`], whose status is final; the
 //!      body, `Proxy-Status`, `Retry-After`, the [`ProxyError`] extension and the span all read it.
 //!
 //! # Errors from axum handlers
@@ -88,7 +96,7 @@
 //! and its generated errors are answered in gRPC's terms:
 //!
 //! - HTTP 200 (gRPC requires it), `Content-Type` the caller's gRPC type, `grpc-status` the
-//!   [`GrpcCode`] of the error's kind ([`GrpcCode::for_kind`], changed per kind with
+//!   [`GrpcCode`](grpc::GrpcCode) of the error's kind ([`GrpcCode::for_kind`](grpc::GrpcCode::for_kind), changed per kind with
 //!   [`GatewayErrorLayer::grpc_code_for_kind`]) and `grpc-message` the kind's client-safe
 //!   sentence, percent-encoded; no body (a trailers-only response);
 //! - gRPC-Web callers get the same fields in a trailer frame as the body (base64 for
@@ -101,7 +109,7 @@
 //! The origin's own gRPC answers pass through untouched, trailers included, and are never
 //! [intercepted](GatewayErrorLayer::intercept_origin_errors). An origin's plain HTTP error (an
 //! HTML 503 page) passes through too unless its status is intercepted; it then becomes the code
-//! of [`GrpcCode::from_http_status`]. The span gets `rpc.system`, `rpc.service`, `rpc.method` and
+//! of [`GrpcCode::from_http_status`](grpc::GrpcCode::from_http_status). The span gets `rpc.system`, `rpc.service`, `rpc.method` and
 //! `rpc.grpc.status_code`, and records `http.response.status_code` as the 200 that was sent.
 //!
 //! ```text
@@ -113,9 +121,32 @@
 //! cache-control: no-store
 //! ```
 //!
+//! # Modules
+//!
+//! The root holds what every user types: the layer and its service, [`ProxyError`] and its
+//! [`ProxyErrorKind`], and the types the builder takes. The rest is grouped by concern, as the
+//! request meets it:
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`classify`] | the [`Classify`](classify::Classify) trait and the [`DefaultClassifier`](classify::DefaultClassifier) |
+//! | [`render`] | the body: [`ErrorView`](render::ErrorView), renderers, the built-in templates, [`negotiate`](render::negotiate) |
+//! | [`headers`] | `Proxy-Status`, [`ProxyName`]'s error |
+//! | [`retry`] | the retry hint's facts, [`RetryAfter`](retry::RetryAfter), [`RetryPolicy`](retry::RetryPolicy) |
+//! | [`grpc`] | [`GrpcCode`](grpc::GrpcCode) |
+//! | [`future`], [`body`] | the service's future and response body |
+//! | [`error`] | the crate's other error types |
+//! | `metrics` | the OpenTelemetry instruments (feature `metrics`) |
+//!
 //! # Features
 //!
-//! - `axum` (default): `impl IntoResponse for ProxyError`.
+//! - `axum` (default): `impl IntoResponse for ProxyError`, and `axum::body::Body` as a
+//!   [`ReplayBody`](retry::ReplayBody).
+//! - `hyper`, `hyper-util`, `tower` (default): the default classifier recognises the errors of
+//!   hyper, of hyper-util's legacy client, and of tower's timeout, load-shed and buffer; `tower`
+//!   also brings [`RetryPolicy`](retry::RetryPolicy).
+//! - `tower-http` (default): the request id comes from tower-http's `RequestId` extension when it
+//!   is there.
 //! - `reqwest`: the default classifier recognises `reqwest::Error`.
 //! - `http2`: the default classifier recognises `h2::Error`: a stream the upstream refused
 //!   (`REFUSED_STREAM`) or left unprocessed by a GOAWAY is `destination_unavailable`, not sent, and
@@ -125,43 +156,42 @@
 //!   API (see the `metrics` module, present with the feature).
 #![deny(missing_docs, unreachable_pub)]
 #![forbid(unsafe_code)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod body;
+pub mod body;
 mod cache;
-mod classify;
+pub mod classify;
+mod config;
 mod deadline;
-mod error;
-mod future;
-mod grpc;
-mod headers;
+pub mod error;
+mod facts;
+pub mod future;
+pub mod grpc;
+pub mod headers;
+mod interim;
 mod kind;
 mod layer;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 mod negotiate;
-mod render;
+pub mod render;
 mod respond;
-mod retry;
-mod retry_policy;
+pub mod retry;
 mod service;
-mod template;
 mod trace;
 
-pub use body::GatewayBody;
-pub use classify::{Classification, Classify, DefaultClassifier};
 pub use error::ProxyError;
-pub use future::ResponseFuture;
-pub use grpc::GrpcCode;
-pub use headers::{InvalidProxyName, ProxyName, RetryAfter, PROXY_STATUS};
-pub use kind::{Phase, ProxyErrorKind, UnknownProxyErrorKind};
-pub use layer::{GatewayErrorLayer, DEFAULT_PROXY_NAME};
-pub use negotiate::{negotiate, Format};
-pub use render::{ErrorView, RenderBody, DEFAULT_HTML, DEFAULT_PROBLEM_JSON, DEFAULT_TEXT};
-pub use retry::{RetryFacts, IDEMPOTENCY_KEY};
-pub use retry_policy::{ReplayBody, RetryDelay, RetryPolicy};
-pub use service::GatewayError;
-pub use template::{Template, TemplateError};
+pub use headers::ProxyName;
+pub use kind::{Phase, ProxyErrorKind};
+pub use layer::GatewayErrorLayer;
+pub use negotiate::Format;
+pub use render::template::Template;
+pub use service::GatewayErrorService;
 
 /// The error type the layer accepts from inner services and bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+// Every Rust snippet of the README compiles (and runs, where it can) with the doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -64,11 +64,7 @@ use http::{Method, StatusCode};
 use opentelemetry::metrics::{Counter, Histogram, Meter};
 use opentelemetry::{Key, KeyValue, StringValue, Value};
 
-use crate::error::ProxyError;
 use crate::kind::ProxyErrorKind;
-use crate::layer::Config;
-use crate::respond::RequestFacts;
-use crate::trace::BodyObserver;
 
 /// The name of the request duration histogram, from the OpenTelemetry HTTP semantic conventions.
 pub const REQUEST_DURATION: &str = "http.server.request.duration";
@@ -226,17 +222,16 @@ impl Started {
     }
 }
 
-/// Records an origin's response now if it has no body the server will send, else gives the body's
-/// observer a timer that records when the body ends.
+/// Records an origin's response now if it has no body the server will send, else returns a timer
+/// for its body to hold, which records when the body ends.
 pub(crate) fn forwarded(
-    config: &Config,
+    metrics: Option<&Metrics>,
     started: Option<Started>,
     status: StatusCode,
     no_body: bool,
-    observer: Option<BodyObserver>,
-) -> Option<BodyObserver> {
-    let (Some(metrics), Some(started)) = (&config.metrics, started) else {
-        return observer;
+) -> Option<ResponseTimer> {
+    let (Some(metrics), Some(started)) = (metrics, started) else {
+        return None;
     };
     let timer = ResponseTimer {
         duration: metrics.duration.clone(),
@@ -247,9 +242,9 @@ pub(crate) fn forwarded(
     if no_body {
         // The response is complete with its head: dropping the timer records it.
         drop(timer);
-        return observer;
+        return None;
     }
-    Some(BodyObserver::timed(observer, timer))
+    Some(timer)
 }
 
 /// Records the duration of a forwarded response when dropped: when its body has ended, failed, or
@@ -286,21 +281,20 @@ impl Drop for ResponseTimer {
 
 /// Records a response the layer generated: its duration, and one count of the error. `sent` is
 /// the status the client got (200 for a gRPC caller). Its `error.type` is the kind's token, or the
-/// error's status when no kind was recognised (as on the span).
+/// error's `status` when no kind was recognised (as on the span).
 pub(crate) fn generated(
-    config: &Config,
-    facts: &RequestFacts,
+    metrics: Option<&Metrics>,
+    started: Option<&Started>,
     sent: StatusCode,
-    error: &ProxyError,
+    kind: Option<ProxyErrorKind>,
+    status: StatusCode,
+    retryable: bool,
 ) {
-    let (Some(metrics), Some(started)) = (&config.metrics, &facts.metrics) else {
+    let (Some(metrics), Some(started)) = (metrics, started) else {
         return;
     };
     let seconds = started.at.elapsed().as_secs_f64();
-    let retryable = error.is_retryable();
-    let error_type = error
-        .kind()
-        .map_or_else(|| status_text(error.status()), ProxyErrorKind::token);
+    let error_type = kind.map_or_else(|| status_text(status), ProxyErrorKind::token);
     let status_code = KeyValue::new(STATUS_CODE, i64::from(sent.as_u16()));
     let error_type = KeyValue::new(ERROR_TYPE, error_type);
     metrics.duration.record(

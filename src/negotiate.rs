@@ -20,6 +20,8 @@
 
 use http::HeaderValue;
 
+use crate::headers::is_token;
+
 /// The form of a generated error body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Format {
@@ -52,7 +54,8 @@ impl Format {
 /// Picks the body format for the `Accept` field lines of a request.
 ///
 /// ```
-/// use gateway_errors::{negotiate, Format};
+/// use gateway_errors::render::negotiate;
+/// use gateway_errors::Format;
 /// use http::HeaderValue;
 ///
 /// let browser = HeaderValue::from_static(
@@ -400,39 +403,6 @@ fn parse_qvalue(value: &[u8]) -> Option<u16> {
         }
         _ => None,
     }
-}
-
-/// RFC 9110 `tchar`, one lookup per byte: negotiation runs on every request.
-static TCHAR: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        table[b] = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'!' | b'#'
-                    | b'$'
-                    | b'%'
-                    | b'&'
-                    | b'\''
-                    | b'*'
-                    | b'+'
-                    | b'-'
-                    | b'.'
-                    | b'^'
-                    | b'_'
-                    | b'`'
-                    | b'|'
-                    | b'~'
-            );
-        b += 1;
-    }
-    table
-};
-
-fn is_token(s: &[u8]) -> bool {
-    !s.is_empty() && s.iter().all(|&b| TCHAR[usize::from(b)])
 }
 
 #[cfg(test)]

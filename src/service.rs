@@ -1,4 +1,4 @@
-//! [`GatewayError`]: the middleware service.
+//! [`GatewayErrorService`]: the middleware service.
 
 use std::convert::Infallible;
 use std::fmt;
@@ -11,10 +11,13 @@ use http_body::Body;
 use tower_service::Service;
 
 use crate::body::GatewayBody;
+use crate::config::Config;
+use crate::deadline::{HeadClock, ResponseDeadline};
+use crate::facts::RequestFacts;
 use crate::future::ResponseFuture;
-use crate::grpc;
-use crate::layer::{Config, GatewayErrorLayer};
-use crate::respond::RequestFacts;
+use crate::grpc::call::service_and_method;
+use crate::layer::GatewayErrorLayer;
+use crate::respond::Pending;
 use crate::trace;
 use crate::BoxError;
 
@@ -24,21 +27,21 @@ use crate::BoxError;
 /// future, becomes a response. It can go anywhere axum or hyper expects a service.
 ///
 /// Made by [`GatewayErrorLayer`]; see the [crate docs](crate).
-pub struct GatewayError<S> {
+pub struct GatewayErrorService<S> {
     inner: S,
     config: Arc<Config>,
     /// The inner service failed in `poll_ready`: the next call answers with this error.
     ready_error: Option<BoxError>,
 }
 
-impl<S> GatewayError<S> {
+impl<S> GatewayErrorService<S> {
     /// Wraps `inner` with the default configuration.
     pub fn new(inner: S) -> Self {
         tower_layer::Layer::layer(&GatewayErrorLayer::new(), inner)
     }
 
     pub(crate) fn from_config(inner: S, config: Arc<Config>) -> Self {
-        GatewayError {
+        GatewayErrorService {
             inner,
             config,
             ready_error: None,
@@ -66,25 +69,24 @@ impl<S> GatewayError<S> {
     }
 }
 
-impl<S: Clone> Clone for GatewayError<S> {
+impl<S: Clone> Clone for GatewayErrorService<S> {
+    /// A clone for another request: the same inner service and configuration. An error the
+    /// inner service gave in `poll_ready` belongs to the call that follows it on this value, so
+    /// the clone does not carry it (it polls readiness again itself).
     fn clone(&self) -> Self {
-        GatewayError {
-            inner: self.inner.clone(),
-            config: self.config.clone(),
-            ready_error: None,
-        }
+        GatewayErrorService::from_config(self.inner.clone(), self.config.clone())
     }
 }
 
-impl<S: fmt::Debug> fmt::Debug for GatewayError<S> {
+impl<S: fmt::Debug> fmt::Debug for GatewayErrorService<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GatewayError")
+        f.debug_struct("GatewayErrorService")
             .field("inner", &self.inner)
             .finish_non_exhaustive()
     }
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for GatewayError<S>
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for GatewayErrorService<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     S::Error: Into<BoxError>,
@@ -107,20 +109,27 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let facts = RequestFacts::capture(&request, &self.config);
         let span = trace::request_span(self.config.span_level, &request);
-        let timeout = facts.upstream_timeout(self.config.upstream_timeout);
-        if facts.grpc().is_some() && !span.is_disabled() {
-            grpc::record_call(&span, request.uri().path());
+        if facts.grpc.is_some() && !span.is_disabled() {
+            trace::record_rpc_call(&span, service_and_method(request.uri().path()));
         }
         let config = self.config.clone();
-        match self.ready_error.take() {
-            Some(error) => ResponseFuture::failed(error, config, facts, span),
-            None => {
-                let future = {
-                    let _entered = span.enter();
-                    self.inner.call(request)
-                };
-                ResponseFuture::new(future, timeout, config, facts, span)
-            }
+        if let Some(error) = self.ready_error.take() {
+            return ResponseFuture::failed(error, Pending::new(config, facts, span, None));
         }
+        // The clock is read only when a limit needs a start.
+        let response_deadline = config.response_deadline.map(ResponseDeadline::start);
+        let head = HeadClock::new(
+            facts.upstream_timeout(config.upstream_timeout),
+            response_deadline,
+        );
+        let future = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
+        ResponseFuture::new(
+            future,
+            head,
+            Pending::new(config, facts, span, response_deadline),
+        )
     }
 }

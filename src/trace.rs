@@ -18,7 +18,7 @@
 //! | `http.response.body.size` | the bytes of the origin's body forwarded, once it ended (or broke off) |
 //! | `gateway.head_sent` | `true` when the origin's body failed or timed out after its head went to the client |
 //!
-//! A gRPC call (see [`GrpcCode`](crate::GrpcCode)) also gets the OpenTelemetry RPC fields:
+//! A gRPC call (see [`GrpcCode`](crate::grpc::GrpcCode)) also gets the OpenTelemetry RPC fields:
 //!
 //! | field | value |
 //! |---|---|
@@ -36,13 +36,13 @@
 use std::error::Error as StdError;
 
 use bytes::Buf;
-use http::Request;
+use http::{Request, StatusCode};
 use http_body::Frame;
 use tracing::field::Empty;
 use tracing::{Level, Span};
 
 use crate::error::ErrorChain;
-use crate::kind::ProxyErrorKind;
+use crate::kind::{Phase, ProxyErrorKind};
 
 /// The tracing target of the span and events.
 pub(crate) const TARGET: &str = "gateway_errors";
@@ -82,25 +82,117 @@ pub(crate) fn request_span<B>(level: Level, request: &Request<B>) -> Span {
     }
 }
 
-/// Watches an origin body to record how it ended. Dropped before the end means the client (or the
-/// server on its behalf) gave up: recorded as cancelled, not as an error.
-pub(crate) struct BodyObserver {
+/// What a gRPC call's span says before the upstream is asked: `rpc.system`, and the service and
+/// method of a well-formed path.
+pub(crate) fn record_rpc_call(span: &Span, service_and_method: Option<(&str, &str)>) {
+    span.record("rpc.system", "grpc");
+    if let Some((service, method)) = service_and_method {
+        span.record("rpc.service", service);
+        span.record("rpc.method", method);
+    }
+}
+
+/// Records an origin's response head on the span; `grpc_status` is its `grpc-status` when it
+/// answered a gRPC call in its headers. Skipped when no subscriber wants the span: each `record`
+/// looks its field up by name.
+pub(crate) fn record_forwarded(span: &Span, status: StatusCode, grpc_status: Option<i64>) {
+    if span.is_disabled() {
+        return;
+    }
+    // Integers as i64: tracing-opentelemetry exports u64 fields as strings.
+    span.record("http.response.status_code", i64::from(status.as_u16()));
+    span.record("gateway.generated", false);
+    if status.is_server_error() {
+        span.record("error.type", status.as_str());
+        span.record("otel.status_code", "ERROR");
+    }
+    if let Some(code) = grpc_status {
+        span.record("rpc.grpc.status_code", code);
+    }
+}
+
+/// A response the layer generated, as the span and the event record it.
+pub(crate) struct Generated<'a> {
+    /// The RFC 9209 token, or the error's status when no kind was recognised.
+    pub(crate) error_type: &'a str,
+    /// The error's own status; it decides the severity.
+    pub(crate) status: StatusCode,
+    /// The status the client got: the error's, or 200 for a gRPC caller.
+    pub(crate) sent: StatusCode,
+    pub(crate) retryable: bool,
+    pub(crate) phase: Phase,
+    /// The code a gRPC caller got.
+    pub(crate) grpc_code: Option<i32>,
+    /// The error the layer answered for, with its sources: for the event, never the client.
+    pub(crate) cause: Option<&'a (dyn StdError + 'static)>,
+    /// An origin's error response whose body was replaced, rather than a failure.
+    pub(crate) intercepted: bool,
+}
+
+/// Records the decision on the span, and one event with the whole error chain for operators.
+pub(crate) fn record_generated(span: &Span, generated: &Generated<'_>) {
+    let sent = i64::from(generated.sent.as_u16());
+    if span.is_disabled() {
+        if !tracing::event_enabled!(target: TARGET, Level::WARN) {
+            return;
+        }
+    } else {
+        span.record("http.response.status_code", sent);
+        span.record("error.type", generated.error_type);
+        span.record("gateway.generated", true);
+        span.record("gateway.retryable", generated.retryable);
+        span.record("gateway.phase", generated.phase.as_str());
+        if let Some(code) = generated.grpc_code {
+            span.record("rpc.grpc.status_code", i64::from(code));
+        }
+        if generated.status.is_server_error() {
+            span.record("otel.status_code", "ERROR");
+        }
+    }
+    let cause = generated.cause.map(ErrorChain);
+    let message = if generated.intercepted {
+        "origin error replaced by a generated body"
+    } else {
+        "upstream request failed"
+    };
+    macro_rules! event_at {
+        ($level:expr) => {
+            tracing::event!(
+                target: TARGET,
+                parent: span,
+                $level,
+                error.type = generated.error_type,
+                http.response.status_code = sent,
+                gateway.retryable = generated.retryable,
+                gateway.phase = generated.phase.as_str(),
+                error = cause.as_ref().map(tracing::field::display),
+                "{message}",
+            )
+        };
+    }
+    if generated.status.is_server_error() {
+        event_at!(Level::WARN);
+    } else {
+        event_at!(Level::INFO);
+    }
+}
+
+/// Watches an origin body for the span: how many bytes it forwarded and how it ended. Dropped
+/// before the end means the client (or the server on its behalf) gave up: recorded as cancelled,
+/// not as an error.
+pub(crate) struct BodyTrace {
     span: Span,
     done: bool,
     bytes: u64,
-    /// Records the request's duration when dropped, that is when the body ends.
-    #[cfg(feature = "metrics")]
-    timer: Option<crate::metrics::ResponseTimer>,
 }
 
-impl BodyObserver {
+impl BodyTrace {
+    /// `None` when no subscriber wants the span: nothing to record.
     pub(crate) fn new(span: Span) -> Option<Self> {
-        (!span.is_disabled()).then_some(BodyObserver {
+        (!span.is_disabled()).then_some(BodyTrace {
             span,
             done: false,
             bytes: 0,
-            #[cfg(feature = "metrics")]
-            timer: None,
         })
     }
 
@@ -109,20 +201,6 @@ impl BodyObserver {
         if let Some(data) = frame.data_ref() {
             self.bytes += data.remaining() as u64;
         }
-    }
-
-    /// Adds `timer` to `observer`, or makes an observer for it alone when no subscriber wants the
-    /// span: the body's end must be seen either way.
-    #[cfg(feature = "metrics")]
-    pub(crate) fn timed(observer: Option<Self>, timer: crate::metrics::ResponseTimer) -> Self {
-        let mut observer = observer.unwrap_or_else(|| BodyObserver {
-            span: Span::none(),
-            done: false,
-            bytes: 0,
-            timer: None,
-        });
-        observer.timer = Some(timer);
-        observer
     }
 
     pub(crate) fn completed(mut self) {
@@ -139,16 +217,6 @@ impl BodyObserver {
     /// The body broke off after its head was sent: `kind` says why.
     pub(crate) fn failed(mut self, kind: ProxyErrorKind, error: &(dyn StdError + 'static)) {
         self.done = true;
-        #[cfg(feature = "metrics")]
-        {
-            if let Some(timer) = &mut self.timer {
-                timer.failed(kind);
-            }
-            // Kept only for its timer: nobody wants the span, nor (as without metrics) the event.
-            if self.span.is_disabled() {
-                return;
-            }
-        }
         self.span.record("error.type", kind.token());
         self.span.record("otel.status_code", "ERROR");
         self.span.record("gateway.head_sent", true);
@@ -166,7 +234,7 @@ impl BodyObserver {
     }
 }
 
-impl Drop for BodyObserver {
+impl Drop for BodyTrace {
     fn drop(&mut self) {
         if !self.done {
             self.span.record("gateway.cancelled", true);

@@ -29,7 +29,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use gateway_errors::{Classification, ProxyError, ProxyErrorKind};
+use gateway_errors::classify::Classification;
+use gateway_errors::{ProxyError, ProxyErrorKind};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
