@@ -5,8 +5,8 @@
 
 use std::hint::black_box;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use gateway_errors::render::{negotiate, ErrorView, DEFAULT_HTML, DEFAULT_PROBLEM_JSON};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use gateway_errors::render::{DEFAULT_HTML, DEFAULT_PROBLEM_JSON, ErrorView, negotiate};
 use gateway_errors::{Format, ProxyErrorKind, Template};
 use http::HeaderValue;
 

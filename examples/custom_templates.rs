@@ -111,7 +111,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     println!("try:");
-    println!("  curl -i -H 'Accept: text/html' -H 'x-request-id: 7f3a' http://{addr}/reset   # your page");
+    println!(
+        "  curl -i -H 'Accept: text/html' -H 'x-request-id: 7f3a' http://{addr}/reset   # your page"
+    );
     println!(
         "  curl -i -H 'Accept: text/plain' http://{addr}/slow   # your text, for timeouts only"
     );

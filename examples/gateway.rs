@@ -24,7 +24,7 @@
 //!   prints them to stdout every 60 s and on exit.
 //!
 //! What makes it safe to copy, beyond the layer (the proxy itself is in `support/proxy.rs`, where
-//! `tests/gateway_hardening.rs` checks each point): only the configured upstream is ever contacted
+//! `tests/integration/gateway_hardening.rs` checks each point): only the configured upstream is ever contacted
 //! (the request's authority is replaced, so it is no open proxy); hop-by-hop headers, and those
 //! named in `Connection`, are stripped both ways; a client must send its request head within 10 s
 //! (slowloris) in at most 64 KiB; request bodies are limited, chunked ones too (413); hyper
@@ -46,7 +46,7 @@ use http::Uri;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 
-use proxy::{serve, Bare, BoxError, Proxy, ServeOptions};
+use proxy::{Bare, BoxError, Proxy, ServeOptions, serve};
 
 struct Options {
     listen: SocketAddr,

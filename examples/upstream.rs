@@ -21,7 +21,7 @@ async fn main() -> std::io::Result<()> {
             _ => {
                 return Err(std::io::Error::other(
                     "usage: upstream [--listen ADDR:PORT]",
-                ))
+                ));
             }
         }
     }

@@ -10,13 +10,13 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use crate::BoxError;
 use crate::deadline::{BodyClock, BodyLimits};
 use crate::error::ProxyError;
 use crate::kind::ProxyErrorKind;
 #[cfg(feature = "metrics")]
 use crate::metrics::ResponseTimer;
 use crate::trace::BodyTrace;
-use crate::BoxError;
 
 pin_project! {
     /// The response body of [`GatewayErrorService`](crate::GatewayErrorService).
@@ -129,7 +129,7 @@ where
         let mut this = self.project();
         let timed_out = match this.inner.as_mut().project() {
             InnerProj::Generated { data } => {
-                return Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))
+                return Poll::Ready(data.take().map(|d| Ok(Frame::data(d))));
             }
             InnerProj::Cut => return Poll::Ready(None),
             InnerProj::Origin { mut body } => match body.as_mut().poll_frame(cx) {

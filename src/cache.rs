@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use bytes::Bytes;
 use http::HeaderMap;
 
-use crate::kind::{kind_slot, ProxyErrorKind, KIND_SLOTS};
+use crate::kind::{KIND_SLOTS, ProxyErrorKind, kind_slot};
 
 /// A generated error's body and head, identical for every request of its slot.
 pub(crate) struct Answer {

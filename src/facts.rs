@@ -8,7 +8,7 @@ use http::{Method, Request};
 
 use crate::config::Config;
 use crate::grpc::call::GrpcCall;
-use crate::negotiate::{negotiate, negotiate_line, Format};
+use crate::negotiate::{Format, negotiate, negotiate_line};
 use crate::retry::hint::IdempotencyKey;
 
 /// What the answer may need from the request. Header values are kept as the request held them:

@@ -10,10 +10,10 @@ use http::Response;
 use http_body::Body;
 use pin_project_lite::pin_project;
 
+use crate::BoxError;
 use crate::body::GatewayBody;
 use crate::deadline::HeadClock;
 use crate::respond::{self, Outcome, Pending};
-use crate::BoxError;
 
 pin_project! {
     /// The future of [`GatewayErrorService`](crate::GatewayErrorService): waits for the inner
@@ -97,5 +97,143 @@ where
         };
         let pending = this.pending.take().expect("checked above");
         Poll::Ready(Ok(respond::finish(pending, outcome)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+    use std::time::Duration;
+
+    use http::{Request, StatusCode};
+    use http_body_util::Empty;
+    use tokio::time::Instant;
+    use tower::{ServiceBuilder, ServiceExt, service_fn};
+
+    use crate::{GatewayErrorLayer, ProxyError, ProxyErrorKind};
+
+    type Answer = Result<http::Response<Empty<bytes::Bytes>>, std::io::Error>;
+
+    /// An upstream that answers 200 after `delay`, or never.
+    fn upstream(
+        delay: Option<Duration>,
+    ) -> impl tower::Service<
+        Request<()>,
+        Response = http::Response<Empty<bytes::Bytes>>,
+        Error = std::io::Error,
+        Future = impl Future<Output = Answer>,
+    > + Clone {
+        service_fn(move |_request: Request<()>| async move {
+            match delay {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => std::future::pending().await,
+            }
+            Ok(http::Response::new(Empty::new()))
+        })
+    }
+
+    fn error_of<B>(response: &http::Response<B>) -> &ProxyError {
+        response
+            .extensions()
+            .get::<ProxyError>()
+            .expect("a generated error")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_upstream_gets_a_504_at_the_timeout_and_not_before() {
+        let layer = GatewayErrorLayer::new().upstream_timeout(Duration::from_secs(1));
+        let started = Instant::now();
+        let response = ServiceBuilder::new()
+            .layer(layer)
+            .service(upstream(None))
+            .oneshot(Request::new(()))
+            .await
+            .unwrap();
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+        let error = error_of(&response);
+        assert_eq!(error.kind(), Some(ProxyErrorKind::HttpResponseTimeout));
+        assert_eq!(
+            error.source().unwrap().to_string(),
+            "upstream sent no response head within 1s"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_just_inside_the_timeout_passes() {
+        let layer = GatewayErrorLayer::new().upstream_timeout(Duration::from_secs(1));
+        let response = ServiceBuilder::new()
+            .layer(layer)
+            .service(upstream(Some(Duration::from_millis(999))))
+            .oneshot(Request::new(()))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.extensions().get::<ProxyError>().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_response_deadline_fires_first_when_it_is_sooner() {
+        let layer = GatewayErrorLayer::new()
+            .upstream_timeout(Duration::from_secs(5))
+            .response_deadline(Duration::from_millis(500));
+        let started = Instant::now();
+        let response = ServiceBuilder::new()
+            .layer(layer)
+            .service(upstream(None))
+            .oneshot(Request::new(()))
+            .await
+            .unwrap();
+        assert_eq!(started.elapsed(), Duration::from_millis(500));
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+        let cause = error_of(&response).source().unwrap().to_string();
+        assert!(cause.contains("response deadline of 500ms"), "{cause}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_timeout_the_future_waits_as_long_as_the_upstream() {
+        let response = ServiceBuilder::new()
+            .layer(GatewayErrorLayer::new())
+            .service(upstream(Some(Duration::from_secs(3600))))
+            .oneshot(Request::new(()))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_error_in_poll_ready_is_the_next_calls_answer() {
+        let response = ServiceBuilder::new()
+            .layer(GatewayErrorLayer::new())
+            .service(NotReady)
+            .oneshot(Request::new(()))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            error_of(&response).kind(),
+            Some(ProxyErrorKind::ConnectionRefused)
+        );
+    }
+
+    /// Fails in `poll_ready` with a refused connection, as a pool that cannot connect does.
+    #[derive(Clone)]
+    struct NotReady;
+
+    impl tower::Service<Request<()>> for NotReady {
+        type Response = http::Response<Empty<bytes::Bytes>>;
+        type Error = std::io::Error;
+        type Future = std::future::Ready<Answer>;
+
+        fn poll_ready(
+            &mut self,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), std::io::Error>> {
+            std::task::Poll::Ready(Err(std::io::ErrorKind::ConnectionRefused.into()))
+        }
+
+        fn call(&mut self, _request: Request<()>) -> Self::Future {
+            unreachable!("never ready, never called")
+        }
     }
 }

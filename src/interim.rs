@@ -7,8 +7,8 @@
 use std::error::Error as StdError;
 use std::fmt;
 
-use http::header::{self, HeaderMap, HeaderValue};
 use http::StatusCode;
+use http::header::{self, HeaderMap, HeaderValue};
 
 use crate::error::ProxyError;
 use crate::kind::ProxyErrorKind;

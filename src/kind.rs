@@ -248,10 +248,11 @@ mod tests {
         for (i, kind) in ProxyErrorKind::ALL.iter().enumerate() {
             assert_eq!(kind.index(), i);
             assert_eq!(kind.token().parse::<ProxyErrorKind>(), Ok(*kind));
-            assert!(kind
-                .token()
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b == b'_'));
+            assert!(
+                kind.token()
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_')
+            );
         }
         assert!("Connection_Refused".parse::<ProxyErrorKind>().is_err());
         assert!("".parse::<ProxyErrorKind>().is_err());

@@ -14,8 +14,8 @@ use crate::grpc::GrpcCode;
 use crate::headers::ProxyName;
 use crate::kind::ProxyErrorKind;
 use crate::negotiate::Format;
-use crate::render::template::Template;
 use crate::render::RenderBody;
+use crate::render::template::Template;
 use crate::retry::{RetryAfter, RetryFacts};
 use crate::service::GatewayErrorService;
 

@@ -121,11 +121,7 @@ where
             chosen_quality = q;
         }
     }
-    if chosen_quality == 0 {
-        default
-    } else {
-        chosen
-    }
+    if chosen_quality == 0 { default } else { chosen }
 }
 
 /// Negotiates one `Accept` field line, remembering the last few answers on this thread.

@@ -13,25 +13,25 @@ use http::{Response, StatusCode};
 use http_body::Body;
 use tracing::Span;
 
+use crate::BoxError;
 use crate::body::GatewayBody;
 use crate::cache::Answer;
 use crate::classify::classification::Classification;
 use crate::classify::classify;
 use crate::config::Config;
 use crate::deadline::{BodyLimits, ResponseDeadline, TimedOut};
-use crate::error::{chain, PendingProxyError, ProxyError};
+use crate::error::{PendingProxyError, ProxyError, chain};
 use crate::facts::RequestFacts;
 use crate::grpc::answer as grpc_answer;
-use crate::grpc::call::{status_in_headers, GrpcCall, GRPC_STATUS};
+use crate::grpc::call::{GRPC_STATUS, GrpcCall, status_in_headers};
 use crate::headers::retry_after::RetryAfter;
-use crate::headers::{append_member, with_details, PROXY_STATUS};
+use crate::headers::{PROXY_STATUS, append_member, with_details};
 use crate::interim::check_final_interim;
 use crate::kind::{Phase, ProxyErrorKind};
 use crate::negotiate::Format;
 use crate::render::{ErrorView, UNRECOGNIZED_DETAIL};
 use crate::retry::RetryFacts;
 use crate::trace::{self, BodyTrace};
-use crate::BoxError;
 
 /// What the answer will need, kept from the request until the outcome is known.
 pub(crate) struct Pending {

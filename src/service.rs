@@ -3,13 +3,14 @@
 use std::convert::Infallible;
 use std::fmt;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
+use crate::BoxError;
 use crate::body::GatewayBody;
 use crate::config::Config;
 use crate::deadline::{HeadClock, ResponseDeadline};
@@ -19,7 +20,6 @@ use crate::grpc::call::service_and_method;
 use crate::layer::GatewayErrorLayer;
 use crate::respond::Pending;
 use crate::trace;
-use crate::BoxError;
 
 /// Middleware that turns the failures of a proxying service into correct error responses.
 ///

@@ -1,5 +1,5 @@
 //! A gRPC service on loopback whose methods each answer one way, for `examples/grpc.rs` and
-//! `tests/grpc.rs`.
+//! `tests/integration/grpc.rs`.
 //!
 //! tonic without code generation (no protoc, no build script): the messages are hand-written
 //! prost structs, the server routes by path to `tonic::server::Grpc` with the prost codec, and it
@@ -18,8 +18,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
-use tonic::codegen::tokio_stream;
 use tonic::Status;
+use tonic::codegen::tokio_stream;
 use tonic_prost::ProstCodec;
 
 /// The request of every demo method.

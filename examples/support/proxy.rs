@@ -1,8 +1,8 @@
 //! The proxy of `examples/gateway.rs`: a hyper-util client that forwards every request to one
 //! upstream, and the server loop in front of it (HTTP/1.1 with upgrades, and h2c).
 //!
-//! Kept apart from the example's `main` so that the tests (`tests/gateway_hardening.rs`,
-//! `tests/soak.rs`) check the very code a user copies.
+//! Kept apart from the example's `main` so that the tests (`tests/integration/gateway_hardening.rs`,
+//! `tests/integration/soak.rs`) check the very code a user copies.
 //!
 //! What makes it safe to put on an edge, beyond the layer:
 //! - only the configured upstream is ever contacted: the request's target is rewritten to it, so

@@ -3,9 +3,9 @@
 use std::error::Error as StdError;
 use std::io;
 
-use super::classification::Classification;
 use super::Classify;
-use crate::error::{ProxyError, MAX_CHAIN_DEPTH};
+use super::classification::Classification;
+use crate::error::{MAX_CHAIN_DEPTH, ProxyError};
 use crate::kind::{Phase, ProxyErrorKind};
 
 /// The built-in classifier: walks the error and its `source()` chain, and recognises the errors of
@@ -188,8 +188,8 @@ impl<'a> Walk<'a> {
     }
 
     fn visit_io(&mut self, kind: io::ErrorKind) -> Option<ProxyErrorKind> {
-        use io::ErrorKind as Io;
         use ProxyErrorKind::*;
+        use io::ErrorKind as Io;
         match kind {
             Io::ConnectionRefused => Some(ConnectionRefused),
             Io::ConnectionReset | Io::ConnectionAborted | Io::BrokenPipe => {

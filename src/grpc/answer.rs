@@ -3,11 +3,11 @@
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, VARY};
 use http::StatusCode;
-use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, VARY};
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
-use super::call::{Framing, GrpcCall, GRPC_STATUS};
+use super::call::{Framing, GRPC_STATUS, GrpcCall};
 use super::code::GrpcCode;
 use crate::kind::ProxyErrorKind;
 

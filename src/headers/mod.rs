@@ -7,7 +7,7 @@ pub(crate) mod sf;
 
 use http::header::HeaderName;
 
-pub(crate) use proxy_status::{append_member, with_details, ProxyStatusValues, DEFAULT_NAME};
+pub(crate) use proxy_status::{DEFAULT_NAME, ProxyStatusValues, append_member, with_details};
 pub use proxy_status::{InvalidProxyName, ProxyName};
 
 /// The `Proxy-Status` header name (RFC 9209).

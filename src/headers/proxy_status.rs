@@ -6,7 +6,7 @@ use std::fmt;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderValue, StatusCode};
 
-use crate::kind::{kind_slot, ProxyErrorKind, KIND_SLOTS};
+use crate::kind::{KIND_SLOTS, ProxyErrorKind, kind_slot};
 
 /// The name of this gateway: in `Proxy-Status` (RFC 9209), in `CDN-Loop` (RFC 8586), and in the
 /// `{proxy}` placeholder of the body templates.

@@ -1,5 +1,5 @@
 //! The bodies of generated errors: what they may say ([`ErrorView`]), the built-in templates,
-//! your own [`Template`](crate::Template)s and renderers, and how the format is chosen from
+//! your own [`Template`]s and renderers, and how the format is chosen from
 //! `Accept` ([`negotiate`]).
 
 pub(crate) mod template;
@@ -128,8 +128,12 @@ impl<'a> ErrorView<'a> {
     pub fn advice(&self) -> &'static str {
         let temporary = matches!(self.status.as_u16(), 502..=504);
         match (temporary, self.retryable) {
-            (true, true) => "This is usually temporary: the request can safely be sent again in a moment.",
-            (true, false) => "This is usually temporary, but the request may have reached the upstream server: check whether it took effect before sending it again.",
+            (true, true) => {
+                "This is usually temporary: the request can safely be sent again in a moment."
+            }
+            (true, false) => {
+                "This is usually temporary, but the request may have reached the upstream server: check whether it took effect before sending it again."
+            }
             (false, _) => "Sending the same request again will not help.",
         }
     }

@@ -153,7 +153,7 @@ impl Template {
                         match serde_json::from_slice::<serde_json::Value>(&out) {
                             Ok(serde_json::Value::Object(_)) => {}
                             Ok(_) => {
-                                return Err(TemplateError::new(source, 0, ErrorKind::NotAnObject))
+                                return Err(TemplateError::new(source, 0, ErrorKind::NotAnObject));
                             }
                             Err(e) => {
                                 let kind = ErrorKind::InvalidJson(e.to_string());
@@ -452,10 +452,10 @@ impl fmt::Display for TemplateError {
                 f.write_str("`{/name}` does not match the innermost open section")?
             }
             ErrorKind::InvalidJson(e) => {
-                return write!(f, "the template does not render valid JSON: {e}")
+                return write!(f, "the template does not render valid JSON: {e}");
             }
             ErrorKind::NotAnObject => {
-                return f.write_str("a problem+json template must render a JSON object")
+                return f.write_str("a problem+json template must render a JSON object");
             }
         }
         write!(

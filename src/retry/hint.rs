@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
-use super::{RetryFacts, IDEMPOTENCY_KEY};
+use super::{IDEMPOTENCY_KEY, RetryFacts};
 use crate::headers::retry_after::RetryAfter;
-use crate::headers::sf::{item_type, BareItemType};
+use crate::headers::sf::{BareItemType, item_type};
 use crate::kind::ProxyErrorKind;
 
 type Rule = Arc<dyn Fn(&RetryFacts) -> bool + Send + Sync>;

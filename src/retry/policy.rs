@@ -4,8 +4,8 @@ use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -14,8 +14,8 @@ use http::{Request, Response};
 use http_body_util::{Empty, Full};
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
-use tower::retry::budget::{Budget, TpsBudget};
 use tower::retry::Policy;
+use tower::retry::budget::{Budget, TpsBudget};
 
 use crate::error::ProxyError;
 use crate::trace::TARGET;

@@ -11,7 +11,7 @@ use axum::body::Body;
 use bytes::Bytes;
 use gateway_errors::retry::RetryPolicy;
 use gateway_errors::{Phase, ProxyError, ProxyErrorKind};
-use http::{header, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,8 +20,8 @@ use tower::{ServiceBuilder, ServiceExt};
 
 use crate::support::demo_upstream::{self, DRIP_CHUNK, DRIP_CHUNKS, STALL_DECLARED, STALL_SENT};
 use crate::support::{
-    assert_problem, call, gateway_to, layer, raw_exchange, read_body, request, serve_gateway,
-    start_upstream, within, Expected,
+    Expected, assert_problem, call, gateway_to, layer, raw_exchange, read_body, request,
+    serve_gateway, start_upstream, within,
 };
 
 const TIMEOUT: Duration = Duration::from_millis(400);
@@ -100,9 +100,11 @@ async fn the_body_error_names_the_read_timeout() {
         .expect("the body fails with a ProxyError");
     assert_eq!(error.kind(), Some(ProxyErrorKind::ConnectionReadTimeout));
     // After the error the body is over: a second poll does not hang.
-    assert!(within("a poll after the error", body.frame())
-        .await
-        .is_none());
+    assert!(
+        within("a poll after the error", body.frame())
+            .await
+            .is_none()
+    );
 }
 
 /// The timer measures silence, not the whole transfer: a body whose every gap is shorter than the

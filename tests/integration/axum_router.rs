@@ -5,10 +5,10 @@
 use std::error::Error;
 use std::fmt;
 
+use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::routing::{any, get};
-use axum::Router;
 use bytes::Bytes;
 use gateway_errors::headers::PROXY_STATUS;
 use gateway_errors::{GatewayErrorLayer, ProxyError, ProxyErrorKind, ProxyName};
@@ -16,17 +16,17 @@ use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use tower::{service_fn, ServiceBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
+use tower::{ServiceBuilder, service_fn};
 
 use crate::support::demo_upstream::{
     self, OK_BODY, ORIGIN_500_BODY, ORIGIN_502_BODY, ORIGIN_503_BODY,
 };
 use crate::support::{
-    assert_generated_headers, assert_problem, assert_problem_body, call, gateway_to, http_client,
-    layer, raw_exchange, read_body, request, serve_router, start_upstream, statuses, to_upstream,
-    Expected,
+    Expected, assert_generated_headers, assert_problem, assert_problem_body, call, gateway_to,
+    http_client, layer, raw_exchange, read_body, request, serve_router, start_upstream, statuses,
+    to_upstream,
 };
 
 fn destination_unavailable() -> Expected<'static> {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use gateway_errors::classify::Classification;
-use gateway_errors::render::{negotiate, ErrorView};
+use gateway_errors::render::{ErrorView, negotiate};
 use gateway_errors::{Format, GatewayErrorLayer, ProxyErrorKind, ProxyName, Template};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};

@@ -24,14 +24,14 @@ use std::time::{Duration, Instant, SystemTime};
 use axum::body::Body;
 use bytes::Bytes;
 use gateway_errors::headers::PROXY_STATUS;
-use gateway_errors::render::{negotiate, ErrorView};
-use gateway_errors::retry::{RetryAfter, IDEMPOTENCY_KEY};
+use gateway_errors::render::{ErrorView, negotiate};
+use gateway_errors::retry::{IDEMPOTENCY_KEY, RetryAfter};
 use gateway_errors::{Format, GatewayErrorLayer, ProxyError, ProxyErrorKind, ProxyName, Template};
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
-use tower::{service_fn, ServiceBuilder, ServiceExt};
+use tower::{ServiceBuilder, ServiceExt, service_fn};
 
 // ---------------------------------------------------------------------------------------------
 // Configuration

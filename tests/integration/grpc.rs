@@ -21,15 +21,15 @@ use gateway_errors::{GatewayErrorLayer, ProxyError, ProxyErrorKind};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message as _;
 use tokio::net::{TcpListener, TcpStream};
 use tonic::Code;
 use tower::ServiceExt;
 
-use crate::support::{self, statuses, within, GatewayService, PROXY_NAME};
+use crate::support::{self, GatewayService, PROXY_NAME, statuses, within};
 use grpc_demo::{DemoClient, Ping};
 
 // ---------------------------------------------------------------------------------------------

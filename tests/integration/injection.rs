@@ -19,7 +19,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use scraper::{ElementRef, Html, Selector};
-use tower::{service_fn, ServiceBuilder};
+use tower::{ServiceBuilder, service_fn};
 
 use crate::support::{call, demo_upstream, layer, raw_exchange, read_body, serve_gateway};
 

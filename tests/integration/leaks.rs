@@ -22,11 +22,11 @@ use gateway_errors::{GatewayErrorLayer, ProxyError};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::Full;
-use tower::{service_fn, ServiceBuilder};
+use tower::{ServiceBuilder, service_fn};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt};
 use tracing_subscriber::Layer;
+use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt};
 
 use crate::support::{call, demo_upstream, gateway_to, layer, raw_exchange, read_body, serve};
 

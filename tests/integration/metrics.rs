@@ -14,8 +14,8 @@ use std::time::Duration;
 use crate::support::{
     self, call, demo_upstream, gateway_to, read_body, request, start_upstream, within,
 };
-use gateway_errors::metrics::{DURATION_BOUNDARIES, ERRORS_GENERATED, REQUEST_DURATION};
 use gateway_errors::GatewayErrorLayer;
+use gateway_errors::metrics::{DURATION_BOUNDARIES, ERRORS_GENERATED, REQUEST_DURATION};
 use http::StatusCode;
 use opentelemetry::metrics::MeterProvider;
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, Metric, MetricData};

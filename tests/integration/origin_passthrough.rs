@@ -5,12 +5,12 @@ use std::convert::Infallible;
 
 use axum::body::Body;
 use bytes::Bytes;
-use gateway_errors::headers::PROXY_STATUS;
 use gateway_errors::ProxyError;
+use gateway_errors::headers::PROXY_STATUS;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use tower::{service_fn, ServiceBuilder, ServiceExt};
+use tower::{ServiceBuilder, ServiceExt, service_fn};
 
 use crate::support::demo_upstream::{
     self, OK_BODY, ORIGIN_500_BODY, ORIGIN_502_BODY, ORIGIN_503_BODY,

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::support::{self, assert_problem, call, demo_upstream, layer, start_upstream, Expected};
+use crate::support::{self, Expected, assert_problem, call, demo_upstream, layer, start_upstream};
 use gateway_errors::ProxyErrorKind;
 use http::{Request, Response};
 use tower::ServiceBuilder;

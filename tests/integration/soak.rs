@@ -21,7 +21,7 @@
 //!
 //! Faults the example's own client cannot produce on demand (a resolver that fails, a connect
 //! that never completes) are served by a gateway built the same way around a client with a custom
-//! resolver or connector, as `tests/upstream_faults.rs` does. Loopback only.
+//! resolver or connector, as `tests/integration/upstream_faults.rs` does. Loopback only.
 
 use crate::proxy;
 use crate::support;
@@ -35,19 +35,19 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use gateway_errors::{GatewayErrorLayer, ProxyName};
-use http::{header, Method, Request, StatusCode, Uri};
+use http::{Method, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::dns::Name;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 use tower::timeout::Timeout;
 use tower::util::BoxCloneSyncService;
-use tower::{service_fn, ServiceBuilder};
+use tower::{ServiceBuilder, service_fn};
 
 use crate::support::demo_upstream::{
-    self, large_body, OK_BODY, ORIGIN_500_BODY, ORIGIN_502_BODY, ORIGIN_503_BODY,
+    self, OK_BODY, ORIGIN_500_BODY, ORIGIN_502_BODY, ORIGIN_503_BODY, large_body,
 };
 
 /// Concurrent clients.
@@ -473,7 +473,7 @@ async fn one_request(setup: &Setup, n: usize) -> Result<Verdict, String> {
         // before hyper has flushed the head, and the connection closes with nothing written. The
         // client sees an error, which is what a cut body must be for it.
         Err(e) if matches!(route.expect, Expect::Cut) && !e.is_connect() => {
-            return Ok(Verdict::Alternate)
+            return Ok(Verdict::Alternate);
         }
         Err(e) => return Err(format!("the gateway did not answer: {e}")),
     };
@@ -708,7 +708,7 @@ async fn drive(setup: Arc<Setup>, deadline: Instant) {
 /// memory is in use, and stays resident.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 mod allocator {
-    extern "C" {
+    unsafe extern "C" {
         fn mallopt(param: i32, value: i32) -> i32;
         fn malloc_trim(pad: usize) -> i32;
     }

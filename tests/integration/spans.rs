@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
-use gateway_errors::body::GatewayBody;
 use gateway_errors::GatewayErrorLayer;
+use gateway_errors::body::GatewayBody;
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -28,10 +28,10 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::Layer;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
-use tracing_subscriber::Layer;
 
 const STEP: Duration = Duration::from_secs(5);
 
@@ -200,9 +200,9 @@ fn gateway(
     upstream: SocketAddr,
     layer: GatewayErrorLayer,
 ) -> impl Service<Request<Body>, Response = GatewayResponse, Error = Infallible, Future: Send>
-       + Clone
-       + Send
-       + 'static {
++ Clone
++ Send
++ 'static {
     let client = Client::builder(TokioExecutor::new()).build_http::<Body>();
     ServiceBuilder::new()
         .layer(layer)
@@ -695,8 +695,8 @@ async fn the_span_nests_under_tower_https_trace_layer() {
 
 #[tokio::test]
 async fn opentelemetry_exports_the_attributes_and_error_status() {
-    use opentelemetry::trace::{Status, TracerProvider as _};
     use opentelemetry::Value;
+    use opentelemetry::trace::{Status, TracerProvider as _};
     use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
 
     let exporter = InMemorySpanExporter::default();

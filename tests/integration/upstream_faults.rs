@@ -12,22 +12,23 @@ use axum::body::Body;
 use bytes::Bytes;
 use gateway_errors::retry::IDEMPOTENCY_KEY;
 use gateway_errors::{ProxyError, ProxyErrorKind};
-use http::{header, Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tower::limit::ConcurrencyLimitLayer;
 use tower::load_shed::LoadShedLayer;
 use tower::timeout::Timeout;
 use tower::util::BoxCloneSyncService;
-use tower::{service_fn, ServiceBuilder, ServiceExt};
+use tower::{ServiceBuilder, ServiceExt, service_fn};
 
 use crate::support::demo_upstream::{self, CUT_DECLARED, CUT_SENT};
 use crate::support::{
-    self, assert_generated_headers, assert_problem, call, client_with, gateway, gateway_to, layer,
-    raw_exchange, read_body, request, serve_gateway, start_upstream, within, Expected, PROXY_NAME,
+    self, Expected, PROXY_NAME, assert_generated_headers, assert_problem, call, client_with,
+    gateway, gateway_to, layer, raw_exchange, read_body, request, serve_gateway, start_upstream,
+    within,
 };
 
 /// Upper bound for an answer that a short timeout produces: the timeout plus generous slack for a

@@ -201,7 +201,7 @@ pub async fn read_response(stream: &mut TcpStream) -> Response {
                             String::from_utf8_lossy(&bytes)
                         )
                     })
-                    .0
+                    .0;
             }
             Ok(Ok(n)) => bytes.extend_from_slice(&buf[..n]),
         }
