@@ -62,7 +62,10 @@ const REQUESTS: usize = 10_000;
 fn requests(accept: Option<&'static str>) -> Vec<Request<Full<Bytes>>> {
     (0..REQUESTS)
         .map(|_| {
-            let mut builder = Request::get("http://127.0.0.1/ok");
+            // Every HTTP/1.1 request has a Host. A map built by inserting has room for six
+            // fields, as does one hyper reuses on a kept-alive connection (see `full_requests`).
+            let mut builder = Request::get("http://127.0.0.1/ok")
+                .header(http::header::HOST, HeaderValue::from_static("127.0.0.1"));
             if let Some(accept) = accept {
                 // Header values parsed by hyper share its read buffer, so the layer's clone of
                 // one is a reference-count bump; a static value behaves the same. (A value copied
@@ -72,6 +75,26 @@ fn requests(accept: Option<&'static str>) -> Vec<Request<Full<Bytes>>> {
             builder
                 .body(Full::new(Bytes::new()))
                 .expect("valid request")
+        })
+        .collect()
+}
+
+/// Requests whose header map is exactly full, as hyper sizes the map of the first request it
+/// parses on a connection with one, two or three fields (later requests on the connection reuse
+/// the map of the response before, which has room). Appending `CDN-Loop` then grows the map.
+fn full_requests() -> Vec<Request<Full<Bytes>>> {
+    (0..REQUESTS)
+        .map(|_| {
+            let mut request = Request::get("http://127.0.0.1/ok")
+                .body(Full::new(Bytes::new()))
+                .expect("valid request");
+            let headers = request.headers_mut();
+            headers.reserve(3);
+            headers.insert(http::header::HOST, HeaderValue::from_static("127.0.0.1"));
+            headers.insert(http::header::USER_AGENT, HeaderValue::from_static("curl/8"));
+            headers.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
+            assert_eq!(headers.capacity(), headers.len(), "a full map");
+            request
         })
         .collect()
 }
@@ -316,6 +339,30 @@ fn main() {
         row(
             "success: layered + metrics",
             measure(metered.layer(ok_service()), requests(None)).await,
+        );
+        row(
+            "success: layered, loop detection off",
+            measure(
+                layer.clone().loop_detection(false).layer(ok_service()),
+                requests(None),
+            )
+            .await,
+        );
+        row(
+            "success: bare, request map full",
+            measure(ok_service(), full_requests()).await,
+        );
+        row(
+            "success: layered, request map full",
+            measure(layer.layer(ok_service()), full_requests()).await,
+        );
+        row(
+            "success: layered, map full, loop detection off",
+            measure(
+                layer.clone().loop_detection(false).layer(ok_service()),
+                full_requests(),
+            )
+            .await,
         );
         row(
             "success: layered + upstream_timeout",

@@ -9,7 +9,8 @@
 //!   failure, and a curl line for each is printed.
 //! - `--bare` serves the same proxy without the layer: every upstream error becomes an empty 502.
 //!   It is the baseline the benchmarks compare against.
-//! - `--name` sets the proxy name in `Proxy-Status` (default `edge-1`); `--max-body` the request
+//! - `--name` sets the proxy name in `Proxy-Status` and `CDN-Loop` (default `edge-1`; give each
+//!   deployment its own: a request that comes back carrying it is a loop); `--max-body` the request
 //!   body limit in bytes (default 10 MiB); `--http2` speaks h2c to the upstream (one connection
 //!   for all requests; the demo upstream understands it, but its byte-level faults are HTTP/1).
 //! - `--timeout` is the time the upstream has for its response head (504 after it);

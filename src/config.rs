@@ -5,7 +5,8 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderName, StatusCode};
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode};
 use tracing::Level;
 
 use crate::cache::AnswerCache;
@@ -37,6 +38,9 @@ pub(crate) struct Settings {
     /// Add `details="..."` (the error chain, sanitized and bounded) to our `Proxy-Status` member.
     pub(crate) details: bool,
     pub(crate) grpc_codes: GrpcCodes,
+    /// A request that arrives carrying our name this many times in `CDN-Loop` is a loop; `None`:
+    /// loop detection is off, and `CDN-Loop` is left as it is.
+    pub(crate) loop_threshold: Option<u32>,
     #[cfg(feature = "metrics")]
     pub(crate) metrics: Option<crate::metrics::Metrics>,
 }
@@ -64,6 +68,7 @@ impl Default for Settings {
             .into(),
             details: false,
             grpc_codes: GrpcCodes::default(),
+            loop_threshold: Some(1),
             #[cfg(feature = "metrics")]
             metrics: None,
         }
@@ -81,10 +86,12 @@ impl Settings {
 pub(crate) const ANSWER_FORMS: usize = Format::ALL.len() + FRAMINGS;
 
 /// Settings frozen for the services, with what is made from them once: this gateway's
-/// `Proxy-Status` members, and the answers built so far.
+/// `Proxy-Status` and `CDN-Loop` members, and the answers built so far.
 pub(crate) struct Config {
     settings: Settings,
     pub(crate) proxy_status: ProxyStatusValues,
+    /// Our `CDN-Loop` member: the proxy name, shared by every request that carries it on.
+    pub(crate) cdn_loop_member: HeaderValue,
     pub(crate) answers: AnswerCache,
 }
 
@@ -92,6 +99,10 @@ impl Config {
     pub(crate) fn new(settings: Settings) -> Self {
         Config {
             proxy_status: ProxyStatusValues::new(&settings.proxy_name),
+            cdn_loop_member: HeaderValue::from_maybe_shared(Bytes::copy_from_slice(
+                settings.proxy_name.as_str().as_bytes(),
+            ))
+            .expect("a proxy name is visible ASCII"),
             answers: AnswerCache::new(ANSWER_FORMS),
             settings,
         }

@@ -288,6 +288,63 @@ impl GatewayErrorLayer {
     }
 }
 
+/// Forwarding loops (RFC 8586 `CDN-Loop`).
+impl GatewayErrorLayer {
+    /// Turns loop detection on or off. On by default.
+    ///
+    /// While it is on, the layer appends this gateway's [proxy name](Self::proxy_name) to the
+    /// `CDN-Loop` header of every request it forwards (an RFC 8586 list: the members already
+    /// there are kept, in order), and a request that arrives already carrying that name (see
+    /// [`loop_threshold`](Self::loop_threshold)) is a loop: it is answered at once with `502 Bad
+    /// Gateway`, `Proxy-Status: <name>; error=proxy_loop_detected`, the negotiated body, and
+    /// `retryable: false` (another attempt would loop again); a gRPC caller gets `INTERNAL`. The
+    /// inner service is not called, so a gateway that reaches itself, or two gateways that point
+    /// at each other, answer within the first turn instead of multiplying the load.
+    ///
+    /// The name is what identifies this deployment, so give each deployment its own: two gateways
+    /// that share a name take each other's requests for loops. A member that does not parse is
+    /// never taken for the name, and names compare ASCII case-insensitively, as host names do.
+    ///
+    /// Turn it off where something else already owns `CDN-Loop` for this hop (a CDN edge that
+    /// appends its own name under the same identity): the layer then neither reads nor writes the
+    /// header.
+    ///
+    /// ```
+    /// use gateway_errors::{GatewayErrorLayer, ProxyName};
+    ///
+    /// let layer = GatewayErrorLayer::new()
+    ///     .proxy_name(ProxyName::from_static("edge-eu-1"))
+    ///     .loop_detection(true);
+    /// # let _ = layer;
+    /// ```
+    pub fn loop_detection(self, enabled: bool) -> Self {
+        self.set(|s| {
+            s.loop_threshold = match (enabled, s.loop_threshold) {
+                (true, None) => Some(1),
+                (true, kept) => kept,
+                (false, _) => None,
+            }
+        })
+    }
+
+    /// How many times a request may already name this gateway in `CDN-Loop` before it counts as
+    /// a loop. Default: `1`, the first time it comes back. Raise it where a request may rightly
+    /// pass through the same gateway more than once (a service behind it that calls back
+    /// through it): with `2`, a request may come back once, and is refused when it arrives
+    /// naming this gateway twice. `0` counts as `1`. Turns loop detection on.
+    ///
+    /// ```
+    /// use gateway_errors::GatewayErrorLayer;
+    ///
+    /// // The orders service calls the catalogue through this same gateway: one return is fine.
+    /// let layer = GatewayErrorLayer::new().loop_threshold(2);
+    /// # let _ = layer;
+    /// ```
+    pub fn loop_threshold(self, times: u32) -> Self {
+        self.set(|s| s.loop_threshold = Some(times.max(1)))
+    }
+}
+
 /// gRPC callers.
 impl GatewayErrorLayer {
     /// Answers a gRPC caller's errors of this kind with `code` instead of the default from
@@ -371,6 +428,7 @@ impl fmt::Debug for GatewayErrorLayer {
             .field("default_format", &config.default_format)
             .field("span_level", &config.span_level)
             .field("proxy_status_details", &config.details)
+            .field("loop_threshold", &config.loop_threshold)
             .finish_non_exhaustive()
     }
 }

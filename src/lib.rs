@@ -15,7 +15,10 @@
 //!   span, never to the client;
 //! - the clock does not stop at the head: an origin whose body stalls is cut at the
 //!   [read timeout](GatewayErrorLayer::upstream_read_timeout), and the client sees a broken
-//!   transfer, never a hang or a body that looks complete.
+//!   transfer, never a hang or a body that looks complete;
+//! - a gateway that reaches itself, or a loop of gateways, is told so: the layer appends its name
+//!   to `CDN-Loop` (RFC 8586) and answers a request that comes back with `502
+//!   proxy_loop_detected` ([`loop_detection`](GatewayErrorLayer::loop_detection)).
 //!
 //! # Quick start
 //!

@@ -106,16 +106,24 @@ pub(crate) fn finish<B: Body>(pending: Pending, outcome: Outcome<B>) -> Response
             forward(pending, response)
         }
         Outcome::Failed(error) => {
-            let classification = classify(&pending.config.classifiers, &*error);
-            // A service that made a ProxyError may know when to come back.
-            let retry_after = chain(&*error)
-                .find_map(|e| e.downcast_ref::<ProxyError>())
-                .and_then(ProxyError::retry_after);
-            let mut error =
-                ProxyError::from_classification(classification).with_source_boxed(error);
-            if let Some(after) = retry_after {
-                error = error.with_retry_after(after);
-            }
+            // A ProxyError is an error already decided (by this layer, or by a service that knows
+            // exactly what went wrong): it is answered as it is, its own source kept.
+            let error = match error.downcast::<ProxyError>() {
+                Ok(decided) => *decided,
+                Err(error) => {
+                    let classification = classify(&pending.config.classifiers, &*error);
+                    // A ProxyError deeper in the chain may know when to come back.
+                    let retry_after = chain(&*error)
+                        .find_map(|e| e.downcast_ref::<ProxyError>())
+                        .and_then(ProxyError::retry_after);
+                    let error =
+                        ProxyError::from_classification(classification).with_source_boxed(error);
+                    match retry_after {
+                        Some(after) => error.with_retry_after(after),
+                        None => error,
+                    }
+                }
+            };
             generate(&pending, error, None, None)
         }
         Outcome::TimedOut(timed_out) => {

@@ -14,9 +14,12 @@ use crate::BoxError;
 use crate::body::GatewayBody;
 use crate::config::Config;
 use crate::deadline::{HeadClock, ResponseDeadline};
+use crate::error::ProxyError;
 use crate::facts::RequestFacts;
 use crate::future::ResponseFuture;
 use crate::grpc::call::service_and_method;
+use crate::headers::cdn_loop::{CDN_LOOP, LoopDetected, count_member};
+use crate::kind::ProxyErrorKind;
 use crate::layer::GatewayErrorLayer;
 use crate::respond::Pending;
 use crate::trace;
@@ -106,14 +109,32 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let facts = RequestFacts::capture(&request, &self.config);
         let span = trace::request_span(self.config.span_level, &request);
         if facts.grpc.is_some() && !span.is_disabled() {
             trace::record_rpc_call(&span, service_and_method(request.uri().path()));
         }
         let config = self.config.clone();
-        if let Some(error) = self.ready_error.take() {
+        let ready_error = self.ready_error.take();
+        if let Some(threshold) = config.loop_threshold {
+            let headers = request.headers_mut();
+            let times = count_member(
+                headers.get_all(&CDN_LOOP).iter(),
+                config.proxy_name.as_str().as_bytes(),
+                threshold,
+            );
+            if times >= threshold {
+                // Been here before: forwarding it again would go round once more.
+                let error = ProxyError::new(ProxyErrorKind::ProxyLoopDetected)
+                    .with_source(LoopDetected { times });
+                let pending = Pending::new(config, facts, span, None);
+                return ResponseFuture::failed(Box::new(error), pending);
+            }
+            // RFC 8586: every intermediary appends itself, keeping the members before it.
+            headers.append(CDN_LOOP.clone(), config.cdn_loop_member.clone());
+        }
+        if let Some(error) = ready_error {
             return ResponseFuture::failed(error, Pending::new(config, facts, span, None));
         }
         // The clock is read only when a limit needs a start.

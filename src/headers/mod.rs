@@ -1,12 +1,14 @@
-//! The header fields the layer reads and writes: `Proxy-Status` (RFC 9209), `Retry-After`
-//! (RFC 9110 §10.2.3), and the Structured Field syntax (RFC 9651) under them.
+//! The header fields the layer reads and writes: `Proxy-Status` (RFC 9209), `CDN-Loop` (RFC
+//! 8586), `Retry-After` (RFC 9110 §10.2.3), and the Structured Field syntax (RFC 9651) under them.
 
+pub(crate) mod cdn_loop;
 mod proxy_status;
 pub(crate) mod retry_after;
 pub(crate) mod sf;
 
 use http::header::HeaderName;
 
+pub use cdn_loop::CDN_LOOP;
 pub(crate) use proxy_status::{DEFAULT_NAME, ProxyStatusValues, append_member, with_details};
 pub use proxy_status::{InvalidProxyName, ProxyName};
 

@@ -126,7 +126,9 @@ impl<'a> ErrorView<'a> {
 
     /// A sentence saying whether waiting or retrying will help.
     pub fn advice(&self) -> &'static str {
-        let temporary = matches!(self.status.as_u16(), 502..=504);
+        // A loop is a gateway's configuration, not a passing fault.
+        let temporary = matches!(self.status.as_u16(), 502..=504)
+            && self.kind != Some(ProxyErrorKind::ProxyLoopDetected);
         match (temporary, self.retryable) {
             (true, true) => {
                 "This is usually temporary: the request can safely be sent again in a moment."

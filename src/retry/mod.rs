@@ -6,7 +6,9 @@
 //!
 //! - a failure before the request was sent ([`Phase::NotSent`]) is safe to retry for every method;
 //! - after it may have reached the origin, only an idempotent method (GET, HEAD, OPTIONS, TRACE,
-//!   PUT, DELETE) or a request with a valid [`Idempotency-Key`](IDEMPOTENCY_KEY) is.
+//!   PUT, DELETE) or a request with a valid [`Idempotency-Key`](IDEMPOTENCY_KEY) is;
+//! - a forwarding loop (`proxy_loop_detected`) never is: it was not sent, but another attempt
+//!   would loop again.
 //!
 //! Every generated error carries the hint: in its body (`retryable`), in the [`ProxyError`]
 //! extension ([`ProxyError::is_retryable`]) and on the span. [`RetryPolicy`] (feature `tower`, on
@@ -50,8 +52,12 @@ pub struct RetryFacts {
 }
 
 impl RetryFacts {
-    /// The default rule: not sent, or an idempotent method, or an idempotency key.
+    /// The default rule: not sent, or an idempotent method, or an idempotency key; never a
+    /// forwarding loop (`proxy_loop_detected`), which the next attempt would run into again.
     pub fn default_rule(&self) -> bool {
+        if self.kind == Some(ProxyErrorKind::ProxyLoopDetected) {
+            return false;
+        }
         self.phase == Phase::NotSent || self.idempotent_method || self.idempotency_key
     }
 }

@@ -11,6 +11,8 @@
 //!   exactly when it carries a valid Structured Field string key.
 //! - `Proxy-Status`, through the layer: whatever the origin sent, our member is appended last and
 //!   the result is a valid header value.
+//! - `CDN-Loop`, through the layer: lists of other intermediaries never make a loop, our own
+//!   well-formed member always does, and any bytes are handled.
 //!
 //! Cases per property: proptest's default (256), or `PROPTEST_CASES`. The properties that go
 //! through the layer run a quarter of that.
@@ -23,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Body;
 use bytes::Bytes;
-use gateway_errors::headers::PROXY_STATUS;
+use gateway_errors::headers::{CDN_LOOP, PROXY_STATUS};
 use gateway_errors::render::{ErrorView, negotiate};
 use gateway_errors::retry::{IDEMPOTENCY_KEY, RetryAfter};
 use gateway_errors::{Format, GatewayErrorLayer, ProxyError, ProxyErrorKind, ProxyName, Template};
@@ -1038,5 +1040,104 @@ proptest! {
         }
         expected.extend_from_slice(ours.as_bytes());
         prop_assert_eq!(value.as_bytes(), &expected[..]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// CDN-Loop, through the layer
+
+/// A well-formed `cdn-info` of another intermediary: a token or host (never `edge-1`, in any
+/// case) with optional parameters, and optional whitespace around.
+fn other_member() -> impl Strategy<Value = String> {
+    (
+        "[a-zA-Z0-9][a-zA-Z0-9.-]{0,14}(:[0-9]{1,5})?"
+            .prop_filter("not our name", |id| !id.eq_ignore_ascii_case("edge-1")),
+        prop::collection::vec(
+            prop_oneof![
+                "[a-z]{1,6}=[a-z0-9]{1,6}",
+                "[a-z]{1,6}=\"[ a-z0-9,;=-]{0,12}\"",
+            ],
+            0..3,
+        ),
+        "[ \t]{0,2}",
+    )
+        .prop_map(|(id, params, space)| {
+            let params: String = params
+                .iter()
+                .map(|p| format!("{space};{space}{p}"))
+                .collect();
+            format!("{space}{id}{params}{space}")
+        })
+}
+
+/// Our own member, as another gateway might have written it: any case, maybe with parameters.
+fn our_member() -> impl Strategy<Value = String> {
+    (
+        prop::sample::select(vec!["edge-1", "EDGE-1", "Edge-1"]),
+        prop::option::of("[a-z]{1,6}=[a-z0-9]{1,6}"),
+    )
+        .prop_map(|(id, param)| match param {
+            Some(param) => format!("{id}; {param}"),
+            None => id.to_owned(),
+        })
+}
+
+/// Sends a GET with this `CDN-Loop` value through a layer named `edge-1`; true if it was
+/// answered as a loop, false if it was forwarded.
+fn looped(value: &[u8]) -> bool {
+    let origin = service_fn(|_request: Request<Body>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+    });
+    let gateway = ServiceBuilder::new()
+        .layer(GatewayErrorLayer::new().proxy_name(ProxyName::from_static("edge-1")))
+        .service(origin);
+    let mut request = Request::get("/").body(Body::empty()).unwrap();
+    let value = HeaderValue::from_bytes(value).expect("a valid header value");
+    request.headers_mut().insert(CDN_LOOP.clone(), value);
+    RUNTIME.block_on(async {
+        let response = match gateway.oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        match response.status() {
+            StatusCode::OK => false,
+            StatusCode::BAD_GATEWAY => {
+                let error = response
+                    .extensions()
+                    .get::<ProxyError>()
+                    .expect("a ProxyError");
+                assert_eq!(error.kind(), Some(ProxyErrorKind::ProxyLoopDetected));
+                true
+            }
+            other => panic!("neither forwarded nor a loop: {other}"),
+        }
+    })
+}
+
+proptest! {
+    #![proptest_config(layer_config())]
+
+    #[test]
+    fn other_intermediaries_never_make_a_loop_and_our_member_always_does(
+        others in prop::collection::vec(other_member(), 0..12),
+        ours in our_member(),
+        at in any::<prop::sample::Index>(),
+    ) {
+        let list = others.join(",");
+        prop_assert!(!looped(list.as_bytes()), "{list:?} taken for a loop");
+        let mut with_ours = others.clone();
+        with_ours.insert(at.index(others.len() + 1), ours);
+        let list = with_ours.join(",");
+        prop_assert!(looped(list.as_bytes()), "{list:?} not taken for a loop");
+    }
+
+    #[test]
+    fn any_cdn_loop_bytes_are_handled(value in header_bytes(160)) {
+        prop_assume!(HeaderValue::from_bytes(&value).is_ok());
+        if looped(&value) {
+            // Only a value that names us can have been taken for a loop.
+            let text = String::from_utf8_lossy(&value).to_ascii_lowercase();
+            prop_assert!(text.contains("edge-1"), "{text:?}");
+        }
     }
 }

@@ -25,6 +25,7 @@ mod grpc;
 mod http2;
 mod injection;
 mod leaks;
+mod loops;
 mod metrics;
 mod origin_passthrough;
 mod reqwest_client;
