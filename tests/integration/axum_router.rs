@@ -83,6 +83,29 @@ async fn handler_proxy_error_renders_exactly_like_an_inner_service_error() {
     assert_problem(handler_response, &destination_unavailable()).await;
 }
 
+/// A handler that returns `impl IntoResponse`: `ProxyError::into_response` is axum's, with
+/// nothing of the crate's own to shadow it.
+async fn impl_into_response(down: bool) -> impl axum::response::IntoResponse {
+    use axum::response::IntoResponse;
+    if down {
+        ProxyError::new(ProxyErrorKind::DestinationUnavailable).into_response()
+    } else {
+        "up".into_response()
+    }
+}
+
+#[tokio::test]
+async fn a_handler_returning_impl_into_response_can_answer_with_a_proxy_error() {
+    let app = Router::new()
+        .route("/down", any(|| impl_into_response(true)))
+        .route("/up", any(|| impl_into_response(false)))
+        .layer(layer());
+    let down = call(app.clone(), request("GET", "/down", None)).await;
+    assert_problem(down, &destination_unavailable()).await;
+    let up = call(app, request("GET", "/up", None)).await;
+    assert_eq!(up.status(), StatusCode::OK);
+}
+
 #[derive(Clone)]
 struct ByHand {
     client: Client<HttpConnector, Body>,
