@@ -16,6 +16,7 @@ use crate::error::ProxyError;
 use crate::kind::ProxyErrorKind;
 #[cfg(feature = "metrics")]
 use crate::metrics::ResponseTimer;
+use crate::stale::tee::Tee;
 use crate::trace::BodyTrace;
 
 pin_project! {
@@ -50,13 +51,15 @@ pin_project! {
     }
 }
 
-/// Who is told how an origin's body ends: the span (when a subscriber wants it) and the metrics.
-/// Each is told once.
+/// Who is told how an origin's body ends: the span (when a subscriber wants it), the metrics,
+/// and the copy for the last-good-copy store (a body being stored). Each is told once.
 #[derive(Default)]
 struct Watch {
     trace: Option<BodyTrace>,
     #[cfg(feature = "metrics")]
     timer: Option<ResponseTimer>,
+    /// Boxed, and present only for a response being stored: one pointer for every other body.
+    tee: Option<Box<Tee>>,
 }
 
 impl Watch {
@@ -75,6 +78,24 @@ impl Watch {
                 None => trace.completed(),
             }
         }
+        // Only a body that ended as it should is stored; a broken one is dropped with its copy.
+        if let Some(tee) = self.tee.take() {
+            if failure.is_none() {
+                tee.complete();
+            }
+        }
+    }
+
+    /// A frame passes: the copy takes its data; trailers, or data past the limit, end the copy
+    /// (the body streams on).
+    #[inline]
+    fn copy(&mut self, frame: &Frame<Bytes>) {
+        if let Some(tee) = self.tee.as_mut() {
+            let keep = frame.data_ref().is_some_and(|data| tee.copy(data));
+            if !keep {
+                self.tee = None;
+            }
+        }
     }
 }
 
@@ -87,6 +108,7 @@ impl<B> GatewayBody<B> {
                 trace,
                 #[cfg(feature = "metrics")]
                 timer: None,
+                tee: None,
             },
         }
     }
@@ -95,6 +117,12 @@ impl<B> GatewayBody<B> {
     #[cfg(feature = "metrics")]
     pub(crate) fn timed(mut self, timer: Option<ResponseTimer>) -> Self {
         self.watch.timer = timer;
+        self
+    }
+
+    /// Has the body copied for the last-good-copy store as it passes.
+    pub(crate) fn teed(mut self, tee: Option<Box<Tee>>) -> Self {
+        self.watch.tee = tee;
         self
     }
 
@@ -142,6 +170,7 @@ where
                     if let Some(trace) = this.watch.trace.as_mut() {
                         trace.forwarded(&frame);
                     }
+                    this.watch.copy(&frame);
                     // A server stops polling once `is_end_stream` says the body is done, so the
                     // end may never be seen as `None`.
                     if body.is_end_stream() {

@@ -16,6 +16,7 @@ use crate::headers::{ProxyName, ProxyStatusValues};
 use crate::negotiate::Format;
 use crate::render::Templates;
 use crate::retry::hint::RetryRules;
+use crate::stale::StaleIfError;
 
 /// Everything the builder sets. A builder method copies the settings, changes one, and freezes
 /// the copy into a new [`Config`].
@@ -37,6 +38,8 @@ pub(crate) struct Settings {
     /// Add `details="..."` (the error chain, sanitized and bounded) to our `Proxy-Status` member.
     pub(crate) details: bool,
     pub(crate) grpc_codes: GrpcCodes,
+    /// The last-good-copy store, if one is configured.
+    pub(crate) stale: Option<StaleIfError>,
     #[cfg(feature = "metrics")]
     pub(crate) metrics: Option<crate::metrics::Metrics>,
 }
@@ -64,6 +67,7 @@ impl Default for Settings {
             .into(),
             details: false,
             grpc_codes: GrpcCodes::default(),
+            stale: None,
             #[cfg(feature = "metrics")]
             metrics: None,
         }

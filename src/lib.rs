@@ -134,6 +134,7 @@
 //! | [`headers`] | `Proxy-Status`, [`ProxyName`]'s error |
 //! | [`retry`] | the retry hint's facts, [`RetryAfter`](retry::RetryAfter), [`RetryPolicy`](retry::RetryPolicy) |
 //! | [`grpc`] | [`GrpcCode`](grpc::GrpcCode) |
+//! | [`stale`] | [`StaleIfError`](stale::StaleIfError): the last good copy answers while the origin is down |
 //! | [`future`], [`body`] | the service's future and response body |
 //! | [`error`] | the crate's other error types |
 //! | `metrics` | the OpenTelemetry instruments (feature `metrics`) |
@@ -178,6 +179,7 @@ pub mod render;
 mod respond;
 pub mod retry;
 mod service;
+pub mod stale;
 mod trace;
 
 pub use error::ProxyError;

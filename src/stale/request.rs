@@ -1,0 +1,301 @@
+//! What a request brings to the store, captured when it arrives: its key, the values of the
+//! headers a variant may depend on, and its own `Cache-Control`.
+//!
+//! Nothing here allocates. The URI and the header values are kept as the request held them, and
+//! cloning a parsed value shares its bytes (hyper parses a request into one shared buffer).
+
+use std::borrow::Borrow;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Uri};
+use tokio::time::Instant;
+
+use super::directives::RequestDirectives;
+use super::policy::{MAX_VARY_HEADERS, Policy};
+
+/// What the store may do for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// GET or HEAD: its response may be stored (GET only), and a copy may answer it.
+    Read { head: bool },
+    /// A method that may change the resource: a success removes the copies of its URI
+    /// (RFC 9111 §4.4).
+    Write,
+}
+
+/// The value of one header a variant may depend on, as the request sent it.
+#[derive(Debug, Clone, Default)]
+pub(crate) enum VaryValue {
+    #[default]
+    Absent,
+    One(HeaderValue),
+    /// Sent on more than one line: no variant is stored for, or matched to, such a request.
+    Several,
+}
+
+/// The request, as the store needs it.
+pub(crate) struct CapturedRequest {
+    pub(crate) access: Access,
+    uri: Uri,
+    /// `Host`, when the URI has no authority (HTTP/1.1's origin form).
+    host: Option<HeaderValue>,
+    /// In the order of the policy's `vary_headers`.
+    pub(crate) vary: [VaryValue; MAX_VARY_HEADERS],
+    pub(crate) directives: RequestDirectives,
+    pub(crate) authorization: bool,
+    /// When the request arrived (RFC 9111 §4.2.3's `request_time`).
+    pub(crate) arrived: Instant,
+}
+
+impl CapturedRequest {
+    /// `None` for a request the store has nothing to do with: OPTIONS, TRACE, CONNECT, and
+    /// anything that asks to switch protocols.
+    pub(crate) fn capture<B>(policy: &Policy, request: &Request<B>) -> Option<Self> {
+        let headers = request.headers();
+        let access = match *request.method() {
+            Method::GET => Access::Read { head: false },
+            Method::HEAD => Access::Read { head: true },
+            Method::OPTIONS | Method::TRACE | Method::CONNECT => return None,
+            _ => Access::Write,
+        };
+        if headers.contains_key(header::UPGRADE) {
+            return None;
+        }
+        let uri = request.uri().clone();
+        let host = match uri.authority() {
+            Some(_) => None,
+            None => headers.get(header::HOST).cloned(),
+        };
+        let mut vary: [VaryValue; MAX_VARY_HEADERS] = Default::default();
+        let mut directives = RequestDirectives::default();
+        if matches!(access, Access::Read { .. }) {
+            for (slot, name) in vary.iter_mut().zip(&policy.vary_headers) {
+                let mut values = headers.get_all(name).iter();
+                *slot = match (values.next(), values.next()) {
+                    (None, _) => VaryValue::Absent,
+                    (Some(value), None) => VaryValue::One(value.clone()),
+                    (Some(_), Some(_)) => VaryValue::Several,
+                };
+            }
+            if headers.contains_key(header::CACHE_CONTROL) {
+                directives = RequestDirectives::parse(headers);
+            }
+        }
+        Some(CapturedRequest {
+            access,
+            uri,
+            host,
+            vary,
+            directives,
+            authorization: headers.contains_key(header::AUTHORIZATION),
+            arrived: Instant::now(),
+        })
+    }
+
+    /// The key of the request's target: the authority the client asked for, path and query.
+    pub(crate) fn key(&self) -> KeyView<'_> {
+        let authority = match (self.uri.authority(), &self.host) {
+            (Some(authority), _) => authority.as_str().as_bytes(),
+            (None, Some(host)) => host.as_bytes(),
+            (None, None) => b"",
+        };
+        let path = self
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .as_bytes();
+        KeyView { authority, path }
+    }
+}
+
+/// The two parts of a key. Hashing and comparing go through this trait, so that a stored key
+/// and a request's parts find each other without building a key for the request.
+pub(crate) trait KeyParts {
+    /// The authority as sent: compared without case (RFC 3986 §6.2.2.1 for the host).
+    fn authority(&self) -> &[u8];
+    fn path(&self) -> &[u8];
+}
+
+impl Hash for dyn KeyParts + '_ {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        for &b in self.authority() {
+            state.write_u8(b.to_ascii_lowercase());
+        }
+        // No authority holds a line feed, and no header value or URI does: the join is
+        // unambiguous, so `Host: a/b` with path `/c` is not `Host: a` with path `/b/c`.
+        state.write_u8(b'\n');
+        state.write(self.path());
+    }
+}
+
+impl PartialEq for dyn KeyParts + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.authority().eq_ignore_ascii_case(other.authority()) && self.path() == other.path()
+    }
+}
+
+impl Eq for dyn KeyParts + '_ {}
+
+/// A request's key, borrowed from it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KeyView<'a> {
+    authority: &'a [u8],
+    path: &'a [u8],
+}
+
+impl KeyParts for KeyView<'_> {
+    fn authority(&self) -> &[u8] {
+        self.authority
+    }
+    fn path(&self) -> &[u8] {
+        self.path
+    }
+}
+
+impl KeyView<'_> {
+    /// The key to keep: the authority in lower case, a line feed, the path and query.
+    pub(crate) fn to_key(self) -> Key {
+        let mut bytes = Vec::with_capacity(self.authority.len() + 1 + self.path.len());
+        bytes.extend(self.authority.iter().map(u8::to_ascii_lowercase));
+        bytes.push(b'\n');
+        bytes.extend_from_slice(self.path);
+        Key(bytes.into())
+    }
+}
+
+/// A stored key. Shared between the store's index and the copy it names.
+#[derive(Clone)]
+pub(crate) struct Key(Arc<[u8]>);
+
+impl Key {
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn split(&self) -> (&[u8], &[u8]) {
+        let at = self.0.iter().position(|&b| b == b'\n').unwrap_or(0);
+        (&self.0[..at], &self.0[(at + 1).min(self.0.len())..])
+    }
+}
+
+impl KeyParts for Key {
+    fn authority(&self) -> &[u8] {
+        self.split().0
+    }
+    fn path(&self) -> &[u8] {
+        self.split().1
+    }
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (self as &dyn KeyParts).hash(state);
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        (self as &dyn KeyParts) == (other as &dyn KeyParts)
+    }
+}
+
+impl Eq for Key {}
+
+impl<'a> Borrow<dyn KeyParts + 'a> for Key {
+    fn borrow(&self) -> &(dyn KeyParts + 'a) {
+        self
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (authority, path) = self.split();
+        write!(
+            f,
+            "{}{}",
+            String::from_utf8_lossy(authority),
+            String::from_utf8_lossy(path)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn captured(method: &str, uri: &str, headers: &[(&str, &str)]) -> Option<CapturedRequest> {
+        let mut builder = Request::builder().method(method).uri(uri);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        CapturedRequest::capture(&Policy::default(), &builder.body(()).unwrap())
+    }
+
+    #[test]
+    fn the_key_is_the_authority_asked_for_then_path_and_query() {
+        let origin_form = captured("GET", "/a?b=1", &[("host", "Site.Example")]).unwrap();
+        let absolute = captured("GET", "http://site.example/a?b=1", &[]).unwrap();
+        let other_site = captured("GET", "/a?b=1", &[("host", "other.example")]).unwrap();
+        let other_query = captured("GET", "/a?b=2", &[("host", "site.example")]).unwrap();
+        let mut map = HashMap::new();
+        map.insert(origin_form.key().to_key(), 1);
+        assert_eq!(map.get(&absolute.key() as &dyn KeyParts), Some(&1));
+        assert_eq!(map.get(&other_site.key() as &dyn KeyParts), None);
+        assert_eq!(map.get(&other_query.key() as &dyn KeyParts), None);
+        assert_eq!(
+            format!("{:?}", origin_form.key().to_key()),
+            "site.example/a?b=1"
+        );
+    }
+
+    #[test]
+    fn a_host_with_a_path_in_it_is_not_another_sites_page() {
+        let odd = captured("GET", "/c", &[("host", "a/b")]).unwrap();
+        let plain = captured("GET", "/b/c", &[("host", "a")]).unwrap();
+        let mut map = HashMap::new();
+        map.insert(plain.key().to_key(), ());
+        assert!(!map.contains_key(&odd.key() as &dyn KeyParts));
+    }
+
+    #[test]
+    fn what_each_method_may_do() {
+        assert_eq!(
+            captured("GET", "/", &[]).unwrap().access,
+            Access::Read { head: false }
+        );
+        assert_eq!(
+            captured("HEAD", "/", &[]).unwrap().access,
+            Access::Read { head: true }
+        );
+        for write in ["POST", "PUT", "DELETE", "PATCH", "PURGE"] {
+            assert_eq!(captured(write, "/", &[]).unwrap().access, Access::Write);
+        }
+        for none in ["OPTIONS", "TRACE"] {
+            assert!(captured(none, "/", &[]).is_none(), "{none}");
+        }
+        assert!(captured("GET", "/ws", &[("upgrade", "websocket")]).is_none());
+    }
+
+    #[test]
+    fn vary_values_are_taken_in_the_policys_order() {
+        let request = captured(
+            "GET",
+            "/",
+            &[
+                ("accept-encoding", "gzip"),
+                ("accept-language", "en"),
+                ("accept-language", "fr"),
+                ("cache-control", "stale-if-error=9"),
+            ],
+        )
+        .unwrap();
+        assert!(matches!(&request.vary[0], VaryValue::One(v) if v == "gzip"));
+        assert!(matches!(request.vary[1], VaryValue::Absent));
+        assert!(matches!(request.vary[2], VaryValue::Several));
+        assert_eq!(request.directives.stale_if_error, Some(9));
+    }
+}
