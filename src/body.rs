@@ -357,6 +357,58 @@ mod tests {
         drop(tx);
     }
 
+    /// A body of these frames, then its end.
+    fn frames(frames: Vec<Frame<Bytes>>) -> impl Body<Data = Bytes, Error = std::io::Error> {
+        http_body_util::StreamBody::new(futures_util::stream::iter(
+            frames.into_iter().map(Ok::<_, std::io::Error>),
+        ))
+    }
+
+    /// Sends `body` through a copy for `store`, as the layer does for a GET it may store, and
+    /// returns what the client read.
+    async fn through_a_copy(
+        store: &crate::stale::StaleIfError,
+        body: impl Body<Data = Bytes, Error = std::io::Error>,
+    ) -> Bytes {
+        let request = http::Request::get("/page")
+            .header("host", "site.example")
+            .body(())
+            .unwrap();
+        let captured = store.capture(&request).unwrap();
+        let tee = store.on_response(
+            &captured,
+            http::StatusCode::OK,
+            &http::HeaderMap::new(),
+            false,
+        );
+        assert!(tee.is_some(), "the response is admitted");
+        let body = GatewayBody::origin(body, BodyLimits::default(), None).teed(tee);
+        body.collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_copy_is_stored_only_for_a_whole_body_within_the_limit_and_without_trailers() {
+        let store = crate::stale::StaleIfError::new()
+            .default_window(Duration::from_secs(60))
+            .max_response_bytes(8);
+        let data = |bytes: &'static [u8]| Frame::data(Bytes::from_static(bytes));
+
+        let whole = through_a_copy(&store, frames(vec![data(b"abc"), data(b"def")])).await;
+        assert_eq!(whole, "abcdef");
+        assert_eq!(store.len(), 1);
+        store.clear();
+
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-checksum", "1".parse().unwrap());
+        let with_trailers = frames(vec![data(b"abc"), Frame::trailers(trailers)]);
+        assert_eq!(through_a_copy(&store, with_trailers).await, "abc");
+        assert_eq!(store.len(), 0, "trailers are not stored");
+
+        let long = frames(vec![data(b"12345"), data(b"67890"), data(b"!")]);
+        assert_eq!(through_a_copy(&store, long).await, "1234567890!");
+        assert_eq!(store.len(), 0, "past the limit");
+    }
+
     #[tokio::test]
     async fn a_generated_body_is_one_frame() {
         let body = GatewayBody::<Scripted>::generated(Bytes::from_static(b"502"));
