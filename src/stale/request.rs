@@ -120,8 +120,14 @@ pub(crate) trait KeyParts {
 
 impl Hash for dyn KeyParts + '_ {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        for &b in self.authority() {
-            state.write_u8(b.to_ascii_lowercase());
+        // In lower case, a few bytes at a time through a buffer on the stack: a stored key and a
+        // request's parts are hashed by this same code, so they hash alike.
+        let mut lower = [0u8; 32];
+        for chunk in self.authority().chunks(lower.len()) {
+            let lower = &mut lower[..chunk.len()];
+            lower.copy_from_slice(chunk);
+            lower.make_ascii_lowercase();
+            state.write(lower);
         }
         // No authority holds a line feed, and no header value or URI does: the join is
         // unambiguous, so `Host: a/b` with path `/c` is not `Host: a` with path `/b/c`.
@@ -155,28 +161,37 @@ impl KeyParts for KeyView<'_> {
 }
 
 impl KeyView<'_> {
-    /// The key to keep: the authority in lower case, a line feed, the path and query.
+    /// The key to keep: the authority in lower case, a line feed, the path and query. One
+    /// allocation: the iterator knows its length, so the shared slice is filled in place.
     pub(crate) fn to_key(self) -> Key {
-        let mut bytes = Vec::with_capacity(self.authority.len() + 1 + self.path.len());
-        bytes.extend(self.authority.iter().map(u8::to_ascii_lowercase));
-        bytes.push(b'\n');
-        bytes.extend_from_slice(self.path);
-        Key(bytes.into())
+        let bytes = (self.authority.iter().map(u8::to_ascii_lowercase))
+            .chain(std::iter::once(b'\n'))
+            .chain(self.path.iter().copied());
+        Key {
+            bytes: bytes.collect(),
+            authority_len: self.authority.len(),
+        }
     }
 }
 
-/// A stored key. Shared between the store's index and the copy it names.
+/// A stored key: the authority in lower case, a line feed, the path and query. Shared between
+/// the store's index and the copy it names.
 #[derive(Clone)]
-pub(crate) struct Key(Arc<[u8]>);
+pub(crate) struct Key {
+    bytes: Arc<[u8]>,
+    authority_len: usize,
+}
 
 impl Key {
     pub(crate) fn len(&self) -> usize {
-        self.0.len()
+        self.bytes.len()
     }
 
     fn split(&self) -> (&[u8], &[u8]) {
-        let at = self.0.iter().position(|&b| b == b'\n').unwrap_or(0);
-        (&self.0[..at], &self.0[(at + 1).min(self.0.len())..])
+        (
+            &self.bytes[..self.authority_len],
+            &self.bytes[self.authority_len + 1..],
+        )
     }
 }
 
@@ -196,8 +211,9 @@ impl Hash for Key {
 }
 
 impl PartialEq for Key {
+    /// Two stored keys are both in lower case: their bytes say it all.
     fn eq(&self, other: &Self) -> bool {
-        (self as &dyn KeyParts) == (other as &dyn KeyParts)
+        self.bytes == other.bytes
     }
 }
 

@@ -153,7 +153,7 @@ impl Store {
 /// The index and the recency list, in slots that are reused.
 struct Lru {
     /// Each key's slots, oldest stored first.
-    map: HashMap<Key, Vec<usize>>,
+    map: HashMap<Key, Variants>,
     slots: Vec<Slot>,
     free: Vec<usize>,
     /// The most recently used.
@@ -164,6 +164,37 @@ struct Lru {
     bytes: usize,
     /// Counts every store and read.
     clock: u64,
+}
+
+/// The slots of one key's variants, oldest stored first, held inline: a key costs its index
+/// entry and no allocation of its own.
+#[derive(Default)]
+struct Variants {
+    slots: [usize; MAX_VARIANTS_PER_KEY],
+    len: usize,
+}
+
+impl Variants {
+    /// Adds `slot`; the caller has made room.
+    fn push(&mut self, slot: usize) {
+        self.slots[self.len] = slot;
+        self.len += 1;
+    }
+
+    fn remove(&mut self, slot: usize) {
+        if let Some(at) = self.iter().position(|&s| s == slot) {
+            self.slots.copy_within(at + 1..self.len, at);
+            self.len -= 1;
+        }
+    }
+}
+
+impl std::ops::Deref for Variants {
+    type Target = [usize];
+
+    fn deref(&self) -> &[usize] {
+        &self.slots[..self.len]
+    }
 }
 
 impl Default for Lru {
@@ -257,7 +288,7 @@ impl Lru {
         self.len -= 1;
         self.bytes -= copy.size;
         if let Some(slots) = self.map.get_mut(&copy.key) {
-            slots.retain(|&s| s != slot);
+            slots.remove(slot);
             if slots.is_empty() {
                 self.map.remove(&copy.key);
             }

@@ -19,8 +19,13 @@ pub(crate) struct Tee {
 enum Buffer {
     /// The declared length, reserved once: each frame is copied in as it passes.
     Sized { buffer: BytesMut, declared: usize },
-    /// No declared length: the frames are kept (shared, not copied) and joined at the end.
-    Frames { frames: Vec<Bytes>, len: usize },
+    /// No declared length: the frames are kept (shared, not copied) and joined at the end. The
+    /// first is held apart, so a body of one frame needs no list.
+    Frames {
+        first: Option<Bytes>,
+        more: Vec<Bytes>,
+        len: usize,
+    },
 }
 
 impl Tee {
@@ -35,7 +40,8 @@ impl Tee {
                 }
             }
             None => Buffer::Frames {
-                frames: Vec::new(),
+                first: None,
+                more: Vec::new(),
                 len: 0,
             },
         };
@@ -59,13 +65,16 @@ impl Tee {
                 }
                 buffer.extend_from_slice(data);
             }
-            Buffer::Frames { frames, len } => {
+            Buffer::Frames { first, more, len } => {
                 if *len + data.len() > limit {
                     return false;
                 }
                 *len += data.len();
                 if !data.is_empty() {
-                    frames.push(data.clone());
+                    match first {
+                        None => *first = Some(data.clone()),
+                        Some(_) => more.push(data.clone()),
+                    }
                 }
             }
         }
@@ -83,9 +92,9 @@ impl Tee {
             Buffer::Sized { buffer, .. } => buffer.freeze(),
             // One copy, into a buffer of the exact size: the store does not keep the origin's
             // read buffers alive.
-            Buffer::Frames { frames, len } => {
+            Buffer::Frames { first, more, len } => {
                 let mut body = BytesMut::with_capacity(len);
-                for frame in &frames {
+                for frame in first.iter().chain(&more) {
                     body.extend_from_slice(frame);
                 }
                 body.freeze()
