@@ -9,8 +9,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use tokio::time::Instant;
 
 use super::directives::{Delta, ResponseDirectives};
-use super::policy::{MAX_VARY_HEADERS, Policy};
-use super::request::{Access, CapturedRequest, Key, VaryValue};
+use super::policy::Policy;
+use super::request::{Access, CapturedRequest, Key, VaryValues};
 
 /// What a copy is assumed to cost in the store besides its body, head and key: the copy itself,
 /// its slot and its place in the index.
@@ -25,20 +25,15 @@ const FIELD_OVERHEAD: usize = 32;
 pub(crate) struct Variant {
     /// Bit `i`: the policy's `vary_headers[i]` is named.
     names: u8,
-    values: [Option<HeaderValue>; MAX_VARY_HEADERS],
+    /// The request's values of the named headers.
+    values: VaryValues,
 }
 
 impl Variant {
     /// Whether a request with these values may be answered with this copy: every named header
-    /// the same, byte for byte, or absent from both.
-    pub(crate) fn matches(&self, request: &[VaryValue; MAX_VARY_HEADERS]) -> bool {
-        (0..MAX_VARY_HEADERS)
-            .filter(|i| self.names & (1 << i) != 0)
-            .all(|i| match (&self.values[i], &request[i]) {
-                (None, VaryValue::Absent) => true,
-                (Some(stored), VaryValue::One(sent)) => stored == sent,
-                _ => false,
-            })
+    /// the same, or absent from both.
+    pub(crate) fn matches(&self, request: &VaryValues) -> bool {
+        request.select(self.names) == Some(self.values)
     }
 
     /// Whether two variants are chosen by the same headers and values: the newer replaces the
@@ -211,10 +206,7 @@ fn variant_of(
     request: &CapturedRequest,
     headers: &HeaderMap,
 ) -> Result<Variant, Refused> {
-    let mut variant = Variant {
-        names: 0,
-        values: Default::default(),
-    };
+    let mut names = 0u8;
     for line in headers.get_all(header::VARY) {
         for name in line.as_bytes().split(|&b| b == b',') {
             let name = name.trim_ascii();
@@ -225,15 +217,11 @@ fn variant_of(
                 return Err(Refused::VaryStar);
             }
             let index = policy.vary_index(name).ok_or(Refused::VaryUnknown)?;
-            variant.names |= 1 << index;
-            variant.values[index] = match &request.vary[index] {
-                VaryValue::Absent => None,
-                VaryValue::One(value) => Some(value.clone()),
-                VaryValue::Several => return Err(Refused::VaryRepeated),
-            };
+            names |= 1 << index;
         }
     }
-    Ok(variant)
+    let values = request.vary.select(names).ok_or(Refused::VaryRepeated)?;
+    Ok(Variant { names, values })
 }
 
 /// The declared `Content-Length`: `Ok(None)` when there is none, an error when it is not one
@@ -351,7 +339,7 @@ impl StoredCopy {
 
     /// Whether it may answer at `now` a request that accepts `request_window` seconds of
     /// staleness, if it said so. A copy still fresh always may.
-    pub(crate) fn verdict(&self, now: Instant, request_window: Option<u64>) -> Verdict {
+    pub(crate) fn verdict(&self, now: Instant, request_window: Option<u32>) -> Verdict {
         let age = whole_seconds(self.age(now)).max(1);
         let staleness = staleness_secs(age, self.lifetime);
         let ttl = -staleness;
@@ -360,7 +348,7 @@ impl StoredCopy {
             return Verdict::Expired;
         }
         if let Some(request_window) = request_window {
-            if staleness > i64::try_from(request_window).unwrap_or(i64::MAX) {
+            if staleness > i64::from(request_window) {
                 return Verdict::TooStaleForRequest;
             }
         }
@@ -372,6 +360,10 @@ impl StoredCopy {
 mod tests {
     use http::Request;
 
+    /// One policy for every request a test captures: the values a variant depends on are hashed
+    /// with its keys, as every request to one store is.
+    static CAPTURING: std::sync::LazyLock<Policy> = std::sync::LazyLock::new(Policy::default);
+
     use super::*;
 
     fn request(method: &str, headers: &[(&str, &str)]) -> CapturedRequest {
@@ -382,7 +374,7 @@ mod tests {
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
-        CapturedRequest::capture(&Policy::default(), &builder.body(()).unwrap()).unwrap()
+        CapturedRequest::capture(&CAPTURING, &builder.body(()).unwrap()).unwrap()
     }
 
     fn head(fields: &[(&str, &str)]) -> HeaderMap {

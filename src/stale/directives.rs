@@ -76,8 +76,8 @@ pub(crate) struct RequestDirectives {
     /// The client asks for a response validated by the origin (RFC 9111 §5.2.1.4).
     pub(crate) no_cache: bool,
     /// The longest staleness the client accepts for an answer on error (RFC 5861 §4); only a
-    /// valid value counts.
-    pub(crate) stale_if_error: Option<u64>,
+    /// valid value counts. At most 2^31.
+    pub(crate) stale_if_error: Option<u32>,
 }
 
 impl RequestDirectives {
@@ -92,7 +92,7 @@ impl RequestDirectives {
                 if let (None, Delta::Seconds(seconds)) =
                     (directives.stale_if_error, Delta::parse(value))
                 {
-                    directives.stale_if_error = Some(seconds);
+                    directives.stale_if_error = u32::try_from(seconds).ok();
                 }
             }
         });
@@ -144,22 +144,45 @@ fn for_each_directive(headers: &HeaderMap, mut each: impl FnMut(&[u8], Option<&[
 
 fn directives_of(line: &HeaderValue, each: &mut impl FnMut(&[u8], Option<&[u8]>)) {
     let bytes = line.as_bytes();
+    let len = bytes.len();
+    let skip = |mut at: usize, what: fn(u8) -> bool| {
+        while at < len && what(bytes[at]) {
+            at += 1;
+        }
+        at
+    };
+    let blank = |b: u8| b == b' ' || b == b'\t';
     let mut at = 0;
-    while at < bytes.len() {
-        let end = element_end(bytes, at);
-        let element = bytes[at..end].trim_ascii();
-        at = end + 1;
-        if element.is_empty() {
+    // One pass: each element is a token, then optionally `=` and a token or a quoted string.
+    while at < len {
+        at = skip(at, |b| b == b' ' || b == b'\t' || b == b',');
+        let name_start = at;
+        at = skip(at, crate::headers::is_tchar);
+        let name = &bytes[name_start..at];
+        at = skip(at, blank);
+        let mut value = None;
+        if at < len && bytes[at] == b'=' {
+            at = skip(at + 1, blank);
+            let value_start = at;
+            if at < len && bytes[at] == b'"' {
+                at += 1;
+                while at < len && bytes[at] != b'"' {
+                    at += if bytes[at] == b'\\' { 2 } else { 1 };
+                }
+                // Past the closing quote, if there is one.
+                at = (at + 1).min(len);
+            } else {
+                at = skip(at, crate::headers::is_tchar);
+            }
+            value = Some(&bytes[value_start..at]);
+            at = skip(at, blank);
+        }
+        if at < len && bytes[at] != b',' {
+            // Malformed: skip to the next comma outside a quoted string.
+            at = element_end(bytes, at);
             continue;
         }
-        let (name, value) = match element.iter().position(|&b| b == b'=') {
-            Some(eq) => (
-                element[..eq].trim_ascii(),
-                Some(element[eq + 1..].trim_ascii()),
-            ),
-            None => (element, None),
-        };
-        if !name.is_empty() && name.iter().all(|&b| crate::headers::is_tchar(b)) {
+        if !name.is_empty() {
             each(name, value);
         }
     }

@@ -91,7 +91,9 @@
 //!   request arrives, before it knows what the response will vary on; a response that varies
 //!   on another header, or on a header the request sent on more than one line, is not stored.
 //!   Each variant is stored apart, chosen by the request's values of the headers its `Vary`
-//!   names, compared byte for byte;
+//!   names. A value is kept as a 64-bit hash under a key of the store's own (eight bytes in
+//!   every request, whatever its length), so two different values of one header of one page
+//!   match by chance about once in 2^64, and a client cannot make them;
 //! - its body is at most [`max_response_bytes`](StaleIfError::max_response_bytes). A body
 //!   declared larger is not copied at all; one that grows past the limit stops being copied. Either
 //!   way it streams on untouched: the copy is made as each frame passes, and no frame ever waits
@@ -190,14 +192,16 @@
 //!
 //! # Cost
 //!
-//! No Cargo feature: the store needs no dependency. A layer without a store pays one branch per
-//! request. With one, a request that cannot use it (a POST, OPTIONS) captures its URI by a
-//! reference count and nothing more; a GET also captures the few headers a variant may depend
-//! on, the same way, and reads the clock: no heap allocation, for a response that is stored or
-//! not. A response that is stored costs one copy of its body (into a buffer of its declared
-//! length, or joined once at the end), a copy of its head and one lock to insert it. An
-//! answer from a copy takes the lock for a lookup, shares the body, and copies the head. No lock
-//! is held across an await, nor while a body is copied or a response built. See BENCHMARKS.md.
+//! No Cargo feature: the store needs no dependency. What a request brings to it lives in every
+//! request's future, store or not (168 bytes, kept small for that), and a layer without a store
+//! pays a branch at each step. With one, a request that cannot use it (a POST) keeps its path and
+//! authority by a reference count (the bytes hyper parsed are shared, not copied); a GET also
+//! hashes the values of the few headers a variant may depend on and reads the clock: no heap
+//! allocation, for a response that is stored or not. A response that is stored costs one copy of
+//! its body (into a buffer of its declared length, or joined once at the end), a copy of its head
+//! and one lock to insert it. An answer from a copy takes the lock for a lookup, shares the body,
+//! and copies the head. No lock is held across an await, nor while a body is copied or a
+//! response built. See BENCHMARKS.md.
 //!
 //! [`ProxyError`]: crate::ProxyError
 
@@ -308,9 +312,9 @@ impl StaleIfError {
     /// The request headers a stored response may vary on (`Vary`), replacing the default
     /// `Accept-Encoding`, `Accept`, `Accept-Language` and `Origin`; at most 6.
     ///
-    /// The layer keeps these request headers (shared, not copied) for every GET, so that a
-    /// response that varies on them can be stored and found again. A response that varies on
-    /// any other header is not stored.
+    /// The layer hashes these request headers' values for every GET, so that a response that
+    /// varies on them can be stored and found again. A response that varies on any other header
+    /// is not stored.
     ///
     /// ```
     /// use gateway_errors::stale::StaleIfError;

@@ -1,6 +1,7 @@
 //! What the operator decided: the store's bounds, the default window, the request headers a
 //! variant may depend on, and the origin statuses a copy may answer.
 
+use std::hash::RandomState;
 use std::time::Duration;
 
 use http::{HeaderName, StatusCode, header};
@@ -29,6 +30,8 @@ pub(crate) struct Policy {
     pub(crate) origin_statuses: Vec<StatusCode>,
     /// Store a response that sets cookies, without its `Set-Cookie` fields.
     pub(crate) strip_set_cookie: bool,
+    /// Hashes the values of the `vary_headers` a request sent, with keys of its own.
+    pub(crate) vary_hasher: RandomState,
 }
 
 impl Default for Policy {
@@ -46,6 +49,7 @@ impl Default for Policy {
             ],
             origin_statuses: Vec::new(),
             strip_set_cookie: false,
+            vary_hasher: RandomState::new(),
         }
     }
 }

@@ -1,15 +1,19 @@
 //! What a request brings to the store, captured when it arrives: its key, the values of the
 //! headers a variant may depend on, and its own `Cache-Control`.
 //!
-//! Nothing here allocates. The URI and the header values are kept as the request held them, and
-//! cloning a parsed value shares its bytes (hyper parses a request into one shared buffer).
+//! Nothing here allocates, and little is kept: the capture lives in every request's future, so
+//! it is kept small. The target's path and authority are kept as the request held them (cloning
+//! a parsed value shares its bytes: hyper parses a request into one shared buffer); the values a
+//! variant may depend on are kept as keyed hashes.
 
 use std::borrow::Borrow;
+use std::hash::BuildHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use http::header::{self, HeaderValue};
-use http::{Method, Request, Uri};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::uri::{Authority, PathAndQuery};
+use http::{Method, Request};
 use tokio::time::Instant;
 
 use super::directives::RequestDirectives;
@@ -25,26 +29,73 @@ pub(crate) enum Access {
     Write,
 }
 
-/// The value of one header a variant may depend on, as the request sent it.
-#[derive(Debug, Clone, Default)]
-pub(crate) enum VaryValue {
-    #[default]
-    Absent,
-    One(HeaderValue),
-    /// Sent on more than one line: no variant is stored for, or matched to, such a request.
-    Several,
+/// The values a request sent for the headers a variant may depend on (the policy's
+/// `vary_headers`, in order): a hash of each, keyed per store, so that eight bytes stand for a
+/// value of any length. Two values match when their hashes do; with a 64-bit key unknown to
+/// clients, two different values of one header of one page match by chance about once in 2^64.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct VaryValues {
+    hashes: [u64; MAX_VARY_HEADERS],
+    /// Bit `i`: header `i` was sent, on one line.
+    present: u8,
+    /// Bit `i`: header `i` was sent on more than one line: no variant is stored for, or
+    /// matched to, such a request.
+    several: u8,
+}
+
+impl VaryValues {
+    fn capture(policy: &Policy, headers: &HeaderMap) -> Self {
+        let mut values = VaryValues::default();
+        for (i, name) in policy.vary_headers.iter().enumerate() {
+            let mut lines = headers.get_all(name).iter();
+            match (lines.next(), lines.next()) {
+                (None, _) => {}
+                (Some(value), None) => {
+                    values.hashes[i] = policy.vary_hasher.hash_one(value.as_bytes());
+                    values.present |= 1 << i;
+                }
+                (Some(_), Some(_)) => values.several |= 1 << i,
+            }
+        }
+        values
+    }
+
+    /// The values of the headers in `names` (a bit set) alone; `None` when one of them was sent
+    /// on more than one line.
+    pub(crate) fn select(&self, names: u8) -> Option<VaryValues> {
+        if self.several & names != 0 {
+            return None;
+        }
+        let mut selected = VaryValues {
+            present: self.present & names,
+            ..VaryValues::default()
+        };
+        for i in 0..MAX_VARY_HEADERS {
+            if selected.present & (1 << i) != 0 {
+                selected.hashes[i] = self.hashes[i];
+            }
+        }
+        Some(selected)
+    }
+}
+
+/// The authority the client asked for.
+enum Target {
+    /// The URI's (HTTP/2, or an absolute-form request).
+    Uri(Authority),
+    /// `Host`, when the URI has none (HTTP/1.1's origin form).
+    Host(HeaderValue),
+    Neither,
 }
 
 /// The request, as the store needs it.
 pub(crate) struct CapturedRequest {
     pub(crate) access: Access,
-    uri: Uri,
-    /// `Host`, when the URI has no authority (HTTP/1.1's origin form).
-    host: Option<HeaderValue>,
-    /// In the order of the policy's `vary_headers`.
-    pub(crate) vary: [VaryValue; MAX_VARY_HEADERS],
-    pub(crate) directives: RequestDirectives,
     pub(crate) authorization: bool,
+    pub(crate) directives: RequestDirectives,
+    authority: Target,
+    path: PathAndQuery,
+    pub(crate) vary: VaryValues,
     /// When the request arrived (RFC 9111 §4.2.3's `request_time`).
     pub(crate) arrived: Instant,
 }
@@ -63,50 +114,46 @@ impl CapturedRequest {
         if headers.contains_key(header::UPGRADE) {
             return None;
         }
-        let uri = request.uri().clone();
-        let host = match uri.authority() {
-            Some(_) => None,
-            None => headers.get(header::HOST).cloned(),
+        let uri = request.uri();
+        let authority = match (uri.authority(), headers.get(header::HOST)) {
+            (Some(authority), _) => Target::Uri(authority.clone()),
+            (None, Some(host)) => Target::Host(host.clone()),
+            (None, None) => Target::Neither,
         };
-        let mut vary: [VaryValue; MAX_VARY_HEADERS] = Default::default();
+        let path = uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let mut vary = VaryValues::default();
         let mut directives = RequestDirectives::default();
         if matches!(access, Access::Read { .. }) {
-            for (slot, name) in vary.iter_mut().zip(&policy.vary_headers) {
-                let mut values = headers.get_all(name).iter();
-                *slot = match (values.next(), values.next()) {
-                    (None, _) => VaryValue::Absent,
-                    (Some(value), None) => VaryValue::One(value.clone()),
-                    (Some(_), Some(_)) => VaryValue::Several,
-                };
-            }
+            vary = VaryValues::capture(policy, headers);
             if headers.contains_key(header::CACHE_CONTROL) {
                 directives = RequestDirectives::parse(headers);
             }
         }
         Some(CapturedRequest {
             access,
-            uri,
-            host,
-            vary,
-            directives,
             authorization: headers.contains_key(header::AUTHORIZATION),
+            directives,
+            authority,
+            path,
+            vary,
             arrived: Instant::now(),
         })
     }
 
     /// The key of the request's target: the authority the client asked for, path and query.
     pub(crate) fn key(&self) -> KeyView<'_> {
-        let authority = match (self.uri.authority(), &self.host) {
-            (Some(authority), _) => authority.as_str().as_bytes(),
-            (None, Some(host)) => host.as_bytes(),
-            (None, None) => b"",
+        let authority = match &self.authority {
+            Target::Uri(authority) => authority.as_str().as_bytes(),
+            Target::Host(host) => host.as_bytes(),
+            Target::Neither => b"",
         };
-        let path = self
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .as_bytes();
-        KeyView { authority, path }
+        KeyView {
+            authority,
+            path: self.path.as_str().as_bytes(),
+        }
     }
 }
 
@@ -241,6 +288,10 @@ impl std::fmt::Debug for Key {
 mod tests {
     use std::collections::HashMap;
 
+    /// One policy for every request a test captures: the values a variant depends on are hashed
+    /// with its keys, as every request to one store is.
+    static CAPTURING: std::sync::LazyLock<Policy> = std::sync::LazyLock::new(Policy::default);
+
     use super::*;
 
     fn captured(method: &str, uri: &str, headers: &[(&str, &str)]) -> Option<CapturedRequest> {
@@ -248,7 +299,7 @@ mod tests {
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
-        CapturedRequest::capture(&Policy::default(), &builder.body(()).unwrap())
+        CapturedRequest::capture(&CAPTURING, &builder.body(()).unwrap())
     }
 
     #[test]
@@ -309,9 +360,19 @@ mod tests {
             ],
         )
         .unwrap();
-        assert!(matches!(&request.vary[0], VaryValue::One(v) if v == "gzip"));
-        assert!(matches!(request.vary[1], VaryValue::Absent));
-        assert!(matches!(request.vary[2], VaryValue::Several));
+        let gzip_only = captured("GET", "/", &[("accept-encoding", "gzip")]).unwrap();
+        let br = captured("GET", "/", &[("accept-encoding", "br")]).unwrap();
+        // Accept-Encoding is the first of the policy's headers, Accept-Language the third.
+        assert_eq!(request.vary.select(0b001), gzip_only.vary.select(0b001));
+        assert_ne!(request.vary.select(0b001), br.vary.select(0b001));
+        assert!(
+            request.vary.select(0b010).is_some(),
+            "Accept: absent from both"
+        );
+        assert!(
+            request.vary.select(0b100).is_none(),
+            "two Accept-Language lines"
+        );
         assert_eq!(request.directives.stale_if_error, Some(9));
     }
 }

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::copy::StoredCopy;
-use super::policy::{MAX_VARIANTS_PER_KEY, MAX_VARY_HEADERS, Policy};
-use super::request::{Key, KeyParts, VaryValue};
+use super::policy::{MAX_VARIANTS_PER_KEY, Policy};
+use super::request::{Key, KeyParts, VaryValues};
 
 /// No slot: the end of the recency list.
 const NIL: usize = usize::MAX;
@@ -94,11 +94,7 @@ impl Store {
     }
 
     /// The newest copy of `key` whose variant `vary` matches, made the most recently used.
-    pub(crate) fn find(
-        &self,
-        key: &dyn KeyParts,
-        vary: &[VaryValue; MAX_VARY_HEADERS],
-    ) -> Option<Arc<StoredCopy>> {
+    pub(crate) fn find(&self, key: &dyn KeyParts, vary: &VaryValues) -> Option<Arc<StoredCopy>> {
         if self.len() == 0 {
             return None;
         }
@@ -303,6 +299,10 @@ mod tests {
     use bytes::Bytes;
     use http::{HeaderMap, Request, StatusCode};
 
+    /// One policy for every request a test captures: the values a variant depends on are hashed
+    /// with its keys, as every request to one store is.
+    static CAPTURING: std::sync::LazyLock<Policy> = std::sync::LazyLock::new(Policy::default);
+
     use super::*;
     use crate::stale::copy::Admission;
     use crate::stale::request::CapturedRequest;
@@ -321,7 +321,7 @@ mod tests {
         if let Some(encoding) = encoding {
             builder = builder.header("accept-encoding", encoding);
         }
-        CapturedRequest::capture(&Policy::default(), &builder.body(()).unwrap()).unwrap()
+        CapturedRequest::capture(&CAPTURING, &builder.body(()).unwrap()).unwrap()
     }
 
     fn copy(policy: &Policy, request: &CapturedRequest, body: &'static [u8]) -> StoredCopy {
