@@ -106,6 +106,9 @@
 //! fields it names, `Keep-Alive`, `Transfer-Encoding`, `TE`, `Upgrade`, `Trailer`), as RFC 9111
 //! §3.1 asks, and without `Age`, which is worked out when a copy answers.
 //!
+//! As for any shared cache, a page that differs per user must say so (`private`, or `Vary` on the
+//! header that tells users apart): a copy answers every client that asks for its URL.
+//!
 //! A copy is kept under a key of the authority the client asked for (the URI's, else `Host`,
 //! without case), the path and the query: two sites behind one gateway never share a copy. Put
 //! the layer before anything that rewrites the request's target, as in the quick start. The
