@@ -32,15 +32,24 @@ fn get() -> Request<Full<Bytes>> {
     request
 }
 
-/// An origin that answers every request with `body` and `cache_control`, with a declared length.
+/// `Date: <now>`, as an origin sends it.
+fn date_now() -> HeaderValue {
+    HeaderValue::from_str(&httpdate::fmt_http_date(std::time::SystemTime::now()))
+        .expect("an HTTP date")
+}
+
+/// An origin that answers every request with `body` and `cache_control`, with a declared length
+/// and a `Date`.
 fn origin(
     cache_control: &'static str,
     body: Bytes,
 ) -> impl Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone
 {
+    let date = date_now();
     tower::service_fn(move |_request: Request<Full<Bytes>>| {
         let mut response = Response::new(Full::new(body.clone()));
         let headers = response.headers_mut();
+        headers.insert(http::header::DATE, date.clone());
         headers.insert(CACHE_CONTROL, HeaderValue::from_static(cache_control));
         headers.insert("content-type", HeaderValue::from_static("text/html"));
         headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
@@ -63,9 +72,9 @@ fn up_then_refused(
                 return Err(io::Error::from(io::ErrorKind::ConnectionRefused));
             }
             let mut response = Response::new(Full::new(body));
-            response
-                .headers_mut()
-                .insert(CACHE_CONTROL, HeaderValue::from_static("max-age=60"));
+            let headers = response.headers_mut();
+            headers.insert(CACHE_CONTROL, HeaderValue::from_static("max-age=60"));
+            headers.insert(http::header::DATE, date_now());
             Ok(response)
         }
     })

@@ -161,7 +161,7 @@ impl Admission {
             key: request.key().to_key(),
             variant,
             status,
-            headers: kept_head(policy, headers),
+            headers: kept_head(policy, headers, now),
             received_at,
             initial_age,
             lifetime,
@@ -255,8 +255,10 @@ static NOT_KEPT: [HeaderName; 7] = [
 
 /// The head as stored: without the fields that belong to one connection (RFC 9110 §7.6.1, as
 /// RFC 9111 §3.1 asks), without `Age` (it is worked out when the copy answers), and without
-/// `Set-Cookie` (present only when the policy strips it).
-fn kept_head(policy: &Policy, headers: &HeaderMap) -> HeaderMap {
+/// `Set-Cookie` (present only when the policy strips it). A response without `Date` gets the time
+/// it was `received` (RFC 9110 §6.6.1 asks that of a cache), so that a copy's `Date` and `Age`
+/// agree rather than the server dating the copy when it answers.
+fn kept_head(policy: &Policy, headers: &HeaderMap, received: SystemTime) -> HeaderMap {
     let connection_names: Vec<&[u8]> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -273,10 +275,22 @@ fn kept_head(policy: &Policy, headers: &HeaderMap) -> HeaderMap {
                 .any(|listed| listed.eq_ignore_ascii_case(name.as_str().as_bytes()))
     };
     debug_assert!(policy.strip_set_cookie || !headers.contains_key(header::SET_COOKIE));
-    let mut kept = HeaderMap::with_capacity(headers.len());
+    let mut kept = HeaderMap::with_capacity(headers.len() + 1);
     for (name, value) in headers {
         if !dropped(name) {
             kept.append(name.clone(), value.clone());
+        }
+    }
+    if !kept.contains_key(header::DATE) {
+        // An IMF-fixdate is 29 bytes.
+        let mut date = [0u8; 29];
+        let written = {
+            use std::io::Write as _;
+            let mut cursor = &mut date[..];
+            write!(cursor, "{}", httpdate::HttpDate::from(received)).is_ok()
+        };
+        if let (true, Ok(value)) = (written, HeaderValue::from_bytes(&date)) {
+            kept.insert(header::DATE, value);
         }
     }
     kept
@@ -558,7 +572,10 @@ mod tests {
         )
         .unwrap();
         let names: Vec<_> = admitted.headers.keys().map(|n| n.as_str()).collect();
-        assert_eq!(names, ["etag", "x-kept"]);
+        // And a Date, as the origin sent none.
+        assert_eq!(names, ["etag", "x-kept", "date"]);
+        let date = admitted.headers["date"].to_str().unwrap();
+        assert!(httpdate::parse_http_date(date).is_ok(), "{date}");
         assert_eq!(admitted.headers.get_all("x-kept").iter().count(), 2);
     }
 

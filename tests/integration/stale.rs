@@ -593,15 +593,25 @@ async fn what_a_shared_cache_may_store_comes_back_with_its_own_status() {
         ),
     );
 
+    // No declared length: the chunks are joined once the last one has passed.
+    origin.set(
+        "/chunked",
+        Reply::Chunked {
+            headers: vec![("cache-control".into(), window.into())],
+            chunks: vec![b"one ".to_vec(), b"two ".to_vec(), b"three\n".to_vec()],
+            gate: None,
+        },
+    );
+
     // A store that keeps a page that sets a cookie, without its cookie.
     let store = store().strip_set_cookie(true);
     let gateway = gateway_to(layer(&store), origin.addr);
     let authorized = [("authorization", "Bearer secret")];
-    for path in ["/moved", "/missing", "/gone", "/cookie"] {
+    for path in ["/moved", "/missing", "/gone", "/cookie", "/chunked"] {
         get(&gateway, path).await;
     }
     fetch(gateway.clone(), request("GET", "/public", &authorized)).await;
-    assert_eq!(store.len(), 5);
+    assert_eq!(store.len(), 6);
 
     origin.stop().await;
     for (path, status, body) in [
@@ -609,6 +619,7 @@ async fn what_a_shared_cache_may_store_comes_back_with_its_own_status() {
         ("/missing", 404, "not here\n"),
         ("/gone", 410, "gone\n"),
         ("/cookie", 200, "page\n"),
+        ("/chunked", 200, "one two three\n"),
     ] {
         let got = get(&gateway, path).await;
         assert_eq!(got.status.as_u16(), status, "{path}");
