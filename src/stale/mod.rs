@@ -104,7 +104,9 @@
 //!
 //! The head is stored without the fields that belong to one connection (`Connection` and the
 //! fields it names, `Keep-Alive`, `Transfer-Encoding`, `TE`, `Upgrade`, `Trailer`), as RFC 9111
-//! §3.1 asks, and without `Age`, which is worked out when a copy answers.
+//! §3.1 asks, and without `Age`, which is worked out when a copy answers. A response without
+//! `Date` is stored with the time it arrived (RFC 9110 §6.6.1), so that a copy's `Date` and `Age`
+//! agree.
 //!
 //! As for any shared cache, a page that differs per user must say so (`private`, or `Vary` on the
 //! header that tells users apart): a copy answers every client that asks for its URL.
