@@ -31,7 +31,7 @@ use crate::kind::{Phase, ProxyErrorKind};
 use crate::negotiate::Format;
 use crate::render::{ErrorView, UNRECOGNIZED_DETAIL};
 use crate::retry::RetryFacts;
-use crate::stale::FromCopy;
+use crate::stale::{FromCopy, StaleIfError};
 use crate::trace::{self, BodyTrace};
 
 /// What the answer will need, kept from the request until the outcome is known.
@@ -339,7 +339,7 @@ fn from_copy<B>(
         return Err(error);
     };
     let hidden = error.status();
-    if !matches!(hidden.as_u16(), 500 | 502 | 503 | 504) {
+    if !StaleIfError::may_hide(hidden) {
         return Err(error);
     }
     let Some(answer) = store.answer(request) else {

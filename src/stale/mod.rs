@@ -352,15 +352,15 @@ impl StaleIfError {
 
     /// Origin statuses a copy answers in place of, where one may (for a GET or HEAD, within the
     /// window); without a usable copy the origin's response passes through as before. Only
-    /// 500–599 count; others are ignored. None by default: the origin's own errors pass through
-    /// unchanged.
+    /// RFC 5861's errors count, 500, 502, 503 and 504; others are ignored. None by default: the
+    /// origin's own errors pass through unchanged.
     ///
     /// The client then sees `Proxy-Status: <name>; received-status=503` and
     /// `Cache-Status: <name>; fwd=stale; fwd-status=503; ...`.
     pub fn answer_origin_errors(self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
         let statuses: Vec<StatusCode> = statuses
             .into_iter()
-            .filter(StatusCode::is_server_error)
+            .filter(|&status| Policy::is_error(status))
             .collect();
         self.set(|p| {
             for status in statuses {
@@ -427,6 +427,11 @@ impl StaleIfError {
             return None;
         }
         Some(Tee::new(self.store.clone(), admission))
+    }
+
+    /// Whether a copy may stand in for an answer with this status: 500, 502, 503 or 504.
+    pub(crate) fn may_hide(status: StatusCode) -> bool {
+        Policy::is_error(status)
     }
 
     /// Whether a copy may answer in place of this origin status.
@@ -557,7 +562,8 @@ impl FromCopy {
         self.age
     }
 
-    /// The failure the copy stands in for: what the layer would have answered without it.
+    /// The failure the copy stands in for: its kind, status, phase and source, as the layer would
+    /// have answered it. (The retry hint is not worked out for it: the client got an answer.)
     pub fn error(&self) -> &ProxyError {
         &self.error
     }
@@ -577,3 +583,38 @@ impl fmt::Display for TooManyVaryHeaders {
 }
 
 impl StdError for TooManyVaryHeaders {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_rfc_5861_errors_are_answered_in_place_of_the_origin() {
+        let store = StaleIfError::new().answer_origin_errors(
+            [404, 500, 501, 503, 505, 200].map(|code| StatusCode::from_u16(code).unwrap()),
+        );
+        for (code, answered) in [
+            (404, false),
+            (500, true),
+            (501, false),
+            (502, false),
+            (503, true),
+            (505, false),
+            (200, false),
+        ] {
+            let status = StatusCode::from_u16(code).unwrap();
+            assert_eq!(store.answers_origin_status(status), answered, "{code}");
+        }
+    }
+
+    #[test]
+    fn each_builder_call_makes_a_new_store_and_clones_share_one() {
+        let store = StaleIfError::new();
+        let clone = store.clone();
+        assert!(Arc::ptr_eq(&store.store, &clone.store));
+        let changed = store.clone().max_entries(5);
+        assert!(!Arc::ptr_eq(&store.store, &changed.store));
+        assert_eq!(changed.store.policy.max_entries, 5);
+        assert_eq!(store.store.policy.max_entries, 10_000);
+    }
+}

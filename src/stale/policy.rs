@@ -65,6 +65,12 @@ impl Policy {
         )
     }
 
+    /// Whether a copy may stand in for a response with this status: RFC 5861 §4's errors, 500,
+    /// 502, 503 and 504.
+    pub(crate) fn is_error(status: StatusCode) -> bool {
+        matches!(status.as_u16(), 500 | 502 | 503 | 504)
+    }
+
     /// Whether a copy may answer in place of this origin status.
     pub(crate) fn answers_origin_status(&self, status: StatusCode) -> bool {
         self.origin_statuses.contains(&status)
