@@ -1327,3 +1327,31 @@ async fn every_clone_of_the_layer_shares_one_store() {
         .await
         .assert_generated(StatusCode::BAD_GATEWAY);
 }
+
+#[tokio::test]
+async fn the_demo_upstreams_robots_txt_survives_its_outage_as_the_readme_shows() {
+    let demo = support::start_upstream().await;
+    let addr = demo.addr;
+    // The example gateway's `--stale 1h`.
+    let store = StaleIfError::new().default_window(Duration::from_secs(3600));
+    let gateway = gateway_to(layer(&store), addr);
+    let fresh = get(&gateway, "/robots.txt").await;
+    assert_eq!(fresh.body, support::demo_upstream::ROBOTS_TXT);
+    assert_eq!(fresh.header("cache-control"), Some("max-age=60"));
+
+    // The reader stops the upstream: wait until connecting is refused.
+    drop(demo);
+    within("the demo upstream to stop listening", async {
+        while TcpStream::connect(addr).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let stale = get(&gateway, "/robots.txt").await;
+    stale.assert_stale(support::demo_upstream::ROBOTS_TXT, REFUSED, 502);
+    assert_eq!(stale.header("last-modified"), fresh.header("last-modified"));
+    // A page never fetched has no copy: the usual 502, never a 404.
+    get(&gateway, "/private/page")
+        .await
+        .assert_generated(StatusCode::BAD_GATEWAY);
+}
