@@ -13,6 +13,10 @@
 //! With `--features metrics`, rows marked `+ metrics` use a layer that records OpenTelemetry
 //! metrics into the SDK (a meter provider whose reader does not collect during the run),
 //! each right after the same case without them: the difference is what recording costs.
+//!
+//! Rows marked `stale` use a layer with a last-good-copy store (an hour's default window). Their
+//! requests carry a `Host` and a URI whose bytes are shared, as a request hyper parsed has (its
+//! URI and header values are slices of one read buffer): cloning them is a reference count.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::convert::Infallible;
@@ -161,6 +165,84 @@ fn grpc_requests(content_type: &'static str) -> Vec<Request<Full<Bytes>>> {
                 .expect("valid request")
         })
         .collect()
+}
+
+/// Requests as hyper hands them over, for the store: origin-form URI and a `Host`, their bytes
+/// shared (static here; a slice of hyper's read buffer in a server).
+fn shared_requests(method: http::Method) -> Vec<Request<Full<Bytes>>> {
+    (0..REQUESTS)
+        .map(|_| {
+            let mut request = Request::new(Full::new(Bytes::new()));
+            *request.method_mut() = method.clone();
+            *request.uri_mut() = http::Uri::from_static("/page?id=7");
+            request.headers_mut().insert(
+                http::header::HOST,
+                HeaderValue::from_static("www.example.com"),
+            );
+            request
+        })
+        .collect()
+}
+
+/// `Date: <now>`, as an origin sends it (a response without one is stored with the time it
+/// arrived, which costs the copy one more allocation).
+fn date_now() -> HeaderValue {
+    HeaderValue::from_str(&httpdate::fmt_http_date(std::time::SystemTime::now()))
+        .expect("an HTTP date")
+}
+
+/// A successful origin whose response says `cache_control` and carries `body`.
+fn cacheable_service(
+    cache_control: &'static str,
+    body: Bytes,
+) -> impl Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone {
+    let date = date_now();
+    tower::service_fn(move |_request: Request<Full<Bytes>>| {
+        let mut response = Response::new(Full::new(body.clone()));
+        response.headers_mut().insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static(cache_control),
+        );
+        response
+            .headers_mut()
+            .insert(http::header::DATE, date.clone());
+        std::future::ready(Ok::<_, Infallible>(response))
+    })
+}
+
+/// An origin that answers its first request (with a page the store keeps), then refuses every
+/// connection: every later request is answered from the copy.
+fn up_then_refused_service() -> impl Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = io::Error,
+    Future = impl Send,
+> + Clone {
+    let answered = std::sync::Arc::new(AtomicBool::new(false));
+    let body = Bytes::from(vec![b'x'; 4096]);
+    tower::service_fn(move |_request: Request<Full<Bytes>>| {
+        let first = !answered.swap(true, Ordering::SeqCst);
+        let body = body.clone();
+        async move {
+            if !first {
+                return Err(io::Error::from(io::ErrorKind::ConnectionRefused));
+            }
+            let mut response = Response::new(Full::new(body));
+            response.headers_mut().insert(
+                http::header::CACHE_CONTROL,
+                HeaderValue::from_static("max-age=60"),
+            );
+            response
+                .headers_mut()
+                .insert(http::header::DATE, date_now());
+            Ok(response)
+        }
+    })
 }
 
 fn ok_service() -> impl Service<
@@ -454,6 +536,71 @@ fn main() {
         row(
             "floor: any response with a head + 1 extension",
             measure(floor_service(), requests(None)).await,
+        );
+
+        // The last-good-copy store: what a request that cannot use it costs (nothing), what a
+        // stored response costs, and what an answer from a copy costs.
+        let stale = layer.clone().stale_if_error(
+            gateway_errors::stale::StaleIfError::new().default_window(Duration::from_secs(3600)),
+        );
+        let page = Bytes::from(vec![b'x'; 4096]);
+        row(
+            "stale: POST, bare",
+            measure(ok_service(), shared_requests(http::Method::POST)).await,
+        );
+        row(
+            "stale: POST, layered",
+            measure(
+                layer.layer(ok_service()),
+                shared_requests(http::Method::POST),
+            )
+            .await,
+        );
+        row(
+            "stale: POST, layered + store",
+            measure(
+                stale.layer(ok_service()),
+                shared_requests(http::Method::POST),
+            )
+            .await,
+        );
+        let no_store = || cacheable_service("no-store", page.clone());
+        row(
+            "stale: GET no-store 4 KiB, bare",
+            measure(no_store(), shared_requests(http::Method::GET)).await,
+        );
+        row(
+            "stale: GET no-store 4 KiB, layered",
+            measure(layer.layer(no_store()), shared_requests(http::Method::GET)).await,
+        );
+        row(
+            "stale: GET no-store 4 KiB, layered + store",
+            measure(stale.layer(no_store()), shared_requests(http::Method::GET)).await,
+        );
+        let stored = || cacheable_service("max-age=60", page.clone());
+        row(
+            "stale: GET stored 4 KiB, layered",
+            measure(layer.layer(stored()), shared_requests(http::Method::GET)).await,
+        );
+        row(
+            "stale: GET stored 4 KiB, layered + store",
+            measure(stale.layer(stored()), shared_requests(http::Method::GET)).await,
+        );
+        row(
+            "stale: GET refused, layered (a 502)",
+            measure(
+                layer.layer(refused_service()),
+                shared_requests(http::Method::GET),
+            )
+            .await,
+        );
+        row(
+            "stale: GET refused, layered + store (a copy)",
+            measure(
+                stale.layer(up_then_refused_service()),
+                shared_requests(http::Method::GET),
+            )
+            .await,
         );
     });
 }

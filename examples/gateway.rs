@@ -23,6 +23,10 @@
 //!   `--http2` to a gRPC upstream, gRPC calls go through (`examples/grpc.rs` shows them).
 //! - `--metrics` (built with `--features metrics`) records the layer's OpenTelemetry metrics and
 //!   prints them to stdout every 60 s and on exit.
+//! - `--stale DURATION` (`90s`, `30m`, `24h`) keeps the last good copy of storable GET responses
+//!   and answers with it while the upstream fails: the operator's window, how long past its
+//!   freshness a copy may answer when the origin names no `stale-if-error` of its own. Off
+//!   without it.
 //!
 //! What makes it safe to copy, beyond the layer (the proxy itself is in `support/proxy.rs`, where
 //! `tests/integration/gateway_hardening.rs` checks each point): only the configured upstream is ever contacted
@@ -42,6 +46,7 @@ mod proxy;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use gateway_errors::stale::StaleIfError;
 use gateway_errors::{GatewayErrorLayer, ProxyName};
 use http::Uri;
 use tokio::net::TcpListener;
@@ -61,11 +66,13 @@ struct Options {
     http2: bool,
     name: ProxyName,
     max_body: u64,
+    /// The operator's stale-if-error window; `None`: no store.
+    stale: Option<Duration>,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: gateway [--listen ADDR] [--upstream URL] [--timeout 5s|500ms] [--read-timeout 5s|off] [--deadline 60s] [--bare] [--name NAME] [--max-body BYTES] [--http2] [--metrics]"
+        "usage: gateway [--listen ADDR] [--upstream URL] [--timeout 5s|500ms] [--read-timeout 5s|off] [--deadline 60s] [--bare] [--name NAME] [--max-body BYTES] [--http2] [--metrics] [--stale 24h]"
     );
     std::process::exit(2)
 }
@@ -81,6 +88,16 @@ fn parse_duration(s: &str) -> Option<Duration> {
         .map(Duration::from_secs_f64)
 }
 
+/// A window: a duration as `parse_duration` reads it, or whole minutes (`30m`) or hours (`24h`).
+fn parse_window(s: &str) -> Option<Duration> {
+    let minutes = |n: &str| n.parse::<u64>().ok().map(|n| n * 60);
+    match (s.strip_suffix('m'), s.strip_suffix('h')) {
+        (Some(n), _) => minutes(n).map(Duration::from_secs),
+        (_, Some(n)) => minutes(n).map(|m| Duration::from_secs(m * 60)),
+        _ => parse_duration(s),
+    }
+}
+
 fn parse_options() -> Options {
     let mut options = Options {
         listen: "127.0.0.1:8080".parse().expect("default address"),
@@ -93,6 +110,7 @@ fn parse_options() -> Options {
         http2: false,
         name: ProxyName::from_static("edge-1"),
         max_body: 10 * 1024 * 1024,
+        stale: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -126,6 +144,7 @@ fn parse_options() -> Options {
             }
             "--metrics" => options.metrics = true,
             "--http2" => options.http2 = true,
+            "--stale" => options.stale = Some(parse_window(&value()).unwrap_or_else(|| usage())),
             "-h" | "--help" => usage(),
             _ => usage(),
         }
@@ -183,6 +202,9 @@ async fn main() -> Result<(), BoxError> {
             .deadline
             .map_or(String::new(), |d| format!(", deadline {d:?}")),
     );
+    if let Some(window) = options.stale {
+        println!("stale-if-error: last good copies answer up to {window:?} past their freshness");
+    }
 
     if options.bare {
         let service = Bare(
@@ -200,6 +222,9 @@ async fn main() -> Result<(), BoxError> {
         }
         if let Some(deadline) = options.deadline {
             layer = layer.response_deadline(deadline);
+        }
+        if let Some(window) = options.stale {
+            layer = layer.stale_if_error(StaleIfError::new().default_window(window));
         }
         // Held until the server is done: dropping it exports the metrics a last time.
         let (layer, _meters) = metrics::with_metrics(layer, options.metrics);

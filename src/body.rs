@@ -16,6 +16,7 @@ use crate::error::ProxyError;
 use crate::kind::ProxyErrorKind;
 #[cfg(feature = "metrics")]
 use crate::metrics::ResponseTimer;
+use crate::stale::tee::Tee;
 use crate::trace::BodyTrace;
 
 pin_project! {
@@ -50,13 +51,15 @@ pin_project! {
     }
 }
 
-/// Who is told how an origin's body ends: the span (when a subscriber wants it) and the metrics.
-/// Each is told once.
+/// Who is told how an origin's body ends: the span (when a subscriber wants it), the metrics,
+/// and the copy for the last-good-copy store (a body being stored). Each is told once.
 #[derive(Default)]
 struct Watch {
     trace: Option<BodyTrace>,
     #[cfg(feature = "metrics")]
     timer: Option<ResponseTimer>,
+    /// Boxed, and present only for a response being stored: one pointer for every other body.
+    tee: Option<Box<Tee>>,
 }
 
 impl Watch {
@@ -75,6 +78,24 @@ impl Watch {
                 None => trace.completed(),
             }
         }
+        // Only a body that ended as it should is stored; a broken one is dropped with its copy.
+        if let Some(tee) = self.tee.take() {
+            if failure.is_none() {
+                tee.complete();
+            }
+        }
+    }
+
+    /// A frame passes: the copy takes its data; trailers, or data past the limit, end the copy
+    /// (the body streams on).
+    #[inline]
+    fn copy(&mut self, frame: &Frame<Bytes>) {
+        if let Some(tee) = self.tee.as_mut() {
+            let keep = frame.data_ref().is_some_and(|data| tee.copy(data));
+            if !keep {
+                self.tee = None;
+            }
+        }
     }
 }
 
@@ -87,6 +108,7 @@ impl<B> GatewayBody<B> {
                 trace,
                 #[cfg(feature = "metrics")]
                 timer: None,
+                tee: None,
             },
         }
     }
@@ -95,6 +117,12 @@ impl<B> GatewayBody<B> {
     #[cfg(feature = "metrics")]
     pub(crate) fn timed(mut self, timer: Option<ResponseTimer>) -> Self {
         self.watch.timer = timer;
+        self
+    }
+
+    /// Has the body copied for the last-good-copy store as it passes.
+    pub(crate) fn teed(mut self, tee: Option<Box<Tee>>) -> Self {
+        self.watch.tee = tee;
         self
     }
 
@@ -142,6 +170,7 @@ where
                     if let Some(trace) = this.watch.trace.as_mut() {
                         trace.forwarded(&frame);
                     }
+                    this.watch.copy(&frame);
                     // A server stops polling once `is_end_stream` says the body is done, so the
                     // end may never be seen as `None`.
                     if body.is_end_stream() {
@@ -326,6 +355,58 @@ mod tests {
         let waited = tokio::time::timeout(Duration::from_secs(3600), body.frame()).await;
         assert!(waited.is_err(), "no limit, no cut");
         drop(tx);
+    }
+
+    /// A body of these frames, then its end.
+    fn frames(frames: Vec<Frame<Bytes>>) -> impl Body<Data = Bytes, Error = std::io::Error> {
+        http_body_util::StreamBody::new(futures_util::stream::iter(
+            frames.into_iter().map(Ok::<_, std::io::Error>),
+        ))
+    }
+
+    /// Sends `body` through a copy for `store`, as the layer does for a GET it may store, and
+    /// returns what the client read.
+    async fn through_a_copy(
+        store: &crate::stale::StaleIfError,
+        body: impl Body<Data = Bytes, Error = std::io::Error>,
+    ) -> Bytes {
+        let request = http::Request::get("/page")
+            .header("host", "site.example")
+            .body(())
+            .unwrap();
+        let captured = store.capture(&request).unwrap();
+        let tee = store.on_response(
+            &captured,
+            http::StatusCode::OK,
+            &http::HeaderMap::new(),
+            false,
+        );
+        assert!(tee.is_some(), "the response is admitted");
+        let body = GatewayBody::origin(body, BodyLimits::default(), None).teed(tee);
+        body.collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_copy_is_stored_only_for_a_whole_body_within_the_limit_and_without_trailers() {
+        let store = crate::stale::StaleIfError::new()
+            .default_window(Duration::from_secs(60))
+            .max_response_bytes(8);
+        let data = |bytes: &'static [u8]| Frame::data(Bytes::from_static(bytes));
+
+        let whole = through_a_copy(&store, frames(vec![data(b"abc"), data(b"def")])).await;
+        assert_eq!(whole, "abcdef");
+        assert_eq!(store.len(), 1);
+        store.clear();
+
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-checksum", "1".parse().unwrap());
+        let with_trailers = frames(vec![data(b"abc"), Frame::trailers(trailers)]);
+        assert_eq!(through_a_copy(&store, with_trailers).await, "abc");
+        assert_eq!(store.len(), 0, "trailers are not stored");
+
+        let long = frames(vec![data(b"12345"), data(b"67890"), data(b"!")]);
+        assert_eq!(through_a_copy(&store, long).await, "1234567890!");
+        assert_eq!(store.len(), 0, "past the limit");
     }
 
     #[tokio::test]

@@ -17,6 +17,7 @@ use crate::headers::{ProxyName, ProxyStatusValues};
 use crate::negotiate::Format;
 use crate::render::Templates;
 use crate::retry::hint::RetryRules;
+use crate::stale::StaleIfError;
 
 /// Everything the builder sets. A builder method copies the settings, changes one, and freezes
 /// the copy into a new [`Config`].
@@ -41,6 +42,8 @@ pub(crate) struct Settings {
     /// A request that arrives carrying our name this many times in `CDN-Loop` is a loop; `None`:
     /// loop detection is off, and `CDN-Loop` is left as it is.
     pub(crate) loop_threshold: Option<u32>,
+    /// The last-good-copy store, if one is configured.
+    pub(crate) stale: Option<StaleIfError>,
     #[cfg(feature = "metrics")]
     pub(crate) metrics: Option<crate::metrics::Metrics>,
 }
@@ -69,6 +72,7 @@ impl Default for Settings {
             details: false,
             grpc_codes: GrpcCodes::default(),
             loop_threshold: Some(1),
+            stale: None,
             #[cfg(feature = "metrics")]
             metrics: None,
         }

@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::grpc::call::GrpcCall;
 use crate::negotiate::{Format, negotiate, negotiate_line};
 use crate::retry::hint::IdempotencyKey;
+use crate::stale::request::CapturedRequest;
 
 /// What the answer may need from the request. Header values are kept as the request held them:
 /// cloning a parsed header value shares its bytes, it does not copy them.
@@ -24,6 +25,9 @@ pub(crate) struct RequestFacts {
     pub(crate) upgrade: Option<HeaderValue>,
     /// A gRPC caller is answered in gRPC's terms; `None` for every other request.
     pub(crate) grpc: Option<GrpcCall>,
+    /// What the last-good-copy store needs of the request; `None` without a store, and for a
+    /// request it has no use for.
+    pub(crate) stale: Option<CapturedRequest>,
     /// When the request arrived, and its method's attribute; only when metrics are recorded.
     #[cfg(feature = "metrics")]
     pub(crate) metrics: Option<crate::metrics::Started>,
@@ -50,6 +54,11 @@ impl RequestFacts {
                 config.default_format,
             )),
         };
+        let grpc = GrpcCall::detect(headers);
+        let stale = match (&config.stale, grpc) {
+            (Some(store), None) => store.capture(request),
+            _ => None,
+        };
         RequestFacts {
             accept,
             is_head: request.method() == Method::HEAD,
@@ -57,7 +66,8 @@ impl RequestFacts {
             idempotency_key: IdempotencyKey::capture(headers),
             request_id,
             upgrade: headers.get(header::UPGRADE).cloned(),
-            grpc: GrpcCall::detect(headers),
+            grpc,
+            stale,
             #[cfg(feature = "metrics")]
             metrics: crate::metrics::Started::capture(config.metrics.as_ref(), request.method()),
         }

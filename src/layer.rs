@@ -18,6 +18,7 @@ use crate::render::RenderBody;
 use crate::render::template::Template;
 use crate::retry::{RetryAfter, RetryFacts};
 use crate::service::GatewayErrorService;
+use crate::stale::StaleIfError;
 
 /// Wraps a proxying service so that every upstream failure becomes a correct, consistent,
 /// observable response. See the [crate docs](crate) for the whole picture.
@@ -286,6 +287,28 @@ impl GatewayErrorLayer {
             }
         })
     }
+
+    /// Keeps the last good copy of storable GET responses in `store`, and answers with it,
+    /// visibly stale, where the layer would otherwise answer a GET or HEAD with a 500, 502, 503
+    /// or 504: while the origin is down, visitors and crawlers keep the page. See the
+    /// [`stale`](crate::stale) module for what is stored and when a copy answers.
+    ///
+    /// `store` is a handle: every clone of this layer and of its services shares it, and the
+    /// application can keep a clone to read or clear it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use gateway_errors::GatewayErrorLayer;
+    /// use gateway_errors::stale::StaleIfError;
+    ///
+    /// // Copies answer up to an hour past their freshness when the origin names no window.
+    /// let store = StaleIfError::new().default_window(Duration::from_secs(3600));
+    /// let layer = GatewayErrorLayer::new().stale_if_error(store.clone());
+    /// # let _ = layer;
+    /// ```
+    pub fn stale_if_error(self, store: StaleIfError) -> Self {
+        self.set(|s| s.stale = Some(store))
+    }
 }
 
 /// Forwarding loops (RFC 8586 `CDN-Loop`).
@@ -429,6 +452,7 @@ impl fmt::Debug for GatewayErrorLayer {
             .field("span_level", &config.span_level)
             .field("proxy_status_details", &config.details)
             .field("loop_threshold", &config.loop_threshold)
+            .field("stale_if_error", &config.stale)
             .finish_non_exhaustive()
     }
 }

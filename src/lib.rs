@@ -124,6 +124,25 @@
 //! cache-control: no-store
 //! ```
 //!
+//! # While the origin is down
+//!
+//! With a [`StaleIfError`](stale::StaleIfError) store ([`GatewayErrorLayer::stale_if_error`]),
+//! the layer keeps the last good copy of the GET responses a shared cache may store, and where it
+//! would answer a GET or HEAD with a 500, 502, 503 or 504, a copy within its `stale-if-error`
+//! window (RFC 5861; the origin's, else the operator's) answers instead: the stored page byte for
+//! byte, with `Age`, `Cache-Status: <name>; fwd=stale; ...` and a `Proxy-Status` naming the
+//! failure it hides. The span, a `WARN` event and the `gateway.stale.served` counter keep the
+//! outage visible. See [`stale`].
+//!
+//! ```text
+//! HTTP/1.1 200 OK
+//! content-type: text/plain
+//! cache-control: max-age=60
+//! age: 4
+//! cache-status: edge-1; fwd=stale; fwd-status=502; ttl=56
+//! proxy-status: edge-1; error=connection_refused
+//! ```
+//!
 //! # Modules
 //!
 //! The root holds what every user types: the layer and its service, [`ProxyError`] and its
@@ -137,6 +156,7 @@
 //! | [`headers`] | `Proxy-Status`, [`ProxyName`]'s error |
 //! | [`retry`] | the retry hint's facts, [`RetryAfter`](retry::RetryAfter), [`RetryPolicy`](retry::RetryPolicy) |
 //! | [`grpc`] | [`GrpcCode`](grpc::GrpcCode) |
+//! | [`stale`] | [`StaleIfError`](stale::StaleIfError): the last good copy answers while the origin is down |
 //! | [`future`], [`body`] | the service's future and response body |
 //! | [`error`] | the crate's other error types |
 //! | `metrics` | the OpenTelemetry instruments (feature `metrics`) |
@@ -181,6 +201,7 @@ pub mod render;
 mod respond;
 pub mod retry;
 mod service;
+pub mod stale;
 mod trace;
 
 pub use error::ProxyError;

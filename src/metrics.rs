@@ -2,12 +2,13 @@
 //! operator can alert on.
 //!
 //! Turned on with [`GatewayErrorLayer::metrics`](crate::GatewayErrorLayer::metrics), which creates
-//! two instruments on the [`Meter`] it is given:
+//! three instruments on the [`Meter`] it is given:
 //!
 //! | instrument | kind, unit | attributes |
 //! |---|---|---|
 //! | [`REQUEST_DURATION`] `http.server.request.duration` | histogram, `s`, the boundaries in [`DURATION_BOUNDARIES`] | `http.request.method`, `http.response.status_code`, `error.type` (only on errors) |
 //! | [`ERRORS_GENERATED`] `gateway.errors.generated` | counter, `{error}` | `error.type`, `gateway.retryable`, `http.response.status_code` |
+//! | [`STALE_SERVED`] `gateway.stale.served` | counter, `{response}` | `error.type`, `http.response.status_code` |
 //!
 //! Attribute values, following the OpenTelemetry HTTP semantic conventions:
 //!
@@ -25,6 +26,12 @@
 //!   string (`"503"`). Absent on every other response: a 4xx forwarded from the origin is the
 //!   client's business, not the server's error.
 //! - `gateway.retryable`: the retry hint the client was given (`true` or `false`).
+//!
+//! An answer from a [stale copy](crate::stale) is what the client got, so the duration records it
+//! as such: the copy's status and no `error.type`. The failure it hid is counted by
+//! [`STALE_SERVED`], whose `error.type` names it (as on the span) and whose
+//! `http.response.status_code` is the copy's: the outage stays visible while users no longer
+//! see it. It is not counted as a generated error.
 //!
 //! Nothing that grows with traffic is ever an attribute: no path, no query, no request id, no
 //! address. With the default methods the duration histogram has at most a few hundred series.
@@ -72,6 +79,10 @@ pub const REQUEST_DURATION: &str = "http.server.request.duration";
 /// The name of the counter of responses the layer generated.
 pub const ERRORS_GENERATED: &str = "gateway.errors.generated";
 
+/// The name of the counter of answers from a stale copy in place of an error (see
+/// [`stale`](crate::stale)).
+pub const STALE_SERVED: &str = "gateway.stale.served";
+
 /// The bucket boundaries of [`REQUEST_DURATION`], in seconds: those the semantic conventions
 /// advise for it, given to the SDK as the instrument's advisory boundaries. A view in the meter
 /// provider can still replace them.
@@ -108,6 +119,7 @@ const RETRYABLE: Key = Key::from_static_str("gateway.retryable");
 pub(crate) struct Metrics {
     duration: Histogram<f64>,
     generated: Counter<u64>,
+    stale: Counter<u64>,
     /// The known methods with their attribute values, prepared so that a request copies a value
     /// (a static string, or a shared one for an extension method) instead of allocating one.
     methods: Arc<[(Method, Value)]>,
@@ -138,6 +150,13 @@ impl Metrics {
                 "Error responses the gateway generated, by RFC 9209 error type and retry hint.",
             )
             .build();
+        let stale = meter
+            .u64_counter(STALE_SERVED)
+            .with_unit("{response}")
+            .with_description(
+                "Answers from a stale copy in place of an error, by the RFC 9209 error type hidden.",
+            )
+            .build();
         let methods = methods
             .into_iter()
             .map(|method| {
@@ -148,6 +167,7 @@ impl Metrics {
         Metrics {
             duration,
             generated,
+            stale,
             methods,
         }
     }
@@ -309,6 +329,34 @@ pub(crate) fn generated(
         1,
         &[error_type, KeyValue::new(RETRYABLE, retryable), status_code],
     );
+}
+
+/// Records an answer from a stale copy: its duration, as for any answer with status `sent`, and
+/// one count of the failure it hid: its kind's token, or its `status` when no kind was
+/// recognised (as on the span).
+pub(crate) fn stale_served(
+    metrics: Option<&Metrics>,
+    started: Option<&Started>,
+    sent: StatusCode,
+    kind: Option<ProxyErrorKind>,
+    status: StatusCode,
+) {
+    let (Some(metrics), Some(started)) = (metrics, started) else {
+        return;
+    };
+    let error_type = kind.map_or_else(|| status_text(status), ProxyErrorKind::token);
+    let seconds = started.at.elapsed().as_secs_f64();
+    let status_code = KeyValue::new(STATUS_CODE, i64::from(sent.as_u16()));
+    metrics.duration.record(
+        seconds,
+        &[
+            KeyValue::new(METHOD, started.method.clone()),
+            status_code.clone(),
+        ],
+    );
+    metrics
+        .stale
+        .add(1, &[KeyValue::new(ERROR_TYPE, error_type), status_code]);
 }
 
 /// Every status code 100–999 as three ASCII digits, one after the other.

@@ -31,6 +31,7 @@ use crate::kind::{Phase, ProxyErrorKind};
 use crate::negotiate::Format;
 use crate::render::{ErrorView, UNRECOGNIZED_DETAIL};
 use crate::retry::RetryFacts;
+use crate::stale::{FromCopy, StaleIfError};
 use crate::trace::{self, BodyTrace};
 
 /// What the answer will need, kept from the request until the outcome is known.
@@ -103,6 +104,11 @@ pub(crate) fn finish<B: Body>(pending: Pending, outcome: Outcome<B>) -> Response
                 );
                 return generate(&pending, error, Some(&parts.headers), Some(status));
             }
+            if !generated_inside {
+                if let Some(answer) = origin_error_from_copy(&pending, status) {
+                    return answer;
+                }
+            }
             forward(pending, response)
         }
         Outcome::Failed(error) => {
@@ -153,6 +159,13 @@ fn forward<B: Body>(pending: Pending, response: Response<B>) -> Response<Gateway
     // cancellation.
     let no_body =
         pending.facts.is_head || carries_no_content(status) || response.body().is_end_stream();
+    // A response the store keeps gets its body copied as it passes (or is stored now, bodiless).
+    let tee = match (&pending.config.stale, &pending.facts.stale) {
+        (Some(store), Some(request)) => {
+            store.on_response(request, status, response.headers(), no_body)
+        }
+        _ => None,
+    };
     let trace = if no_body {
         None
     } else {
@@ -171,7 +184,7 @@ fn forward<B: Body>(pending: Pending, response: Response<B>) -> Response<Gateway
         no_body,
     );
     response.map(|body| {
-        let body = GatewayBody::origin(body, limits, trace);
+        let body = GatewayBody::origin(body, limits, trace).teed(tee);
         #[cfg(feature = "metrics")]
         let body = body.timed(timer);
         body
@@ -187,6 +200,10 @@ fn generate<B>(
     rewritten: Option<&HeaderMap>,
     received: Option<StatusCode>,
 ) -> Response<GatewayBody<B>> {
+    let error = match from_copy(pending, error, received) {
+        Ok(answer) => return answer,
+        Err(error) => error,
+    };
     let config = &pending.config;
     let facts = &pending.facts;
     let status = error.status();
@@ -297,6 +314,87 @@ fn generate<B>(
     // Zero-sized: costs no allocation once the map exists.
     response.extensions_mut().insert(Generated);
     response
+}
+
+/// An origin error the store answers in place of (see
+/// [`StaleIfError::answer_origin_errors`](crate::stale::StaleIfError::answer_origin_errors)),
+/// when a copy may answer it.
+fn origin_error_from_copy<B>(
+    pending: &Pending,
+    status: StatusCode,
+) -> Option<Response<GatewayBody<B>>> {
+    let store = pending.config.stale.as_ref()?;
+    if pending.facts.stale.is_none() || !store.answers_origin_status(status) {
+        return None;
+    }
+    let error = ProxyError::from_classification(
+        Classification::unrecognized()
+            .with_status(status)
+            .with_phase(Phase::MaybeSent),
+    );
+    from_copy(pending, error, Some(status)).ok()
+}
+
+/// A stale copy in place of the error the layer would answer a GET or HEAD with (a 500, 502,
+/// 503 or 504, RFC 5861's errors), when the store has one that may answer; else the error,
+/// untouched. `received` is the origin's status when the error stands for one.
+fn from_copy<B>(
+    pending: &Pending,
+    error: ProxyError,
+    received: Option<StatusCode>,
+) -> Result<Response<GatewayBody<B>>, ProxyError> {
+    let (Some(store), Some(request)) = (&pending.config.stale, &pending.facts.stale) else {
+        return Err(error);
+    };
+    let hidden = error.status();
+    // A forwarding loop is this gateway's own configuration, not the origin's outage: a copy
+    // would hide it for as long as the copy lasts.
+    if !StaleIfError::may_hide(hidden) || error.kind() == Some(ProxyErrorKind::ProxyLoopDetected) {
+        return Err(error);
+    }
+    let Some(answer) = store.answer(request) else {
+        return Err(error);
+    };
+    let config = &pending.config;
+    let kind = error.kind();
+    let member = match received {
+        Some(received) => config.proxy_status.received(received),
+        None => config.proxy_status.get(kind),
+    };
+    // Opt-in only, as on a generated error: the chain may name internal hosts.
+    let member = match StdError::source(&error).filter(|_| config.details) {
+        Some(cause) => with_details(member, chain(cause)),
+        None => member,
+    };
+    let age = answer.age;
+    let (sent, headers, body) = answer.into_parts(&config.proxy_status.get(None), member, hidden);
+    trace::record_stale(
+        &pending.span,
+        &trace::StaleAnswer {
+            error_type: match kind {
+                Some(kind) => kind.token(),
+                None => hidden.as_str(),
+            },
+            sent,
+            age,
+            cause: StdError::source(&error),
+        },
+    );
+    #[cfg(feature = "metrics")]
+    crate::metrics::stale_served(
+        config.metrics.as_ref(),
+        pending.facts.metrics.as_ref(),
+        sent,
+        kind,
+        hidden,
+    );
+    let mut response = Response::new(GatewayBody::generated(body));
+    *response.status_mut() = sent;
+    *response.headers_mut() = headers;
+    response.extensions_mut().insert(FromCopy::new(age, error));
+    // An outer layer leaves it alone, as it leaves a generated error.
+    response.extensions_mut().insert(Generated);
+    Ok(response)
 }
 
 /// The body in the negotiated format, and its head; `detailed` is our `Proxy-Status` member with

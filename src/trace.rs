@@ -17,6 +17,8 @@
 //! | `gateway.cancelled` | the client went away first (not an error) |
 //! | `http.response.body.size` | the bytes of the origin's body forwarded, once it ended (or broke off) |
 //! | `gateway.head_sent` | `true` when the origin's body failed or timed out after its head went to the client |
+//! | `gateway.stale` | `true` when a [stale copy](crate::stale) answered instead of an error; `error.type` then names the failure it hid |
+//! | `gateway.stale.age_s` | the age of that copy in seconds, as sent in `Age` |
 //!
 //! A gRPC call (see [`GrpcCode`](crate::grpc::GrpcCode)) also gets the OpenTelemetry RPC fields:
 //!
@@ -70,6 +72,8 @@ pub(crate) fn request_span<B>(level: Level, request: &Request<B>) -> Span {
                 gateway.cancelled = Empty,
                 gateway.head_sent = Empty,
                 http.response.body.size = Empty,
+                gateway.stale = Empty,
+                gateway.stale.age_s = Empty,
             )
         };
     }
@@ -175,6 +179,42 @@ pub(crate) fn record_generated(span: &Span, generated: &Generated<'_>) {
     } else {
         event_at!(Level::INFO);
     }
+}
+
+/// An answer from a stale copy, in place of the error `error_type` names.
+pub(crate) struct StaleAnswer<'a> {
+    /// The RFC 9209 token of the failure the copy hid, or its status.
+    pub(crate) error_type: &'a str,
+    /// The status the copy was sent with.
+    pub(crate) sent: StatusCode,
+    /// The copy's age in seconds, as in `Age`.
+    pub(crate) age: u64,
+    /// The failure, with its sources: for the event, never the client.
+    pub(crate) cause: Option<&'a (dyn StdError + 'static)>,
+}
+
+/// Records a stale answer on the span (no error status: the client got an answer), and a
+/// `WARN` event, so that the outage stays visible to operators.
+pub(crate) fn record_stale(span: &Span, answer: &StaleAnswer<'_>) {
+    let age = i64::try_from(answer.age).unwrap_or(i64::MAX);
+    if !span.is_disabled() {
+        span.record("http.response.status_code", i64::from(answer.sent.as_u16()));
+        span.record("error.type", answer.error_type);
+        span.record("gateway.generated", false);
+        span.record("gateway.stale", true);
+        span.record("gateway.stale.age_s", age);
+    }
+    let cause = answer.cause.map(ErrorChain);
+    tracing::event!(
+        target: TARGET,
+        parent: span,
+        Level::WARN,
+        error.type = answer.error_type,
+        http.response.status_code = i64::from(answer.sent.as_u16()),
+        gateway.stale.age_s = age,
+        error = cause.as_ref().map(tracing::field::display),
+        "upstream request failed; answered with a stale copy",
+    );
 }
 
 /// Watches an origin body for the span: how many bytes it forwarded and how it ended. Dropped

@@ -99,6 +99,10 @@ pub const ROUTES: &[(&str, &str)] = &[
         "/stale",
         "answers one request and keeps the connection, then drops the next request unanswered",
     ),
+    (
+        "/robots.txt",
+        "a robots.txt a crawler may cache for a minute (Cache-Control: max-age=60)",
+    ),
 ];
 
 /// The body of `/ok`.
@@ -107,6 +111,8 @@ pub const OK_BODY: &str = "hello from the origin\n";
 pub const ORIGIN_500_BODY: &str = "origin says: database unavailable\n";
 /// The body of `/origin-503`.
 pub const ORIGIN_503_BODY: &str = "{\"origin\":\"maintenance\"}";
+/// The body of `/robots.txt`.
+pub const ROBOTS_TXT: &str = "User-agent: *\nDisallow: /private/\n";
 /// The body of `/origin-502`.
 pub const ORIGIN_502_BODY: &str = "upstream proxy: bad gateway\n";
 /// The declared length of `/stall-body`.
@@ -509,6 +515,15 @@ async fn well_formed(request: Request<Incoming>) -> Result<Response<Full<Bytes>>
                 ("proxy-status", "origin-lb; error=connection_refused"),
             ],
             Bytes::from_static(ORIGIN_502_BODY.as_bytes()),
+        ),
+        "/robots.txt" => respond(
+            200,
+            &[
+                ("content-type", "text/plain"),
+                ("cache-control", "max-age=60"),
+                ("last-modified", "Mon, 01 Dec 2025 00:00:00 GMT"),
+            ],
+            Bytes::from_static(ROBOTS_TXT.as_bytes()),
         ),
         "/large" => {
             let len = request

@@ -1,5 +1,6 @@
 //! The header fields the layer reads and writes: `Proxy-Status` (RFC 9209), `CDN-Loop` (RFC
-//! 8586), `Retry-After` (RFC 9110 §10.2.3), and the Structured Field syntax (RFC 9651) under them.
+//! 8586), `Cache-Status` (RFC 9211), `Retry-After` (RFC 9110 §10.2.3), and the Structured Field
+//! syntax (RFC 9651) under them.
 
 pub(crate) mod cdn_loop;
 mod proxy_status;
@@ -14,6 +15,10 @@ pub use proxy_status::{InvalidProxyName, ProxyName};
 
 /// The `Proxy-Status` header name (RFC 9209).
 pub static PROXY_STATUS: HeaderName = HeaderName::from_static("proxy-status");
+
+/// The `Cache-Status` header name (RFC 9211), sent on an answer from a
+/// [stale copy](crate::stale).
+pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// RFC 9110 `tchar`, one lookup per byte: negotiation and parsing run on every request.
 static TCHAR: [bool; 256] = {

@@ -282,3 +282,38 @@ async fn hostile_cdn_loop_values_are_never_taken_for_our_name() {
     }
     assert_eq!(seen.lock().expect("not poisoned").len(), hostile.len());
 }
+
+#[tokio::test]
+async fn a_stored_copy_never_hides_a_loop() {
+    let (upstream, seen) = recording_upstream().await;
+    let store = gateway_errors::stale::StaleIfError::new()
+        .default_window(std::time::Duration::from_secs(3600));
+    let gateway = gateway_to(
+        support::layer().stale_if_error(store.clone()),
+        upstream.addr,
+    );
+    let get = || {
+        let mut request = request("GET", "/orders", None);
+        request
+            .headers_mut()
+            .insert(header::HOST, "shop.test".parse().unwrap());
+        request
+    };
+
+    let first = call(gateway.clone(), get()).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    read_body(first.into_body()).await;
+    assert_eq!(store.len(), 1, "the page is kept");
+
+    let mut looped = get();
+    looped
+        .headers_mut()
+        .insert(&CDN_LOOP, "edge-1".parse().unwrap());
+    let response = call(gateway, looped).await;
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        response.headers()[&PROXY_STATUS],
+        "edge-1; error=proxy_loop_detected"
+    );
+    assert_eq!(seen.lock().expect("not poisoned").len(), 1);
+}

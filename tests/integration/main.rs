@@ -32,5 +32,6 @@ mod reqwest_client;
 mod retry;
 mod soak;
 mod spans;
+mod stale;
 mod upstream_faults;
 mod websocket;

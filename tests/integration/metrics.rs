@@ -697,3 +697,77 @@ async fn a_grpc_callers_error_counts_under_the_status_it_got() {
         )]
     );
 }
+
+/// The stale-answer counter's values by attribute set. Checks it is a monotonic count of
+/// `{response}`.
+fn stale_counts(metric: &Metric) -> BTreeMap<Attributes, u64> {
+    assert_eq!(metric.unit(), "{response}");
+    let AggregatedMetrics::U64(MetricData::Sum(sum)) = metric.data() else {
+        panic!("{} is not a u64 sum: {:?}", metric.name(), metric.data());
+    };
+    assert!(sum.is_monotonic(), "a counter only goes up");
+    sum.data_points()
+        .map(|point| (attributes(point.attributes()), point.value()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_stale_answer_counts_the_hidden_failure_and_times_the_answer_the_client_got() {
+    use gateway_errors::metrics::STALE_SERVED;
+    use gateway_errors::stale::StaleIfError;
+
+    let upstream = start_upstream().await;
+    let pipeline = Pipeline::new();
+    let store = StaleIfError::new().default_window(Duration::from_secs(60));
+    let layer = pipeline.layer().stale_if_error(store.clone());
+    // One store: the page is stored through the working upstream, then answers for the
+    // refused one.
+    let to_upstream = gateway_to(layer.clone(), upstream.addr);
+    let to_closed_port = gateway_to(layer, demo_upstream::closed_port());
+    assert_eq!(exchange(to_upstream, "GET", "/ok").await, StatusCode::OK);
+    assert_eq!(store.len(), 1);
+    for _ in 0..N {
+        assert_eq!(
+            exchange(to_closed_port.clone(), "GET", "/ok").await,
+            StatusCode::OK
+        );
+    }
+    // A POST has no copy: a generated error, counted as one.
+    assert_eq!(
+        exchange(to_closed_port, "POST", "/ok").await,
+        StatusCode::BAD_GATEWAY
+    );
+
+    let stale = pipeline
+        .exported(STALE_SERVED, stale_counts)
+        .await
+        .expect("stale answers recorded");
+    assert_eq!(
+        stale,
+        BTreeMap::from([(
+            set(&[
+                ("error.type", "connection_refused"),
+                ("http.response.status_code", "200")
+            ]),
+            N
+        )])
+    );
+    let durations = pipeline.durations().await;
+    let counts: BTreeMap<_, _> = durations
+        .iter()
+        .map(|(attributes, point)| (attributes.clone(), point.count))
+        .collect();
+    let get_200 = set(&[
+        ("http.request.method", "GET"),
+        ("http.response.status_code", "200"),
+    ]);
+    let post_502 = set(&[
+        ("http.request.method", "POST"),
+        ("http.response.status_code", "502"),
+        ("error.type", "connection_refused"),
+    ]);
+    // The stored page and its stale answers: what the client got, and no error.type.
+    assert_eq!(counts, BTreeMap::from([(get_200, 1 + N), (post_502, 1)]));
+    let errors = pipeline.errors().await;
+    assert_eq!(errors.values().sum::<u64>(), 1, "only the POST: {errors:?}");
+}

@@ -375,6 +375,69 @@ async fn a_generated_4xx_is_an_info_event_and_no_error_status() {
     assert_eq!(events[0].level, Level::INFO);
 }
 
+#[tokio::test]
+async fn a_stale_answer_is_no_error_span_but_names_the_hidden_failure_and_warns() {
+    use gateway_errors::stale::StaleIfError;
+    let capture = Captured::default();
+    let _guard = capture.install();
+    let demo = demo_upstream::spawn().await.expect("demo upstream");
+    // One store, two gateways: one whose upstream answers, then one whose upstream refuses.
+    let store = StaleIfError::new().default_window(Duration::from_secs(60));
+    let layer = GatewayErrorLayer::new().stale_if_error(store.clone());
+    let response = send(gateway(demo.addr, layer.clone()), get("/ok")).await;
+    within("body", response.into_body().collect())
+        .await
+        .expect("the origin's body");
+    assert_eq!(store.len(), 1);
+
+    let closed = demo_upstream::closed_port();
+    let response = send(gateway(closed, layer), get("/ok")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    // The stale answer's span is the last one.
+    let index = {
+        let store = capture.0.lock().unwrap();
+        let spans = store.spans.iter().enumerate();
+        let mut gateway_spans = spans.filter(|(_, s)| s.name == "gateway.request");
+        gateway_spans.next_back().expect("a gateway.request span").0
+    };
+    let span = capture.span(index);
+    assert_eq!(field(&span, "http.response.status_code"), Some("200"));
+    assert_eq!(field(&span, "error.type"), Some("connection_refused"));
+    assert_eq!(field(&span, "gateway.stale"), Some("true"));
+    assert_eq!(field(&span, "gateway.stale.age_s"), Some("1"));
+    assert_eq!(field(&span, "gateway.generated"), Some("false"));
+    assert_eq!(
+        field(&span, "otel.status_code"),
+        None,
+        "the client got an answer"
+    );
+    assert_eq!(field(&span, "gateway.retryable"), None);
+
+    let events = capture.events_of(index);
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let event = &events[0];
+    assert_eq!(event.level, Level::WARN);
+    assert_eq!(
+        event.fields.get("message").map(String::as_str),
+        Some("upstream request failed; answered with a stale copy")
+    );
+    assert_eq!(
+        event.fields.get("error.type").map(String::as_str),
+        Some("connection_refused")
+    );
+    assert_eq!(
+        event.fields.get("gateway.stale.age_s").map(String::as_str),
+        Some("1")
+    );
+    let chain = event.fields.get("error").expect("the error chain");
+    assert!(chain.contains("Connection refused"), "{chain}");
+    // The chain stays in the event: the client gets the stored page and nothing of it.
+    let visible = visible_text(response).await;
+    assert!(visible.contains(demo_upstream::OK_BODY), "{visible}");
+    assert!(!visible.contains("os error"), "{visible}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forwarded responses and the life of the span
 // ---------------------------------------------------------------------------------------------

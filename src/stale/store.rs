@@ -1,0 +1,423 @@
+//! The bounded store: copies by key and variant, least recently used first out.
+//!
+//! One mutex guards the index and the recency list; it is held for a lookup, an insert or an
+//! eviction, never across an await, and never while a body is copied or a response is built. A
+//! copy is shared (`Arc`), so readers of the same page share one body.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::copy::StoredCopy;
+use super::policy::{MAX_VARIANTS_PER_KEY, Policy};
+use super::request::{Key, KeyParts, VaryValues};
+
+/// No slot: the end of the recency list.
+const NIL: usize = usize::MAX;
+
+pub(crate) struct Store {
+    pub(crate) policy: Policy,
+    lru: Mutex<Lru>,
+    /// The number of copies, readable without the lock: an empty store costs a write nothing.
+    len: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+impl Store {
+    pub(crate) fn new(policy: Policy) -> Self {
+        Store {
+            policy,
+            lru: Mutex::new(Lru::default()),
+            len: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Lru> {
+        // Nothing panics while the lock is held; were it poisoned, the list is still whole.
+        self.lru
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn publish(&self, lru: &Lru) {
+        self.len.store(lru.len, Ordering::Relaxed);
+        self.bytes.store(lru.bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Keeps `copy`, replacing the copy of the same key and variant, and evicts the least
+    /// recently used copies until the store is within its bounds again. A copy larger than the
+    /// whole budget is not kept.
+    pub(crate) fn insert(&self, copy: StoredCopy) {
+        if copy.size > self.policy.max_bytes || self.policy.max_entries == 0 {
+            return;
+        }
+        let copy = Arc::new(copy);
+        let mut lru = self.lock();
+        let key = copy.key.clone();
+        let same_variant = lru.map.get(&key).and_then(|slots| {
+            slots
+                .iter()
+                .copied()
+                .find(|&slot| lru.copy(slot).variant.same_as(&copy.variant))
+        });
+        if let Some(slot) = same_variant {
+            lru.remove(slot);
+        }
+        if lru
+            .map
+            .get(&key)
+            .is_some_and(|slots| slots.len() >= MAX_VARIANTS_PER_KEY)
+        {
+            // The least recently used variant of this key makes room.
+            let oldest = lru.map[&key]
+                .iter()
+                .copied()
+                .min_by_key(|&slot| lru.slots[slot].used)
+                .expect("a full list");
+            lru.remove(oldest);
+        }
+        lru.push_front(copy);
+        while lru.bytes > self.policy.max_bytes || lru.len > self.policy.max_entries {
+            let tail = lru.tail;
+            lru.remove(tail);
+        }
+        self.publish(&lru);
+    }
+
+    /// The newest copy of `key` whose variant `vary` matches, made the most recently used.
+    pub(crate) fn find(&self, key: &dyn KeyParts, vary: &VaryValues) -> Option<Arc<StoredCopy>> {
+        if self.len() == 0 {
+            return None;
+        }
+        let mut lru = self.lock();
+        // A key's slots are in the order they were stored: the newest match is the last.
+        let slot = lru
+            .map
+            .get(key)?
+            .iter()
+            .rev()
+            .copied()
+            .find(|&slot| lru.copy(slot).variant.matches(vary))?;
+        lru.unlink(slot);
+        lru.link_front(slot);
+        Some(lru.copy(slot).clone())
+    }
+
+    /// Drops `copy`, if the store still holds it.
+    pub(crate) fn remove(&self, copy: &Arc<StoredCopy>) {
+        let mut lru = self.lock();
+        let slot = lru.map.get(&copy.key).and_then(|slots| {
+            slots
+                .iter()
+                .copied()
+                .find(|&slot| Arc::ptr_eq(lru.copy(slot), copy))
+        });
+        if let Some(slot) = slot {
+            lru.remove(slot);
+            self.publish(&lru);
+        }
+    }
+
+    /// Drops every copy of `key` (RFC 9111 §4.4: a successful write invalidates its URI).
+    pub(crate) fn invalidate(&self, key: &dyn KeyParts) {
+        if self.len() == 0 {
+            return;
+        }
+        let mut lru = self.lock();
+        while let Some(&slot) = lru.map.get(key).and_then(|slots| slots.last()) {
+            lru.remove(slot);
+        }
+        self.publish(&lru);
+    }
+
+    pub(crate) fn clear(&self) {
+        let mut lru = self.lock();
+        *lru = Lru::default();
+        self.publish(&lru);
+    }
+}
+
+/// The index and the recency list, in slots that are reused.
+struct Lru {
+    /// Each key's slots, oldest stored first.
+    map: HashMap<Key, Variants>,
+    slots: Vec<Slot>,
+    free: Vec<usize>,
+    /// The most recently used.
+    head: usize,
+    /// The least recently used.
+    tail: usize,
+    len: usize,
+    bytes: usize,
+    /// Counts every store and read.
+    clock: u64,
+}
+
+/// The slots of one key's variants, oldest stored first, held inline: a key costs its index
+/// entry and no allocation of its own.
+#[derive(Default)]
+struct Variants {
+    slots: [usize; MAX_VARIANTS_PER_KEY],
+    len: usize,
+}
+
+impl Variants {
+    /// Adds `slot`; the caller has made room.
+    fn push(&mut self, slot: usize) {
+        self.slots[self.len] = slot;
+        self.len += 1;
+    }
+
+    fn remove(&mut self, slot: usize) {
+        if let Some(at) = self.iter().position(|&s| s == slot) {
+            self.slots.copy_within(at + 1..self.len, at);
+            self.len -= 1;
+        }
+    }
+}
+
+impl std::ops::Deref for Variants {
+    type Target = [usize];
+
+    fn deref(&self) -> &[usize] {
+        &self.slots[..self.len]
+    }
+}
+
+impl Default for Lru {
+    fn default() -> Self {
+        Lru {
+            map: HashMap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            head: NIL,
+            tail: NIL,
+            len: 0,
+            bytes: 0,
+            clock: 0,
+        }
+    }
+}
+
+struct Slot {
+    copy: Option<Arc<StoredCopy>>,
+    prev: usize,
+    next: usize,
+    /// When it was last stored or read, on the list's own clock.
+    used: u64,
+}
+
+impl Lru {
+    fn copy(&self, slot: usize) -> &Arc<StoredCopy> {
+        self.slots[slot]
+            .copy
+            .as_ref()
+            .expect("a linked slot holds a copy")
+    }
+
+    fn push_front(&mut self, copy: Arc<StoredCopy>) {
+        self.len += 1;
+        self.bytes += copy.size;
+        let key = copy.key.clone();
+        let slot = Slot {
+            copy: Some(copy),
+            prev: NIL,
+            next: NIL,
+            used: 0,
+        };
+        let index = match self.free.pop() {
+            Some(index) => {
+                self.slots[index] = slot;
+                index
+            }
+            None => {
+                self.slots.push(slot);
+                self.slots.len() - 1
+            }
+        };
+        self.map.entry(key).or_default().push(index);
+        self.link_front(index);
+    }
+
+    fn link_front(&mut self, slot: usize) {
+        self.clock += 1;
+        self.slots[slot].used = self.clock;
+        self.slots[slot].prev = NIL;
+        self.slots[slot].next = self.head;
+        if self.head != NIL {
+            self.slots[self.head].prev = slot;
+        }
+        self.head = slot;
+        if self.tail == NIL {
+            self.tail = slot;
+        }
+    }
+
+    fn unlink(&mut self, slot: usize) {
+        let Slot { prev, next, .. } = self.slots[slot];
+        match prev {
+            NIL => self.head = next,
+            prev => self.slots[prev].next = next,
+        }
+        match next {
+            NIL => self.tail = prev,
+            next => self.slots[next].prev = prev,
+        }
+    }
+
+    fn remove(&mut self, slot: usize) {
+        self.unlink(slot);
+        let copy = self.slots[slot]
+            .copy
+            .take()
+            .expect("a linked slot holds a copy");
+        self.free.push(slot);
+        self.len -= 1;
+        self.bytes -= copy.size;
+        if let Some(slots) = self.map.get_mut(&copy.key) {
+            slots.remove(slot);
+            if slots.is_empty() {
+                self.map.remove(&copy.key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http::{HeaderMap, Request, StatusCode};
+
+    /// One policy for every request a test captures: the values a variant depends on are hashed
+    /// with its keys, as every request to one store is.
+    static CAPTURING: std::sync::LazyLock<Policy> = std::sync::LazyLock::new(Policy::default);
+
+    use super::*;
+    use crate::stale::copy::Admission;
+    use crate::stale::request::CapturedRequest;
+
+    fn policy(max_bytes: usize, max_entries: usize) -> Policy {
+        Policy {
+            max_bytes,
+            max_entries,
+            default_window: Some(Duration::from_secs(60)),
+            ..Policy::default()
+        }
+    }
+
+    fn request(path: &str, encoding: Option<&str>) -> CapturedRequest {
+        let mut builder = Request::get(path).header("host", "site.example");
+        if let Some(encoding) = encoding {
+            builder = builder.header("accept-encoding", encoding);
+        }
+        CapturedRequest::capture(&CAPTURING, &builder.body(()).unwrap()).unwrap()
+    }
+
+    fn copy(policy: &Policy, request: &CapturedRequest, body: &'static [u8]) -> StoredCopy {
+        let mut head = HeaderMap::new();
+        head.insert("vary", "accept-encoding".parse().unwrap());
+        Admission::decide(policy, request, StatusCode::OK, &head)
+            .unwrap()
+            .complete(Bytes::from_static(body))
+            .unwrap()
+    }
+
+    fn body_of(store: &Store, request: &CapturedRequest) -> Option<Bytes> {
+        store
+            .find(&request.key(), &request.vary)
+            .map(|copy| copy.body.clone())
+    }
+
+    #[tokio::test]
+    async fn the_least_recently_used_goes_first_when_the_budget_is_spent() {
+        let loose = policy(usize::MAX, usize::MAX);
+        let one = copy(&loose, &request("/a", None), &[b'a'; 1000]).size;
+        // Room for three copies of this size, not four.
+        let store = Store::new(policy(one * 3 + one / 2, usize::MAX));
+        let [a, b, c, d] = ["/a", "/b", "/c", "/d"].map(|path| request(path, None));
+        for r in [&a, &b, &c] {
+            store.insert(copy(&store.policy, r, &[b'x'; 1000]));
+        }
+        assert_eq!(store.len(), 3);
+        // Reading /a makes /b the least recently used.
+        assert!(body_of(&store, &a).is_some());
+        store.insert(copy(&store.policy, &d, &[b'x'; 1000]));
+        assert_eq!(store.len(), 3);
+        assert!(store.bytes() <= store.policy.max_bytes);
+        assert!(body_of(&store, &b).is_none(), "/b was evicted");
+        for r in [&a, &c, &d] {
+            assert!(body_of(&store, r).is_some());
+        }
+    }
+
+    #[tokio::test]
+    async fn the_number_of_copies_is_bounded_and_an_oversized_copy_is_refused() {
+        let store = Store::new(policy(usize::MAX, 2));
+        for path in ["/1", "/2", "/3"] {
+            store.insert(copy(&store.policy, &request(path, None), b"x"));
+        }
+        assert_eq!(store.len(), 2);
+        assert!(body_of(&store, &request("/1", None)).is_none());
+
+        let small = Store::new(policy(100, 10));
+        small.insert(copy(&small.policy, &request("/big", None), &[0; 200]));
+        assert_eq!(small.len(), 0);
+        assert_eq!(small.bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn variants_live_side_by_side_and_a_new_one_replaces_its_own() {
+        let store = Store::new(policy(usize::MAX, usize::MAX));
+        let gzip = request("/p", Some("gzip"));
+        let plain = request("/p", None);
+        store.insert(copy(&store.policy, &gzip, b"gzip v1"));
+        store.insert(copy(&store.policy, &plain, b"plain"));
+        store.insert(copy(&store.policy, &gzip, b"gzip v2"));
+        assert_eq!(store.len(), 2);
+        assert_eq!(body_of(&store, &gzip).unwrap(), "gzip v2");
+        assert_eq!(body_of(&store, &plain).unwrap(), "plain");
+        assert!(body_of(&store, &request("/p", Some("br"))).is_none());
+
+        // Past the most variants of one key, the least recently used of them goes.
+        for i in 0..MAX_VARIANTS_PER_KEY {
+            let encoding = format!("e{i}");
+            let r = request("/p", Some(&encoding));
+            store.insert(copy(&store.policy, &r, b"v"));
+        }
+        assert_eq!(store.len(), MAX_VARIANTS_PER_KEY);
+        assert!(body_of(&store, &gzip).is_none());
+        assert!(body_of(&store, &plain).is_none());
+    }
+
+    #[tokio::test]
+    async fn invalidating_a_key_drops_every_variant_and_nothing_else() {
+        let store = Store::new(policy(usize::MAX, usize::MAX));
+        store.insert(copy(&store.policy, &request("/p", Some("gzip")), b"1"));
+        store.insert(copy(&store.policy, &request("/p", None), b"2"));
+        store.insert(copy(&store.policy, &request("/q", None), b"3"));
+        store.invalidate(&request("/p", None).key());
+        assert_eq!(store.len(), 1);
+        assert_eq!(body_of(&store, &request("/q", None)).unwrap(), "3");
+
+        let q = store.find(&request("/q", None).key(), &request("/q", None).vary);
+        store.remove(&q.unwrap());
+        assert_eq!(store.len(), 0);
+        assert_eq!(store.bytes(), 0);
+        // Slots are reused.
+        store.insert(copy(&store.policy, &request("/r", None), b"4"));
+        assert_eq!(body_of(&store, &request("/r", None)).unwrap(), "4");
+        store.clear();
+        assert_eq!((store.len(), store.bytes()), (0, 0));
+    }
+}
