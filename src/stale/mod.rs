@@ -131,7 +131,8 @@
 //! the layer [intercepts](crate::GatewayErrorLayer::intercept_origin_errors). An origin's own
 //! error passes through unchanged, as always, unless the store
 //! [answers it](StaleIfError::answer_origin_errors). Never a 4xx the layer makes (a bad or refused
-//! request), and never a gRPC call.
+//! request), never a forwarding loop (`proxy_loop_detected`: the gateway's own configuration,
+//! which a copy would hide), and never a gRPC call.
 //!
 //! The newest copy of the key whose variant matches answers if its staleness (its age, RFC 9111
 //! §4.2.3, less its freshness lifetime, §4.2.1) is within:
