@@ -134,6 +134,7 @@
 //! | [`headers`] | `Proxy-Status`, [`ProxyName`]'s error |
 //! | [`retry`] | the retry hint's facts, [`RetryAfter`](retry::RetryAfter), [`RetryPolicy`](retry::RetryPolicy) |
 //! | [`grpc`] | [`GrpcCode`](grpc::GrpcCode) |
+//! | [`health`] | [`UpstreamHealthLayer`](health::UpstreamHealthLayer): remember a failing upstream, 503 `destination_unavailable` while it is down, one probe at a time |
 //! | [`future`], [`body`] | the service's future and response body |
 //! | [`error`] | the crate's other error types |
 //! | `metrics` | the OpenTelemetry instruments (feature `metrics`) |
@@ -168,12 +169,14 @@ mod facts;
 pub mod future;
 pub mod grpc;
 pub mod headers;
+pub mod health;
 mod interim;
 mod kind;
 mod layer;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 mod negotiate;
+mod random;
 pub mod render;
 mod respond;
 pub mod retry;

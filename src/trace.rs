@@ -17,6 +17,7 @@
 //! | `gateway.cancelled` | the client went away first (not an error) |
 //! | `http.response.body.size` | the bytes of the origin's body forwarded, once it ended (or broke off) |
 //! | `gateway.head_sent` | `true` when the origin's body failed or timed out after its head went to the client |
+//! | `gateway.upstream_state` | with [`UpstreamHealthLayer`](crate::health::UpstreamHealthLayer) inside: `open` or `half_open` when the upstream was marked unavailable, `probe` for the request that probes it |
 //!
 //! A gRPC call (see [`GrpcCode`](crate::grpc::GrpcCode)) also gets the OpenTelemetry RPC fields:
 //!
@@ -70,6 +71,7 @@ pub(crate) fn request_span<B>(level: Level, request: &Request<B>) -> Span {
                 gateway.cancelled = Empty,
                 gateway.head_sent = Empty,
                 http.response.body.size = Empty,
+                gateway.upstream_state = Empty,
             )
         };
     }
@@ -108,6 +110,15 @@ pub(crate) fn record_forwarded(span: &Span, status: StatusCode, grpc_status: Opt
     }
     if let Some(code) = grpc_status {
         span.record("rpc.grpc.status_code", code);
+    }
+}
+
+/// Records the state of the request's upstream, where it matters, on the current span (the
+/// request's, when the health layer runs inside the gateway layer).
+pub(crate) fn record_upstream_state(state: &'static str) {
+    let span = Span::current();
+    if !span.is_disabled() {
+        span.record("gateway.upstream_state", state);
     }
 }
 
