@@ -9,6 +9,7 @@ use pin_project_lite::pin_project;
 
 use crate::BoxError;
 
+use super::key::AuthorityKey;
 use super::record::Record;
 
 pin_project! {
@@ -19,7 +20,7 @@ pin_project! {
     /// (`http_response_incomplete`), or that [`GatewayErrorLayer`](crate::GatewayErrorLayer)
     /// cuts for stalling (`connection_read_timeout`), counts as a failure of its upstream. One
     /// that its client stops reading counts as nothing.
-    pub struct HealthBody<B, T> {
+    pub struct HealthBody<B, T = AuthorityKey> {
         #[pin]
         inner: B,
         record: Option<Record<T>>,

@@ -11,6 +11,7 @@ use pin_project_lite::pin_project;
 use crate::BoxError;
 
 use super::body::HealthBody;
+use super::key::AuthorityKey;
 use super::record::Record;
 
 pin_project! {
@@ -22,7 +23,7 @@ pin_project! {
     /// [`GatewayErrorLayer`](crate::GatewayErrorLayer) (which drops it: counted as the
     /// upstream's failure), or a client that went away (which drops it too: counted as nothing,
     /// and a probe is released for the next request).
-    pub struct ResponseFuture<F, T> {
+    pub struct ResponseFuture<F, T = AuthorityKey> {
         #[pin]
         state: State<F>,
         record: Option<Record<T>>,
