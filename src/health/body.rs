@@ -58,9 +58,18 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
-        let this = self.project();
-        match ready!(this.inner.poll_frame(cx)) {
-            Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
+        let mut this = self.project();
+        match ready!(this.inner.as_mut().poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                // A server stops polling once `is_end_stream` says the body is done, so its end
+                // may never be seen as `None`.
+                if this.inner.is_end_stream() {
+                    if let Some(record) = this.record.take() {
+                        record.ended();
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
             Some(Err(error)) => {
                 let error = error.into();
                 if let Some(record) = this.record.take() {

@@ -193,6 +193,12 @@ mod tests {
                 _ => Poll::Ready(None),
             }
         }
+
+        /// Done after its frame, as a body with a known length says (a server then stops
+        /// polling it, and drops it).
+        fn is_end_stream(&self) -> bool {
+            self.sent && self.then == Mode::Ok
+        }
     }
 
     impl tower::Service<Request<()>> for Upstream {
@@ -437,6 +443,29 @@ mod tests {
         }
         let (response, _) = exchange(&gateway).await;
         assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_response_read_to_its_end_ends_a_run_of_failures() {
+        let upstream = Upstream::default();
+        let gateway = gateway(health(), upstream.clone());
+        for _ in 0..10 {
+            upstream.set(Mode::Refuse);
+            for _ in 0..2 {
+                exchange(&gateway).await;
+            }
+            // Read as a server reads it: until the body says it is done, then dropped.
+            upstream.set(Mode::Ok);
+            let response = gateway.clone().oneshot(request()).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let mut body = std::pin::pin!(response.into_body());
+            while !body.is_end_stream() {
+                assert!(body.frame().await.unwrap().is_ok());
+            }
+        }
+        upstream.set(Mode::Refuse);
+        let (response, _) = exchange(&gateway).await;
+        assert_eq!(kind_of(&response), Some(ProxyErrorKind::ConnectionRefused));
     }
 
     #[tokio::test(start_paused = true)]
