@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example gateway -- [--listen ADDR] [--upstream URL] [--timeout 5s]
-//!     [--read-timeout 5s|off] [--deadline 60s] [--bare]
+//!     [--read-timeout 5s|off] [--deadline 60s] [--bare] [--breaker-failures N [--breaker-open 10s]]
 //! ```
 //!
 //! - Without `--upstream`, an embedded demo upstream starts on loopback; its routes each show one
@@ -22,6 +22,11 @@
 //!   `--http2` to a gRPC upstream, gRPC calls go through (`examples/grpc.rs` shows them).
 //! - `--metrics` (built with `--features metrics`) records the layer's OpenTelemetry metrics and
 //!   prints them to stdout every 60 s and on exit.
+//! - `--breaker-failures N` marks the upstream unavailable after N consecutive failures of its
+//!   connection or timeouts (off without it): requests are then answered at once with 503
+//!   `destination_unavailable` and a `Retry-After`, until one probe finds it back.
+//!   `--breaker-open` sets the first open time (default 10s; it grows with each failed probe, up
+//!   to 5 minutes). Transitions are logged at `WARN`.
 //!
 //! What makes it safe to copy, beyond the layer (the proxy itself is in `support/proxy.rs`, where
 //! `tests/integration/gateway_hardening.rs` checks each point): only the configured upstream is ever contacted
@@ -41,8 +46,12 @@ mod proxy;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use gateway_errors::health::UpstreamHealthLayer;
 use gateway_errors::{GatewayErrorLayer, ProxyName};
-use http::Uri;
+use http::{Request, Uri};
+use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 
@@ -60,11 +69,14 @@ struct Options {
     http2: bool,
     name: ProxyName,
     max_body: u64,
+    /// Consecutive failures that mark the upstream unavailable; `None`: never.
+    breaker_failures: Option<u32>,
+    breaker_open: Duration,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: gateway [--listen ADDR] [--upstream URL] [--timeout 5s|500ms] [--read-timeout 5s|off] [--deadline 60s] [--bare] [--name NAME] [--max-body BYTES] [--http2] [--metrics]"
+        "usage: gateway [--listen ADDR] [--upstream URL] [--timeout 5s|500ms] [--read-timeout 5s|off] [--deadline 60s] [--bare] [--name NAME] [--max-body BYTES] [--http2] [--metrics] [--breaker-failures N] [--breaker-open 10s]"
     );
     std::process::exit(2)
 }
@@ -92,6 +104,8 @@ fn parse_options() -> Options {
         http2: false,
         name: ProxyName::from_static("edge-1"),
         max_body: 10 * 1024 * 1024,
+        breaker_failures: None,
+        breaker_open: Duration::from_secs(10),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -125,6 +139,13 @@ fn parse_options() -> Options {
             }
             "--metrics" => options.metrics = true,
             "--http2" => options.http2 = true,
+            "--breaker-failures" => {
+                let failures = value().parse().ok().filter(|n: &u32| *n > 0);
+                options.breaker_failures = Some(failures.unwrap_or_else(|| usage()));
+            }
+            "--breaker-open" => {
+                options.breaker_open = parse_duration(&value()).unwrap_or_else(|| usage())
+            }
             "-h" | "--help" => usage(),
             _ => usage(),
         }
@@ -170,7 +191,7 @@ async fn main() -> Result<(), BoxError> {
     }
     let read_timeout = options.read_timeout.unwrap_or(Some(options.timeout));
     println!(
-        "listening on http://{addr} ({}; upstream {upstream}, timeout {:?}, read timeout {}{})",
+        "listening on http://{addr} ({}; upstream {upstream}, timeout {:?}, read timeout {}{}{})",
         if options.bare {
             "bare"
         } else {
@@ -181,6 +202,13 @@ async fn main() -> Result<(), BoxError> {
         options
             .deadline
             .map_or(String::new(), |d| format!(", deadline {d:?}")),
+        match options.breaker_failures {
+            Some(failures) if !options.bare => format!(
+                ", unavailable after {failures} failures for {:?}",
+                options.breaker_open
+            ),
+            _ => String::new(),
+        },
     );
 
     if options.bare {
@@ -201,9 +229,30 @@ async fn main() -> Result<(), BoxError> {
             layer = layer.response_deadline(deadline);
         }
         // Held until the server is done: dropping it exports the metrics a last time.
-        let (layer, _meters) = metrics::with_metrics(layer, options.metrics);
-        let service = ServiceBuilder::new().layer(layer).service(proxy);
-        serve(listener, service, ServeOptions::default(), ctrl_c()).await;
+        let (layer, meters) = metrics::with_metrics(layer, options.metrics);
+        match options.breaker_failures {
+            None => {
+                let service = ServiceBuilder::new().layer(layer).service(proxy);
+                serve(listener, service, ServeOptions::default(), ctrl_c()).await;
+            }
+            Some(failures) => {
+                // This proxy sends every request to its one upstream, and points it there itself
+                // (the request's own target is the client's): every request is keyed by that
+                // upstream. In front of a client that is given the upstream's URI, the default
+                // key (the URI's scheme and authority) needs no key function.
+                let key: Arc<str> = upstream.to_string().trim_end_matches('/').into();
+                let health = UpstreamHealthLayer::new()
+                    .consecutive_failures(failures)
+                    .open_time(options.breaker_open)
+                    .key_by(move |_: &Request<Incoming>| Some(key.clone()));
+                let health = metrics::health_metrics(health, meters.as_ref());
+                let service = ServiceBuilder::new()
+                    .layer(layer)
+                    .layer(health)
+                    .service(proxy);
+                serve(listener, service, ServeOptions::default(), ctrl_c()).await;
+            }
+        }
     }
     drop(demo);
     Ok(())
@@ -213,6 +262,7 @@ async fn main() -> Result<(), BoxError> {
 #[cfg(feature = "metrics")]
 mod metrics {
     use gateway_errors::GatewayErrorLayer;
+    use gateway_errors::health::UpstreamHealthLayer;
     use opentelemetry::metrics::MeterProvider;
     use opentelemetry_sdk::metrics::SdkMeterProvider;
 
@@ -235,15 +285,34 @@ mod metrics {
         let layer = layer.metrics(&provider.meter("gateway-errors"));
         (layer, Some(Meters(provider)))
     }
+
+    /// The health layer's metrics too, when `--metrics` is on.
+    pub fn health_metrics<K>(
+        health: UpstreamHealthLayer<K>,
+        meters: Option<&Meters>,
+    ) -> UpstreamHealthLayer<K> {
+        match meters {
+            Some(meters) => health.metrics(&meters.0.meter("gateway-errors")),
+            None => health,
+        }
+    }
 }
 
 #[cfg(not(feature = "metrics"))]
 mod metrics {
     use gateway_errors::GatewayErrorLayer;
+    use gateway_errors::health::UpstreamHealthLayer;
 
     /// `--metrics` was refused when the options were read: there is nothing to add.
     pub fn with_metrics(layer: GatewayErrorLayer, _on: bool) -> (GatewayErrorLayer, Option<()>) {
         (layer, None)
+    }
+
+    pub fn health_metrics<K>(
+        health: UpstreamHealthLayer<K>,
+        _meters: Option<&()>,
+    ) -> UpstreamHealthLayer<K> {
+        health
     }
 }
 
