@@ -26,7 +26,7 @@
 //!   connection or timeouts (off without it): requests are then answered at once with 503
 //!   `destination_unavailable` and a `Retry-After`, until one probe finds it back.
 //!   `--breaker-open` sets the first open time (default 10s; it grows with each failed probe, up
-//!   to 5 minutes). Transitions are logged at `WARN`.
+//!   to 5 minutes or the open time if longer). Transitions are logged at `WARN`.
 //!
 //! What makes it safe to copy, beyond the layer (the proxy itself is in `support/proxy.rs`, where
 //! `tests/integration/gateway_hardening.rs` checks each point): only the configured upstream is ever contacted
@@ -244,6 +244,7 @@ async fn main() -> Result<(), BoxError> {
                 let health = UpstreamHealthLayer::new()
                     .consecutive_failures(failures)
                     .open_time(options.breaker_open)
+                    .max_open_time(options.breaker_open.max(Duration::from_secs(300)))
                     .key_by(move |_: &Request<Incoming>| Some(key.clone()));
                 let health = metrics::health_metrics(health, meters.as_ref());
                 let service = ServiceBuilder::new()

@@ -11,6 +11,9 @@
 //! - a generated error has one body in the form the client asked for: RFC 9457 problem+json, an
 //!   HTML page or plain text, from templates you can replace;
 //! - every generated error says whether a retry is safe and, where configured, when;
+//! - with [`UpstreamHealthLayer`](health::UpstreamHealthLayer) next to the client, an upstream that
+//!   keeps failing is marked unavailable: its requests get a 503 `destination_unavailable` with
+//!   `Retry-After` at once, without a connection, until one probe finds it back ([`health`]);
 //! - every request gets a span with OpenTelemetry field names; the error's internals go to the
 //!   span, never to the client;
 //! - the clock does not stop at the head: an origin whose body stalls is cut at the

@@ -116,6 +116,10 @@ pub(crate) fn record_forwarded(span: &Span, status: StatusCode, grpc_status: Opt
 /// Records the state of the request's upstream, where it matters, on the current span (the
 /// request's, when the health layer runs inside the gateway layer).
 pub(crate) fn record_upstream_state(state: &'static str) {
+    // With every level filtered out no span is enabled: skip the lookup of the current one.
+    if !tracing::level_enabled!(Level::ERROR) {
+        return;
+    }
     let span = Span::current();
     if !span.is_disabled() {
         span.record("gateway.upstream_state", state);
