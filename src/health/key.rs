@@ -7,8 +7,8 @@ use http::Request;
 
 /// Names the upstream a request goes to, so that its health is kept per upstream.
 ///
-/// The layer hashes the key of every request (with a hasher keyed per process, so that nobody can
-/// choose two keys that collide) and shows the returned name in events. `None` leaves the request
+/// The layer hashes the key of every request (with a hasher keyed at random per layer, so that
+/// nobody can choose two keys that collide) and shows the returned name in events. `None` leaves the request
 /// untracked: it is forwarded, and its outcome is not recorded.
 ///
 /// The default, [`ByAuthority`], keys by the request URI's scheme and authority: right when the

@@ -148,7 +148,8 @@ impl<K> UpstreamHealthLayer<K> {
     /// failure, in a group of eight its key's hash picks. When every slot of that group holds an
     /// upstream with failures to remember, the new upstream is not tracked: its requests are
     /// forwarded as if the layer were not there. Keep this at least twice the number of upstreams
-    /// you expect to fail at once. Each slot costs about 80 bytes (plus 80 with a failure ratio).
+    /// you expect to fail at once. Each slot costs about 80 bytes (plus 80 with a failure ratio),
+    /// and the upstream's name for events once it has failed (at most 200 bytes).
     pub fn max_upstreams(self, upstreams: usize) -> Self {
         self.set(|s| s.max_upstreams = upstreams)
     }
@@ -227,7 +228,7 @@ impl<K> UpstreamHealthLayer<K> {
     pub fn key_by<F>(self, key: F) -> UpstreamHealthLayer<F> {
         UpstreamHealthLayer {
             key: Arc::new(key),
-            table: self.table,
+            table: Arc::new(Table::new(self.table.settings().clone())),
         }
     }
 }

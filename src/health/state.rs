@@ -6,7 +6,7 @@
 //!
 //! The table is a fixed array of slots, made when the layer is built, in groups of eight. A key
 //! lives in the group its hash names, in the first free slot, and is found by its 64-bit hash
-//! (keyed per process, so a client cannot pick two keys that collide). A key gets a slot at its
+//! (keyed per table with a random key, so a client cannot pick two keys that collide). A key gets a slot at its
 //! first failure; a slot is given to another key only once it is idle. So the table never grows:
 //! when the group of a new key is full of live keys, that key is not tracked and its requests are
 //! forwarded.
