@@ -148,22 +148,11 @@ if side:
     breaker = kt / kr
     print(f"| layered + --breaker-failures 5 (closed) | {breaker:,.0f} ({(breaker / bare - 1) * 100:+.1f}%) |")
     print(f"| the breaker alone (vs read timeout on) | {breaker - timed:+,.0f} |")
-    import re, subprocess
-    def functions(name, requests):
-        text = subprocess.run(["callgrind_annotate", f"{os.environ['WORK']}/{name}.out.1"],
-                              capture_output=True, text=True).stdout
-        table = {}
-        for line in text.splitlines():
-            m = re.match(r"\s*([\d,]+)\s+\([\s\d.]+%\)\s+(.*)", line)
-            if m:
-                table[m.group(2)] = int(m.group(1).replace(",", "")) / requests
-        return table
-    t, k = functions("timed", tr), functions("breaker", kr)
-    diff = sorted(((k.get(f, 0) - t.get(f, 0), f) for f in set(t) | set(k) if "PROGRAM TOTALS" not in f), reverse=True)
+    sys.path.insert(0, "scripts")
+    from callgrind_functions import changes, functions, show
+    work = os.environ["WORK"]
     print("\nlargest increases per request with the breaker, by function:")
-    for d, f in diff[:12]:
-        name = re.sub(r"\s*\[[^\]]*\]$", "", f).split(":", 1)[-1]
-        print(f"{d:8.0f}  {name[:110]}")
+    show(changes(functions(f"{work}/timed.out.1", tr), functions(f"{work}/breaker.out.1", kr))[:12])
 EOF2
   exit 0
 fi
@@ -206,7 +195,9 @@ read -r nginx_requests nginx_total < <(count nginx "$port" nginx -p "$WORK/nginx
 
 python3 - "$WORK" "$bare_requests" "$bare_total" "$layered_requests" "$layered_total" \
   "$nginx_requests" "$nginx_total" <<'EOF'
-import os, re, subprocess, sys
+import os, sys
+sys.path.insert(0, "scripts")
+from callgrind_functions import changes, functions as profile, show
 work, br, bt, lr, lt, nr, nt = sys.argv[1], *map(int, sys.argv[2:])
 bare, layered, nginx = bt / br, lt / lr, nt / nr
 print(f"instructions per request (user space, callgrind; {br}, {lr} and {nr} requests)")
@@ -226,35 +217,18 @@ if open_side:
     print(f"| layered + breaker open (503, no connection) | {ot / orq:,.0f} ({ot / orq / bare:.2f}x bare, {ot / orq / nginx:.2f}x nginx) |")
 
 def functions(name, requests):
-    text = subprocess.run(["callgrind_annotate", f"{work}/{name}.out.1"],
-                          capture_output=True, text=True).stdout
-    table = {}
-    for line in text.splitlines():
-        m = re.match(r"\s*([\d,]+)\s+\([\s\d.]+%\)\s+(.*)", line)
-        if m:
-            table[m.group(2)] = int(m.group(1).replace(",", "")) / requests
-    return table
+    return profile(f"{work}/{name}.out.1", requests)
 
 b, l = functions("bare", br), functions("layered", lr)
-diff = sorted(((l.get(k, 0) - b.get(k, 0), k) for k in set(b) | set(l) if "PROGRAM TOTALS" not in k), reverse=True)
 print("\nlargest increases per request, by function:")
-for d, k in diff[:12]:
-    name = re.sub(r"\s*\[[^\]]*\]$", "", k).split(":", 1)[-1]
-    print(f"{d:8.0f}  {name[:110]}")
+show(changes(b, l)[:12])
 
 if open_side:
-    o = functions("open", orq)
-    diff = sorted(((o.get(k, 0) - l.get(k, 0), k) for k in set(l) | set(o) if "PROGRAM TOTALS" not in k))
+    diff = changes(l, functions("open", orq))
     print("\nthe breaker open vs layered (each a generated error): the largest savings, then additions, per request:")
-    for d, k in diff[:8] + diff[-8:]:
-        name = re.sub(r"\s*\[[^\]]*\]$", "", k).split(":", 1)[-1]
-        print(f"{d:8.0f}  {name[:110]}")
+    show(diff[-8:][::-1] + diff[:8][::-1])
 
 if metered:
-    m = functions("metered", mr)
-    diff = sorted(((m.get(k, 0) - l.get(k, 0), k) for k in set(l) | set(m) if "PROGRAM TOTALS" not in k), reverse=True)
     print("\nlargest increases per request by recording metrics, by function:")
-    for d, k in diff[:12]:
-        name = re.sub(r"\s*\[[^\]]*\]$", "", k).split(":", 1)[-1]
-        print(f"{d:8.0f}  {name[:110]}")
+    show(changes(l, functions("metered", mr))[:12])
 EOF

@@ -391,6 +391,22 @@ impl Table {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The slot `index`, locked, if it still belongs to `fingerprint` (it may have been given to
+    /// another key since the request found it); the key's name is kept for events.
+    fn lock_own(
+        &self,
+        index: usize,
+        fingerprint: u64,
+        name: &dyn fmt::Display,
+    ) -> Option<MutexGuard<'_, Guarded>> {
+        let mut guarded = self.lock(index);
+        if self.fingerprints[index].load(Ordering::Acquire) != fingerprint {
+            return None;
+        }
+        set_name(&mut guarded, name);
+        Some(guarded)
+    }
+
     /// Decides what a request to the upstream of `hash` may do. `name` is the key as events show
     /// it (formatted only if an event is emitted).
     pub(crate) fn admit(&self, hash: u64, name: &dyn fmt::Display) -> Admission {
@@ -463,12 +479,10 @@ impl Table {
         now: u64,
         name: &dyn fmt::Display,
     ) -> Admission {
-        let mut guarded = self.lock(index);
-        let slot = &self.slots[index];
-        if self.fingerprints[index].load(Ordering::Acquire) != fingerprint {
+        let Some(mut guarded) = self.lock_own(index, fingerprint, name) else {
             return Admission::Untracked;
-        }
-        set_name(&mut guarded, name);
+        };
+        let slot = &self.slots[index];
         let word = Word(slot.word.load(Ordering::Acquire));
         let until = slot.until.load(Ordering::Acquire);
         match word.phase() {
@@ -587,7 +601,7 @@ impl Table {
     /// of live keys), and the failure is counted there.
     fn claim_and_fail(&self, fingerprint: u64, cause: Cause, name: &dyn fmt::Display) {
         let now = self.now();
-        let Some((index, guarded)) = self.claim(fingerprint, now, name) else {
+        let Some((index, mut guarded)) = self.claim(fingerprint, now, name) else {
             tracing::event!(
                 target: TARGET,
                 Level::DEBUG,
@@ -596,7 +610,8 @@ impl Table {
             );
             return;
         };
-        self.count_failure(index, guarded, None, cause, now, name);
+        set_name(&mut guarded, name);
+        self.count_failure(index, guarded, None, cause, now);
     }
 
     /// The slot for `fingerprint`, locked: its own, a free one, or an idle one given over to it.
@@ -697,14 +712,12 @@ impl Table {
         name: &dyn fmt::Display,
     ) {
         let now = self.now();
-        let guarded = self.lock(index);
-        if self.fingerprints[index].load(Ordering::Acquire) != fingerprint {
+        let Some(guarded) = self.lock_own(index, fingerprint, name) else {
             // The slot went to another key meanwhile: this key starts afresh.
-            drop(guarded);
             self.claim_and_fail(fingerprint, cause, name);
             return;
-        }
-        self.count_failure(index, guarded, Some(epoch), cause, now, name);
+        };
+        self.count_failure(index, guarded, Some(epoch), cause, now);
     }
 
     /// Counts a failure in the locked slot `index`, and marks the upstream unavailable when a
@@ -717,9 +730,7 @@ impl Table {
         epoch: Option<u32>,
         cause: Cause,
         now: u64,
-        name: &dyn fmt::Display,
     ) {
-        set_name(&mut guarded, name);
         let slot = &self.slots[index];
         let forgotten = guarded
             .last_failure
@@ -777,11 +788,7 @@ impl Table {
         name: &dyn fmt::Display,
     ) -> Option<Admission> {
         let now = self.now();
-        let mut guarded = self.lock(index);
-        if self.fingerprints[index].load(Ordering::Acquire) != fingerprint {
-            return None;
-        }
-        set_name(&mut guarded, name);
+        let mut guarded = self.lock_own(index, fingerprint, name)?;
         let slot = &self.slots[index];
         let word = Word(slot.word.load(Ordering::Acquire));
         if word.phase() != Phase::HalfOpen || word.epoch() != epoch || !word.probing() {
@@ -830,11 +837,7 @@ impl Table {
         fingerprint: u64,
         name: &dyn fmt::Display,
     ) -> Option<Admission> {
-        let mut guarded = self.lock(index);
-        if self.fingerprints[index].load(Ordering::Acquire) != fingerprint {
-            return None;
-        }
-        set_name(&mut guarded, name);
+        let mut guarded = self.lock_own(index, fingerprint, name)?;
         let slot = &self.slots[index];
         let word = Word(slot.word.load(Ordering::Acquire));
         let word = match word.phase() {
@@ -1127,6 +1130,20 @@ mod tests {
         assert_eq!(retry_after(table.admit(KEY, &"upstream")), Some(8 * SECOND));
         tokio::time::advance(Duration::from_millis(7499)).await;
         assert_eq!(retry_after(table.admit(KEY, &"upstream")), Some(SECOND));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_is_named_even_when_its_failures_all_come_from_before_it_had_a_slot() {
+        // A burst: five requests admitted while the key had no slot, failing after.
+        let table = table(|_| {});
+        let burst: Vec<Admission> = (0..5).map(|_| table.admit(KEY, &"upstream")).collect();
+        for admission in burst {
+            assert_eq!(admission, Admission::Untracked);
+            table.record(admission, KEY, refused(), &"upstream");
+        }
+        assert_eq!(phase(&table, KEY), Some(Phase::Open));
+        let index = table.find(fingerprint(KEY)).unwrap();
+        assert_eq!(table.lock(index).name, "upstream", "the events name it");
     }
 
     #[tokio::test(start_paused = true)]
