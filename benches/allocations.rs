@@ -10,6 +10,11 @@
 //! No tracing subscriber is installed, as in a service whose spans are filtered out; a subscriber
 //! that records spans allocates for them on its own account.
 //!
+//! Rows marked `+ health` put `UpstreamHealthLayer` (5 consecutive failures) next to the inner
+//! service, as a gateway has it: with an upstream it has never seen fail (untracked), with one
+//! that failed once and succeeded since (tracked, closed), and with one marked unavailable (every
+//! request refused without calling the inner service).
+//!
 //! With `--features metrics`, rows marked `+ metrics` use a layer that records OpenTelemetry
 //! metrics into the SDK (a meter provider whose reader does not collect during the run),
 //! each right after the same case without them: the difference is what recording costs.
@@ -25,6 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use gateway_errors::health::UpstreamHealthLayer;
 use gateway_errors::{GatewayErrorLayer, ProxyName};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -599,6 +605,50 @@ fn main() {
             measure(
                 stale.layer(up_then_refused_service()),
                 shared_requests(http::Method::GET),
+            )
+            .await,
+        );
+        // The health layer next to the inner service.
+        let health = UpstreamHealthLayer::new();
+        row(
+            "success: layered + health, untracked upstream",
+            measure(layer.layer(health.layer(ok_service())), requests(None)).await,
+        );
+        // One failure gives the upstream a slot; the successes that follow find it.
+        let tracked = UpstreamHealthLayer::new();
+        let _ = tracked
+            .layer(refused_service())
+            .oneshot(requests(None).remove(0))
+            .await;
+        row(
+            "success: layered + health, tracked upstream",
+            measure(layer.layer(tracked.layer(ok_service())), requests(None)).await,
+        );
+        row(
+            "streamed: + read timeout + health (tracked)",
+            measure(
+                timed.layer(tracked.layer(streamed_service())),
+                requests(None),
+            )
+            .await,
+        );
+        // Marked unavailable by the warm-up's first five requests; refused from then on.
+        for (name, accept) in [
+            ("refused: + health, unavailable, problem+json", None),
+            ("refused: + health, unavailable, HTML", Some("text/html")),
+        ] {
+            let open = UpstreamHealthLayer::new().open_time(Duration::from_secs(3600));
+            row(
+                name,
+                measure(layer.layer(open.layer(refused_service())), requests(accept)).await,
+            );
+        }
+        let open = UpstreamHealthLayer::new().open_time(Duration::from_secs(3600));
+        row(
+            "refused: + health, unavailable, gRPC",
+            measure(
+                layer.layer(open.layer(refused_service())),
+                grpc_requests("application/grpc"),
             )
             .await,
         );

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example gateway -- [--listen ADDR] [--upstream URL] [--timeout 5s]
-//!     [--read-timeout 5s|off] [--deadline 60s] [--bare]
+//!     [--read-timeout 5s|off] [--deadline 60s] [--bare] [--breaker-failures N [--breaker-open 10s]]
 //! ```
 //!
 //! - Without `--upstream`, an embedded demo upstream starts on loopback; its routes each show one
@@ -27,6 +27,11 @@
 //!   and answers with it while the upstream fails: the operator's window, how long past its
 //!   freshness a copy may answer when the origin names no `stale-if-error` of its own. Off
 //!   without it.
+//! - `--breaker-failures N` marks the upstream unavailable after N consecutive failures of its
+//!   connection or timeouts (off without it): requests are then answered at once with 503
+//!   `destination_unavailable` and a `Retry-After`, until one probe finds it back.
+//!   `--breaker-open` sets the first open time (default 10s; it grows with each failed probe, up
+//!   to 5 minutes or the open time if longer). Transitions are logged at `WARN`.
 //!
 //! What makes it safe to copy, beyond the layer (the proxy itself is in `support/proxy.rs`, where
 //! `tests/integration/gateway_hardening.rs` checks each point): only the configured upstream is ever contacted
@@ -44,11 +49,14 @@ mod demo_upstream;
 mod proxy;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use gateway_errors::health::UpstreamHealthLayer;
 use gateway_errors::stale::StaleIfError;
 use gateway_errors::{GatewayErrorLayer, ProxyName};
-use http::Uri;
+use http::{Request, Uri};
+use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 
@@ -68,11 +76,14 @@ struct Options {
     max_body: u64,
     /// The operator's stale-if-error window; `None`: no store.
     stale: Option<Duration>,
+    /// Consecutive failures that mark the upstream unavailable; `None`: never.
+    breaker_failures: Option<u32>,
+    breaker_open: Duration,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: gateway [--listen ADDR] [--upstream URL] [--timeout 5s|500ms] [--read-timeout 5s|off] [--deadline 60s] [--bare] [--name NAME] [--max-body BYTES] [--http2] [--metrics] [--stale 24h]"
+        "usage: gateway [--listen ADDR] [--upstream URL] [--timeout 5s|500ms] [--read-timeout 5s|off] [--deadline 60s] [--bare] [--name NAME] [--max-body BYTES] [--http2] [--metrics] [--stale 24h] [--breaker-failures N] [--breaker-open 10s]"
     );
     std::process::exit(2)
 }
@@ -111,6 +122,8 @@ fn parse_options() -> Options {
         name: ProxyName::from_static("edge-1"),
         max_body: 10 * 1024 * 1024,
         stale: None,
+        breaker_failures: None,
+        breaker_open: Duration::from_secs(10),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -145,6 +158,13 @@ fn parse_options() -> Options {
             "--metrics" => options.metrics = true,
             "--http2" => options.http2 = true,
             "--stale" => options.stale = Some(parse_window(&value()).unwrap_or_else(|| usage())),
+            "--breaker-failures" => {
+                let failures = value().parse().ok().filter(|n: &u32| *n > 0);
+                options.breaker_failures = Some(failures.unwrap_or_else(|| usage()));
+            }
+            "--breaker-open" => {
+                options.breaker_open = parse_duration(&value()).unwrap_or_else(|| usage())
+            }
             "-h" | "--help" => usage(),
             _ => usage(),
         }
@@ -190,7 +210,7 @@ async fn main() -> Result<(), BoxError> {
     }
     let read_timeout = options.read_timeout.unwrap_or(Some(options.timeout));
     println!(
-        "listening on http://{addr} ({}; upstream {upstream}, timeout {:?}, read timeout {}{})",
+        "listening on http://{addr} ({}; upstream {upstream}, timeout {:?}, read timeout {}{}{})",
         if options.bare {
             "bare"
         } else {
@@ -201,6 +221,13 @@ async fn main() -> Result<(), BoxError> {
         options
             .deadline
             .map_or(String::new(), |d| format!(", deadline {d:?}")),
+        match options.breaker_failures {
+            Some(failures) if !options.bare => format!(
+                ", unavailable after {failures} failures for {:?}",
+                options.breaker_open
+            ),
+            _ => String::new(),
+        },
     );
     if let Some(window) = options.stale {
         println!("stale-if-error: last good copies answer up to {window:?} past their freshness");
@@ -227,9 +254,31 @@ async fn main() -> Result<(), BoxError> {
             layer = layer.stale_if_error(StaleIfError::new().default_window(window));
         }
         // Held until the server is done: dropping it exports the metrics a last time.
-        let (layer, _meters) = metrics::with_metrics(layer, options.metrics);
-        let service = ServiceBuilder::new().layer(layer).service(proxy);
-        serve(listener, service, ServeOptions::default(), ctrl_c()).await;
+        let (layer, meters) = metrics::with_metrics(layer, options.metrics);
+        match options.breaker_failures {
+            None => {
+                let service = ServiceBuilder::new().layer(layer).service(proxy);
+                serve(listener, service, ServeOptions::default(), ctrl_c()).await;
+            }
+            Some(failures) => {
+                // This proxy sends every request to its one upstream, and points it there itself
+                // (the request's own target is the client's): every request is keyed by that
+                // upstream. In front of a client that is given the upstream's URI, the default
+                // key (the URI's scheme and authority) needs no key function.
+                let key: Arc<str> = upstream.to_string().trim_end_matches('/').into();
+                let health = UpstreamHealthLayer::new()
+                    .consecutive_failures(failures)
+                    .open_time(options.breaker_open)
+                    .max_open_time(options.breaker_open.max(Duration::from_secs(300)))
+                    .key_by(move |_: &Request<Incoming>| Some(key.clone()));
+                let health = metrics::health_metrics(health, meters.as_ref());
+                let service = ServiceBuilder::new()
+                    .layer(layer)
+                    .layer(health)
+                    .service(proxy);
+                serve(listener, service, ServeOptions::default(), ctrl_c()).await;
+            }
+        }
     }
     drop(demo);
     Ok(())
@@ -239,6 +288,7 @@ async fn main() -> Result<(), BoxError> {
 #[cfg(feature = "metrics")]
 mod metrics {
     use gateway_errors::GatewayErrorLayer;
+    use gateway_errors::health::UpstreamHealthLayer;
     use opentelemetry::metrics::MeterProvider;
     use opentelemetry_sdk::metrics::SdkMeterProvider;
 
@@ -261,15 +311,34 @@ mod metrics {
         let layer = layer.metrics(&provider.meter("gateway-errors"));
         (layer, Some(Meters(provider)))
     }
+
+    /// The health layer's metrics too, when `--metrics` is on.
+    pub fn health_metrics<K>(
+        health: UpstreamHealthLayer<K>,
+        meters: Option<&Meters>,
+    ) -> UpstreamHealthLayer<K> {
+        match meters {
+            Some(meters) => health.metrics(&meters.0.meter("gateway-errors")),
+            None => health,
+        }
+    }
 }
 
 #[cfg(not(feature = "metrics"))]
 mod metrics {
     use gateway_errors::GatewayErrorLayer;
+    use gateway_errors::health::UpstreamHealthLayer;
 
     /// `--metrics` was refused when the options were read: there is nothing to add.
     pub fn with_metrics(layer: GatewayErrorLayer, _on: bool) -> (GatewayErrorLayer, Option<()>) {
         (layer, None)
+    }
+
+    pub fn health_metrics<K>(
+        health: UpstreamHealthLayer<K>,
+        _meters: Option<&()>,
+    ) -> UpstreamHealthLayer<K> {
+        health
     }
 }
 

@@ -11,7 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use crate::BoxError;
-use crate::deadline::{BodyClock, BodyLimits};
+use crate::deadline::{self, BodyClock, BodyLimits};
 use crate::error::ProxyError;
 use crate::kind::ProxyErrorKind;
 #[cfg(feature = "metrics")]
@@ -191,7 +191,8 @@ where
             },
         };
         // Drop the stalled body now: its upstream connection is closed rather than kept waiting.
-        this.inner.set(Inner::Cut);
+        // What is dropped learns why (a layer inside counts it as the upstream's failure).
+        deadline::drop_timed_out(timed_out, || this.inner.set(Inner::Cut));
         this.watch.ended(Some((timed_out.kind(), &timed_out)));
         let error = ProxyError::new(timed_out.kind()).with_source(timed_out);
         Poll::Ready(Some(Err(Box::new(error))))

@@ -5,7 +5,12 @@
 //! it fires there is nothing to work out again: the limit says what the error is. Where two
 //! limits apply, the timer is set for the sooner one ([`sooner`]); a tie goes to the response
 //! deadline, the limit the operator set for the whole answer.
+//!
+//! When a limit runs out, the upstream's future (or body) is dropped, not failed: a layer inside
+//! sees only the drop. [`drop_timed_out`] says why while it happens, so that such a layer (the
+//! [upstream health](crate::health) layer) can tell a timeout from a client that went away.
 
+use std::cell::Cell;
 use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
@@ -107,6 +112,31 @@ impl fmt::Display for TimedOut {
 }
 
 impl StdError for TimedOut {}
+
+thread_local! {
+    /// Set while an upstream's future or body is dropped because a limit ran out.
+    static DROPPED_FOR: Cell<Option<TimedOut>> = const { Cell::new(None) };
+}
+
+/// Runs `drop`, which drops an upstream's future or body, with `timed_out` as the reason that
+/// [`dropped_for`] reports to whatever is dropped inside it.
+pub(crate) fn drop_timed_out(timed_out: TimedOut, drop: impl FnOnce()) {
+    /// Puts back the reason that was set before, even if a drop panics.
+    struct Restore(Option<TimedOut>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            DROPPED_FOR.set(self.0);
+        }
+    }
+    let _restore = Restore(DROPPED_FOR.replace(Some(timed_out)));
+    drop();
+}
+
+/// Why the future or body being dropped right now is dropped: the limit that ran out, or `None`
+/// when nothing timed out (its client went away, or it was simply done with).
+pub(crate) fn dropped_for() -> Option<TimedOut> {
+    DROPPED_FOR.get()
+}
 
 pin_project! {
     /// The clock on the response head: one timer, set for the sooner of the upstream timeout and
@@ -346,6 +376,37 @@ mod tests {
         let mut off = Box::pin(HeadClock::new(None, None));
         tokio::time::advance(Duration::from_secs(3600)).await;
         assert!(poll_head(off.as_mut()).is_pending());
+    }
+
+    #[test]
+    fn the_drop_reason_holds_only_while_the_drop_runs() {
+        let head = TimedOut {
+            limit: Limit::Head(SECOND),
+            after_head: false,
+        };
+        assert_eq!(dropped_for(), None);
+        let mut seen = None;
+        drop_timed_out(head, || seen = dropped_for());
+        assert_eq!(seen, Some(head));
+        assert_eq!(dropped_for(), None, "reset after the drop");
+
+        // Nested: the inner reason wins inside, the outer one comes back after.
+        let read = TimedOut {
+            limit: Limit::Read(SECOND),
+            after_head: true,
+        };
+        let mut inner = None;
+        let mut outer = None;
+        drop_timed_out(head, || {
+            drop_timed_out(read, || inner = dropped_for());
+            outer = dropped_for();
+        });
+        assert_eq!((inner, outer), (Some(read), Some(head)));
+
+        // A panicking drop does not leave the reason set.
+        let panicked = std::panic::catch_unwind(|| drop_timed_out(head, || panic!("in drop")));
+        assert!(panicked.is_err());
+        assert_eq!(dropped_for(), None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -202,9 +202,9 @@ impl ProxyError {
     }
 
     /// Advises a delay before a retry: the layer sends it as `Retry-After` (and to a gRPC caller
-    /// as `grpc-retry-pushback-ms`) unless its configuration names one for the error's kind or
-    /// status. For a service that knows when to come back, such as one that has marked its
-    /// upstream unavailable.
+    /// as `grpc-retry-pushback-ms`), in place of any delay its configuration names for the
+    /// error's kind or status. For a service that knows when to come back, such as one that has
+    /// marked its upstream unavailable ([`UpstreamHealthLayer`](crate::health::UpstreamHealthLayer)).
     ///
     /// ```
     /// use std::time::Duration;

@@ -12,7 +12,7 @@ use pin_project_lite::pin_project;
 
 use crate::BoxError;
 use crate::body::GatewayBody;
-use crate::deadline::HeadClock;
+use crate::deadline::{self, HeadClock};
 use crate::respond::{self, Outcome, Pending};
 
 pin_project! {
@@ -42,6 +42,8 @@ pin_project! {
     enum State<F> {
         Waiting { #[pin] future: F },
         Failed { error: Option<BoxError> },
+        // The inner future, dropped when a limit ran out.
+        Done,
     }
 }
 
@@ -74,14 +76,14 @@ where
     type Output = Result<Response<GatewayBody<B>>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         let outcome = {
             let pending = this
                 .pending
                 .as_ref()
                 .expect("ResponseFuture polled after completion");
             let _entered = pending.span.enter();
-            match this.state.project() {
+            let outcome = match this.state.as_mut().project() {
                 StateProj::Failed { error } => {
                     Outcome::Failed(error.take().expect("error is taken once"))
                 }
@@ -93,7 +95,16 @@ where
                         Poll::Ready(timed_out) => Outcome::TimedOut(timed_out),
                     },
                 },
+                StateProj::Done => unreachable!("a finished future keeps no `pending`"),
+            };
+            if let Outcome::TimedOut(timed_out) = outcome {
+                // The upstream's future is dropped now, inside the span, with the reason: a layer
+                // inside it counts the timeout as the upstream's failure, not as a client that
+                // went away.
+                let mut state = this.state.as_mut();
+                deadline::drop_timed_out(timed_out, || state.set(State::Done));
             }
+            outcome
         };
         let pending = this.pending.take().expect("checked above");
         Poll::Ready(Ok(respond::finish(pending, outcome)))

@@ -11,6 +11,9 @@
 //! - a generated error has one body in the form the client asked for: RFC 9457 problem+json, an
 //!   HTML page or plain text, from templates you can replace;
 //! - every generated error says whether a retry is safe and, where configured, when;
+//! - with [`UpstreamHealthLayer`](health::UpstreamHealthLayer) next to the client, an upstream that
+//!   keeps failing is marked unavailable: its requests get a 503 `destination_unavailable` with
+//!   `Retry-After` at once, without a connection, until one probe finds it back ([`health`]);
 //! - every request gets a span with OpenTelemetry field names; the error's internals go to the
 //!   span, never to the client;
 //! - the clock does not stop at the head: an origin whose body stalls is cut at the
@@ -157,6 +160,7 @@
 //! | [`retry`] | the retry hint's facts, [`RetryAfter`](retry::RetryAfter), [`RetryPolicy`](retry::RetryPolicy) |
 //! | [`grpc`] | [`GrpcCode`](grpc::GrpcCode) |
 //! | [`stale`] | [`StaleIfError`](stale::StaleIfError): the last good copy answers while the origin is down |
+//! | [`health`] | [`UpstreamHealthLayer`](health::UpstreamHealthLayer): remember a failing upstream, 503 `destination_unavailable` while it is down, one probe at a time |
 //! | [`future`], [`body`] | the service's future and response body |
 //! | [`error`] | the crate's other error types |
 //! | `metrics` | the OpenTelemetry instruments (feature `metrics`) |
@@ -191,12 +195,14 @@ mod facts;
 pub mod future;
 pub mod grpc;
 pub mod headers;
+pub mod health;
 mod interim;
 mod kind;
 mod layer;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 mod negotiate;
+mod random;
 pub mod render;
 mod respond;
 pub mod retry;

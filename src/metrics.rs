@@ -10,6 +10,17 @@
 //! | [`ERRORS_GENERATED`] `gateway.errors.generated` | counter, `{error}` | `error.type`, `gateway.retryable`, `http.response.status_code` |
 //! | [`STALE_SERVED`] `gateway.stale.served` | counter, `{response}` | `error.type`, `http.response.status_code` |
 //!
+//! [`UpstreamHealthLayer::metrics`](crate::health::UpstreamHealthLayer::metrics) creates two more,
+//! for the health of upstreams:
+//!
+//! | instrument | kind, unit | attributes |
+//! |---|---|---|
+//! | [`UPSTREAM_TRANSITIONS`] `gateway.upstream.transitions` | counter, `{transition}` | `gateway.upstream_state`: the state entered, `open`, `half_open` or `closed` |
+//! | [`UPSTREAMS_UNAVAILABLE`] `gateway.upstreams.unavailable` | up-down counter, `{upstream}` | none: the number of upstreams marked unavailable (open or half-open) right now |
+//!
+//! Neither names the upstream: its key may come from a request, and would let the number of series
+//! grow with traffic. The transition events name it.
+//!
 //! Attribute values, following the OpenTelemetry HTTP semantic conventions:
 //!
 //! - `http.request.method`: the method when it is one the conventions know (GET, HEAD, POST, PUT,
@@ -68,7 +79,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Method, StatusCode};
-use opentelemetry::metrics::{Counter, Histogram, Meter};
+use opentelemetry::metrics::{Counter, Histogram, Meter, UpDownCounter};
 use opentelemetry::{Key, KeyValue, StringValue, Value};
 
 use crate::kind::ProxyErrorKind;
@@ -82,6 +93,11 @@ pub const ERRORS_GENERATED: &str = "gateway.errors.generated";
 /// The name of the counter of answers from a stale copy in place of an error (see
 /// [`stale`](crate::stale)).
 pub const STALE_SERVED: &str = "gateway.stale.served";
+/// The name of the counter of the transitions of upstreams between closed, open and half-open.
+pub const UPSTREAM_TRANSITIONS: &str = "gateway.upstream.transitions";
+
+/// The name of the up-down counter of upstreams marked unavailable (open or half-open).
+pub const UPSTREAMS_UNAVAILABLE: &str = "gateway.upstreams.unavailable";
 
 /// The bucket boundaries of [`REQUEST_DURATION`], in seconds: those the semantic conventions
 /// advise for it, given to the SDK as the instrument's advisory boundaries. A view in the meter
@@ -113,6 +129,48 @@ const METHOD: Key = Key::from_static_str("http.request.method");
 const STATUS_CODE: Key = Key::from_static_str("http.response.status_code");
 const ERROR_TYPE: Key = Key::from_static_str("error.type");
 const RETRYABLE: Key = Key::from_static_str("gateway.retryable");
+const UPSTREAM_STATE: Key = Key::from_static_str("gateway.upstream_state");
+
+/// The instruments of the upstream health layer. Held in its settings.
+#[derive(Clone)]
+pub(crate) struct HealthMetrics {
+    transitions: Counter<u64>,
+    unavailable: UpDownCounter<i64>,
+}
+
+impl HealthMetrics {
+    pub(crate) fn new(meter: &Meter) -> Self {
+        HealthMetrics {
+            transitions: meter
+                .u64_counter(UPSTREAM_TRANSITIONS)
+                .with_unit("{transition}")
+                .with_description(
+                    "Transitions of upstreams between closed, open (marked unavailable) and half-open (probing).",
+                )
+                .build(),
+            unavailable: meter
+                .i64_up_down_counter(UPSTREAMS_UNAVAILABLE)
+                .with_unit("{upstream}")
+                .with_description("Upstreams marked unavailable (open or half-open).")
+                .build(),
+        }
+    }
+
+    /// A transition to the state named `to`; `unavailable` is the change in the number of
+    /// upstreams marked unavailable.
+    pub(crate) fn transition(&self, to: &'static str, unavailable: i64) {
+        self.transitions
+            .add(1, &[KeyValue::new(UPSTREAM_STATE, to)]);
+        if unavailable != 0 {
+            self.unavailable.add(unavailable, &[]);
+        }
+    }
+
+    /// An unavailable upstream forgotten (its slot given to another): one fewer.
+    pub(crate) fn given_up(&self) {
+        self.unavailable.add(-1, &[]);
+    }
+}
 
 /// The instruments, and the attribute values prepared for them. Held in the layer's `Config`.
 #[derive(Clone)]

@@ -15,7 +15,7 @@ use tracing::Span;
 
 use crate::BoxError;
 use crate::body::GatewayBody;
-use crate::cache::Answer;
+use crate::cache::{Answer, MAX_KEPT_DELAY};
 use crate::classify::classification::Classification;
 use crate::classify::classify;
 use crate::config::Config;
@@ -407,22 +407,34 @@ fn answer_negotiated(
 ) -> (Bytes, HeaderMap) {
     let config = head.config;
     let format = head.format;
-    let keep = head.depends_on_its_slot_alone()
-        && view.request_id.is_none()
-        && !config.templates.has_renderer();
-    if !keep {
+    let keep = if view.request_id.is_some() || config.templates.has_renderer() {
+        Keep::Never
+    } else {
+        head.keep()
+    };
+    let build = || {
         let body = config.templates.render(view, format);
-        let headers = head.headers(&body, detailed);
-        return (body, headers);
-    }
+        let headers = head.headers(&body, None);
+        Answer { body, headers }
+    };
     // A clone of the kept head costs the map's two allocations and no hashing.
-    let kept = config
-        .answers
-        .get_or_build(format.index(), head.kind, retryable, || {
+    let kept = match keep {
+        Keep::Never => {
             let body = config.templates.render(view, format);
-            let headers = head.headers(&body, None);
-            Answer { body, headers }
-        });
+            let headers = head.headers(&body, detailed);
+            return (body, headers);
+        }
+        Keep::BySlot => config
+            .answers
+            .get_or_build(format.index(), head.kind, retryable, build),
+        Keep::ByDelay(seconds) => config.answers.get_or_build_delayed(
+            format.index(),
+            head.kind,
+            retryable,
+            seconds,
+            build,
+        ),
+    };
     (
         kept.body.clone(),
         with_member(kept.headers.clone(), detailed),
@@ -447,16 +459,19 @@ fn answer_grpc(
         let body = grpc_answer::answer(call, code, detail, pushback, &mut headers);
         Answer { body, headers }
     };
-    if !head.depends_on_its_slot_alone() {
-        let built = build(detailed);
-        return (built.body, built.headers);
-    }
     // Kept once per framing, not per retry hint: a gRPC answer does not state the hint.
     let form = Format::ALL.len() + call.framing_index();
-    let kept = head
-        .config
-        .answers
-        .get_or_build(form, head.kind, false, || build(None));
+    let answers = &head.config.answers;
+    let kept = match head.keep() {
+        Keep::Never => {
+            let built = build(detailed);
+            return (built.body, built.headers);
+        }
+        Keep::BySlot => answers.get_or_build(form, head.kind, false, || build(None)),
+        Keep::ByDelay(seconds) => {
+            answers.get_or_build_delayed(form, head.kind, false, seconds, || build(None))
+        }
+    };
     let mut headers = kept.headers.clone();
     // The caller's own `+proto` or `+json` goes back to it. Replacing a value does not grow the
     // map.
@@ -490,21 +505,42 @@ struct ErrorHead<'a> {
     rewritten: Option<&'a HeaderMap>,
 }
 
+/// How much of a generated answer can be built once and kept.
+enum Keep {
+    /// Built every time.
+    Never,
+    /// It depends on the form, kind and retry hint alone.
+    BySlot,
+    /// It depends on those and on a delay of this many whole seconds that the error stated
+    /// itself (the seconds until an unavailable upstream's next probe).
+    ByDelay(u64),
+}
+
 impl ErrorHead<'_> {
-    /// Whether this head (and the body for it) depends on the format, kind and retry hint alone,
-    /// so that it can be built once and kept. Not so for a rewrite (it keeps the old response's
-    /// fields), a status a classifier chose over the kind's, or any `Retry-After` but the
-    /// configured delay for its kind or status (a date changes by the second; an error's own
-    /// delay may differ per request).
-    fn depends_on_its_slot_alone(&self) -> bool {
-        let configured = self.config.retry.retry_after(self.kind, self.status);
-        self.rewritten.is_none()
+    /// Whether this head (and the body for it) can be built once and kept, and under which key.
+    /// Not for a rewrite (it keeps the old response's fields), a status a classifier chose over
+    /// the kind's, a date (it changes by the second), or a delay of the error's own that is not
+    /// whole seconds or longer than [`MAX_KEPT_DELAY`].
+    fn keep(&self) -> Keep {
+        let plain = self.rewritten.is_none()
             && self.status
                 == self
                     .kind
-                    .map_or(StatusCode::BAD_GATEWAY, ProxyErrorKind::status)
-            && self.retry_after == configured
-            && !matches!(self.retry_after, Some(RetryAfter::At(_)))
+                    .map_or(StatusCode::BAD_GATEWAY, ProxyErrorKind::status);
+        if !plain {
+            return Keep::Never;
+        }
+        let configured = self.config.retry.retry_after(self.kind, self.status);
+        match self.retry_after {
+            Some(RetryAfter::At(_)) => Keep::Never,
+            after if after == configured => Keep::BySlot,
+            Some(RetryAfter::Delay(delay))
+                if delay.subsec_nanos() == 0 && (1..=MAX_KEPT_DELAY).contains(&delay.as_secs()) =>
+            {
+                Keep::ByDelay(delay.as_secs())
+            }
+            _ => Keep::Never,
+        }
     }
 
     /// The `Retry-After` this answer sends: ours, or the one a rewrite keeps.

@@ -19,6 +19,7 @@
 //! | `gateway.head_sent` | `true` when the origin's body failed or timed out after its head went to the client |
 //! | `gateway.stale` | `true` when a [stale copy](crate::stale) answered instead of an error; `error.type` then names the failure it hid |
 //! | `gateway.stale.age_s` | the age of that copy in seconds, as sent in `Age` |
+//! | `gateway.upstream_state` | with [`UpstreamHealthLayer`](crate::health::UpstreamHealthLayer) inside: `open` or `half_open` when the upstream was marked unavailable, `probe` for the request that probes it |
 //!
 //! A gRPC call (see [`GrpcCode`](crate::grpc::GrpcCode)) also gets the OpenTelemetry RPC fields:
 //!
@@ -74,6 +75,7 @@ pub(crate) fn request_span<B>(level: Level, request: &Request<B>) -> Span {
                 http.response.body.size = Empty,
                 gateway.stale = Empty,
                 gateway.stale.age_s = Empty,
+                gateway.upstream_state = Empty,
             )
         };
     }
@@ -112,6 +114,19 @@ pub(crate) fn record_forwarded(span: &Span, status: StatusCode, grpc_status: Opt
     }
     if let Some(code) = grpc_status {
         span.record("rpc.grpc.status_code", code);
+    }
+}
+
+/// Records the state of the request's upstream, where it matters, on the current span (the
+/// request's, when the health layer runs inside the gateway layer).
+pub(crate) fn record_upstream_state(state: &'static str) {
+    // With every level filtered out no span is enabled: skip the lookup of the current one.
+    if !tracing::level_enabled!(Level::ERROR) {
+        return;
+    }
+    let span = Span::current();
+    if !span.is_disabled() {
+        span.record("gateway.upstream_state", state);
     }
 }
 

@@ -2,10 +2,8 @@
 
 use std::fmt;
 use std::future::Future;
-use std::hash::{BuildHasher, RandomState};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -17,7 +15,9 @@ use tokio::time::Sleep;
 use tower::retry::Policy;
 use tower::retry::budget::{Budget, TpsBudget};
 
-use crate::error::ProxyError;
+use crate::error::{ProxyError, chain};
+use crate::health::error::UpstreamUnavailable;
+use crate::random::random_unit;
 use crate::trace::TARGET;
 
 /// A request body that can be sent again.
@@ -113,6 +113,8 @@ impl ReplayBody for axum_core::body::Body {
 ///    `Retry-After` (see [`retry_after_for_kind`](crate::GatewayErrorLayer::retry_after_for_kind)),
 ///    the wait is the longer of the two; a `Retry-After` longer than `max_delay` means the request
 ///    is not retried at all, and the client gets the error with its `Retry-After`.
+///    A refusal of [`UpstreamHealthLayer`](crate::health::UpstreamHealthLayer) (an upstream
+///    marked unavailable) is never retried: a retry would only be refused again.
 /// 5. **The budget.** Every request deposits into a shared [`Budget`] (by default tower's
 ///    [`TpsBudget::default`]: retries up to 20% of requests, plus 10 a second); every retry
 ///    withdraws, and when the budget is empty the error goes to the client. This is what keeps an
@@ -309,6 +311,17 @@ where
             return None;
         }
         let error_type = error.kind().map_or("", |kind| kind.token());
+        if chain(error).any(|e| e.is::<UpstreamUnavailable>()) {
+            // The upstream is known to be down: a retry would only be refused again, or take the
+            // place of the probe that finds out when it is back.
+            tracing::event!(
+                target: TARGET,
+                tracing::Level::DEBUG,
+                error.type = error_type,
+                "not retrying: the upstream is marked unavailable",
+            );
+            return None;
+        }
         let Some(wait) = self.wait(self.attempts, error) else {
             tracing::event!(
                 target: TARGET,
@@ -378,16 +391,6 @@ impl fmt::Debug for RetryDelay {
             .field("deadline", &self.sleep.deadline())
             .finish()
     }
-}
-
-/// A number in `[0, 1)`, different on every call; good enough to spread retries, not for secrets.
-fn random_unit() -> f64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    // `RandomState` is seeded randomly per process; hashing a counter gives a fresh value per call.
-    static SEED: std::sync::OnceLock<RandomState> = std::sync::OnceLock::new();
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let bits = SEED.get_or_init(RandomState::new).hash_one(n) >> 11;
-    bits as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]

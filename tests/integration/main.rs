@@ -22,6 +22,7 @@ mod bodies;
 mod fuzz;
 mod gateway_hardening;
 mod grpc;
+mod health;
 mod http2;
 mod injection;
 mod leaks;

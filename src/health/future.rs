@@ -1,0 +1,111 @@
+//! [`ResponseFuture`]: the future of [`UpstreamHealth`](super::UpstreamHealth).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use http::Response;
+use pin_project_lite::pin_project;
+
+use crate::BoxError;
+
+use super::body::HealthBody;
+use super::key::AuthorityKey;
+use super::record::Record;
+
+pin_project! {
+    /// The future of [`UpstreamHealth`](super::UpstreamHealth): the inner service's, watched, or
+    /// the refusal of a request to an upstream marked unavailable.
+    ///
+    /// However it ends, its outcome is recorded once: the response head (for a probe, or a status
+    /// the layer counts; any other success counts when its body ends), an error, a timeout of
+    /// [`GatewayErrorLayer`](crate::GatewayErrorLayer) (which drops it: counted as the
+    /// upstream's failure), or a client that went away (which drops it too: counted as nothing,
+    /// and a probe is released for the next request).
+    pub struct ResponseFuture<F, T = AuthorityKey> {
+        #[pin]
+        state: State<F>,
+        record: Option<Record<T>>,
+    }
+
+    impl<F, T> PinnedDrop for ResponseFuture<F, T> {
+        fn drop(this: Pin<&mut Self>) {
+            // Dropped before it ended: the gateway's timeout, or a client that went away.
+            if let Some(record) = this.project().record.take() {
+                record.dropped(false);
+            }
+        }
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Forwarded { #[pin] future: F },
+        Refused { error: Option<BoxError> },
+    }
+}
+
+impl<F, T> ResponseFuture<F, T> {
+    pub(crate) fn forwarded(future: F, record: Option<Record<T>>) -> Self {
+        ResponseFuture {
+            state: State::Forwarded { future },
+            record,
+        }
+    }
+
+    pub(crate) fn refused(error: BoxError) -> Self {
+        ResponseFuture {
+            state: State::Refused { error: Some(error) },
+            record: None,
+        }
+    }
+}
+
+impl<F, T, B, E> Future for ResponseFuture<F, T>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: http_body::Body,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<HealthBody<B, T>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.state.project() {
+            StateProj::Refused { error } => Poll::Ready(Err(error
+                .take()
+                .expect("ResponseFuture polled after completion"))),
+            StateProj::Forwarded { future } => match ready!(future.poll(cx)) {
+                Ok(response) => {
+                    let empty = response.body().is_end_stream();
+                    let record = this
+                        .record
+                        .take()
+                        .and_then(|record| record.head(response.status(), empty));
+                    Poll::Ready(Ok(response.map(|body| HealthBody::new(body, record))))
+                }
+                Err(error) => {
+                    let error = error.into();
+                    if let Some(record) = this.record.take() {
+                        record.failed(&*error, false);
+                    }
+                    Poll::Ready(Err(error))
+                }
+            },
+        }
+    }
+}
+
+impl<F, T> fmt::Debug for ResponseFuture<F, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            State::Forwarded { .. } => "forwarded",
+            State::Refused { .. } => "refused",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,921 @@
+//! Outages through the upstream health layer, on real sockets: upstreams on loopback that refuse,
+//! accept and never answer, answer slowly, or come back, behind the gateway of the quick start
+//! with `UpstreamHealthLayer` next to the client. What is checked is what a client and an operator
+//! see: statuses, `Proxy-Status`, `Retry-After`, bodies, gRPC codes, the connections an upstream
+//! receives (counted), events, span fields and metrics.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use bytes::Bytes;
+use gateway_errors::body::GatewayBody;
+use gateway_errors::health::UpstreamHealthLayer;
+use gateway_errors::health::body::HealthBody;
+use gateway_errors::retry::RetryPolicy;
+use gateway_errors::{GatewayErrorLayer, ProxyError, ProxyErrorKind};
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+use crate::support::{
+    self, Expected, PROXY_NAME, assert_problem, call, read_body, request, start_upstream, within,
+};
+
+// ---------------------------------------------------------------------------------------------
+// Upstreams that refuse, stay silent, answer, and come back, counting their connections
+// ---------------------------------------------------------------------------------------------
+
+/// A loopback port where nothing listens (bound, then released): every connect is refused until
+/// an [`Origin`] binds it.
+async fn refusing_port() -> SocketAddr {
+    let listener = within("binding a port", TcpListener::bind("127.0.0.1:0"))
+        .await
+        .expect("bind a loopback port");
+    listener.local_addr().expect("local address")
+}
+
+/// How an [`Origin`] answers.
+#[derive(Debug, Clone, Copy)]
+enum Answer {
+    /// `200 ok` at once.
+    Ok,
+    /// `200 ok` after this long.
+    After(Duration),
+    /// Accepts the connection, reads, and never answers.
+    Never,
+}
+
+/// An upstream on a given loopback address that counts the connections it accepts; it stops
+/// listening when dropped.
+struct Origin {
+    accepted: Arc<AtomicUsize>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Origin {
+    async fn on(addr: SocketAddr, answer: Answer) -> Origin {
+        let listener = within("binding the origin", TcpListener::bind(addr))
+            .await
+            .expect("the port is free again");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let service =
+                        hyper::service::service_fn(move |_request: Request<Incoming>| async move {
+                            match answer {
+                                Answer::Ok => {}
+                                Answer::After(delay) => tokio::time::sleep(delay).await,
+                                Answer::Never => std::future::pending::<()>().await,
+                            }
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                                b"ok\n",
+                            ))))
+                        });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Origin {
+            accepted,
+            task: Some(task),
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Stops listening, and waits until the port is free for another origin.
+    async fn stop(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = within("stopping the origin", task).await;
+        }
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The gateway
+// ---------------------------------------------------------------------------------------------
+
+/// What the gateways here are.
+trait HealthGateway:
+    Service<
+        Request<Body>,
+        Response = Response<GatewayBody<HealthBody<Incoming>>>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> HealthGateway for S where
+    S: Service<
+            Request<Body>,
+            Response = Response<GatewayBody<HealthBody<Incoming>>>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// The quick start's gateway with the health layer next to the client: `layer`, then the request
+/// pointed at `upstream`, then `health`, then a hyper-util client.
+fn gateway(
+    layer: GatewayErrorLayer,
+    health: UpstreamHealthLayer,
+    upstream: SocketAddr,
+) -> impl HealthGateway {
+    let authority = upstream.to_string();
+    ServiceBuilder::new()
+        .layer(layer)
+        .map_request(move |request| support::to_upstream(&authority, request))
+        .layer(health)
+        .service(support::http_client())
+}
+
+/// The health layer with an open time of one second and no jitter, so that a test can wait it
+/// out.
+fn health() -> UpstreamHealthLayer {
+    UpstreamHealthLayer::new()
+        .open_time(Duration::from_secs(1))
+        .jitter(0.0)
+}
+
+fn get(path: &str) -> Request<Body> {
+    request("GET", path, None)
+}
+
+fn kind_of<B>(response: &Response<B>) -> Option<ProxyErrorKind> {
+    response
+        .extensions()
+        .get::<ProxyError>()
+        .and_then(ProxyError::kind)
+}
+
+fn retry_after<B>(response: &Response<B>) -> u64 {
+    response
+        .headers()
+        .get("retry-after")
+        .expect("a Retry-After")
+        .to_str()
+        .unwrap()
+        .parse()
+        .expect("whole seconds")
+}
+
+/// The answer a client gets while the upstream is marked unavailable, checked as a client
+/// reads it: 503, `Proxy-Status`, the problem+json body (retryable, its `retry_after` the header's),
+/// the extension. Returns the `Retry-After` seconds.
+async fn assert_unavailable<B>(response: Response<B>) -> u64
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    let seconds = retry_after(&response);
+    assert!(seconds >= 1, "Retry-After is never 0");
+    let proxy_status = format!("{PROXY_NAME}; error=destination_unavailable");
+    let expected = Expected::kind(ProxyErrorKind::DestinationUnavailable, &proxy_status, true);
+    let error = response.extensions().get::<ProxyError>().cloned();
+    let json = assert_problem(response, &expected).await;
+    assert_eq!(
+        json["retry_after"], seconds,
+        "the body states the header's delay"
+    );
+    let error = error.expect("the extension");
+    assert_eq!(error.phase(), gateway_errors::Phase::NotSent);
+    seconds
+}
+
+/// Sends `n` requests for `path` and returns their statuses.
+async fn statuses<S: HealthGateway>(gateway: &S, path: &str, n: usize) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for _ in 0..n {
+        let response = call(gateway.clone(), get(path)).await;
+        statuses.push(response.status().as_u16());
+        read_body(response.into_body()).await;
+    }
+    statuses
+}
+
+// ---------------------------------------------------------------------------------------------
+// Opening
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_refused_upstream_is_marked_unavailable_after_five_failures() {
+    let port = refusing_port().await;
+    let gateway = gateway(support::layer(), UpstreamHealthLayer::new(), port);
+    for _ in 0..5 {
+        let response = call(gateway.clone(), get("/orders")).await;
+        assert_eq!(kind_of(&response), Some(ProxyErrorKind::ConnectionRefused));
+        read_body(response.into_body()).await;
+    }
+    let response = call(gateway.clone(), get("/orders")).await;
+    let seconds = assert_unavailable(response).await;
+    assert!(
+        (9..=10).contains(&seconds),
+        "{seconds}: the default open time, 10 s"
+    );
+    // A POST too: it was never sent, so it is safe to retry.
+    let response = call(gateway.clone(), request("POST", "/orders", None)).await;
+    assert_unavailable(response).await;
+}
+
+#[tokio::test]
+async fn a_silent_upstream_costs_the_timeout_n_times_then_answers_at_once() {
+    let port = refusing_port().await;
+    let silent = Origin::on(port, Answer::Never).await;
+    let timeout = Duration::from_millis(500);
+    let gateway = gateway(
+        support::layer().upstream_timeout(timeout),
+        UpstreamHealthLayer::new().consecutive_failures(3),
+        port,
+    );
+    for _ in 0..3 {
+        let started = Instant::now();
+        let response = call(gateway.clone(), get("/slow")).await;
+        assert_eq!(
+            kind_of(&response),
+            Some(ProxyErrorKind::HttpResponseTimeout)
+        );
+        assert!(started.elapsed() >= timeout);
+    }
+    let accepted = silent.accepted();
+    assert_eq!(accepted, 3);
+    for _ in 0..20 {
+        let started = Instant::now();
+        let response = call(gateway.clone(), get("/slow")).await;
+        let took = started.elapsed();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            took < Duration::from_millis(100),
+            "{took:?}: well under the {timeout:?} timeout"
+        );
+    }
+    assert_eq!(silent.accepted(), accepted, "no connection while open");
+}
+
+#[tokio::test]
+async fn the_origins_own_errors_never_mark_it_unavailable() {
+    let upstream = start_upstream().await;
+    let gateway = gateway(support::layer(), UpstreamHealthLayer::new(), upstream.addr);
+    for path in ["/origin-500", "/origin-503", "/origin-502"] {
+        let expected = &path[8..];
+        for status in statuses(&gateway, path, 20).await {
+            assert_eq!(status.to_string(), expected, "{path}");
+        }
+    }
+    assert_eq!(statuses(&gateway, "/ok", 1).await, [200]);
+}
+
+#[tokio::test]
+async fn a_body_that_breaks_after_the_head_counts_as_a_failure() {
+    let upstream = start_upstream().await;
+    let gateway = gateway(
+        support::layer().upstream_timeout(Duration::from_millis(300)),
+        UpstreamHealthLayer::new().consecutive_failures(3),
+        upstream.addr,
+    );
+    // Head, half the body, close: the client sees a broken body each time.
+    for _ in 0..2 {
+        let response = call(gateway.clone(), get("/cut")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = within(
+            "reading /cut",
+            http_body_util::BodyExt::collect(response.into_body()),
+        )
+        .await;
+        assert!(body.is_err());
+    }
+    // Head, 10 bytes, silence: cut at the read timeout.
+    let response = call(gateway.clone(), get("/stall-body")).await;
+    let body = within(
+        "reading /stall-body",
+        http_body_util::BodyExt::collect(response.into_body()),
+    )
+    .await;
+    assert!(body.is_err());
+    let response = call(gateway.clone(), get("/ok")).await;
+    assert_unavailable(response).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// While open, half-open, the probe
+// ---------------------------------------------------------------------------------------------
+
+/// Marks the upstream at `port` (refusing) unavailable through `gateway`; returns the open time.
+async fn trip<S: HealthGateway>(gateway: &S, failures: usize) -> Duration {
+    for _ in 0..failures {
+        let response = call(gateway.clone(), get("/orders")).await;
+        assert_eq!(kind_of(&response), Some(ProxyErrorKind::ConnectionRefused));
+    }
+    let response = call(gateway.clone(), get("/orders")).await;
+    Duration::from_secs(assert_unavailable(response).await)
+}
+
+#[tokio::test]
+async fn while_open_an_upstream_that_came_back_gets_no_connection_then_one_probe() {
+    let port = refusing_port().await;
+    let gateway = gateway(support::layer(), health(), port);
+    let open = trip(&gateway, 5).await;
+    assert_eq!(open, Duration::from_secs(1));
+    // It is back, but marked unavailable: not one connection.
+    let origin = Origin::on(port, Answer::Ok).await;
+    for status in statuses(&gateway, "/orders", 20).await {
+        assert_eq!(status, 503);
+    }
+    assert_eq!(origin.accepted(), 0);
+    // The open time over, the probe goes through and traffic flows again.
+    tokio::time::sleep(open).await;
+    assert_eq!(statuses(&gateway, "/orders", 1).await, [200]);
+    assert_eq!(origin.accepted(), 1, "the probe");
+    assert_eq!(statuses(&gateway, "/orders", 10).await, [200; 10]);
+}
+
+#[tokio::test]
+async fn in_half_open_exactly_one_of_ten_concurrent_requests_reaches_the_origin() {
+    let port = refusing_port().await;
+    let gateway = gateway(support::layer(), health(), port);
+    let open = trip(&gateway, 5).await;
+    let origin = Origin::on(port, Answer::After(Duration::from_millis(300))).await;
+    tokio::time::sleep(open).await;
+    let calls: Vec<_> = (0..10)
+        .map(|_| tokio::spawn(call(gateway.clone(), get("/orders"))))
+        .collect();
+    let mut answered = 0;
+    let mut refused = 0;
+    for call in calls {
+        let response = within("a concurrent request", call).await.unwrap();
+        match response.status() {
+            StatusCode::OK => answered += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(retry_after(&response), 1, "a probe is in flight");
+                refused += 1;
+            }
+            other => panic!("{other}"),
+        }
+    }
+    assert_eq!((answered, refused), (1, 9));
+    assert_eq!(origin.accepted(), 1);
+}
+
+#[tokio::test]
+async fn a_failed_probe_marks_it_unavailable_for_longer() {
+    let port = refusing_port().await;
+    let gateway = gateway(support::layer(), health(), port);
+    let open = trip(&gateway, 5).await;
+    assert_eq!(open, Duration::from_secs(1));
+    tokio::time::sleep(open).await;
+    // The probe is refused too: the second trip in a row doubles the open time.
+    let response = call(gateway.clone(), get("/orders")).await;
+    assert_eq!(kind_of(&response), Some(ProxyErrorKind::ConnectionRefused));
+    let response = call(gateway.clone(), get("/orders")).await;
+    assert_eq!(assert_unavailable(response).await, 2);
+}
+
+#[tokio::test]
+async fn a_probe_whose_client_went_away_does_not_stick() {
+    let port = refusing_port().await;
+    let gateway = gateway(support::layer(), health(), port);
+    let open = trip(&gateway, 5).await;
+    let silent = Origin::on(port, Answer::Never).await;
+    tokio::time::sleep(open).await;
+    // The probe reaches the silent upstream, and its client gives up.
+    let probe = gateway.clone().oneshot(get("/orders"));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), probe)
+            .await
+            .is_err()
+    );
+    assert_eq!(silent.accepted(), 1);
+    silent.stop().await;
+    // The upstream is back for real: the next request probes, and closes it.
+    let origin = Origin::on(port, Answer::Ok).await;
+    assert_eq!(statuses(&gateway, "/orders", 1).await, [200]);
+    assert_eq!(origin.accepted(), 1, "the next request probed");
+    assert_eq!(
+        statuses(&gateway, "/orders", 3).await,
+        [200; 3],
+        "and closed it"
+    );
+}
+
+#[tokio::test]
+async fn forwarding_anyway_keeps_trying_and_the_first_answer_closes_it() {
+    let port = refusing_port().await;
+    let gateway = gateway(
+        support::layer(),
+        health().forward_when_unavailable(true),
+        port,
+    );
+    for _ in 0..10 {
+        let response = call(gateway.clone(), get("/orders")).await;
+        // Forwarded, and refused by the upstream itself.
+        assert_eq!(kind_of(&response), Some(ProxyErrorKind::ConnectionRefused));
+    }
+    let origin = Origin::on(port, Answer::Ok).await;
+    assert_eq!(statuses(&gateway, "/orders", 1).await, [200]);
+    assert_eq!(
+        origin.accepted(),
+        1,
+        "the first forwarded request found it back"
+    );
+    assert_eq!(statuses(&gateway, "/orders", 3).await, [200; 3]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared state, keys, routers, hostile keys
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn an_axum_router_shares_one_state_per_upstream_across_its_clones() {
+    let down = refusing_port().await;
+    let up = start_upstream().await;
+    // A router that picks among two upstreams by path, as the quick start points requests.
+    let (down_authority, up_authority) = (down.to_string(), up.addr.to_string());
+    let gateway = ServiceBuilder::new()
+        .layer(support::layer())
+        .map_request(move |request: Request<Body>| {
+            let authority = if request.uri().path().starts_with("/down") {
+                &down_authority
+            } else {
+                &up_authority
+            };
+            support::to_upstream(authority, request)
+        })
+        .layer(health())
+        .service(support::http_client());
+    // axum clones the service for every request.
+    let app = axum::Router::new().fallback_service(gateway);
+    let served = support::serve_router(app).await;
+    let client = support::http_client();
+    let statuses = |path: &'static str, n: usize| {
+        let client = client.clone();
+        let uri: http::Uri = format!("http://{}{path}", served.addr).parse().unwrap();
+        async move {
+            let mut statuses = Vec::new();
+            for _ in 0..n {
+                let response = within(path, client.get(uri.clone())).await.unwrap();
+                statuses.push(response.status().as_u16());
+                read_body(response.into_body()).await;
+            }
+            statuses
+        }
+    };
+    assert_eq!(
+        statuses("/down", 7).await,
+        [502, 502, 502, 502, 502, 503, 503]
+    );
+    assert_eq!(
+        statuses("/ok", 5).await,
+        [200; 5],
+        "the other upstream is its own"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_of_distinct_keys_is_answered_correctly_and_the_table_stays_bounded() {
+    let port = refusing_port().await;
+    let authority = port.to_string();
+    // Keyed by a header a client controls: the worst case for the table.
+    let health = health()
+        .max_upstreams(64)
+        .key_by(|request: &Request<Body>| {
+            request
+                .headers()
+                .get("x-upstream")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+        });
+    let gateway = ServiceBuilder::new()
+        .layer(support::layer())
+        .map_request(move |request| support::to_upstream(&authority, request))
+        .layer(health)
+        .service(support::http_client());
+    for key in 0..2000u64 {
+        let mut request = get("/");
+        request
+            .headers_mut()
+            .insert("x-upstream", key.to_string().parse().unwrap());
+        let response = call(gateway.clone(), request).await;
+        assert_eq!(kind_of(&response), Some(ProxyErrorKind::ConnectionRefused));
+    }
+    // Every slot holds an upstream with a failure to remember now: a new key is not tracked. Its
+    // requests are forwarded and answered for what they are, however many fail.
+    for _ in 0..10 {
+        let mut request = get("/");
+        request
+            .headers_mut()
+            .insert("x-upstream", "999999".parse().unwrap());
+        let response = call(gateway.clone(), request).await;
+        assert_eq!(kind_of(&response), Some(ProxyErrorKind::ConnectionRefused));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// With RetryPolicy
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn retry_policy_does_not_retry_into_an_unavailable_upstream() {
+    let port = refusing_port().await;
+    let authority = port.to_string();
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let counted = attempts.clone();
+    let gateway = ServiceBuilder::new()
+        .retry(
+            RetryPolicy::new()
+                .max_attempts(3)
+                .base_delay(Duration::from_millis(1)),
+        )
+        .layer(support::layer())
+        .map_request(move |request| support::to_upstream(&authority, request))
+        .layer(health())
+        // What reaches the client: the attempts the health layer let through.
+        .map_request(move |request: Request<Body>| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            request
+        })
+        .service(support::http_client());
+    // Three attempts, all refused.
+    let response = call(gateway.clone(), get("/orders")).await;
+    assert_eq!(kind_of(&response), Some(ProxyErrorKind::ConnectionRefused));
+    assert_eq!(attempts.load(Ordering::SeqCst), 3);
+    // Two more failures mark it unavailable; the third attempt is refused, and not retried.
+    let response = call(gateway.clone(), get("/orders")).await;
+    assert_eq!(
+        kind_of(&response),
+        Some(ProxyErrorKind::DestinationUnavailable)
+    );
+    assert_eq!(attempts.load(Ordering::SeqCst), 5);
+    // From now on, one refusal per request: no retry, no connection.
+    for _ in 0..5 {
+        let response = call(gateway.clone(), get("/orders")).await;
+        assert_eq!(
+            kind_of(&response),
+            Some(ProxyErrorKind::DestinationUnavailable)
+        );
+    }
+    assert_eq!(attempts.load(Ordering::SeqCst), 5);
+}
+
+// ---------------------------------------------------------------------------------------------
+// gRPC callers
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_grpc_caller_gets_unavailable_with_the_delay_as_pushback() {
+    use crate::grpc_demo::{DemoClient, OK};
+
+    let port = refusing_port().await;
+    let authority = port.to_string();
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Body>();
+    let gateway = ServiceBuilder::new()
+        .layer(support::layer())
+        .map_request(move |request| support::to_upstream(&authority, request))
+        .layer(UpstreamHealthLayer::new())
+        .service(h2);
+    let served = serve_h2c(gateway).await;
+    let mut client = within("connecting", DemoClient::connect(served.addr))
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        let status = within("a call", client.unary(OK, "hi", None))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(status.message(), ProxyErrorKind::ConnectionRefused.detail());
+    }
+    let status = within("a call", client.unary(OK, "hi", None))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(
+        status.message(),
+        ProxyErrorKind::DestinationUnavailable.detail()
+    );
+    let metadata = status.metadata();
+    assert_eq!(
+        metadata.get("proxy-status").unwrap(),
+        "edge-1; error=destination_unavailable"
+    );
+    let seconds: u64 = metadata
+        .get("retry-after")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((9..=10).contains(&seconds), "{seconds}");
+    let pushback: u64 = metadata
+        .get("grpc-retry-pushback-ms")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(pushback, seconds * 1000);
+}
+
+/// A gateway served with HTTP/1.1 and h2c on one loopback port.
+struct Served {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_h2c<S, B>(service: S) -> Served
+where
+    S: Service<Request<Body>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = within("binding", TcpListener::bind("127.0.0.1:0"))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let service = service.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    service.clone().oneshot(request.map(Body::new))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            });
+        }
+    });
+    Served { addr, task }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events and span fields
+// ---------------------------------------------------------------------------------------------
+
+mod observed {
+    use std::collections::BTreeMap;
+    use std::fmt;
+    use std::sync::{Arc, Mutex};
+
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id, Record};
+    use tracing::{Event, Level, Subscriber};
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::Context;
+    use tracing_subscriber::registry::LookupSpan;
+
+    /// An event as the test reads it.
+    #[derive(Debug, Clone)]
+    pub struct Seen {
+        pub level: Level,
+        pub fields: BTreeMap<String, String>,
+    }
+
+    /// Every event, and the `gateway.upstream_state` of every `gateway.request` span.
+    #[derive(Clone, Default)]
+    pub struct Captured {
+        pub events: Arc<Mutex<Vec<Seen>>>,
+        pub states: Arc<Mutex<Vec<String>>>,
+    }
+
+    struct Fields<'a>(&'a mut BTreeMap<String, String>);
+
+    impl Visit for Fields<'_> {
+        fn record_str(&mut self, field: &Field, value: &str) {
+            self.0.insert(field.name().to_owned(), value.to_owned());
+        }
+        fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+            self.0.insert(field.name().to_owned(), format!("{value:?}"));
+        }
+    }
+
+    impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Captured {
+        fn on_new_span(&self, _attrs: &Attributes<'_>, _id: &Id, _ctx: Context<'_, S>) {}
+
+        fn on_record(&self, _id: &Id, values: &Record<'_>, _ctx: Context<'_, S>) {
+            let mut fields = BTreeMap::new();
+            values.record(&mut Fields(&mut fields));
+            if let Some(state) = fields.remove("gateway.upstream_state") {
+                self.states.lock().unwrap().push(state);
+            }
+        }
+
+        fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+            let mut fields = BTreeMap::new();
+            event.record(&mut Fields(&mut fields));
+            self.events.lock().unwrap().push(Seen {
+                level: *event.metadata().level(),
+                fields,
+            });
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_transition_is_a_warn_event_with_the_key_and_the_reason() {
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let captured = observed::Captured::default();
+    let subscriber = tracing_subscriber::registry().with(captured.clone());
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let port = refusing_port().await;
+    let gateway = gateway(support::layer(), health(), port);
+    let open = trip(&gateway, 5).await;
+    let origin = Origin::on(port, Answer::Ok).await;
+    tokio::time::sleep(open).await;
+    assert_eq!(statuses(&gateway, "/orders", 1).await, [200]);
+    assert_eq!(origin.accepted(), 1);
+    assert_eq!(statuses(&gateway, "/orders", 1).await, [200]);
+
+    let key = format!("http://{port}");
+    let transitions: Vec<(String, String, String)> = captured
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|event| event.fields.contains_key("gateway.upstream_state"))
+        .map(|event| {
+            assert_eq!(event.level, tracing::Level::WARN);
+            assert_eq!(event.fields["gateway.upstream"], key);
+            (
+                event.fields["message"].clone(),
+                event.fields["gateway.upstream_state"].clone(),
+                event.fields["reason"].clone(),
+            )
+        })
+        .collect();
+    let expected = [
+        (
+            "upstream marked unavailable",
+            "open",
+            "5 consecutive failures, the last connection_refused",
+        ),
+        (
+            "upstream open time over: probing",
+            "half_open",
+            "the open time is over: one request goes through as a probe",
+        ),
+        ("upstream available again", "closed", "the probe succeeded"),
+    ];
+    let expected: Vec<(String, String, String)> = expected
+        .iter()
+        .map(|(m, s, r)| ((*m).to_owned(), (*s).to_owned(), (*r).to_owned()))
+        .collect();
+    assert_eq!(transitions, expected);
+    // The refused request's span says why; the probe's says what it was.
+    let states = captured.states.lock().unwrap().clone();
+    assert_eq!(states, ["open", "probe"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metrics
+// ---------------------------------------------------------------------------------------------
+
+#[cfg(feature = "metrics")]
+#[tokio::test]
+async fn metrics_count_transitions_and_unavailable_upstreams() {
+    use gateway_errors::metrics::{REQUEST_DURATION, UPSTREAM_TRANSITIONS, UPSTREAMS_UNAVAILABLE};
+    use opentelemetry::metrics::MeterProvider;
+    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+    use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+
+    let exporter = InMemoryMetricExporter::default();
+    let reader = PeriodicReader::builder(exporter.clone())
+        .with_interval(Duration::from_secs(3600))
+        .build();
+    let provider = SdkMeterProvider::builder().with_reader(reader).build();
+    let meter = provider.meter("gateway-errors");
+
+    let port = refusing_port().await;
+    let gateway = gateway(
+        support::layer().metrics(&meter),
+        health().metrics(&meter),
+        port,
+    );
+    let open = trip(&gateway, 5).await;
+
+    // The exported points of `name`, by their attributes as `key=value` text.
+    let read = |name: &'static str| {
+        let provider = provider.clone();
+        let exporter = exporter.clone();
+        async move {
+            within(
+                "flushing",
+                tokio::task::spawn_blocking(move || provider.force_flush()),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+            let exports = exporter.get_finished_metrics().unwrap();
+            let last = exports.last().unwrap();
+            let metric = last
+                .scope_metrics()
+                .flat_map(|scope| scope.metrics())
+                .find(|metric| metric.name() == name)
+                .unwrap_or_else(|| panic!("{name} exported"));
+            let mut points = Vec::new();
+            match metric.data() {
+                AggregatedMetrics::U64(MetricData::Sum(sum)) => {
+                    for point in sum.data_points() {
+                        let attributes: Vec<String> = point
+                            .attributes()
+                            .map(|kv| format!("{}={}", kv.key, kv.value))
+                            .collect();
+                        points.push((attributes.join(","), point.value() as i64));
+                    }
+                }
+                AggregatedMetrics::I64(MetricData::Sum(sum)) => {
+                    for point in sum.data_points() {
+                        points.push((String::new(), point.value()));
+                    }
+                }
+                AggregatedMetrics::F64(MetricData::Histogram(histogram)) => {
+                    for point in histogram.data_points() {
+                        let mut attributes: Vec<String> = point
+                            .attributes()
+                            .map(|kv| format!("{}={}", kv.key, kv.value))
+                            .collect();
+                        attributes.sort();
+                        points.push((attributes.join(","), point.count() as i64));
+                    }
+                }
+                _ => panic!("{name}: an unexpected kind of metric"),
+            }
+            points.sort();
+            points
+        }
+    };
+    assert_eq!(
+        read(UPSTREAM_TRANSITIONS).await,
+        [("gateway.upstream_state=open".to_owned(), 1)]
+    );
+    assert_eq!(read(UPSTREAMS_UNAVAILABLE).await, [(String::new(), 1)]);
+    let durations = read(REQUEST_DURATION).await;
+    assert!(
+        durations.contains(&(
+            "error.type=destination_unavailable,http.request.method=GET,http.response.status_code=503"
+                .to_owned(),
+            1
+        )),
+        "{durations:?}"
+    );
+
+    let _origin = Origin::on(port, Answer::Ok).await;
+    tokio::time::sleep(open).await;
+    assert_eq!(statuses(&gateway, "/orders", 1).await, [200]);
+    assert_eq!(
+        read(UPSTREAM_TRANSITIONS).await,
+        [
+            ("gateway.upstream_state=closed".to_owned(), 1),
+            ("gateway.upstream_state=half_open".to_owned(), 1),
+            ("gateway.upstream_state=open".to_owned(), 1),
+        ]
+    );
+    assert_eq!(read(UPSTREAMS_UNAVAILABLE).await, [(String::new(), 0)]);
+}
