@@ -919,3 +919,72 @@ async fn metrics_count_transitions_and_unavailable_upstreams() {
     );
     assert_eq!(read(UPSTREAMS_UNAVAILABLE).await, [(String::new(), 0)]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// With the last good copy
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn an_unavailable_upstream_is_answered_from_the_last_good_copy_at_once() {
+    let port = refusing_port().await;
+    let origin = Origin::on(port, Answer::Ok).await;
+    let store =
+        gateway_errors::stale::StaleIfError::new().default_window(Duration::from_secs(3600));
+    // A client that keeps no idle connection: once the origin stops listening, every request
+    // meets the closed port.
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build_http();
+    let authority = port.to_string();
+    let gateway = ServiceBuilder::new()
+        .layer(support::layer().stale_if_error(store.clone()))
+        .map_request(move |request| support::to_upstream(&authority, request))
+        .layer(health())
+        .service(client);
+    let page = || {
+        let mut request = get("/page");
+        request
+            .headers_mut()
+            .insert(http::header::HOST, "shop.test".parse().unwrap());
+        request
+    };
+
+    let first = call(gateway.clone(), page()).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(read_body(first.into_body()).await, "ok\n");
+    assert_eq!(store.len(), 1);
+    origin.stop().await;
+
+    // Five refusals, each hidden by the copy, mark the upstream unavailable all the same.
+    for _ in 0..5 {
+        let response = call(gateway.clone(), page()).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers()[&gateway_errors::headers::PROXY_STATUS],
+            format!("{PROXY_NAME}; error=connection_refused").as_str()
+        );
+        read_body(response.into_body()).await;
+    }
+    // The upstream is back, but marked unavailable: the copy answers without a connection.
+    let back = Origin::on(port, Answer::Ok).await;
+    let response = call(gateway.clone(), page()).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()[&gateway_errors::headers::PROXY_STATUS],
+        format!("{PROXY_NAME}; error=destination_unavailable").as_str()
+    );
+    let cache_status = response.headers()[&gateway_errors::headers::CACHE_STATUS]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(cache_status.contains("fwd=stale"), "{cache_status}");
+    assert_eq!(read_body(response.into_body()).await, "ok\n");
+    assert_eq!(
+        back.accepted(),
+        0,
+        "no connection while it is marked unavailable"
+    );
+    // A page with no copy gets the 503 itself.
+    let response = call(gateway, get("/other")).await;
+    assert_unavailable(response).await;
+}
