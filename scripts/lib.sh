@@ -1,6 +1,17 @@
 # Shared by the load scripts (scripts/load.sh, scripts/body_timer.sh): installing the tools,
 # starting nginx and the example gateway on loopback, running wrk, and the arithmetic of paired
 # rounds. Expects DURATION, CONNECTIONS, WRK_THREADS and WORKERS to be set.
+#
+# PIN=1 gives the load generator and the servers a core each (wrk on CPU 0, every server on
+# CPU 1, with `taskset`): the servers then compete for their core alone, and wrk's own cost no
+# longer sets the req/s of both sides. Use it with WORKERS=1 and WRK_THREADS=1.
+if [ "${PIN:-0}" = 1 ]; then
+  LOADGEN=(taskset -c 0)
+  SERVER=(taskset -c 1)
+else
+  LOADGEN=()
+  SERVER=()
+fi
 
 need() {
   if ! command -v "$1" >/dev/null 2>&1; then
@@ -46,14 +57,14 @@ http {
   $2
 }
 EOF
-  nginx -p "$dir" -c "$dir/nginx.conf" &
+  "${SERVER[@]}" nginx -p "$dir" -c "$dir/nginx.conf" &
   PIDS+=($!)
 }
 
 start_gateway() { # port, upstream url, extra args...
   local port=$1 upstream=$2; shift 2
   RUST_LOG=off TOKIO_WORKER_THREADS=$WORKERS \
-    "$TARGET/release/examples/gateway" --listen "127.0.0.1:$port" --upstream "$upstream" "$@" \
+    "${SERVER[@]}" "$TARGET/release/examples/gateway" --listen "127.0.0.1:$port" --upstream "$upstream" "$@" \
     >"$WORK/gateway-$port.log" 2>&1 &
   PIDS+=($!)
   wait_for "$port"
@@ -61,7 +72,7 @@ start_gateway() { # port, upstream url, extra args...
 
 # wrk once; prints "requests_per_second p99_ms"
 run_wrk() { # url, accept
-  wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -H "Accept: $2" "$1" 2>&1 |
+  "${LOADGEN[@]}" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -H "Accept: $2" "$1" 2>&1 |
     python3 -c '
 import re, sys
 text = sys.stdin.read()
