@@ -20,7 +20,7 @@
 
 use http::HeaderValue;
 
-use crate::headers::is_token;
+use crate::headers::{is_token, list_elements};
 
 /// The form of a generated error body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -77,7 +77,7 @@ where
     let mut best = [Match::NONE; CANDIDATES.len()];
     let mut any = false;
     for value in accept {
-        for range in split_list(value.as_bytes()) {
+        for range in list_elements(value.as_bytes()) {
             if let Some(range) = MediaRange::parse(range) {
                 any = true;
                 for (candidate, best) in CANDIDATES.iter().zip(best.iter_mut()) {
@@ -312,30 +312,6 @@ impl<'a> MediaRange<'a> {
         };
         base * 2 + u8::from(self.has_params)
     }
-}
-
-/// Splits a list on commas that are outside quoted strings.
-fn split_list(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut rest = Some(bytes);
-    std::iter::from_fn(move || {
-        let s = rest?;
-        let mut quoted = false;
-        let mut escaped = false;
-        for (i, &b) in s.iter().enumerate() {
-            if escaped {
-                escaped = false;
-            } else if quoted && b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                quoted = !quoted;
-            } else if b == b',' && !quoted {
-                rest = Some(&s[i + 1..]);
-                return Some(&s[..i]);
-            }
-        }
-        rest = None;
-        Some(s)
-    })
 }
 
 type Param<'a> = (&'a [u8], &'a [u8]);

@@ -14,7 +14,7 @@
 use http::HeaderValue;
 use http::header::HeaderName;
 
-use super::is_tchar;
+use super::{is_tchar, list_elements};
 
 /// The `CDN-Loop` header name (RFC 8586).
 pub static CDN_LOOP: HeaderName = HeaderName::from_static("cdn-loop");
@@ -29,7 +29,7 @@ pub(crate) fn count_member<'a>(
 ) -> u32 {
     let mut seen = 0;
     for line in lines {
-        for member in members(line.as_bytes()) {
+        for member in list_elements(line.as_bytes()) {
             if cdn_id(member).is_some_and(|id| id.eq_ignore_ascii_case(name)) {
                 seen += 1;
                 if seen >= enough {
@@ -39,31 +39,6 @@ pub(crate) fn count_member<'a>(
         }
     }
     seen
-}
-
-/// The members of one field line: split at the commas that are outside quoted strings. An
-/// unterminated quoted string makes the rest of the line one (malformed) member.
-fn members(line: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut rest = Some(line);
-    std::iter::from_fn(move || {
-        let s = rest?;
-        let mut quoted = false;
-        let mut escaped = false;
-        for (i, &b) in s.iter().enumerate() {
-            if escaped {
-                escaped = false;
-            } else if quoted && b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                quoted = !quoted;
-            } else if b == b',' && !quoted {
-                rest = Some(&s[i + 1..]);
-                return Some(&s[..i]);
-            }
-        }
-        rest = None;
-        Some(s)
-    })
 }
 
 /// The cdn-id of a well-formed member, or `None` (an empty list element, as `#rule` allows,

@@ -59,3 +59,52 @@ pub(crate) fn is_tchar(b: u8) -> bool {
 pub(crate) fn is_token(s: &[u8]) -> bool {
     !s.is_empty() && s.iter().all(|&b| is_tchar(b))
 }
+
+/// Where the list element that starts at `from` ends (RFC 9110 §5.6.1): at the next comma
+/// outside a quoted string, or at the end. Each byte is looked at once.
+pub(crate) fn element_end(bytes: &[u8], from: usize) -> usize {
+    let mut quoted = false;
+    let mut escaped = false;
+    for (i, &b) in bytes.iter().enumerate().skip(from) {
+        if escaped {
+            escaped = false;
+        } else if quoted && b == b'\\' {
+            escaped = true;
+        } else if b == b'"' {
+            quoted = !quoted;
+        } else if b == b',' && !quoted {
+            return i;
+        }
+    }
+    bytes.len()
+}
+
+/// The elements of a list field line: split at the commas outside quoted strings. A quoted
+/// string left open makes the rest of the line one element.
+pub(crate) fn list_elements(line: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(line);
+    std::iter::from_fn(move || {
+        let s = rest?;
+        let end = element_end(s, 0);
+        rest = s.get(end + 1..).filter(|_| end < s.len());
+        Some(&s[..end])
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_elements_split_at_commas_outside_quotes() {
+        fn split(line: &str) -> Vec<&[u8]> {
+            list_elements(line.as_bytes()).collect()
+        }
+        assert_eq!(split("a, b,c"), [&b"a"[..], b" b", b"c"]);
+        assert_eq!(split(r#"a;x="1,2", b"#), [&br#"a;x="1,2""#[..], b" b"]);
+        assert_eq!(split(r#"a;x="\",", b"#), [&br#"a;x="\",""#[..], b" b"]);
+        assert_eq!(split(r#"a;x="open, b"#), [&br#"a;x="open, b"#[..]]);
+        assert_eq!(split(""), [&b""[..]]);
+        assert_eq!(split("a,"), [&b"a"[..], b""]);
+    }
+}

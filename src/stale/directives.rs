@@ -179,32 +179,13 @@ fn directives_of(line: &HeaderValue, each: &mut impl FnMut(&[u8], Option<&[u8]>)
         }
         if at < len && bytes[at] != b',' {
             // Malformed: skip to the next comma outside a quoted string.
-            at = element_end(bytes, at);
+            at = crate::headers::element_end(bytes, at);
             continue;
         }
         if !name.is_empty() {
             each(name, value);
         }
     }
-}
-
-/// Where the element that starts at `from` ends: the next comma outside a quoted string, or
-/// the end of the line. Each byte is looked at once.
-fn element_end(bytes: &[u8], from: usize) -> usize {
-    let mut quoted = false;
-    let mut escaped = false;
-    for (i, &b) in bytes.iter().enumerate().skip(from) {
-        if escaped {
-            escaped = false;
-        } else if quoted && b == b'\\' {
-            escaped = true;
-        } else if b == b'"' {
-            quoted = !quoted;
-        } else if b == b',' && !quoted {
-            return i;
-        }
-    }
-    bytes.len()
 }
 
 #[cfg(test)]
