@@ -72,6 +72,43 @@
 //!  "error_type":"connection_refused","retryable":true}
 //! ```
 //!
+//! The same, checked: any tower service that fails as a refused connect does, wrapped in the
+//! layer, answers the client so.
+//!
+//! ```
+//! use std::io;
+//!
+//! use bytes::Bytes;
+//! use gateway_errors::headers::PROXY_STATUS;
+//! use gateway_errors::{GatewayErrorLayer, ProxyError, ProxyErrorKind, ProxyName};
+//! use http::{Request, Response, StatusCode};
+//! use http_body_util::{BodyExt, Full};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let refusing = service_fn(|_request: Request<Full<Bytes>>| async {
+//!     Err::<Response<Full<Bytes>>, _>(io::Error::from(io::ErrorKind::ConnectionRefused))
+//! });
+//! let gateway = ServiceBuilder::new()
+//!     .layer(GatewayErrorLayer::new().proxy_name(ProxyName::from_static("edge-1")))
+//!     .service(refusing);
+//!
+//! let request = Request::post("/orders").body(Full::new(Bytes::new())).unwrap();
+//! let response = gateway.oneshot(request).await.unwrap();
+//! assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+//! assert_eq!(response.headers()[&PROXY_STATUS], "edge-1; error=connection_refused");
+//! // For whoever is outside: what failed, and that a retry is safe (it was never sent).
+//! let error = response.extensions().get::<ProxyError>().unwrap();
+//! assert_eq!(error.kind(), Some(ProxyErrorKind::ConnectionRefused));
+//! assert!(error.is_retryable());
+//! let body = response.into_body().collect().await.unwrap().to_bytes();
+//! let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+//! assert_eq!(problem["error_type"], "connection_refused");
+//! assert_eq!(problem["retryable"], true);
+//! # }
+//! ```
+//!
 //! # How a request flows
 //!
 //! 1. [`GatewayErrorService::call`](tower_service::Service::call) reads what the response may need, once and
