@@ -347,9 +347,7 @@ fn from_copy<B>(
         return Err(error);
     };
     let hidden = error.status();
-    // A forwarding loop is this gateway's own configuration, not the origin's outage: a copy
-    // would hide it for as long as the copy lasts.
-    if !StaleIfError::may_hide(hidden) || error.kind() == Some(ProxyErrorKind::ProxyLoopDetected) {
+    if !StaleIfError::may_hide(hidden, error.kind()) {
         return Err(error);
     }
     let Some(answer) = store.answer(request) else {
@@ -412,27 +410,26 @@ fn answer_negotiated(
     } else {
         head.keep()
     };
-    let build = || {
+    let build = |detailed: Option<HeaderValue>| {
         let body = config.templates.render(view, format);
-        let headers = head.headers(&body, None);
+        let headers = head.headers(&body, detailed);
         Answer { body, headers }
     };
     // A clone of the kept head costs the map's two allocations and no hashing.
     let kept = match keep {
         Keep::Never => {
-            let body = config.templates.render(view, format);
-            let headers = head.headers(&body, detailed);
-            return (body, headers);
+            let built = build(detailed);
+            return (built.body, built.headers);
         }
         Keep::BySlot => config
             .answers
-            .get_or_build(format.index(), head.kind, retryable, build),
+            .get_or_build(format.index(), head.kind, retryable, || build(None)),
         Keep::ByDelay(seconds) => config.answers.get_or_build_delayed(
             format.index(),
             head.kind,
             retryable,
             seconds,
-            build,
+            || build(None),
         ),
     };
     (

@@ -25,7 +25,7 @@ use crate::kind::{KIND_SLOTS, ProxyErrorKind, kind_slot};
 ///
 /// let name = ProxyName::new("edge-1").unwrap();
 /// assert_eq!(name.as_str(), "edge-1");
-/// assert_eq!(ProxyName::from_static("10.0.0.7:8080").as_str(), "10.0.0.7:8080");
+/// assert_eq!(ProxyName::from_static("127.0.0.1:8080").as_str(), "127.0.0.1:8080");
 /// assert!(ProxyName::new("edge 1").is_err());
 /// assert!(ProxyName::new("édge").is_err());
 /// assert!(ProxyName::new("").is_err());
@@ -284,8 +284,8 @@ mod tests {
             values.received(StatusCode::SERVICE_UNAVAILABLE),
             "edge-1; received-status=503"
         );
-        let address = ProxyStatusValues::new(&ProxyName::from_static("10.0.0.7:8080"));
-        assert_eq!(address.get(None), "\"10.0.0.7:8080\"");
+        let address = ProxyStatusValues::new(&ProxyName::from_static("127.0.0.1:8080"));
+        assert_eq!(address.get(None), "\"127.0.0.1:8080\"");
     }
 
     #[test]
@@ -293,7 +293,7 @@ mod tests {
         for good in [
             "edge-1",
             "gw.example.net",
-            "10.0.0.7:8080",
+            "127.0.0.1:8080",
             "a",
             "*x",
             "~!#$%&'*+-.^_`|",

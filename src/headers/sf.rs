@@ -64,7 +64,7 @@ impl Cursor<'_> {
         while self.eat(b' ') {}
     }
 
-    /// §4.2.3.1.
+    /// §4.2.3, parsing a bare item.
     fn bare_item(&mut self) -> Option<BareItemType> {
         match self.peek()? {
             b'-' | b'0'..=b'9' => self.number(),
@@ -84,7 +84,7 @@ impl Cursor<'_> {
         }
     }
 
-    /// §4.2.3.2: `;key[=value]`, any number of them.
+    /// §4.2.3, parsing parameters: `;key[=value]`, any number of them.
     fn parameters(&mut self) -> Option<()> {
         while self.eat(b';') {
             self.skip_spaces();
@@ -96,7 +96,7 @@ impl Cursor<'_> {
         Some(())
     }
 
-    /// §4.2.3.3: `( lcalpha / "*" ) *( lcalpha / DIGIT / "_" / "-" / "." / "*" )`.
+    /// §4.2.3, parsing a key: `( lcalpha / "*" ) *( lcalpha / DIGIT / "_" / "-" / "." / "*" )`.
     fn key(&mut self) -> Option<()> {
         match self.bump()? {
             b'a'..=b'z' | b'*' => {}

@@ -23,7 +23,7 @@ pub(crate) struct ResponseDirectives {
     pub(crate) must_revalidate: bool,
     pub(crate) proxy_revalidate: bool,
     /// Present, whatever its value: a shared cache may then not serve the response stale
-    /// (RFC 9111 §5.2.2.10).
+    /// (RFC 9111 §5.2.2, `s-maxage`).
     pub(crate) s_maxage: bool,
     pub(crate) max_age: Option<Delta>,
     pub(crate) stale_if_error: Option<Delta>,
@@ -71,9 +71,9 @@ impl ResponseDirectives {
 /// The directives of a request's `Cache-Control` that bear on the store.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct RequestDirectives {
-    /// The client asks that its request and the response not be stored (RFC 9111 §5.2.1.5).
+    /// The client asks that its request and the response not be stored (RFC 9111 §5.2.1, `no-store`).
     pub(crate) no_store: bool,
-    /// The client asks for a response validated by the origin (RFC 9111 §5.2.1.4).
+    /// The client asks for a response validated by the origin (RFC 9111 §5.2.1, `no-cache`).
     pub(crate) no_cache: bool,
     /// The longest staleness the client accepts for an answer on error (RFC 5861 §4); only a
     /// valid value counts. At most 2^31.

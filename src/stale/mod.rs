@@ -2,7 +2,7 @@
 //!
 //! A 5xx costs more than one page view. A visitor sees an error for a page the gateway served a
 //! minute ago; a crawler lowers its crawl rate for the whole host, and one that gets a 5xx for
-//! `robots.txt` stops crawling altogether (RFC 9309 §2.3.1.4). RFC 5861's `stale-if-error` lets a
+//! `robots.txt` stops crawling altogether (RFC 9309 §2.3.1, "Unreachable" status). RFC 5861's `stale-if-error` lets a
 //! cache answer with a stored copy instead, and [`StaleIfError`] is such a store, for the layer:
 //!
 //! ```
@@ -84,7 +84,7 @@
 //! - it sets no cookie (`Set-Cookie`), unless [`strip_set_cookie`](StaleIfError::strip_set_cookie)
 //!   has it stored without them; a copy never hands one visitor's cookie to another;
 //! - a request with `Authorization` only when the response says `public` (RFC 9111 §3.5);
-//! - a request with `Cache-Control: no-store` never (RFC 9111 §5.2.1.5);
+//! - a request with `Cache-Control: no-store` never (RFC 9111 §5.2.1, `no-store`);
 //! - `Vary`: never `Vary: *`. Each header a response varies on must be one of the store's
 //!   [`vary_headers`](StaleIfError::vary_headers) (by default `Accept-Encoding`, `Accept`,
 //!   `Accept-Language` and `Origin`), because the layer reads those request headers when the
@@ -150,7 +150,7 @@
 //!
 //! A request's own `Cache-Control: no-cache` (a browser's hard reload) gets the error: the
 //! client asked for an answer the origin confirms, and an old copy is not one. Its `no-store` keeps
-//! its response out of the store but lets a stored copy answer it (RFC 9111 §5.2.1.5 says that
+//! its response out of the store but lets a stored copy answer it (RFC 9111 §5.2.1 says, of `no-store`, that
 //! directive does not apply to what is already stored). `max-age`, `max-stale` and `min-fresh`
 //! of a request do not change the answer: RFC 5861 §4 lets the copy answer "regardless of other
 //! freshness information". `Pragma` is not read: RFC 9111 deprecates it.
@@ -229,6 +229,7 @@ use http::{Request, StatusCode};
 
 use crate::error::ProxyError;
 use crate::headers::CACHE_STATUS;
+use crate::kind::ProxyErrorKind;
 
 use copy::{Admission, StoredCopy, Verdict};
 use policy::{MAX_VARY_HEADERS, Policy};
@@ -430,9 +431,11 @@ impl StaleIfError {
         Some(Tee::new(self.store.clone(), admission))
     }
 
-    /// Whether a copy may stand in for an answer with this status: 500, 502, 503 or 504.
-    pub(crate) fn may_hide(status: StatusCode) -> bool {
-        Policy::is_error(status)
+    /// Whether a copy may stand in for an error of this status and kind: a 500, 502, 503 or 504,
+    /// but never a forwarding loop, which is this gateway's own configuration (a copy would hide
+    /// it for as long as the copy lasts).
+    pub(crate) fn may_hide(status: StatusCode, kind: Option<ProxyErrorKind>) -> bool {
+        Policy::is_error(status) && kind != Some(ProxyErrorKind::ProxyLoopDetected)
     }
 
     /// Whether a copy may answer in place of this origin status.

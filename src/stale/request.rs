@@ -160,7 +160,7 @@ impl CapturedRequest {
 /// The two parts of a key. Hashing and comparing go through this trait, so that a stored key
 /// and a request's parts find each other without building a key for the request.
 pub(crate) trait KeyParts {
-    /// The authority as sent: compared without case (RFC 3986 §6.2.2.1 for the host).
+    /// The authority as sent: compared without case (RFC 3986 §6.2.2, case normalization, for the host).
     fn authority(&self) -> &[u8];
     fn path(&self) -> &[u8];
 }
