@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use gateway_errors::body::UploadBody;
 use gateway_errors::health::UpstreamHealthLayer;
 use gateway_errors::{GatewayErrorLayer, ProxyName};
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -68,6 +69,9 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 const REQUESTS: usize = 10_000;
+
+/// The request body the inner service gets: the client's, as the layer watches it.
+type Up = UploadBody<Full<Bytes>>;
 
 fn requests(accept: Option<&'static str>) -> Vec<Request<Full<Bytes>>> {
     (0..REQUESTS)
@@ -201,14 +205,10 @@ fn date_now() -> HeaderValue {
 fn cacheable_service(
     cache_control: &'static str,
     body: Bytes,
-) -> impl Service<
-    Request<Full<Bytes>>,
-    Response = Response<Full<Bytes>>,
-    Error = Infallible,
-    Future = impl Send,
-> + Clone {
+) -> impl Service<Request<Up>, Response = Response<Full<Bytes>>, Error = Infallible, Future = impl Send>
++ Clone {
     let date = date_now();
-    tower::service_fn(move |_request: Request<Full<Bytes>>| {
+    tower::service_fn(move |_request: Request<Up>| {
         let mut response = Response::new(Full::new(body.clone()));
         response.headers_mut().insert(
             http::header::CACHE_CONTROL,
@@ -223,15 +223,12 @@ fn cacheable_service(
 
 /// An origin that answers its first request (with a page the store keeps), then refuses every
 /// connection: every later request is answered from the copy.
-fn up_then_refused_service() -> impl Service<
-    Request<Full<Bytes>>,
-    Response = Response<Full<Bytes>>,
-    Error = io::Error,
-    Future = impl Send,
-> + Clone {
+fn up_then_refused_service()
+-> impl Service<Request<Up>, Response = Response<Full<Bytes>>, Error = io::Error, Future = impl Send>
++ Clone {
     let answered = std::sync::Arc::new(AtomicBool::new(false));
     let body = Bytes::from(vec![b'x'; 4096]);
-    tower::service_fn(move |_request: Request<Full<Bytes>>| {
+    tower::service_fn(move |_request: Request<Up>| {
         let first = !answered.swap(true, Ordering::SeqCst);
         let body = body.clone();
         async move {
@@ -251,13 +248,10 @@ fn up_then_refused_service() -> impl Service<
     })
 }
 
-fn ok_service() -> impl Service<
-    Request<Full<Bytes>>,
-    Response = Response<Full<Bytes>>,
-    Error = Infallible,
-    Future = impl Send,
-> + Clone {
-    tower::service_fn(|_request: Request<Full<Bytes>>| async {
+fn ok_service()
+-> impl Service<Request<Up>, Response = Response<Full<Bytes>>, Error = Infallible, Future = impl Send>
++ Clone {
+    tower::service_fn(|_request: Request<Up>| async {
         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hello"))))
     })
 }
@@ -292,13 +286,10 @@ impl http_body::Body for Streamed {
     }
 }
 
-fn streamed_service() -> impl Service<
-    Request<Full<Bytes>>,
-    Response = Response<Streamed>,
-    Error = Infallible,
-    Future = impl Send,
-> + Clone {
-    tower::service_fn(|_request: Request<Full<Bytes>>| async {
+fn streamed_service()
+-> impl Service<Request<Up>, Response = Response<Streamed>, Error = Infallible, Future = impl Send>
++ Clone {
+    tower::service_fn(|_request: Request<Up>| async {
         let body = Streamed {
             frames: 2,
             waited: false,
@@ -309,26 +300,20 @@ fn streamed_service() -> impl Service<
 
 /// An upstream whose connection is refused. `io::Error::from(kind)` does not allocate, so the
 /// error itself costs nothing and what is counted is the layer's work.
-fn refused_service() -> impl Service<
-    Request<Full<Bytes>>,
-    Response = Response<Full<Bytes>>,
-    Error = io::Error,
-    Future = impl Send,
-> + Clone {
-    tower::service_fn(|_request: Request<Full<Bytes>>| async {
+fn refused_service()
+-> impl Service<Request<Up>, Response = Response<Full<Bytes>>, Error = io::Error, Future = impl Send>
++ Clone {
+    tower::service_fn(|_request: Request<Up>| async {
         Err::<Response<Full<Bytes>>, _>(io::Error::from(io::ErrorKind::ConnectionRefused))
     })
 }
 
 /// The same refused upstream behind a service whose error type is already boxed (tower's
 /// `BoxError` convention, as the example gateway's proxy): the box is the inner service's own.
-fn refused_boxed_service() -> impl Service<
-    Request<Full<Bytes>>,
-    Response = Response<Full<Bytes>>,
-    Error = BoxError,
-    Future = impl Send,
-> + Clone {
-    tower::service_fn(|_request: Request<Full<Bytes>>| async {
+fn refused_boxed_service()
+-> impl Service<Request<Up>, Response = Response<Full<Bytes>>, Error = BoxError, Future = impl Send>
++ Clone {
+    tower::service_fn(|_request: Request<Up>| async {
         let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
         Err::<Response<Full<Bytes>>, BoxError>(Box::new(refused))
     })
@@ -339,12 +324,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// What http itself allocates for any response that carries a head and one typed extension,
 /// whoever builds it: the head is cloned from a prepared one (its index and its entries), the
 /// extension needs the map's box, its table and the value's box. The error is not even kept.
-fn floor_service() -> impl Service<
-    Request<Full<Bytes>>,
-    Response = Response<Full<Bytes>>,
-    Error = Infallible,
-    Future = impl Send,
-> + Clone {
+fn floor_service()
+-> impl Service<Request<Up>, Response = Response<Full<Bytes>>, Error = Infallible, Future = impl Send>
++ Clone {
     #[derive(Clone)]
     struct Marker(#[allow(dead_code)] u64);
     let mut head = http::HeaderMap::with_capacity(6);
@@ -358,7 +340,7 @@ fn floor_service() -> impl Service<
         head.insert(name, HeaderValue::from_static(value));
     }
     let body = Bytes::from_static(b"{}");
-    tower::service_fn(move |_request: Request<Full<Bytes>>| {
+    tower::service_fn(move |_request: Request<Up>| {
         let mut response = Response::new(Full::new(body.clone()));
         *response.status_mut() = StatusCode::BAD_GATEWAY;
         *response.headers_mut() = head.clone();
@@ -367,15 +349,32 @@ fn floor_service() -> impl Service<
     })
 }
 
+/// `service` without the layer: the client's body goes to it unwatched, as the layer would hand
+/// it over for a request that has nothing to watch.
+fn bare<S>(
+    service: S,
+) -> impl Service<Request<Full<Bytes>>, Response = S::Response, Error = S::Error, Future = S::Future>
++ Clone
+where
+    S: Service<Request<Up>> + Clone,
+{
+    tower::util::MapRequestLayer::new(|request: Request<Full<Bytes>>| {
+        request.map(UploadBody::unwatched)
+    })
+    .layer(service)
+}
+
 /// The `--bare` baseline of the error path: an empty 502.
 fn bare_errors<S>(
     service: S,
 ) -> impl Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible>
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>> + Clone,
+    S: Service<Request<Up>, Response = Response<Full<Bytes>>> + Clone,
 {
-    tower::service_fn(move |request| {
+    tower::service_fn(move |request: Request<Full<Bytes>>| {
         let service = service.clone();
+        // The same inner service, without the layer: its body type, unwatched.
+        let request = request.map(UploadBody::unwatched);
         async move {
             Ok::<_, Infallible>(service.oneshot(request).await.unwrap_or_else(|_| {
                 let mut response = Response::new(Full::new(Bytes::new()));
@@ -418,7 +417,10 @@ fn main() {
         println!("{name:<46} {allocs:>12.2} {bytes:>12.0} {nanos:>10.0}");
     };
     runtime.block_on(async {
-        row("success: bare", measure(ok_service(), requests(None)).await);
+        row(
+            "success: bare",
+            measure(bare(ok_service()), requests(None)).await,
+        );
         row(
             "success: layered",
             measure(layer.layer(ok_service()), requests(None)).await,
@@ -438,7 +440,7 @@ fn main() {
         );
         row(
             "success: bare, request map full",
-            measure(ok_service(), full_requests()).await,
+            measure(bare(ok_service()), full_requests()).await,
         );
         row(
             "success: layered, request map full",
@@ -458,7 +460,7 @@ fn main() {
         );
         row(
             "streamed success: bare",
-            measure(streamed_service(), requests(None)).await,
+            measure(bare(streamed_service()), requests(None)).await,
         );
         row(
             "streamed success: layered, no timers",
@@ -541,7 +543,7 @@ fn main() {
         );
         row(
             "floor: any response with a head + 1 extension",
-            measure(floor_service(), requests(None)).await,
+            measure(bare(floor_service()), requests(None)).await,
         );
 
         // The last-good-copy store: what a request that cannot use it costs (nothing), what a
@@ -552,7 +554,7 @@ fn main() {
         let page = Bytes::from(vec![b'x'; 4096]);
         row(
             "stale: POST, bare",
-            measure(ok_service(), shared_requests(http::Method::POST)).await,
+            measure(bare(ok_service()), shared_requests(http::Method::POST)).await,
         );
         row(
             "stale: POST, layered",
@@ -573,7 +575,7 @@ fn main() {
         let no_store = || cacheable_service("no-store", page.clone());
         row(
             "stale: GET no-store 4 KiB, bare",
-            measure(no_store(), shared_requests(http::Method::GET)).await,
+            measure(bare(no_store()), shared_requests(http::Method::GET)).await,
         );
         row(
             "stale: GET no-store 4 KiB, layered",
@@ -618,7 +620,7 @@ fn main() {
         let tracked = UpstreamHealthLayer::new();
         let _ = tracked
             .layer(refused_service())
-            .oneshot(requests(None).remove(0))
+            .oneshot(requests(None).remove(0).map(UploadBody::unwatched))
             .await;
         row(
             "success: layered + health, tracked upstream",

@@ -15,12 +15,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group};
+use gateway_errors::body::UploadBody;
 use gateway_errors::stale::StaleIfError;
 use gateway_errors::{GatewayErrorLayer, ProxyName};
 use http::header::{CACHE_CONTROL, HOST};
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use tower::{Layer, Service, ServiceExt};
+
+/// The request body the inner service gets: the client's, as the layer watches it.
+type Up = UploadBody<Full<Bytes>>;
 
 /// A GET as hyper hands it over: an origin-form URI and a `Host`, their bytes shared.
 fn get() -> Request<Full<Bytes>> {
@@ -43,10 +47,9 @@ fn date_now() -> HeaderValue {
 fn origin(
     cache_control: &'static str,
     body: Bytes,
-) -> impl Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone
-{
+) -> impl Service<Request<Up>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone {
     let date = date_now();
-    tower::service_fn(move |_request: Request<Full<Bytes>>| {
+    tower::service_fn(move |_request: Request<Up>| {
         let mut response = Response::new(Full::new(body.clone()));
         let headers = response.headers_mut();
         headers.insert(http::header::DATE, date.clone());
@@ -61,10 +64,9 @@ fn origin(
 /// connection.
 fn up_then_refused(
     body: Bytes,
-) -> impl Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = io::Error> + Clone
-{
+) -> impl Service<Request<Up>, Response = Response<Full<Bytes>>, Error = io::Error> + Clone {
     let answered = Arc::new(AtomicBool::new(false));
-    tower::service_fn(move |_request: Request<Full<Bytes>>| {
+    tower::service_fn(move |_request: Request<Up>| {
         let first = !answered.swap(true, Ordering::SeqCst);
         let body = body.clone();
         async move {
@@ -81,8 +83,8 @@ fn up_then_refused(
 }
 
 fn refused()
--> impl Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = io::Error> + Clone {
-    tower::service_fn(|_request: Request<Full<Bytes>>| async {
+-> impl Service<Request<Up>, Response = Response<Full<Bytes>>, Error = io::Error> + Clone {
+    tower::service_fn(|_request: Request<Up>| async {
         Err::<Response<Full<Bytes>>, _>(io::Error::from(io::ErrorKind::ConnectionRefused))
     })
 }

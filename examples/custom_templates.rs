@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use gateway_errors::body::UploadBody;
 use gateway_errors::render::ErrorView;
 use gateway_errors::{Format, GatewayErrorLayer, ProxyErrorKind, ProxyName, Template};
 use hyper_util::client::legacy::Client;
@@ -95,16 +96,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let upstream = demo_upstream::spawn().await?;
     let upstream_addr = upstream.addr;
-    let client = Client::builder(TokioExecutor::new()).build_http::<axum::body::Body>();
+    // The layer hands the client the request body it watches (`UploadBody`).
+    let client = Client::builder(TokioExecutor::new()).build_http::<UploadBody<axum::body::Body>>();
     let gateway = ServiceBuilder::new()
         .layer(layer()?)
-        .map_request(move |mut request: axum::extract::Request| {
-            let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
-            *request.uri_mut() = format!("http://{upstream_addr}{path}")
-                .parse()
-                .expect("a path that was already a valid URI");
-            request
-        })
+        .map_request(
+            move |mut request: http::Request<UploadBody<axum::body::Body>>| {
+                let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+                *request.uri_mut() = format!("http://{upstream_addr}{path}")
+                    .parse()
+                    .expect("a path that was already a valid URI");
+                request
+            },
+        )
         .service(client);
     let app = axum::Router::new().fallback_service(gateway);
 

@@ -56,11 +56,10 @@ use gateway_errors::health::UpstreamHealthLayer;
 use gateway_errors::stale::StaleIfError;
 use gateway_errors::{GatewayErrorLayer, ProxyName};
 use http::{Request, Uri};
-use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 
-use proxy::{Bare, BoxError, Proxy, ServeOptions, serve};
+use proxy::{Bare, BoxError, ClientBody, Proxy, ServeOptions, serve};
 
 struct Options {
     listen: SocketAddr,
@@ -270,7 +269,7 @@ async fn main() -> Result<(), BoxError> {
                     .consecutive_failures(failures)
                     .open_time(options.breaker_open)
                     .max_open_time(options.breaker_open.max(Duration::from_secs(300)))
-                    .key_by(move |_: &Request<Incoming>| Some(key.clone()));
+                    .key_by(move |_: &Request<ClientBody>| Some(key.clone()));
                 let health = metrics::health_metrics(health, meters.as_ref());
                 let service = ServiceBuilder::new()
                     .layer(layer)

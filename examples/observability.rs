@@ -28,6 +28,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use gateway_errors::body::UploadBody;
 use gateway_errors::{GatewayErrorLayer, ProxyErrorKind, ProxyName};
 use http::{Method, Request, Uri};
 use http_body_util::{BodyExt, Empty};
@@ -241,10 +242,11 @@ async fn main() -> Result<(), BoxError> {
         .upstream_timeout(Duration::from_millis(300))
         .retry_after_for_kind(ProxyErrorKind::ConnectionRefused, Duration::from_secs(2))
         .metrics(&meters.meter("gateway-errors"));
-    let client = Client::builder(TokioExecutor::new()).build_http::<Incoming>();
+    // The layer hands the client the request body it watches.
+    let client = Client::builder(TokioExecutor::new()).build_http::<UploadBody<Incoming>>();
     let gateway = ServiceBuilder::new()
         .layer(layer)
-        .map_request(move |mut request: Request<Incoming>| {
+        .map_request(move |mut request: Request<UploadBody<Incoming>>| {
             let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
             let target = if path.starts_with("/refused") {
                 refused

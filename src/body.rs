@@ -1,5 +1,6 @@
-//! [`GatewayBody`]: the response body of the layer's service: the origin's body, observed and
-//! timed, or a generated one.
+//! The bodies of the layer's service: [`GatewayBody`], the response body (the origin's body,
+//! observed and timed, or a generated one), and [`UploadBody`], the request body as the inner
+//! service sees it (the client's, watched).
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -18,6 +19,7 @@ use crate::kind::ProxyErrorKind;
 use crate::metrics::ResponseTimer;
 use crate::stale::tee::Tee;
 use crate::trace::BodyTrace;
+pub use crate::upload::UploadBody;
 
 pin_project! {
     /// The response body of [`GatewayErrorService`](crate::GatewayErrorService).
@@ -67,6 +69,7 @@ impl Watch {
     fn ended(&mut self, failure: Option<(ProxyErrorKind, &(dyn StdError + 'static))>) {
         #[cfg(feature = "metrics")]
         if let Some(mut timer) = self.timer.take() {
+            timer.ended();
             if let Some((kind, _)) = failure {
                 timer.failed(kind);
             }

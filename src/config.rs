@@ -19,6 +19,9 @@ use crate::render::Templates;
 use crate::retry::hint::RetryRules;
 use crate::stale::StaleIfError;
 
+/// nginx's `client_body_timeout`: a client whose upload is silent this long is answered 408.
+pub(crate) const DEFAULT_CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Everything the builder sets. A builder method copies the settings, changes one, and freezes
 /// the copy into a new [`Config`].
 #[derive(Clone)]
@@ -28,6 +31,8 @@ pub(crate) struct Settings {
     /// `None`: follow `upstream_timeout`; `Some(None)`: off.
     pub(crate) read_timeout: Option<Option<Duration>>,
     pub(crate) response_deadline: Option<Duration>,
+    /// The longest a client may keep the gateway waiting for the next part of its upload.
+    pub(crate) client_body_timeout: Option<Duration>,
     pub(crate) classifiers: Vec<Arc<dyn Classify>>,
     pub(crate) default_format: Format,
     pub(crate) templates: Templates,
@@ -55,6 +60,7 @@ impl Default for Settings {
             upstream_timeout: None,
             read_timeout: None,
             response_deadline: None,
+            client_body_timeout: Some(DEFAULT_CLIENT_BODY_TIMEOUT),
             classifiers: Vec::new(),
             default_format: Format::ProblemJson,
             templates: Templates::default(),

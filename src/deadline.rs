@@ -90,6 +90,21 @@ impl TimedOut {
     }
 }
 
+impl TimedOut {
+    /// The upstream timeout that ran out, if it was that limit.
+    pub(crate) fn upstream_timeout(self) -> Option<Duration> {
+        match self.limit {
+            Limit::Head(after) => Some(after),
+            _ => None,
+        }
+    }
+
+    /// Whether it was the response deadline that ran out.
+    pub(crate) fn is_response_deadline(self) -> bool {
+        matches!(self.limit, Limit::Response(_))
+    }
+}
+
 impl fmt::Display for TimedOut {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (self.limit, self.after_head) {
@@ -145,6 +160,8 @@ pin_project! {
         #[pin]
         timer: Option<Sleep>,
         limit: Limit,
+        // Kept for `postpone`: the upstream timeout may move, the response deadline never does.
+        deadline: Option<ResponseDeadline>,
     }
 }
 
@@ -162,8 +179,25 @@ impl HeadClock {
             Some((due, limit)) => HeadClock {
                 timer: Some(tokio::time::sleep_until(due)),
                 limit,
+                deadline,
             },
             None => HeadClock::off(),
+        }
+    }
+
+    /// The upstream timeout of `after` now runs out at `due` (the time the gateway spent waiting
+    /// on the client is not the upstream's); the response deadline still fires first if it is
+    /// sooner.
+    pub(crate) fn postpone(self: Pin<&mut Self>, due: Instant, after: Duration) {
+        let mut this = self.project();
+        let head = Some((due, Limit::Head(after)));
+        let Some((due, limit)) = sooner(head, this.deadline.map(ResponseDeadline::due)) else {
+            return;
+        };
+        *this.limit = limit;
+        match this.timer.as_mut().as_pin_mut() {
+            Some(timer) => timer.reset(due),
+            None => this.timer.set(Some(tokio::time::sleep_until(due))),
         }
     }
 
@@ -172,6 +206,7 @@ impl HeadClock {
         HeadClock {
             timer: None,
             limit: Limit::Head(Duration::ZERO),
+            deadline: None,
         }
     }
 

@@ -6,8 +6,10 @@ use std::fmt;
 use http::{Response, StatusCode};
 
 use crate::classify::classification::Classification;
+use crate::fault::Fault;
 use crate::headers::retry_after::RetryAfter;
 use crate::kind::{Phase, ProxyErrorKind};
+pub use crate::upload::UploadError;
 
 pub use crate::kind::UnknownProxyErrorKind;
 
@@ -178,6 +180,11 @@ impl ProxyError {
     /// Whether the request may have reached the origin.
     pub fn phase(&self) -> Phase {
         self.classification.phase()
+    }
+
+    /// Whose fault the failure is (see [`fault`](crate::fault)).
+    pub fn fault(&self) -> Fault {
+        self.classification.fault()
     }
 
     /// The full classification.

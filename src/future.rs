@@ -3,35 +3,44 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::Response;
+use http::{Response, StatusCode};
 use http_body::Body;
 use pin_project_lite::pin_project;
 
 use crate::BoxError;
 use crate::body::GatewayBody;
+use crate::classify::classification::Classification;
 use crate::deadline::{self, HeadClock};
+use crate::error::ProxyError;
+use crate::fault::Fault;
+use crate::kind::Phase;
 use crate::respond::{self, Outcome, Pending};
+use crate::upload::{UploadError, UploadWatch};
 
 pin_project! {
     /// The future of [`GatewayErrorService`](crate::GatewayErrorService): waits for the inner
-    /// service, under the upstream timeout and the response deadline. Never fails: every outcome
-    /// is a response.
+    /// service, under the upstream timeout and the response deadline, and watches the client's
+    /// upload. Never fails: every outcome is a response.
     pub struct ResponseFuture<F> {
         #[pin]
         state: State<F>,
         #[pin]
         clock: HeadClock,
         pending: Option<Pending>,
+        // The client's upload, while it may still keep the gateway waiting; `None` for a request
+        // without a body.
+        upload: Option<Arc<UploadWatch>>,
     }
 
     impl<F> PinnedDrop for ResponseFuture<F> {
         fn drop(this: Pin<&mut Self>) {
             // Dropped before it finished: the client went away. Not an error of anyone's.
             if let Some(pending) = this.project().pending.take() {
-                pending.span.record("gateway.cancelled", true);
+                respond::client_gone(&pending);
             }
         }
     }
@@ -48,11 +57,17 @@ pin_project! {
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(future: F, clock: HeadClock, pending: Pending) -> Self {
+    pub(crate) fn new(
+        future: F,
+        clock: HeadClock,
+        pending: Pending,
+        upload: Option<Arc<UploadWatch>>,
+    ) -> Self {
         ResponseFuture {
             state: State::Waiting { future },
             clock,
             pending: Some(pending),
+            upload,
         }
     }
 
@@ -62,6 +77,7 @@ impl<F> ResponseFuture<F> {
             state: State::Failed { error: Some(error) },
             clock: HeadClock::off(),
             pending: Some(pending),
+            upload: None,
         }
     }
 }
@@ -89,26 +105,108 @@ where
                 }
                 StateProj::Waiting { future } => match future.poll(cx) {
                     Poll::Ready(Ok(response)) => Outcome::Response(response),
-                    Poll::Ready(Err(error)) => Outcome::Failed(error.into()),
-                    Poll::Pending => match this.clock.poll_expired(cx) {
-                        Poll::Pending => return Poll::Pending,
-                        Poll::Ready(timed_out) => Outcome::TimedOut(timed_out),
-                    },
+                    Poll::Ready(Err(error)) => {
+                        let error = error.into();
+                        // The client's upload failed first: whatever the inner service made of
+                        // it, the fault is the client's.
+                        match this.upload.as_ref().and_then(|upload| upload.fault()) {
+                            Some(fault) => Outcome::Failed(client_fault(fault.status(), error)),
+                            None => Outcome::Failed(error),
+                        }
+                    }
+                    Poll::Pending => {
+                        if let Some(upload) = this.upload.as_ref() {
+                            upload.wake_on_fault(cx.waker());
+                        }
+                        match poll_limits(this.clock.as_mut(), this.upload.as_deref(), cx) {
+                            Poll::Pending => return Poll::Pending,
+                            Poll::Ready(outcome) => outcome,
+                        }
+                    }
                 },
                 StateProj::Done => unreachable!("a finished future keeps no `pending`"),
             };
-            if let Outcome::TimedOut(timed_out) = outcome {
-                // The upstream's future is dropped now, inside the span, with the reason: a layer
-                // inside it counts the timeout as the upstream's failure, not as a client that
-                // went away.
-                let mut state = this.state.as_mut();
-                deadline::drop_timed_out(timed_out, || state.set(State::Done));
+            match outcome {
+                Outcome::TimedOut(timed_out) => {
+                    // The upstream's future is dropped now, inside the span, with the reason: a
+                    // layer inside it counts the timeout as the upstream's failure, not as a
+                    // client that went away.
+                    let mut state = this.state.as_mut();
+                    deadline::drop_timed_out(timed_out, || state.set(State::Done));
+                }
+                Outcome::Failed(_) if this.state.as_ref().is_waiting() => {
+                    // The client's fault, found while the upstream still had the request: it is
+                    // abandoned as a client that went away would abandon it.
+                    this.state.as_mut().set(State::Done);
+                }
+                _ => {}
             }
             outcome
         };
         let pending = this.pending.take().expect("checked above");
         Poll::Ready(Ok(respond::finish(pending, outcome)))
     }
+}
+
+impl<F> State<F> {
+    fn is_waiting(&self) -> bool {
+        matches!(self, State::Waiting { .. })
+    }
+}
+
+/// The limits on the head, and the client's upload, while the upstream has not answered: ready
+/// with the outcome once one of them decides it.
+fn poll_limits<B>(
+    mut clock: Pin<&mut HeadClock>,
+    upload: Option<&UploadWatch>,
+    cx: &mut Context<'_>,
+) -> Poll<Outcome<B>> {
+    if let Some(error) = upload.and_then(UploadWatch::error) {
+        return Poll::Ready(Outcome::Failed(client_fault(
+            error.status(),
+            Box::new(error),
+        )));
+    }
+    loop {
+        let timed_out = std::task::ready!(clock.as_mut().poll_expired(cx));
+        let Some(upload) = upload else {
+            return Poll::Ready(Outcome::TimedOut(timed_out));
+        };
+        let now = tokio::time::Instant::now();
+        if let Some(after) = timed_out.upstream_timeout() {
+            // Only the time spent waiting on the upstream counts against it.
+            let upstream_time = now
+                .saturating_duration_since(upload.arrived())
+                .saturating_sub(upload.client_time(now));
+            if upstream_time < after {
+                clock
+                    .as_mut()
+                    .postpone(now + (after - upstream_time), after);
+                continue;
+            }
+        }
+        if timed_out.is_response_deadline() && upload.current_wait(now).is_some() {
+            // The whole exchange ran out of time while the gateway waited on the client.
+            return Poll::Ready(Outcome::Failed(client_overran()));
+        }
+        return Poll::Ready(Outcome::TimedOut(timed_out));
+    }
+}
+
+/// The client's upload stalled or broke off: the client's fault, answered with `status`, with
+/// the error it caused.
+fn client_fault(status: StatusCode, error: BoxError) -> BoxError {
+    let classification = Classification::unrecognized()
+        .with_status(status)
+        .with_phase(Phase::MaybeSent)
+        .with_fault(Fault::Client);
+    Box::new(ProxyError::from_classification(classification).with_source_boxed(error))
+}
+
+/// The response deadline ran out while the client was still uploading: 408, the client's.
+fn client_overran() -> BoxError {
+    let error = UploadError::over_deadline();
+    client_fault(error.status(), Box::new(error))
 }
 
 #[cfg(test)]
@@ -121,6 +219,7 @@ mod tests {
     use tokio::time::Instant;
     use tower::{ServiceBuilder, ServiceExt, service_fn};
 
+    use crate::body::UploadBody;
     use crate::{GatewayErrorLayer, ProxyError, ProxyErrorKind};
 
     type Answer = Result<http::Response<Empty<bytes::Bytes>>, std::io::Error>;
@@ -129,18 +228,20 @@ mod tests {
     fn upstream(
         delay: Option<Duration>,
     ) -> impl tower::Service<
-        Request<()>,
+        Request<UploadBody<Empty<bytes::Bytes>>>,
         Response = http::Response<Empty<bytes::Bytes>>,
         Error = std::io::Error,
         Future = impl Future<Output = Answer>,
     > + Clone {
-        service_fn(move |_request: Request<()>| async move {
-            match delay {
-                Some(delay) => tokio::time::sleep(delay).await,
-                None => std::future::pending().await,
-            }
-            Ok(http::Response::new(Empty::new()))
-        })
+        service_fn(
+            move |_request: Request<UploadBody<Empty<bytes::Bytes>>>| async move {
+                match delay {
+                    Some(delay) => tokio::time::sleep(delay).await,
+                    None => std::future::pending().await,
+                }
+                Ok(http::Response::new(Empty::new()))
+            },
+        )
     }
 
     fn error_of<B>(response: &http::Response<B>) -> &ProxyError {
@@ -157,7 +258,7 @@ mod tests {
         let response = ServiceBuilder::new()
             .layer(layer)
             .service(upstream(None))
-            .oneshot(Request::new(()))
+            .oneshot(Request::new(Empty::<bytes::Bytes>::new()))
             .await
             .unwrap();
         assert_eq!(started.elapsed(), Duration::from_secs(1));
@@ -176,7 +277,7 @@ mod tests {
         let response = ServiceBuilder::new()
             .layer(layer)
             .service(upstream(Some(Duration::from_millis(999))))
-            .oneshot(Request::new(()))
+            .oneshot(Request::new(Empty::<bytes::Bytes>::new()))
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
@@ -192,7 +293,7 @@ mod tests {
         let response = ServiceBuilder::new()
             .layer(layer)
             .service(upstream(None))
-            .oneshot(Request::new(()))
+            .oneshot(Request::new(Empty::<bytes::Bytes>::new()))
             .await
             .unwrap();
         assert_eq!(started.elapsed(), Duration::from_millis(500));
@@ -206,7 +307,7 @@ mod tests {
         let response = ServiceBuilder::new()
             .layer(GatewayErrorLayer::new())
             .service(upstream(Some(Duration::from_secs(3600))))
-            .oneshot(Request::new(()))
+            .oneshot(Request::new(Empty::<bytes::Bytes>::new()))
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
@@ -217,7 +318,7 @@ mod tests {
         let response = ServiceBuilder::new()
             .layer(GatewayErrorLayer::new())
             .service(NotReady)
-            .oneshot(Request::new(()))
+            .oneshot(Request::new(Empty::<bytes::Bytes>::new()))
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
@@ -231,7 +332,7 @@ mod tests {
     #[derive(Clone)]
     struct NotReady;
 
-    impl tower::Service<Request<()>> for NotReady {
+    impl<B> tower::Service<Request<B>> for NotReady {
         type Response = http::Response<Empty<bytes::Bytes>>;
         type Error = std::io::Error;
         type Future = std::future::Ready<Answer>;
@@ -243,7 +344,7 @@ mod tests {
             std::task::Poll::Ready(Err(std::io::ErrorKind::ConnectionRefused.into()))
         }
 
-        fn call(&mut self, _request: Request<()>) -> Self::Future {
+        fn call(&mut self, _request: Request<B>) -> Self::Future {
             unreachable!("never ready, never called")
         }
     }

@@ -94,6 +94,13 @@ impl GatewayErrorLayer {
     /// Use this instead of tower-http's `TimeoutLayer`, which answers 408 (a client's fault) with an
     /// empty body.
     ///
+    /// The clock counts only the time the gateway waits on the upstream: every moment spent
+    /// waiting on the client for more of its upload is left off (see
+    /// [`client_body_timeout`](Self::client_body_timeout)). For a request with a body, the
+    /// upstream's time in effect starts once the request has been sent in full, as Envoy's route
+    /// timeout does: a slow but steady upload is never a 504, while an upstream that does not take
+    /// the request (a connect that hangs, an origin that stops reading) still times out.
+    ///
     /// A gRPC caller's own deadline (`grpc-timeout`) takes its place when it is sooner, and applies
     /// when no timeout is set here; that caller is answered `DEADLINE_EXCEEDED`.
     pub fn upstream_timeout(self, timeout: Duration) -> Self {
@@ -152,6 +159,35 @@ impl GatewayErrorLayer {
     /// ```
     pub fn response_deadline(self, deadline: Duration) -> Self {
         self.set(|s| s.response_deadline = Some(deadline))
+    }
+
+    /// The longest a client may keep the gateway waiting for the next part of its request body,
+    /// in the manner of nginx's `client_body_timeout`. `None` turns it off. Default: 60 seconds.
+    ///
+    /// A client that stalls its upload this long is answered `408 Request Timeout` with the
+    /// negotiated body and `Connection: close`, at once, and its request to the upstream is
+    /// abandoned. A client that breaks its upload off (it closes or resets before the body is
+    /// complete) is answered `400 Bad Request`, if it can still read. Both are the client's
+    /// [fault](crate::fault): no `Proxy-Status` error type (RFC 9209's types name failures of the
+    /// next hop), never counted by the [upstream health](crate::health) breaker, never answered
+    /// from a [stored copy](crate::stale). The time spent waiting on the client is never counted
+    /// against the [upstream timeout](Self::upstream_timeout).
+    ///
+    /// The [response deadline](Self::response_deadline) runs from the request's arrival whatever
+    /// the client does; when it runs out while the gateway is waiting on the client's upload, that
+    /// too is the client's: 408.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use gateway_errors::GatewayErrorLayer;
+    ///
+    /// // Uploads from slow mobile networks: allow 2 minutes of silence.
+    /// let layer = GatewayErrorLayer::new().client_body_timeout(Duration::from_secs(120));
+    /// # let _ = layer;
+    /// ```
+    pub fn client_body_timeout(self, timeout: impl Into<Option<Duration>>) -> Self {
+        let timeout = timeout.into();
+        self.set(|s| s.client_body_timeout = timeout)
     }
 
     /// Adds a classifier that runs before the default one (and after those added before it).
@@ -447,6 +483,7 @@ impl fmt::Debug for GatewayErrorLayer {
             .field("upstream_timeout", &config.upstream_timeout)
             .field("upstream_read_timeout", &config.body_read_timeout())
             .field("response_deadline", &config.response_deadline)
+            .field("client_body_timeout", &config.client_body_timeout)
             .field("classifiers", &config.classifiers.len())
             .field("default_format", &config.default_format)
             .field("span_level", &config.span_level)

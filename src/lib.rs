@@ -29,7 +29,8 @@
 //! use std::time::Duration;
 //!
 //! use axum::body::Body;
-//! use axum::extract::Request;
+//! use axum::http::Request;
+//! use gateway_errors::body::UploadBody;
 //! use gateway_errors::{GatewayErrorLayer, ProxyName};
 //! use hyper_util::client::legacy::Client;
 //! use hyper_util::rt::TokioExecutor;
@@ -37,14 +38,14 @@
 //!
 //! #[tokio::main]
 //! async fn main() -> std::io::Result<()> {
-//!     let client = Client::builder(TokioExecutor::new()).build_http::<Body>();
+//!     let client = Client::builder(TokioExecutor::new()).build_http::<UploadBody<Body>>(); // the body the layer watches
 //!     let gateway = ServiceBuilder::new()
 //!         .layer(
 //!             GatewayErrorLayer::new()
 //!                 .proxy_name(ProxyName::from_static("edge-1"))
 //!                 .upstream_timeout(Duration::from_secs(30)),
 //!         )
-//!         .map_request(|mut request: Request| {
+//!         .map_request(|mut request: Request<UploadBody<Body>>| {
 //!             // Point the request at the upstream (a real proxy also strips hop-by-hop
 //!             // headers: see examples/gateway.rs).
 //!             let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -79,6 +80,7 @@
 //! use std::io;
 //!
 //! use bytes::Bytes;
+//! use gateway_errors::body::UploadBody;
 //! use gateway_errors::headers::PROXY_STATUS;
 //! use gateway_errors::{GatewayErrorLayer, ProxyError, ProxyErrorKind, ProxyName};
 //! use http::{Request, Response, StatusCode};
@@ -87,7 +89,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
-//! let refusing = service_fn(|_request: Request<Full<Bytes>>| async {
+//! let refusing = service_fn(|_request: Request<UploadBody<Full<Bytes>>>| async {
 //!     Err::<Response<Full<Bytes>>, _>(io::Error::from(io::ErrorKind::ConnectionRefused))
 //! });
 //! let gateway = ServiceBuilder::new()
@@ -229,6 +231,7 @@ mod config;
 mod deadline;
 pub mod error;
 mod facts;
+pub mod fault;
 pub mod future;
 pub mod grpc;
 pub mod headers;
@@ -246,6 +249,7 @@ pub mod retry;
 mod service;
 pub mod stale;
 mod trace;
+mod upload;
 
 pub use error::ProxyError;
 pub use headers::ProxyName;

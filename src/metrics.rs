@@ -6,8 +6,8 @@
 //!
 //! | instrument | kind, unit | attributes |
 //! |---|---|---|
-//! | [`REQUEST_DURATION`] `http.server.request.duration` | histogram, `s`, the boundaries in [`DURATION_BOUNDARIES`] | `http.request.method`, `http.response.status_code`, `error.type` (only on errors) |
-//! | [`ERRORS_GENERATED`] `gateway.errors.generated` | counter, `{error}` | `error.type`, `gateway.retryable`, `http.response.status_code` |
+//! | [`REQUEST_DURATION`] `http.server.request.duration` | histogram, `s`, the boundaries in [`DURATION_BOUNDARIES`] | `http.request.method`, `http.response.status_code`, `error.type` (only on errors), `gateway.fault` (only on failures) |
+//! | [`ERRORS_GENERATED`] `gateway.errors.generated` | counter, `{error}` | `error.type`, `gateway.retryable`, `http.response.status_code`, `gateway.fault` |
 //! | [`STALE_SERVED`] `gateway.stale.served` | counter, `{response}` | `error.type`, `http.response.status_code` |
 //!
 //! [`UpstreamHealthLayer::metrics`](crate::health::UpstreamHealthLayer::metrics) creates two more,
@@ -37,6 +37,11 @@
 //!   string (`"503"`). Absent on every other response: a 4xx forwarded from the origin is the
 //!   client's business, not the server's error.
 //! - `gateway.retryable`: the retry hint the client was given (`true` or `false`).
+//! - `gateway.fault`: whose [fault](crate::fault) a failure was: `upstream` (a generated error
+//!   for the upstream's failure, an origin 5xx, a body that broke off), `client` (its upload
+//!   stalled or broke off, its own deadline), `gateway` (a loop, a refusal), or `client_gone`:
+//!   the client left first, recorded with its duration and no status, as nginx logs a 499. A
+//!   dashboard of upstream health keeps `gateway.fault = upstream` only.
 //!
 //! An answer from a [stale copy](crate::stale) is what the client got, so the duration records it
 //! as such: the copy's status and no `error.type`. The failure it hid is counted by
@@ -82,6 +87,7 @@ use http::{Method, StatusCode};
 use opentelemetry::metrics::{Counter, Histogram, Meter, UpDownCounter};
 use opentelemetry::{Key, KeyValue, StringValue, Value};
 
+use crate::fault::Fault;
 use crate::kind::ProxyErrorKind;
 
 /// The name of the request duration histogram, from the OpenTelemetry HTTP semantic conventions.
@@ -129,6 +135,7 @@ const METHOD: Key = Key::from_static_str("http.request.method");
 const STATUS_CODE: Key = Key::from_static_str("http.response.status_code");
 const ERROR_TYPE: Key = Key::from_static_str("error.type");
 const RETRYABLE: Key = Key::from_static_str("gateway.retryable");
+const FAULT: Key = Key::from_static_str("gateway.fault");
 const UPSTREAM_STATE: Key = Key::from_static_str("gateway.upstream_state");
 
 /// The instruments of the upstream health layer. Held in its settings.
@@ -316,6 +323,8 @@ pub(crate) fn forwarded(
         started,
         status,
         error_type: status.is_server_error().then(|| status_text(status)),
+        // Until the body says it ended, a drop is a client that went away.
+        ended: no_body,
     };
     if no_body {
         // The response is complete with its head: dropping the timer records it.
@@ -333,12 +342,19 @@ pub(crate) struct ResponseTimer {
     status: StatusCode,
     /// The status for an origin 5xx; the kind's token for a body that failed or was cut.
     error_type: Option<&'static str>,
+    /// Whether the body ended (well or not) rather than being dropped by a client that left.
+    ended: bool,
 }
 
 impl ResponseTimer {
     /// The body failed after its head was sent.
     pub(crate) fn failed(&mut self, kind: ProxyErrorKind) {
         self.error_type = Some(kind.token());
+    }
+
+    /// The body ended, well or with [`failed`](Self::failed): not a client that went away.
+    pub(crate) fn ended(&mut self) {
+        self.ended = true;
     }
 }
 
@@ -347,45 +363,92 @@ impl Drop for ResponseTimer {
         let seconds = self.started.at.elapsed().as_secs_f64();
         let method = KeyValue::new(METHOD, self.started.method.clone());
         let status_code = KeyValue::new(STATUS_CODE, i64::from(self.status.as_u16()));
-        match self.error_type {
-            Some(error_type) => self.duration.record(
+        // An origin 5xx and a body that broke off are the upstream's; a body the client left
+        // is no one's failure, and says so.
+        let fault = if !self.ended {
+            Some(Fault::ClientGone)
+        } else {
+            self.error_type.map(|_| Fault::Upstream)
+        };
+        let fault = fault.map(|fault| KeyValue::new(FAULT, fault.as_str()));
+        match (self.error_type, fault) {
+            (Some(error_type), Some(fault)) => self.duration.record(
                 seconds,
-                &[method, status_code, KeyValue::new(ERROR_TYPE, error_type)],
+                &[
+                    method,
+                    status_code,
+                    KeyValue::new(ERROR_TYPE, error_type),
+                    fault,
+                ],
             ),
-            None => self.duration.record(seconds, &[method, status_code]),
+            (None, Some(fault)) => self.duration.record(seconds, &[method, status_code, fault]),
+            (_, None) => self.duration.record(seconds, &[method, status_code]),
         }
     }
 }
 
-/// Records a response the layer generated: its duration, and one count of the error. `sent` is
-/// the status the client got (200 for a gRPC caller). Its `error.type` is the kind's token, or the
-/// error's `status` when no kind was recognised (as on the span).
+/// The client went away before its answer was decided: the duration, with no status (none was
+/// sent) and `gateway.fault = client_gone`, as nginx logs a 499.
+pub(crate) fn client_gone(metrics: Option<&Metrics>, started: Option<&Started>) {
+    let (Some(metrics), Some(started)) = (metrics, started) else {
+        return;
+    };
+    metrics.duration.record(
+        started.at.elapsed().as_secs_f64(),
+        &[
+            KeyValue::new(METHOD, started.method.clone()),
+            KeyValue::new(FAULT, Fault::ClientGone.as_str()),
+        ],
+    );
+}
+
+/// A response the layer generated, as the metrics record it.
+pub(crate) struct GeneratedError {
+    /// The status the client got (200 for a gRPC caller).
+    pub(crate) sent: StatusCode,
+    pub(crate) kind: Option<ProxyErrorKind>,
+    /// The error's own status: its `error.type` when no kind was recognised.
+    pub(crate) status: StatusCode,
+    pub(crate) retryable: bool,
+    pub(crate) fault: Fault,
+}
+
+/// Records a response the layer generated: its duration, and one count of the error. Its
+/// `error.type` is the kind's token, or the error's status when no kind was recognised (as on
+/// the span); `gateway.fault` says whose fault it was, so that a dashboard of upstream health
+/// leaves the clients' own out.
 pub(crate) fn generated(
     metrics: Option<&Metrics>,
     started: Option<&Started>,
-    sent: StatusCode,
-    kind: Option<ProxyErrorKind>,
-    status: StatusCode,
-    retryable: bool,
+    error: &GeneratedError,
 ) {
     let (Some(metrics), Some(started)) = (metrics, started) else {
         return;
     };
     let seconds = started.at.elapsed().as_secs_f64();
-    let error_type = kind.map_or_else(|| status_text(status), ProxyErrorKind::token);
-    let status_code = KeyValue::new(STATUS_CODE, i64::from(sent.as_u16()));
+    let error_type = error
+        .kind
+        .map_or_else(|| status_text(error.status), ProxyErrorKind::token);
+    let status_code = KeyValue::new(STATUS_CODE, i64::from(error.sent.as_u16()));
     let error_type = KeyValue::new(ERROR_TYPE, error_type);
+    let fault = KeyValue::new(FAULT, error.fault.as_str());
     metrics.duration.record(
         seconds,
         &[
             KeyValue::new(METHOD, started.method.clone()),
             status_code.clone(),
             error_type.clone(),
+            fault.clone(),
         ],
     );
     metrics.generated.add(
         1,
-        &[error_type, KeyValue::new(RETRYABLE, retryable), status_code],
+        &[
+            error_type,
+            KeyValue::new(RETRYABLE, error.retryable),
+            status_code,
+            fault,
+        ],
     );
 }
 

@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::deadline::{BodyLimits, ResponseDeadline, TimedOut};
 use crate::error::{PendingProxyError, ProxyError, chain};
 use crate::facts::RequestFacts;
+use crate::fault::Fault;
 use crate::grpc::answer as grpc_answer;
 use crate::grpc::call::{GRPC_STATUS, GrpcCall, status_in_headers};
 use crate::headers::retry_after::RetryAfter;
@@ -60,6 +61,17 @@ impl Pending {
             response_deadline,
         }
     }
+}
+
+/// The client went away before its answer was decided: recorded as such (nginx logs 499), an
+/// error of no one's, on the span and in the metrics.
+pub(crate) fn client_gone(pending: &Pending) {
+    trace::record_client_gone(&pending.span);
+    #[cfg(feature = "metrics")]
+    crate::metrics::client_gone(
+        pending.config.metrics.as_ref(),
+        pending.facts.metrics.as_ref(),
+    );
 }
 
 /// How the inner service ended.
@@ -136,6 +148,15 @@ pub(crate) fn finish<B: Body>(pending: Pending, outcome: Outcome<B>) -> Response
             let error = ProxyError::new(timed_out.kind()).with_source(timed_out);
             generate(&pending, error, None, None)
         }
+    }
+}
+
+/// What a client is told about its own fault, by the status it gets.
+fn client_detail(status: StatusCode) -> &'static str {
+    if status == StatusCode::REQUEST_TIMEOUT {
+        "The gateway timed out waiting for the rest of the request body."
+    } else {
+        "The request body ended before it was complete."
     }
 }
 
@@ -230,12 +251,14 @@ fn generate<B>(
     };
     let error = error.with_retry_hint(retryable, retry_after);
 
+    let fault = error.fault();
     let detail = match (kind, received) {
         (Some(kind), _) => kind.detail(),
         (None, Some(s)) if s.is_server_error() => {
             "The upstream server failed to handle the request."
         }
         (None, Some(_)) => "The upstream server could not process the request.",
+        (None, None) if fault == Fault::Client => client_detail(status),
         (None, None) => UNRECOGNIZED_DETAIL,
     };
     let head = ErrorHead {
@@ -288,16 +311,20 @@ fn generate<B>(
             grpc_code,
             cause: StdError::source(&error),
             intercepted: received.is_some(),
+            fault,
         },
     );
     #[cfg(feature = "metrics")]
     crate::metrics::generated(
         config.metrics.as_ref(),
         facts.metrics.as_ref(),
-        sent,
-        kind,
-        status,
-        retryable,
+        &crate::metrics::GeneratedError {
+            sent,
+            kind,
+            status,
+            retryable,
+            fault,
+        },
     );
 
     let body = if facts.is_head || carries_no_content(sent) {
@@ -347,7 +374,8 @@ fn from_copy<B>(
         return Err(error);
     };
     let hidden = error.status();
-    if !StaleIfError::may_hide(hidden, error.kind()) {
+    // A copy stands in only for the upstream's failure: never for what a client did.
+    if !error.fault().is_upstream() || !StaleIfError::may_hide(hidden, error.kind()) {
         return Err(error);
     }
     let Some(answer) = store.answer(request) else {
@@ -601,6 +629,11 @@ impl ErrorHead<'_> {
         }
         if let Some(after) = self.retry_after {
             headers.insert(header::RETRY_AFTER, after.to_header_value());
+        }
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of a stalled body may still arrive: the connection cannot carry another
+            // request (RFC 9110 §15.5.9).
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         headers
     }

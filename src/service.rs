@@ -11,7 +11,7 @@ use http_body::Body;
 use tower_service::Service;
 
 use crate::BoxError;
-use crate::body::GatewayBody;
+use crate::body::{GatewayBody, UploadBody};
 use crate::config::Config;
 use crate::deadline::{HeadClock, ResponseDeadline};
 use crate::error::ProxyError;
@@ -23,6 +23,7 @@ use crate::kind::ProxyErrorKind;
 use crate::layer::GatewayErrorLayer;
 use crate::respond::Pending;
 use crate::trace;
+use crate::upload::UploadWatch;
 
 /// Middleware that turns the failures of a proxying service into correct error responses.
 ///
@@ -91,7 +92,8 @@ impl<S: fmt::Debug> fmt::Debug for GatewayErrorService<S> {
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for GatewayErrorService<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<UploadBody<ReqBody>>, Response = Response<ResBody>>,
+    ReqBody: Body,
     S::Error: Into<BoxError>,
     ResBody: Body<Data = Bytes>,
     ResBody::Error: Into<BoxError>,
@@ -137,6 +139,9 @@ where
         if let Some(error) = ready_error {
             return ResponseFuture::failed(error, Pending::new(config, facts, span, None));
         }
+        // Watched only when there is a body to wait for: a request without one costs nothing here.
+        let upload = UploadWatch::start(request.body(), config.client_body_timeout);
+        let request = request.map(|body| UploadBody::new(body, upload.clone()));
         // The clock is read only when a limit needs a start.
         let response_deadline = config.response_deadline.map(ResponseDeadline::start);
         let head = HeadClock::new(
@@ -151,6 +156,7 @@ where
             future,
             head,
             Pending::new(config, facts, span, response_deadline),
+            upload,
         )
     }
 }

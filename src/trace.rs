@@ -15,6 +15,7 @@
 //! | `gateway.phase` | `not_sent` or `maybe_sent`, for a generated error |
 //! | `gateway.upstream_ms` | time until the response head or the failure |
 //! | `gateway.cancelled` | the client went away first (not an error) |
+//! | `gateway.fault` | whose [fault](crate::fault) a failure was: `upstream`, `client`, `client_gone` or `gateway`; absent for a success |
 //! | `http.response.body.size` | the bytes of the origin's body forwarded, once it ended (or broke off) |
 //! | `gateway.head_sent` | `true` when the origin's body failed or timed out after its head went to the client |
 //! | `gateway.stale` | `true` when a [stale copy](crate::stale) answered instead of an error; `error.type` then names the failure it hid |
@@ -45,6 +46,7 @@ use tracing::field::Empty;
 use tracing::{Level, Span};
 
 use crate::error::ErrorChain;
+use crate::fault::Fault;
 use crate::kind::{Phase, ProxyErrorKind};
 
 /// The tracing target of the span and events.
@@ -71,6 +73,7 @@ pub(crate) fn request_span<B>(level: Level, request: &Request<B>) -> Span {
                 gateway.phase = Empty,
                 gateway.upstream_ms = Empty,
                 gateway.cancelled = Empty,
+                gateway.fault = Empty,
                 gateway.head_sent = Empty,
                 http.response.body.size = Empty,
                 gateway.stale = Empty,
@@ -111,6 +114,7 @@ pub(crate) fn record_forwarded(span: &Span, status: StatusCode, grpc_status: Opt
     if status.is_server_error() {
         span.record("error.type", status.as_str());
         span.record("otel.status_code", "ERROR");
+        span.record("gateway.fault", Fault::Upstream.as_str());
     }
     if let Some(code) = grpc_status {
         span.record("rpc.grpc.status_code", code);
@@ -146,6 +150,16 @@ pub(crate) struct Generated<'a> {
     pub(crate) cause: Option<&'a (dyn StdError + 'static)>,
     /// An origin's error response whose body was replaced, rather than a failure.
     pub(crate) intercepted: bool,
+    /// Whose fault it was.
+    pub(crate) fault: Fault,
+}
+
+/// The client went away before its answer was complete: not an error, and no one's failure.
+pub(crate) fn record_client_gone(span: &Span) {
+    if !span.is_disabled() {
+        span.record("gateway.cancelled", true);
+        span.record("gateway.fault", Fault::ClientGone.as_str());
+    }
 }
 
 /// Records the decision on the span, and one event with the whole error chain for operators.
@@ -161,6 +175,7 @@ pub(crate) fn record_generated(span: &Span, generated: &Generated<'_>) {
         span.record("gateway.generated", true);
         span.record("gateway.retryable", generated.retryable);
         span.record("gateway.phase", generated.phase.as_str());
+        span.record("gateway.fault", generated.fault.as_str());
         if let Some(code) = generated.grpc_code {
             span.record("rpc.grpc.status_code", i64::from(code));
         }
@@ -171,6 +186,8 @@ pub(crate) fn record_generated(span: &Span, generated: &Generated<'_>) {
     let cause = generated.cause.map(ErrorChain);
     let message = if generated.intercepted {
         "origin error replaced by a generated body"
+    } else if generated.fault == Fault::Client {
+        "client request failed"
     } else {
         "upstream request failed"
     };
@@ -184,6 +201,7 @@ pub(crate) fn record_generated(span: &Span, generated: &Generated<'_>) {
                 http.response.status_code = sent,
                 gateway.retryable = generated.retryable,
                 gateway.phase = generated.phase.as_str(),
+                gateway.fault = generated.fault.as_str(),
                 error = cause.as_ref().map(tracing::field::display),
                 "{message}",
             )
@@ -275,6 +293,7 @@ impl BodyTrace {
         self.span.record("error.type", kind.token());
         self.span.record("otel.status_code", "ERROR");
         self.span.record("gateway.head_sent", true);
+        self.span.record("gateway.fault", Fault::Upstream.as_str());
         self.span
             .record("http.response.body.size", self.body_size());
         tracing::event!(
@@ -292,7 +311,7 @@ impl BodyTrace {
 impl Drop for BodyTrace {
     fn drop(&mut self) {
         if !self.done {
-            self.span.record("gateway.cancelled", true);
+            record_client_gone(&self.span);
         }
     }
 }

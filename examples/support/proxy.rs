@@ -29,6 +29,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use gateway_errors::body::UploadBody;
 use gateway_errors::classify::Classification;
 use gateway_errors::{ProxyError, ProxyErrorKind};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -49,7 +50,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Forwards every request to one upstream, whatever the request's target says.
 #[derive(Clone)]
 pub struct Proxy {
-    client: Client<HttpConnector, Limited<Incoming>>,
+    client: Client<HttpConnector, Limited<UploadBody<Incoming>>>,
     scheme: Scheme,
     authority: Authority,
     via: HeaderValue,
@@ -85,7 +86,7 @@ impl Proxy {
     }
 }
 
-fn upstream_client(http2_only: bool) -> Client<HttpConnector, Limited<Incoming>> {
+fn upstream_client(http2_only: bool) -> Client<HttpConnector, Limited<UploadBody<Incoming>>> {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(Duration::from_secs(2)));
     connector.set_nodelay(true);
@@ -103,7 +104,10 @@ fn payload_too_large() -> ProxyError {
     ProxyError::from_classification(too_large)
 }
 
-impl Service<Request<Incoming>> for Proxy {
+/// The body of a request the proxy forwards: the client's, as the gateway layer watches it.
+pub type ClientBody = UploadBody<Incoming>;
+
+impl Service<Request<ClientBody>> for Proxy {
     type Response = Response<Incoming>;
     type Error = BoxError;
     type Future = Forwarding;
@@ -112,7 +116,7 @@ impl Service<Request<Incoming>> for Proxy {
         self.client.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, request: Request<Incoming>) -> Forwarding {
+    fn call(&mut self, request: Request<ClientBody>) -> Forwarding {
         let (mut parts, body) = request.into_parts();
         // A protocol switch (WebSocket) keeps its two hop-by-hop fields, and the client's side of
         // the connection, which hyper hands over once the 101 has gone out.
@@ -340,7 +344,7 @@ pub struct Bare<S>(pub S);
 
 impl<S> Service<Request<Incoming>> for Bare<S>
 where
-    S: Service<Request<Incoming>, Response = Response<Incoming>> + Clone + Send + 'static,
+    S: Service<Request<ClientBody>, Response = Response<Incoming>> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     type Response = Response<Either<Incoming, Empty<Bytes>>>;
@@ -355,7 +359,7 @@ where
 
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
         BareFuture {
-            future: self.0.call(request),
+            future: self.0.call(request.map(UploadBody::unwatched)),
         }
     }
 }

@@ -2,9 +2,11 @@
 
 use http::StatusCode;
 
+use crate::fault::Fault;
 use crate::kind::{Phase, ProxyErrorKind};
 
-/// The outcome of classifying one error: its kind (if known), its phase and the status to send.
+/// The outcome of classifying one error: its kind (if known), its phase, the status to send, and
+/// whose [fault](crate::fault) it is.
 ///
 /// ```
 /// use gateway_errors::classify::Classification;
@@ -19,12 +21,19 @@ use crate::kind::{Phase, ProxyErrorKind};
 /// let c = Classification::new(ProxyErrorKind::HttpRequestError)
 ///     .with_status(StatusCode::PAYLOAD_TOO_LARGE);
 /// assert_eq!(c.status(), StatusCode::PAYLOAD_TOO_LARGE);
+///
+/// // The kind says whose fault it is; a classifier that knows better says so.
+/// use gateway_errors::fault::Fault;
+/// assert_eq!(c.fault(), Fault::Client);
+/// let c = Classification::unrecognized().with_fault(Fault::Gateway);
+/// assert_eq!(c.fault(), Fault::Gateway);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Classification {
     kind: Option<ProxyErrorKind>,
     phase: Phase,
     status: StatusCode,
+    fault: Fault,
 }
 
 impl Classification {
@@ -34,6 +43,7 @@ impl Classification {
             kind: Some(kind),
             phase: kind.phase(),
             status: kind.status(),
+            fault: Fault::of_kind(Some(kind)),
         }
     }
 
@@ -43,6 +53,7 @@ impl Classification {
             kind: None,
             phase: Phase::MaybeSent,
             status: StatusCode::BAD_GATEWAY,
+            fault: Fault::Upstream,
         }
     }
 
@@ -57,6 +68,19 @@ impl Classification {
     pub const fn with_status(mut self, status: StatusCode) -> Self {
         self.status = status;
         self
+    }
+
+    /// Overrides whose fault it is, for an error that tells more than its kind does (a
+    /// client's own upload that broke off is no upstream's failure, whatever it looks like).
+    pub const fn with_fault(mut self, fault: Fault) -> Self {
+        self.fault = fault;
+        self
+    }
+
+    /// Whose fault it is: only the [upstream's](Fault::Upstream) are counted against an
+    /// upstream or answered from a stored copy.
+    pub const fn fault(&self) -> Fault {
+        self.fault
     }
 
     /// The RFC 9209 error type, if the error was recognised.

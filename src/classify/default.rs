@@ -6,7 +6,9 @@ use std::io;
 use super::Classify;
 use super::classification::Classification;
 use crate::error::{MAX_CHAIN_DEPTH, ProxyError};
+use crate::fault::Fault;
 use crate::kind::{Phase, ProxyErrorKind};
+use crate::upload::UploadError;
 
 /// The built-in classifier: walks the error and its `source()` chain, and recognises the errors of
 /// `std::io` and tokio's timer, and, each with the Cargo feature of the same name, those of hyper,
@@ -32,6 +34,7 @@ use crate::kind::{Phase, ProxyErrorKind};
 /// | `h2`: the stream was above a GOAWAY's last stream id (feature `http2`) | `destination_unavailable`, not sent |
 /// | `reqwest::Error` (feature `reqwest`): a connect error, a timeout | as for hyper-util's client |
 /// | a [`ProxyError`](crate::ProxyError) | its own classification, status included |
+/// | an [`UploadError`](crate::error::UploadError): the client's upload stalled or broke off | no kind, 408 or 400, the [client's fault](crate::fault::Fault::Client), whatever lies below it |
 ///
 /// Any failure inside hyper-util's connect step (its error says `is_connect()`) counts as
 /// [`Phase::NotSent`], whatever its kind, because no byte of the request was written.
@@ -60,6 +63,15 @@ impl Classify for DefaultClassifier {
             // An inner service that knows exactly what went wrong says so with a ProxyError.
             if let Some(decided) = err.downcast_ref::<ProxyError>() {
                 return Some(decided.classification());
+            }
+            // The client's own body failed the request: what its failure looks like below (a
+            // reset, an early end) says nothing about the upstream.
+            if let Some(upload) = err.downcast_ref::<UploadError>() {
+                return Some(
+                    Classification::unrecognized()
+                        .with_status(upload.status())
+                        .with_fault(Fault::Client),
+                );
             }
             if let Some(found) = walk.visit(err) {
                 return Some(walk.finish(found));

@@ -59,6 +59,7 @@
 //! use std::sync::atomic::{AtomicUsize, Ordering};
 //! use std::sync::Arc;
 //!
+//! use gateway_errors::body::UploadBody;
 //! use gateway_errors::health::UpstreamHealthLayer;
 //! use gateway_errors::{GatewayErrorLayer, ProxyError, ProxyErrorKind};
 //! use http::{Request, Response, StatusCode};
@@ -69,7 +70,7 @@
 //! let attempts = Arc::new(AtomicUsize::new(0));
 //! let counted = attempts.clone();
 //! // Stands in for a client whose upstream is down: every connect is refused.
-//! let client = tower::service_fn(move |_request: Request<String>| {
+//! let client = tower::service_fn(move |_request: Request<UploadBody<String>>| {
 //!     counted.fetch_add(1, Ordering::SeqCst);
 //!     async { Err::<Response<String>, _>(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)) }
 //! });

@@ -201,7 +201,7 @@ mod tests {
         }
     }
 
-    impl tower::Service<Request<()>> for Upstream {
+    impl<B> tower::Service<Request<B>> for Upstream {
         type Response = Response<Scripted>;
         type Error = std::io::Error;
         type Future =
@@ -211,7 +211,7 @@ mod tests {
             Poll::Ready(Ok(()))
         }
 
-        fn call(&mut self, _request: Request<()>) -> Self::Future {
+        fn call(&mut self, _request: Request<B>) -> Self::Future {
             self.calls.fetch_add(1, Ordering::SeqCst);
             let mode = self.mode.load(Ordering::SeqCst);
             Box::pin(async move {
@@ -229,9 +229,12 @@ mod tests {
         }
     }
 
-    fn request() -> Request<()> {
+    /// A request without a body, as the client sends it.
+    type NoBody = http_body_util::Empty<Bytes>;
+
+    fn request() -> Request<NoBody> {
         Request::get("http://127.0.0.1:3000/orders")
-            .body(())
+            .body(NoBody::new())
             .unwrap()
     }
 
@@ -241,7 +244,7 @@ mod tests {
         health: UpstreamHealthLayer,
         upstream: Upstream,
     ) -> impl tower::Service<
-        Request<()>,
+        Request<NoBody>,
         Response = Response<impl Body<Data = Bytes, Error: std::fmt::Debug>>,
         Error = Infallible,
         Future: Send,
@@ -277,7 +280,7 @@ mod tests {
     /// ended with an error.
     async fn exchange<S, B>(gateway: &S) -> (Response<()>, bool)
     where
-        S: tower::Service<Request<()>, Response = Response<B>, Error = Infallible> + Clone,
+        S: tower::Service<Request<NoBody>, Response = Response<B>, Error = Infallible> + Clone,
         B: Body,
     {
         let response = gateway.clone().oneshot(request()).await.unwrap();
@@ -336,7 +339,7 @@ mod tests {
     /// Trips the upstream with refused connections, then waits out the open time.
     async fn trip<S, B>(gateway: &S, upstream: &Upstream)
     where
-        S: tower::Service<Request<()>, Response = Response<B>, Error = Infallible> + Clone,
+        S: tower::Service<Request<NoBody>, Response = Response<B>, Error = Infallible> + Clone,
         B: Body,
     {
         upstream.set(Mode::Refuse);
@@ -480,7 +483,7 @@ mod tests {
         let (response, _) = exchange(&gateway.clone()).await;
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         let other = Request::get("http://127.0.0.1:3001/orders")
-            .body(())
+            .body(NoBody::new())
             .unwrap();
         let response = gateway.clone().oneshot(other).await.unwrap();
         assert_eq!(
@@ -492,11 +495,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn origin_errors_do_not_count_unless_asked_for() {
-        let origin_503 = tower::service_fn(|_request: Request<()>| async {
-            let mut response = Response::new(http_body_util::Empty::<Bytes>::new());
-            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-            Ok::<_, Infallible>(response)
-        });
+        let origin_503 =
+            tower::service_fn(|_request: Request<crate::body::UploadBody<NoBody>>| async {
+                let mut response = Response::new(http_body_util::Empty::<Bytes>::new());
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                Ok::<_, Infallible>(response)
+            });
         let plain = ServiceBuilder::new()
             .layer(GatewayErrorLayer::new())
             .layer(health())
@@ -542,7 +546,7 @@ mod tests {
         upstream.set(Mode::Refuse);
         let gateway = gateway(health(), upstream.clone());
         for _ in 0..10 {
-            let request = Request::get("/orders").body(()).unwrap();
+            let request = Request::get("/orders").body(NoBody::new()).unwrap();
             let response = gateway.clone().oneshot(request).await.unwrap();
             assert_eq!(kind_of(&response), Some(ProxyErrorKind::ConnectionRefused));
         }

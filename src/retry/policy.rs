@@ -132,6 +132,7 @@ impl ReplayBody for axum_core::body::Body {
 /// use std::time::Duration;
 ///
 /// use bytes::Bytes;
+/// use gateway_errors::body::UploadBody;
 /// use gateway_errors::retry::RetryPolicy;
 /// use gateway_errors::{GatewayErrorLayer, ProxyError};
 /// use http::{Method, Request, Response, StatusCode};
@@ -143,7 +144,7 @@ impl ReplayBody for axum_core::body::Body {
 /// let attempts = Arc::new(AtomicUsize::new(0));
 /// let counted = attempts.clone();
 /// // Stands in for a real client: every attempt is refused.
-/// let upstream = tower::service_fn(move |_request: Request<Full<Bytes>>| {
+/// let upstream = tower::service_fn(move |_request: Request<UploadBody<Full<Bytes>>>| {
 ///     counted.fetch_add(1, Ordering::SeqCst);
 ///     async {
 ///         Err::<Response<Full<Bytes>>, _>(std::io::Error::from(

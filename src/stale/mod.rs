@@ -13,6 +13,7 @@
 //! use std::time::Duration;
 //!
 //! use bytes::Bytes;
+//! use gateway_errors::body::UploadBody;
 //! use gateway_errors::headers::{CACHE_STATUS, PROXY_STATUS};
 //! use gateway_errors::stale::{FromCopy, StaleIfError};
 //! use gateway_errors::{GatewayErrorLayer, ProxyErrorKind, ProxyName};
@@ -22,7 +23,7 @@
 //!
 //! // An origin that answers once, then refuses every connection.
 //! let down = Arc::new(AtomicBool::new(false));
-//! let origin = service_fn(move |_request: Request<Full<Bytes>>| {
+//! let origin = service_fn(move |_request: Request<UploadBody<Full<Bytes>>>| {
 //!     let down = down.swap(true, Ordering::SeqCst);
 //!     async move {
 //!         if down {

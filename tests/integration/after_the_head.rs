@@ -352,7 +352,7 @@ async fn a_post_expecting_100_continue_to_a_silent_origin_gets_504_at_the_timeou
 /// hyper never hands a 1xx over as final; another inner service might. A 103 is no answer.
 #[tokio::test]
 async fn an_inner_service_that_answers_with_an_interim_status_is_a_protocol_error() {
-    let inner = tower::service_fn(|_request: Request<Body>| async {
+    let inner = tower::service_fn(|_request: Request<crate::support::Upload>| async {
         let response = Response::builder()
             .status(StatusCode::EARLY_HINTS)
             .header(header::LINK, "</a.css>; rel=preload")
@@ -485,7 +485,7 @@ async fn a_request_hyper_never_wrote_on_a_dead_connection_is_not_sent() {
     origin.await.expect("origin task");
 
     let stale = std::sync::Arc::new(tokio::sync::Mutex::new(sender));
-    let inner = tower::service_fn(move |request: Request<Body>| {
+    let inner = tower::service_fn(move |request: Request<crate::support::Upload>| {
         let stale = stale.clone();
         async move { stale.lock().await.send_request(request).await }
     });

@@ -25,8 +25,7 @@ use crate::support::demo_upstream::{
 };
 use crate::support::{
     Expected, assert_generated_headers, assert_problem, assert_problem_body, call, gateway_to,
-    http_client, layer, raw_exchange, read_body, request, serve_router, start_upstream, statuses,
-    to_upstream,
+    layer, raw_exchange, read_body, request, serve_router, start_upstream, statuses, to_upstream,
 };
 
 fn destination_unavailable() -> Expected<'static> {
@@ -58,8 +57,9 @@ async fn handler_proxy_error_renders_exactly_like_an_inner_service_error() {
     let app = Router::new()
         .route("/orders", any(upstream_marked_down))
         .layer(layer());
-    let failing =
-        service_fn(|_request: Request| async { Err::<Response<Full<Bytes>>, _>(CircuitOpen) });
+    let failing = service_fn(|_request: http::Request<crate::support::Upload>| async {
+        Err::<Response<Full<Bytes>>, _>(CircuitOpen)
+    });
     let service = ServiceBuilder::new()
         .layer(layer().classifier(|error: &(dyn Error + 'static)| {
             error
@@ -128,7 +128,8 @@ async fn proxy_by_hand(
 #[tokio::test]
 async fn handler_proxying_by_hand_gets_connection_refused_for_a_closed_port() {
     let state = ByHand {
-        client: http_client(),
+        // The handler sends axum's own body: the layer is around the router, not the client.
+        client: Client::builder(hyper_util::rt::TokioExecutor::new()).build_http(),
         upstream: demo_upstream::closed_port().to_string(),
     };
     let app = Router::new()

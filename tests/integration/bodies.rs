@@ -38,6 +38,7 @@ const HTML: &str = "text/html; charset=utf-8";
 const TEXT: &str = "text/plain; charset=utf-8";
 
 type ReqBody = Empty<Bytes>;
+use gateway_errors::body::UploadBody;
 
 /// How the upstream fails.
 #[derive(Debug, Clone, Copy)]
@@ -74,7 +75,7 @@ impl Failure {
 #[derive(Clone)]
 struct NeverReady;
 
-impl Service<Request<ReqBody>> for NeverReady {
+impl<B> Service<Request<B>> for NeverReady {
     type Response = Response<ReqBody>;
     type Error = io::Error;
     type Future = std::future::Ready<Result<Response<ReqBody>, io::Error>>;
@@ -83,7 +84,7 @@ impl Service<Request<ReqBody>> for NeverReady {
         Poll::Pending
     }
 
-    fn call(&mut self, _: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, _: Request<B>) -> Self::Future {
         panic!("load_shed calls a service only when it is ready")
     }
 }
@@ -98,7 +99,7 @@ async fn send(
     let work = async move {
         let response = match failure {
             Failure::Refused => {
-                let refused = tower::service_fn(|_: Request<ReqBody>| async {
+                let refused = tower::service_fn(|_: Request<UploadBody<ReqBody>>| async {
                     Err::<Response<ReqBody>, _>(io::Error::new(
                         io::ErrorKind::ConnectionRefused,
                         INTERNALS,
@@ -115,7 +116,7 @@ async fn send(
                     .await
             }
             Failure::Timeout => {
-                let stalled = tower::service_fn(|_: Request<ReqBody>| {
+                let stalled = tower::service_fn(|_: Request<UploadBody<ReqBody>>| {
                     std::future::pending::<Result<Response<ReqBody>, io::Error>>()
                 });
                 layer
@@ -842,7 +843,7 @@ async fn kind_templates_beat_status_templates_beat_format_templates() {
     assert_eq!(text(Failure::Timeout).await.body(), "any: 504\n");
 
     // A 502 of another kind gets the 502 template.
-    let unknown = tower::service_fn(|_: Request<ReqBody>| async {
+    let unknown = tower::service_fn(|_: Request<UploadBody<ReqBody>>| async {
         Err::<Response<ReqBody>, _>(io::Error::other("something nobody recognises"))
     });
     let work = async {

@@ -902,7 +902,7 @@ fn invalid_idempotency_key() -> impl Strategy<Value = Vec<u8>> {
 /// Sends a POST that fails after it may have reached the origin, with these `Idempotency-Key`
 /// lines, and returns the retry hint the layer gave (checked to agree between extension and body).
 fn post_retryable(keys: &[Vec<u8>]) -> bool {
-    let failing = service_fn(|_request: Request<Body>| async {
+    let failing = service_fn(|_request: Request<crate::support::Upload>| async {
         // Unrecognised: the request may have been sent.
         Err::<Response<Full<Bytes>>, _>(io::Error::other("upstream went away"))
     });
@@ -969,7 +969,7 @@ fn intercepted_proxy_status(status: u16, lines: &[Vec<u8>]) -> HeaderValue {
         .iter()
         .map(|l| HeaderValue::from_bytes(l).expect("valid"))
         .collect();
-    let origin = service_fn(move |_request: Request<Body>| {
+    let origin = service_fn(move |_request: Request<crate::support::Upload>| {
         let lines = lines.clone();
         async move {
             let mut response = Response::new(Full::new(Bytes::from_static(b"origin body")));
@@ -1085,7 +1085,7 @@ fn our_member() -> impl Strategy<Value = String> {
 /// Sends a GET with this `CDN-Loop` value through a layer named `edge-1`; true if it was
 /// answered as a loop, false if it was forwarded.
 fn looped(value: &[u8]) -> bool {
-    let origin = service_fn(|_request: Request<Body>| async {
+    let origin = service_fn(|_request: Request<crate::support::Upload>| async {
         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
     });
     let gateway = ServiceBuilder::new()

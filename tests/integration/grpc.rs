@@ -37,7 +37,7 @@ use grpc_demo::{DemoClient, Ping};
 // ---------------------------------------------------------------------------------------------
 
 /// A hyper-util client that speaks h2c to the upstream, as a gRPC gateway must.
-fn h2_client() -> Client<HttpConnector, Body> {
+fn h2_client() -> Client<HttpConnector, support::Upload> {
     Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build_http()

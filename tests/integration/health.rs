@@ -160,7 +160,7 @@ fn gateway(
         .layer(layer)
         .map_request(move |request| support::to_upstream(&authority, request))
         .layer(health)
-        .service(support::http_client())
+        .service(support::upstream_client())
 }
 
 /// The health layer with an open time of one second and no jitter, so that a test can wait it
@@ -465,7 +465,7 @@ async fn an_axum_router_shares_one_state_per_upstream_across_its_clones() {
     let (down_authority, up_authority) = (down.to_string(), up.addr.to_string());
     let gateway = ServiceBuilder::new()
         .layer(support::layer())
-        .map_request(move |request: Request<Body>| {
+        .map_request(move |request: Request<support::Upload>| {
             let authority = if request.uri().path().starts_with("/down") {
                 &down_authority
             } else {
@@ -474,7 +474,7 @@ async fn an_axum_router_shares_one_state_per_upstream_across_its_clones() {
             support::to_upstream(authority, request)
         })
         .layer(health())
-        .service(support::http_client());
+        .service(support::upstream_client());
     // axum clones the service for every request.
     let app = axum::Router::new().fallback_service(gateway);
     let served = support::serve_router(app).await;
@@ -510,7 +510,7 @@ async fn a_stream_of_distinct_keys_is_answered_correctly_and_the_table_stays_bou
     // Keyed by a header a client controls: the worst case for the table.
     let health = health()
         .max_upstreams(64)
-        .key_by(|request: &Request<Body>| {
+        .key_by(|request: &Request<support::Upload>| {
             request
                 .headers()
                 .get("x-upstream")
@@ -521,7 +521,7 @@ async fn a_stream_of_distinct_keys_is_answered_correctly_and_the_table_stays_bou
         .layer(support::layer())
         .map_request(move |request| support::to_upstream(&authority, request))
         .layer(health)
-        .service(support::http_client());
+        .service(support::upstream_client());
     for key in 0..2000u64 {
         let mut request = get("/");
         request
@@ -562,11 +562,11 @@ async fn retry_policy_does_not_retry_into_an_unavailable_upstream() {
         .map_request(move |request| support::to_upstream(&authority, request))
         .layer(health())
         // What reaches the client: the attempts the health layer let through.
-        .map_request(move |request: Request<Body>| {
+        .map_request(move |request: Request<support::Upload>| {
             counted.fetch_add(1, Ordering::SeqCst);
             request
         })
-        .service(support::http_client());
+        .service(support::upstream_client());
     // Three attempts, all refused.
     let response = call(gateway.clone(), get("/orders")).await;
     assert_eq!(kind_of(&response), Some(ProxyErrorKind::ConnectionRefused));
@@ -601,7 +601,7 @@ async fn a_grpc_caller_gets_unavailable_with_the_delay_as_pushback() {
     let authority = port.to_string();
     let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
-        .build_http::<Body>();
+        .build_http::<support::Upload>();
     let gateway = ServiceBuilder::new()
         .layer(support::layer())
         .map_request(move |request| support::to_upstream(&authority, request))
@@ -899,7 +899,7 @@ async fn metrics_count_transitions_and_unavailable_upstreams() {
     let durations = read(REQUEST_DURATION).await;
     assert!(
         durations.contains(&(
-            "error.type=destination_unavailable,http.request.method=GET,http.response.status_code=503"
+            "error.type=destination_unavailable,gateway.fault=upstream,http.request.method=GET,http.response.status_code=503"
                 .to_owned(),
             1
         )),

@@ -151,13 +151,15 @@ async fn post_through_gateway(
 ) -> http::Response<gateway_errors::body::GatewayBody<hyper::body::Incoming>> {
     let client = Client::builder(TokioExecutor::new())
         .http2_only(true)
-        .build_http::<Full<Bytes>>();
+        .build_http::<gateway_errors::body::UploadBody<Full<Bytes>>>();
     let inner = ServiceBuilder::new()
         .layer(GatewayErrorLayer::new().proxy_name(ProxyName::from_static("edge-1")))
-        .map_request(move |mut request: Request<Full<Bytes>>| {
-            *request.uri_mut() = format!("http://{upstream}/orders").parse().unwrap();
-            request
-        })
+        .map_request(
+            move |mut request: Request<gateway_errors::body::UploadBody<Full<Bytes>>>| {
+                *request.uri_mut() = format!("http://{upstream}/orders").parse().unwrap();
+                request
+            },
+        )
         .service(client);
     let request = Request::post("/orders")
         .body(Full::new(Bytes::from_static(b"{\"order\":42}")))

@@ -47,7 +47,7 @@ fn refusing_gateway(
     Response = Response<gateway_errors::body::GatewayBody<Full<Bytes>>>,
     Error = Infallible,
 > + Clone {
-    let refusing = service_fn(|_request: Request<Body>| async {
+    let refusing = service_fn(|_request: Request<crate::support::Upload>| async {
         Err::<Response<Full<Bytes>>, _>(io::Error::from(io::ErrorKind::ConnectionRefused))
     });
     ServiceBuilder::new().layer(layer).service(refusing)

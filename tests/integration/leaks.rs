@@ -251,7 +251,7 @@ where
     E: Error + Send + Sync + 'static,
     F: Fn() -> E + Clone + Send + 'static,
 {
-    let failing = service_fn(move |_request: Request<Body>| {
+    let failing = service_fn(move |_request: Request<crate::support::Upload>| {
         let error = make_error();
         async move { Err::<Response<Full<Bytes>>, _>(error) }
     });
@@ -311,7 +311,7 @@ async fn an_unrecognised_error_chain_reaches_the_span_and_never_the_client() {
 #[tokio::test]
 async fn a_handlers_proxy_error_with_a_secret_source_reaches_only_the_span() {
     // An axum handler that proxies by hand returns the error as a marked response.
-    let handler = service_fn(|_request: Request<Body>| async {
+    let handler = service_fn(|_request: Request<crate::support::Upload>| async {
         let error = ProxyError::from_error(recognised_chain());
         Ok::<Response<Full<Bytes>>, Infallible>(error.into())
     });
@@ -374,7 +374,7 @@ impl http_body::Body for FailingBody {
 #[tokio::test]
 async fn a_body_failing_mid_stream_breaks_the_connection_without_a_word() {
     let (capture, _guard) = capture();
-    let origin = service_fn(|_request: Request<Body>| async {
+    let origin = service_fn(|_request: Request<crate::support::Upload>| async {
         let pause = Box::pin(tokio::time::sleep(Duration::from_millis(20)));
         Ok::<_, Infallible>(Response::new(FailingBody { sent: false, pause }))
     });

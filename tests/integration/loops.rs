@@ -172,7 +172,7 @@ async fn the_gateway_appends_its_name_after_the_members_already_there() {
 async fn a_loop_is_answered_without_calling_the_inner_service() {
     let called = Arc::new(AtomicUsize::new(0));
     let counted = called.clone();
-    let inner = tower::service_fn(move |_request: Request<Body>| {
+    let inner = tower::service_fn(move |_request: Request<crate::support::Upload>| {
         counted.fetch_add(1, Ordering::SeqCst);
         async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::new()))) }
     });

@@ -223,10 +223,16 @@ async fn every_failure_kind_is_counted_with_exact_attributes() {
     let method = "http.request.method";
     let status = "http.response.status_code";
     let error_type = "error.type";
+    let fault = "gateway.fault";
     let expected_durations = BTreeMap::from([
         (set(&[(method, "GET"), (status, "200")]), N),
         (
-            set(&[(method, "GET"), (status, "500"), (error_type, "500")]),
+            set(&[
+                (method, "GET"),
+                (status, "500"),
+                (error_type, "500"),
+                (fault, "upstream"),
+            ]),
             N,
         ),
         (
@@ -234,6 +240,7 @@ async fn every_failure_kind_is_counted_with_exact_attributes() {
                 (method, "GET"),
                 (status, "502"),
                 (error_type, "connection_terminated"),
+                (fault, "upstream"),
             ]),
             2 * N,
         ),
@@ -242,6 +249,7 @@ async fn every_failure_kind_is_counted_with_exact_attributes() {
                 (method, "POST"),
                 (status, "502"),
                 (error_type, "connection_terminated"),
+                (fault, "upstream"),
             ]),
             N,
         ),
@@ -250,6 +258,7 @@ async fn every_failure_kind_is_counted_with_exact_attributes() {
                 (method, "GET"),
                 (status, "502"),
                 (error_type, "http_protocol_error"),
+                (fault, "upstream"),
             ]),
             N,
         ),
@@ -258,6 +267,7 @@ async fn every_failure_kind_is_counted_with_exact_attributes() {
                 (method, "GET"),
                 (status, "502"),
                 (error_type, "http_response_header_section_size"),
+                (fault, "upstream"),
             ]),
             N,
         ),
@@ -266,6 +276,7 @@ async fn every_failure_kind_is_counted_with_exact_attributes() {
                 (method, "POST"),
                 (status, "502"),
                 (error_type, "connection_refused"),
+                (fault, "upstream"),
             ]),
             N,
         ),
@@ -274,6 +285,7 @@ async fn every_failure_kind_is_counted_with_exact_attributes() {
                 (method, "GET"),
                 (status, "504"),
                 (error_type, "http_response_timeout"),
+                (fault, "upstream"),
             ]),
             N,
         ),
@@ -295,6 +307,7 @@ async fn every_failure_kind_is_counted_with_exact_attributes() {
         (method, "GET"),
         (status, "504"),
         (error_type, "http_response_timeout"),
+        (fault, "upstream"),
     ])];
     let below_quarter_second = DURATION_BOUNDARIES
         .iter()
@@ -315,6 +328,7 @@ async fn every_failure_kind_is_counted_with_exact_attributes() {
         (
             set(&[
                 (error_type, "connection_terminated"),
+                (fault, "upstream"),
                 (retryable, "true"),
                 (status, "502"),
             ]),
@@ -323,6 +337,7 @@ async fn every_failure_kind_is_counted_with_exact_attributes() {
         (
             set(&[
                 (error_type, "connection_terminated"),
+                (fault, "upstream"),
                 (retryable, "false"),
                 (status, "502"),
             ]),
@@ -331,6 +346,7 @@ async fn every_failure_kind_is_counted_with_exact_attributes() {
         (
             set(&[
                 (error_type, "http_protocol_error"),
+                (fault, "upstream"),
                 (retryable, "true"),
                 (status, "502"),
             ]),
@@ -339,6 +355,7 @@ async fn every_failure_kind_is_counted_with_exact_attributes() {
         (
             set(&[
                 (error_type, "http_response_header_section_size"),
+                (fault, "upstream"),
                 (retryable, "true"),
                 (status, "502"),
             ]),
@@ -347,6 +364,7 @@ async fn every_failure_kind_is_counted_with_exact_attributes() {
         (
             set(&[
                 (error_type, "connection_refused"),
+                (fault, "upstream"),
                 (retryable, "true"),
                 (status, "502"),
             ]),
@@ -355,6 +373,7 @@ async fn every_failure_kind_is_counted_with_exact_attributes() {
         (
             set(&[
                 (error_type, "http_response_timeout"),
+                (fault, "upstream"),
                 (retryable, "true"),
                 (status, "504"),
             ]),
@@ -435,6 +454,7 @@ async fn an_intercepted_origin_error_counts_under_its_status() {
         BTreeMap::from([(
             set(&[
                 ("error.type", "500"),
+                ("gateway.fault", "upstream"),
                 ("gateway.retryable", "true"),
                 ("http.response.status_code", "500"),
             ]),
@@ -452,6 +472,7 @@ async fn an_intercepted_origin_error_counts_under_its_status() {
             (
                 set(&[
                     ("error.type", "500"),
+                    ("gateway.fault", "upstream"),
                     ("http.request.method", "GET"),
                     ("http.response.status_code", "500"),
                 ]),
@@ -460,6 +481,7 @@ async fn an_intercepted_origin_error_counts_under_its_status() {
             (
                 set(&[
                     ("error.type", "503"),
+                    ("gateway.fault", "upstream"),
                     ("http.request.method", "GET"),
                     ("http.response.status_code", "503"),
                 ]),
@@ -520,6 +542,7 @@ async fn an_origin_response_is_timed_to_the_end_of_its_body() {
             (
                 set(&[
                     ("error.type", "http_response_incomplete"),
+                    ("gateway.fault", "upstream"),
                     ("http.request.method", "GET"),
                     ("http.response.status_code", "200"),
                 ]),
@@ -569,13 +592,15 @@ async fn a_body_its_client_stops_reading_is_recorded_when_dropped() {
         .into_iter()
         .map(|(set, point)| (set, point.count))
         .collect();
-    // A client's hang-up is no error of the server's.
+    // A client's hang-up is no error of the server's (no `error.type`), and says whose doing it
+    // was, as nginx's 499 does.
     assert_eq!(
         counts,
         BTreeMap::from([(
             set(&[
                 ("http.request.method", "GET"),
                 ("http.response.status_code", "200"),
+                ("gateway.fault", "client_gone"),
             ]),
             N,
         )])
@@ -636,6 +661,7 @@ async fn a_body_cut_by_the_read_timeout_counts_as_connection_read_timeout() {
     let durations = pipeline.durations().await;
     let stalled = set(&[
         ("error.type", "connection_read_timeout"),
+        ("gateway.fault", "upstream"),
         ("http.request.method", "GET"),
         ("http.response.status_code", "200"),
     ]);
@@ -674,6 +700,7 @@ async fn a_grpc_callers_error_counts_under_the_status_it_got() {
         BTreeMap::from([(
             set(&[
                 ("error.type", "connection_refused"),
+                ("gateway.fault", "upstream"),
                 ("gateway.retryable", "true"),
                 ("http.response.status_code", "200"),
             ]),
@@ -690,6 +717,7 @@ async fn a_grpc_callers_error_counts_under_the_status_it_got() {
         vec![(
             set(&[
                 ("error.type", "connection_refused"),
+                ("gateway.fault", "upstream"),
                 ("http.request.method", "POST"),
                 ("http.response.status_code", "200"),
             ]),
@@ -765,6 +793,7 @@ async fn a_stale_answer_counts_the_hidden_failure_and_times_the_answer_the_clien
         ("http.request.method", "POST"),
         ("http.response.status_code", "502"),
         ("error.type", "connection_refused"),
+        ("gateway.fault", "upstream"),
     ]);
     // The stored page and its stale answers: what the client got, and no error.type.
     assert_eq!(counts, BTreeMap::from([(get_200, 1 + N), (post_502, 1)]));

@@ -3,7 +3,6 @@
 
 use std::convert::Infallible;
 
-use axum::body::Body;
 use bytes::Bytes;
 use gateway_errors::ProxyError;
 use gateway_errors::headers::PROXY_STATUS;
@@ -196,7 +195,7 @@ async fn large_body_crosses_a_real_server_byte_for_byte() {
 #[tokio::test]
 async fn trailers_pass_through_the_layer() {
     // A gRPC-style origin: data, then the outcome in trailers.
-    let origin = service_fn(|_request: Request<Body>| async {
+    let origin = service_fn(|_request: Request<crate::support::Upload>| async {
         let mut trailers = HeaderMap::new();
         trailers.insert("grpc-status", HeaderValue::from_static("0"));
         trailers.insert("x-checksum", HeaderValue::from_static("abc123"));

@@ -11,6 +11,8 @@ use tower::ServiceBuilder;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+use gateway_errors::body::UploadBody;
+
 /// A reqwest client as a tower service over `http` types, aimed at one upstream: the shape a
 /// gateway built on reqwest has.
 fn reqwest_gateway(
@@ -22,12 +24,18 @@ fn reqwest_gateway(
     Error = std::convert::Infallible,
     Future = impl Send,
 > + Clone {
-    let forward = tower::service_fn(move |request: Request<reqwest::Body>| {
+    let forward = tower::service_fn(move |request: Request<UploadBody<reqwest::Body>>| {
         let client = client.clone();
         async move {
             let (mut parts, body) = request.into_parts();
             let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
             parts.uri = format!("http://{upstream}{path}").parse()?;
+            // A body at its end is sent as it is; an upload goes on being watched.
+            let body = if http_body::Body::is_end_stream(&body) {
+                body.into_inner()
+            } else {
+                reqwest::Body::wrap(body)
+            };
             let request = reqwest::Request::try_from(Request::from_parts(parts, body))?;
             let response = client.execute(request).await?;
             Ok::<_, BoxError>(Response::<reqwest::Body>::from(response))

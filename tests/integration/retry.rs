@@ -6,6 +6,7 @@
 //! where an upstream is reachable, by a relay that counts the connections the upstream accepted.
 
 use crate::support::demo_upstream;
+use gateway_errors::body::UploadBody;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -96,12 +97,12 @@ where
     B: http_body::Body<Data = Bytes> + ReplayBody + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let client = Client::builder(TokioExecutor::new()).build_http::<B>();
+    let client = Client::builder(TokioExecutor::new()).build_http::<UploadBody<B>>();
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = calls.clone();
     let inner = ServiceBuilder::new()
         .layer(layer)
-        .map_request(move |mut request: Request<B>| {
+        .map_request(move |mut request: Request<UploadBody<B>>| {
             counted.fetch_add(1, Ordering::SeqCst);
             let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
             *request.uri_mut() = format!("http://{upstream}{path}")

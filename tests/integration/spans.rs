@@ -6,6 +6,7 @@
 //! (`set_default`; each test runs on its own current-thread runtime).
 
 use crate::support::demo_upstream;
+use gateway_errors::body::UploadBody;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -203,10 +204,10 @@ fn gateway(
 + Clone
 + Send
 + 'static {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Body>();
+    let client = Client::builder(TokioExecutor::new()).build_http::<UploadBody<Body>>();
     ServiceBuilder::new()
         .layer(layer)
-        .map_request(move |mut request: Request<Body>| {
+        .map_request(move |mut request: Request<UploadBody<Body>>| {
             let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
             *request.uri_mut() = format!("http://{upstream}{path}")
                 .parse::<Uri>()
@@ -355,7 +356,7 @@ async fn a_generated_4xx_is_an_info_event_and_no_error_status() {
     let capture = Captured::default();
     let _guard = capture.install();
     // An inner service that refuses the request itself, as a body-size limit would.
-    let refusing = tower::service_fn(|_request: Request<Body>| async {
+    let refusing = tower::service_fn(|_request: Request<crate::support::Upload>| async {
         let too_large = Classification::new(ProxyErrorKind::HttpRequestError)
             .with_status(StatusCode::PAYLOAD_TOO_LARGE);
         Err::<Response<Body>, _>(ProxyError::from_classification(too_large))
@@ -632,10 +633,10 @@ async fn a_response_served_in_full_by_hyper_is_not_cancelled() {
     let _guard = capture.install();
     let demo = demo_upstream::spawn().await.expect("demo upstream");
     let upstream = demo.addr;
-    let client = Client::builder(TokioExecutor::new()).build_http::<Incoming>();
+    let client = Client::builder(TokioExecutor::new()).build_http::<UploadBody<Incoming>>();
     let proxy = ServiceBuilder::new()
         .layer(GatewayErrorLayer::new())
-        .map_request(move |mut request: Request<Incoming>| {
+        .map_request(move |mut request: Request<UploadBody<Incoming>>| {
             let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
             *request.uri_mut() = format!("http://{upstream}{path}").parse().unwrap();
             request

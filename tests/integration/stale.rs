@@ -1186,9 +1186,9 @@ struct Breaker<S> {
     open: Arc<AtomicBool>,
 }
 
-impl<S> Service<Request<Body>> for Breaker<S>
+impl<S> Service<Request<support::Upload>> for Breaker<S>
 where
-    S: Service<Request<Body>> + Clone + Send + 'static,
+    S: Service<Request<support::Upload>> + Clone + Send + 'static,
     S::Future: Send,
     S::Response: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -1201,7 +1201,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
+    fn call(&mut self, request: Request<support::Upload>) -> Self::Future {
         if self.open.load(Ordering::SeqCst) {
             let refused = ProxyError::new(ProxyErrorKind::DestinationUnavailable)
                 .with_retry_after(Duration::from_secs(30));
@@ -1223,7 +1223,7 @@ async fn an_open_breaker_is_answered_from_the_copy_without_asking_the_origin() {
         .layer(layer(&store))
         .map_request(move |request| support::to_upstream(&authority, request))
         .service(Breaker {
-            inner: support::http_client(),
+            inner: support::upstream_client(),
             open: open.clone(),
         });
     get(&gateway, "/page").await;
@@ -1250,8 +1250,8 @@ async fn a_request_error_the_layer_makes_is_never_hidden() {
         .map_request(move |request| support::to_upstream(&authority, request))
         .service(tower::service_fn({
             let denied = denied.clone();
-            let client = support::http_client();
-            move |request: Request<Body>| {
+            let client = support::upstream_client();
+            move |request: Request<support::Upload>| {
                 let denied = denied.load(Ordering::SeqCst);
                 let client = client.clone();
                 async move {

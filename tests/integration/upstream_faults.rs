@@ -8,7 +8,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
 use bytes::Bytes;
 use gateway_errors::retry::IDEMPOTENCY_KEY;
 use gateway_errors::{ProxyError, ProxyErrorKind};
@@ -307,7 +306,7 @@ async fn full_concurrency_limit_is_503_connection_limit_reached() {
             let _ = reached_upstream.send(());
             support::to_upstream(&authority, request)
         })
-        .service(support::http_client());
+        .service(support::upstream_client());
 
     let stalled = tokio::spawn(gateway.clone().oneshot(request("GET", "/slow", None)));
     within("the stalled request taking the slot", reached.recv())
@@ -340,7 +339,7 @@ impl Error for UpstreamExploded {}
 
 #[tokio::test]
 async fn unrecognised_error_is_502_without_error_type() {
-    let failing = service_fn(|_request: Request<Body>| async {
+    let failing = service_fn(|_request: Request<crate::support::Upload>| async {
         Err::<Response<Full<Bytes>>, _>(UpstreamExploded)
     });
     let gateway = ServiceBuilder::new().layer(layer()).service(failing);
@@ -385,7 +384,7 @@ impl Error for CircuitOpen {
 
 #[tokio::test]
 async fn user_classifier_runs_before_the_default_one() {
-    let failing = service_fn(|_request: Request<Body>| async {
+    let failing = service_fn(|_request: Request<crate::support::Upload>| async {
         Err::<Response<Full<Bytes>>, _>(CircuitOpen(io::ErrorKind::ConnectionRefused.into()))
     });
     let classified = layer().classifier(|error: &(dyn Error + 'static)| {

@@ -65,13 +65,22 @@ pub fn statuses(range: std::ops::RangeInclusive<u16>) -> impl Iterator<Item = St
     range.filter_map(|code| StatusCode::from_u16(code).ok())
 }
 
-/// A plain HTTP/1 hyper-util client, as a real gateway would use.
+/// The request body a client behind the layer sends: the client's own, as the layer watches it.
+pub type Upload = gateway_errors::body::UploadBody<Body>;
+
+/// A plain HTTP/1 hyper-util client, as a client of the gateway would use.
 pub fn http_client() -> Client<HttpConnector, Body> {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
+/// A plain HTTP/1 hyper-util client behind the layer, as a real gateway would use: it sends the
+/// body the layer watches.
+pub fn upstream_client() -> Client<HttpConnector, Upload> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
 /// A hyper-util client over a custom connector (a stalling connector, a failing resolver).
-pub fn client_with<C: Connect + Clone>(connector: C) -> Client<C, Body> {
+pub fn client_with<C: Connect + Clone>(connector: C) -> Client<C, Upload> {
     Client::builder(TokioExecutor::new()).build(connector)
 }
 
@@ -107,7 +116,7 @@ impl<S> GatewayService for S where
 /// `authority` (a `host:port`, or a made-up name for a client with a custom resolver).
 pub fn gateway<C>(
     layer: GatewayErrorLayer,
-    client: Client<C, Body>,
+    client: Client<C, Upload>,
     authority: impl Into<String>,
 ) -> impl GatewayService
 where
@@ -122,11 +131,11 @@ where
 
 /// [`gateway`] with a plain client, in front of a loopback upstream.
 pub fn gateway_to(layer: GatewayErrorLayer, upstream: SocketAddr) -> impl GatewayService {
-    gateway(layer, http_client(), upstream.to_string())
+    gateway(layer, upstream_client(), upstream.to_string())
 }
 
 /// Rewrites the request's target to `http://<authority><path?query>`.
-pub fn to_upstream(authority: &str, mut request: Request<Body>) -> Request<Body> {
+pub fn to_upstream<B>(authority: &str, mut request: Request<B>) -> Request<B> {
     let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
     *request.uri_mut() = format!("http://{authority}{path}")
         .parse()
