@@ -9,6 +9,7 @@ use http::Response;
 use pin_project_lite::pin_project;
 
 use crate::BoxError;
+use crate::error::ProxyError;
 
 use super::body::HealthBody;
 use super::key::AuthorityKey;
@@ -21,8 +22,9 @@ pin_project! {
     /// However it ends, its outcome is recorded once: the response head (for a probe, or a status
     /// the layer counts; any other success counts when its body ends), an error, a timeout of
     /// [`GatewayErrorLayer`](crate::GatewayErrorLayer) (which drops it: counted as the
-    /// upstream's failure), or a client that went away (which drops it too: counted as nothing,
-    /// and a probe is released for the next request).
+    /// upstream's failure), or a client that went away or whose own deadline (`grpc-timeout`)
+    /// ran out (which drops it too: counted as nothing, and a probe is released for the next
+    /// request).
     pub struct ResponseFuture<F, T = AuthorityKey> {
         #[pin]
         state: State<F>,
@@ -80,10 +82,14 @@ where
             StateProj::Forwarded { future } => match ready!(future.poll(cx)) {
                 Ok(response) => {
                     let empty = response.body().is_end_stream();
-                    let record = this
-                        .record
-                        .take()
-                        .and_then(|record| record.head(response.status(), empty));
+                    let record = this.record.take().and_then(|record| {
+                        // Only `GatewayErrorLayer` marks its answers so: it runs inside this
+                        // layer, which then sees answers where it should see failures.
+                        if response.extensions().get::<ProxyError>().is_some() {
+                            record.generated_inside();
+                        }
+                        record.head(response.status(), empty)
+                    });
                     Poll::Ready(Ok(response.map(|body| HealthBody::new(body, record))))
                 }
                 Err(error) => {
