@@ -1472,6 +1472,62 @@ mod tests {
         assert_eq!(capped.open_for(1000), Duration::from_secs(300));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn durations_as_long_as_duration_max_never_overflow() {
+        let longest = |s: &mut Settings| {
+            s.open_time = Duration::MAX;
+            s.max_open_time = Duration::MAX;
+            s.probe_timeout = Duration::MAX;
+            s.forget_after = Duration::MAX;
+            s.ratio = Some(RatioRule {
+                ratio: 0.9,
+                window: Duration::MAX,
+                min_requests: 1000,
+            });
+        };
+        for jitter in [0.0, 0.1, 1.0] {
+            let table = table(|s| {
+                longest(s);
+                s.jitter = jitter;
+            });
+            for _ in 0..5 {
+                request(&table, KEY, refused());
+            }
+            assert_eq!(phase(&table, KEY), Some(Phase::Open), "{jitter}");
+            let after = retry_after(table.admit(KEY, &"upstream")).unwrap();
+            assert!(after >= SECOND, "{after:?}");
+            if jitter == 0.0 {
+                // As long as the table can count: some 584 years.
+                assert_eq!(after, whole_seconds(Duration::from_nanos(u64::MAX)));
+            }
+            for trips in [1, 2, u32::MAX] {
+                let settings = Settings {
+                    jitter,
+                    ..table.settings.clone()
+                };
+                assert!(settings.open_for(trips) <= Duration::from_nanos(u64::MAX));
+            }
+        }
+
+        // A probe given all the time there is, and a failure after it.
+        let table = table(|s| {
+            longest(s);
+            s.open_time = Duration::from_secs(10);
+        });
+        trip_and_wait(&table).await;
+        let probe = table.admit(KEY, &"upstream");
+        assert!(matches!(probe, Admission::Probe { .. }), "{probe:?}");
+        assert_eq!(retry_after(table.admit(KEY, &"upstream")), Some(SECOND));
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert_eq!(retry_after(table.admit(KEY, &"upstream")), Some(SECOND));
+        table.record(probe, KEY, refused(), &"upstream");
+        assert_eq!(
+            retry_after(table.admit(KEY, &"upstream")),
+            Some(20 * SECOND)
+        );
+        assert_eq!(whole_seconds(Duration::MAX), Duration::from_secs(u64::MAX));
+    }
+
     #[test]
     fn whole_seconds_round_up_and_are_never_zero() {
         assert_eq!(whole_seconds(Duration::ZERO), SECOND);
