@@ -561,7 +561,8 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_deadline_that_runs_out_while_the_origin_keeps_the_gateway_waiting_is_the_upstreams() {
+    async fn a_deadline_that_runs_out_while_the_origin_keeps_the_gateway_waiting_is_the_upstreams()
+    {
         let mut cx = Context::from_waker(std::task::Waker::noop());
         // The origin sends nothing from the start.
         let mut clock = deadline_clock();

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use http::Response;
@@ -14,6 +15,7 @@ use crate::error::ProxyError;
 use super::body::HealthBody;
 use super::key::AuthorityKey;
 use super::record::Record;
+use super::state::Table;
 
 pin_project! {
     /// The future of [`UpstreamHealth`](super::UpstreamHealth): the inner service's, watched, or
@@ -29,6 +31,9 @@ pin_project! {
         #[pin]
         state: State<F>,
         record: Option<Record<T>>,
+        // For a request without a key (no record): the table, told if the response shows the
+        // layer placed outside `GatewayErrorLayer`. `None` once it has been told.
+        unkeyed: Option<Arc<Table>>,
     }
 
     impl<F, T> PinnedDrop for ResponseFuture<F, T> {
@@ -50,10 +55,21 @@ pin_project! {
 }
 
 impl<F, T> ResponseFuture<F, T> {
-    pub(crate) fn forwarded(future: F, record: Option<Record<T>>) -> Self {
+    pub(crate) fn forwarded(future: F, record: Record<T>) -> Self {
         ResponseFuture {
             state: State::Forwarded { future },
-            record,
+            record: Some(record),
+            unkeyed: None,
+        }
+    }
+
+    /// A request the layer does not track (it has no key): forwarded, only watched for where the
+    /// layer is placed.
+    pub(crate) fn unkeyed(future: F, table: &Arc<Table>) -> Self {
+        ResponseFuture {
+            state: State::Forwarded { future },
+            record: None,
+            unkeyed: (!table.warned_misplaced()).then(|| table.clone()),
         }
     }
 
@@ -61,6 +77,7 @@ impl<F, T> ResponseFuture<F, T> {
         ResponseFuture {
             state: State::Refused { error: Some(error) },
             record: None,
+            unkeyed: None,
         }
     }
 }
@@ -81,15 +98,19 @@ where
                 .expect("ResponseFuture polled after completion"))),
             StateProj::Forwarded { future } => match ready!(future.poll(cx)) {
                 Ok(response) => {
-                    let empty = response.body().is_end_stream();
-                    let record = this.record.take().and_then(|record| {
-                        // Only `GatewayErrorLayer` marks its answers so: it runs inside this
-                        // layer, which then sees answers where it should see failures.
-                        if response.extensions().get::<ProxyError>().is_some() {
-                            record.generated_inside();
+                    // Only `GatewayErrorLayer` marks its answers so: it runs inside this layer,
+                    // which then sees answers where it should see failures.
+                    if response.extensions().get::<ProxyError>().is_some() {
+                        let table = this.record.as_ref().map(Record::table);
+                        if let Some(table) = table.or(this.unkeyed.as_ref()) {
+                            table.misplaced();
                         }
-                        record.head(response.status(), empty)
-                    });
+                    }
+                    let empty = response.body().is_end_stream();
+                    let record = this
+                        .record
+                        .take()
+                        .and_then(|record| record.head(response.status(), empty));
                     Poll::Ready(Ok(response.map(|body| HealthBody::new(body, record))))
                 }
                 Err(error) => {

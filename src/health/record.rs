@@ -125,10 +125,9 @@ impl<T> Record<T> {
         }
     }
 
-    /// The response carries a [`ProxyError`](crate::ProxyError): `GatewayErrorLayer` generated it,
-    /// so it runs inside this layer, where its timeouts and errors are never seen.
-    pub(crate) fn generated_inside(&self) {
-        self.table.misplaced(&self.key);
+    /// The table its outcome goes to.
+    pub(crate) fn table(&self) -> &Arc<Table> {
+        &self.table
     }
 
     fn judge(self, attempt: Attempt<'_>) {

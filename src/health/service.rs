@@ -89,7 +89,7 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let mut hasher = self.table.hasher().build_hasher();
         let Some(key) = self.key.key(&request, &mut hasher) else {
-            return ResponseFuture::forwarded(self.inner.call(request), None);
+            return ResponseFuture::unkeyed(self.inner.call(request), &self.table);
         };
         let hash = hasher.finish();
         let admission = self.table.admit(hash, &key);
@@ -111,7 +111,7 @@ where
                     _ => {}
                 }
                 let record = Record::new(self.table.clone(), hash, admission, key);
-                ResponseFuture::forwarded(self.inner.call(request), Some(record))
+                ResponseFuture::forwarded(self.inner.call(request), record)
             }
         }
     }
@@ -465,7 +465,10 @@ mod tests {
             let response = gateway.clone().oneshot(grpc_call("1m")).await.unwrap();
             assert_eq!(started.elapsed(), Duration::from_millis(1));
             assert_eq!(response.headers()["grpc-status"], "4", "DEADLINE_EXCEEDED");
-            assert_eq!(kind_of(&response), Some(ProxyErrorKind::HttpResponseTimeout));
+            assert_eq!(
+                kind_of(&response),
+                Some(ProxyErrorKind::HttpResponseTimeout)
+            );
         }
         upstream.set(Mode::Ok);
         let (response, _) = exchange(&gateway).await;
@@ -490,7 +493,11 @@ mod tests {
         upstream.set(Mode::Silent);
         for _ in 0..5 {
             let response = gateway.clone().oneshot(grpc_call("1m")).await.unwrap();
-            assert_eq!(response.headers()["grpc-status"], "4", "the probe, timed out");
+            assert_eq!(
+                response.headers()["grpc-status"],
+                "4",
+                "the probe, timed out"
+            );
         }
         // Each went through as the probe, and none marked the upstream unavailable again.
         let calls = upstream.calls();

@@ -377,22 +377,24 @@ impl Table {
 
     /// A response `GatewayErrorLayer` generated came through: that layer is inside this one.
     /// Said once per table, at the first such response, with the fix.
-    pub(crate) fn misplaced(&self, name: &dyn fmt::Display) {
+    pub(crate) fn misplaced(&self) {
         // A load first: once warned, a misplaced layer's answers cost a read, not a write.
-        if self.warned_misplaced.load(Ordering::Relaxed)
-            || self.warned_misplaced.swap(true, Ordering::Relaxed)
-        {
+        if self.warned_misplaced() || self.warned_misplaced.swap(true, Ordering::Relaxed) {
             return;
         }
         tracing::event!(
             target: TARGET,
             Level::WARN,
-            gateway.upstream = %Bounded(name),
             "UpstreamHealthLayer is placed outside GatewayErrorLayer: it sees only the answers \
              GatewayErrorLayer makes of failures and timeouts, never the failures themselves, so \
              it never marks an upstream unavailable. Place it inside GatewayErrorLayer, next to \
              the client (after the code that points the request at its upstream)",
         );
+    }
+
+    /// Whether the warning that the layer is placed outside `GatewayErrorLayer` has been given.
+    pub(crate) fn warned_misplaced(&self) -> bool {
+        self.warned_misplaced.load(Ordering::Relaxed)
     }
 
     fn now(&self) -> u64 {
