@@ -28,8 +28,9 @@ use crate::kind::ProxyErrorKind;
 pub struct Attempt<'a> {
     /// The origin's status, when its response head arrived (and `after_head` is false).
     pub status: Option<StatusCode>,
-    /// The kind of the failure, when the request failed and a classifier recognises the error. A body that breaks after the head is `http_response_incomplete`, one cut for
-    /// stalling `connection_read_timeout` (or `http_response_timeout`, for the response deadline).
+    /// The kind of the failure, when the request failed and a classifier recognises the error.
+    /// A body that breaks after the head is `http_response_incomplete`, one cut for stalling
+    /// `connection_read_timeout` (or `http_response_timeout`, for the response deadline).
     pub kind: Option<ProxyErrorKind>,
     /// The error, when the request failed.
     pub error: Option<&'a (dyn StdError + 'static)>,
