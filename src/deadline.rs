@@ -9,6 +9,15 @@
 //! When a limit runs out, the upstream's future (or body) is dropped, not failed: a layer inside
 //! sees only the drop. [`drop_timed_out`] says why while it happens, so that such a layer (the
 //! [upstream health](crate::health) layer) can tell a timeout from a client that went away.
+//!
+//! Not every limit that runs out is the upstream's fault ([`TimedOut::is_upstreams`]): a gRPC
+//! caller's own deadline is the caller's ([`Limit::Caller`]), and a response deadline that ran out
+//! while the gateway waited on its client to read, not on the origin, is the client's. Either is
+//! answered as any timeout is, but a memory across requests (the breaker) must not be moved by
+//! what one client controls.
+//!
+//! A limit too long to be reached (`Duration::MAX`) is no limit: no due time is computed that
+//! could overflow.
 
 use std::cell::Cell;
 use std::error::Error as StdError;
@@ -26,8 +35,11 @@ use crate::kind::ProxyErrorKind;
 /// One limit on an upstream's answer, with its configured length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Limit {
-    /// The upstream timeout (or a gRPC caller's own deadline): time until the response head.
+    /// The upstream timeout: time until the response head.
     Head(Duration),
+    /// A gRPC caller's own deadline (`grpc-timeout`), when it is sooner than the upstream
+    /// timeout: time until the response head. The caller's limit, never the upstream's failure.
+    Caller(Duration),
     /// The read timeout: the longest silence between two frames of the body.
     Read(Duration),
     /// The response deadline: head and body together.
@@ -37,7 +49,7 @@ pub(crate) enum Limit {
 /// When the whole response must be over, set when the request arrives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ResponseDeadline {
-    at: Instant,
+    started: Instant,
     after: Duration,
 }
 
@@ -45,19 +57,33 @@ impl ResponseDeadline {
     /// Starts the clock: the deadline is `after` from now.
     pub(crate) fn start(after: Duration) -> Self {
         ResponseDeadline {
-            at: Instant::now() + after,
+            started: Instant::now(),
             after,
         }
     }
 
-    fn due(self) -> (Instant, Limit) {
-        (self.at, Limit::Response(self.after))
+    /// When it runs out; `None` for a deadline too far away for the clock to name (never).
+    fn due(self) -> Option<(Instant, Limit)> {
+        due(self.started, Limit::Response(self.after))
     }
+}
 
-    /// When the clock was started: the request's arrival, without reading the clock again.
-    fn started(self) -> Instant {
-        self.at - self.after
+impl Limit {
+    /// Its configured length.
+    fn length(self) -> Duration {
+        match self {
+            Limit::Head(after)
+            | Limit::Caller(after)
+            | Limit::Read(after)
+            | Limit::Response(after) => after,
+        }
     }
+}
+
+/// When `limit`, counted from `from`, runs out; `None` when that is beyond what the clock can
+/// name, which is never.
+fn due(from: Instant, limit: Limit) -> Option<(Instant, Limit)> {
+    from.checked_add(limit.length()).map(|at| (at, limit))
 }
 
 /// The sooner of two due times and the limit behind it; on a tie, `tie_winner`.
@@ -77,16 +103,29 @@ pub(crate) struct TimedOut {
     limit: Limit,
     /// Whether the response head had arrived (the body was cut).
     after_head: bool,
+    /// Whether it ran out while the gateway waited on its client to read the body, not on the
+    /// origin: the response deadline had passed before the current wait on the origin began.
+    waiting_on_client: bool,
 }
 
 impl TimedOut {
     /// The RFC 9209 kind: a body that went silent is `connection_read_timeout`, a head or a whole
-    /// response that did not come in time `http_response_timeout`.
+    /// response that did not come in time `http_response_timeout`. Whoever's limit it was, the
+    /// client is answered the same way.
     pub(crate) fn kind(self) -> ProxyErrorKind {
         match self.limit {
             Limit::Read(_) => ProxyErrorKind::ConnectionReadTimeout,
-            Limit::Head(_) | Limit::Response(_) => ProxyErrorKind::HttpResponseTimeout,
+            Limit::Head(_) | Limit::Caller(_) | Limit::Response(_) => {
+                ProxyErrorKind::HttpResponseTimeout
+            }
         }
+    }
+
+    /// Whether it counts against the upstream: one of the operator's limits ran out while the
+    /// gateway waited on the origin. A gRPC caller's own deadline, or a response deadline that
+    /// ran out while the gateway waited on a client that reads slowly, is the client's.
+    pub(crate) fn is_upstreams(self) -> bool {
+        !matches!(self.limit, Limit::Caller(_)) && !self.waiting_on_client
     }
 }
 
@@ -111,9 +150,17 @@ impl fmt::Display for TimedOut {
             (Limit::Head(after), _) => {
                 write!(f, "upstream sent no response head within {after:?}")
             }
+            (Limit::Caller(after), _) => write!(
+                f,
+                "upstream sent no response head within the caller's own deadline of {after:?} (grpc-timeout)"
+            ),
             (Limit::Response(after), false) => write!(
                 f,
                 "upstream sent no response head within the response deadline of {after:?}"
+            ),
+            (Limit::Response(after), true) if self.waiting_on_client => write!(
+                f,
+                "response not complete within {after:?} (response deadline), which ran out while the client was still reading"
             ),
             (Limit::Response(after), true) => write!(
                 f,
@@ -166,16 +213,17 @@ pin_project! {
 }
 
 impl HeadClock {
-    /// The clock for a head due within `timeout`, under the whole response's `deadline`. The
-    /// clock is read once (by the deadline's start, when there is one).
-    pub(crate) fn new(timeout: Option<Duration>, deadline: Option<ResponseDeadline>) -> Self {
+    /// The clock for a head due within `head` (the upstream timeout, [`Limit::Head`], or a gRPC
+    /// caller's own deadline, [`Limit::Caller`]), under the whole response's `deadline`. The clock
+    /// is read once (by the deadline's start, when there is one).
+    pub(crate) fn new(head: Option<Limit>, deadline: Option<ResponseDeadline>) -> Self {
         let started = match deadline {
-            Some(deadline) => deadline.started(),
-            None if timeout.is_some() => Instant::now(),
+            Some(deadline) => deadline.started,
+            None if head.is_some() => Instant::now(),
             None => return HeadClock::off(),
         };
-        let head = timeout.map(|after| (started + after, Limit::Head(after)));
-        match sooner(head, deadline.map(ResponseDeadline::due)) {
+        let head = head.and_then(|limit| due(started, limit));
+        match sooner(head, deadline.and_then(ResponseDeadline::due)) {
             Some((due, limit)) => HeadClock {
                 timer: Some(tokio::time::sleep_until(due)),
                 limit,
@@ -214,9 +262,12 @@ impl HeadClock {
     pub(crate) fn poll_expired(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TimedOut> {
         let this = self.project();
         match this.timer.as_pin_mut() {
+            // The gateway waits on the origin for the whole head: whatever ran out, the client
+            // had no part in it.
             Some(timer) => timer.poll(cx).map(|()| TimedOut {
                 limit: *this.limit,
                 after_head: false,
+                waiting_on_client: false,
             }),
             None => Poll::Pending,
         }
@@ -241,8 +292,8 @@ impl BodyLimits {
     fn due(&self, waiting_since: Instant) -> Option<(Instant, Limit)> {
         let read = self
             .read_timeout
-            .map(|after| (waiting_since + after, Limit::Read(after)));
-        sooner(read, self.response_deadline.map(ResponseDeadline::due))
+            .and_then(|after| due(waiting_since, Limit::Read(after)));
+        sooner(read, self.response_deadline.and_then(ResponseDeadline::due))
     }
 }
 
@@ -304,9 +355,14 @@ impl BodyClock {
                 return Poll::Pending;
             }
             if Instant::now() >= due {
+                // The response deadline runs while the client reads too. When it had passed
+                // before this wait on the origin began, the time went to a client that did not
+                // ask for the next frame: its fault, not the origin's.
+                let waiting_on_client = matches!(limit, Limit::Response(_)) && waiting_since > due;
                 return Poll::Ready(TimedOut {
                     limit,
                     after_head: true,
+                    waiting_on_client,
                 });
             }
             timer.as_mut().reset(due);
@@ -320,11 +376,20 @@ mod tests {
 
     const SECOND: Duration = Duration::from_secs(1);
 
+    /// A limit that ran out while the gateway waited on the origin.
+    fn timed_out(limit: Limit, after_head: bool) -> TimedOut {
+        TimedOut {
+            limit,
+            after_head,
+            waiting_on_client: false,
+        }
+    }
+
     #[test]
     fn the_sooner_limit_decides_and_a_tie_goes_to_the_deadline() {
         let now = Instant::now();
         let deadline = ResponseDeadline {
-            at: now + 2 * SECOND,
+            started: now,
             after: 2 * SECOND,
         };
         let limits = BodyLimits {
@@ -349,23 +414,30 @@ mod tests {
 
     #[test]
     fn what_a_timeout_is_called() {
-        let head = TimedOut {
-            limit: Limit::Head(SECOND),
-            after_head: false,
-        };
+        let head = timed_out(Limit::Head(SECOND), false);
         assert_eq!(head.kind(), ProxyErrorKind::HttpResponseTimeout);
         assert_eq!(head.to_string(), "upstream sent no response head within 1s");
-        let read = TimedOut {
-            limit: Limit::Read(SECOND),
-            after_head: true,
-        };
+        let read = timed_out(Limit::Read(SECOND), true);
         assert_eq!(read.kind(), ProxyErrorKind::ConnectionReadTimeout);
-        let cut = TimedOut {
-            limit: Limit::Response(SECOND),
-            after_head: true,
-        };
+        let cut = timed_out(Limit::Response(SECOND), true);
         assert_eq!(cut.kind(), ProxyErrorKind::HttpResponseTimeout);
         assert!(cut.to_string().contains("not complete"), "{cut}");
+        for upstreams in [head, read, cut] {
+            assert!(upstreams.is_upstreams(), "{upstreams}");
+        }
+
+        // The caller's own deadline is answered as a timeout, and is the caller's.
+        let callers = timed_out(Limit::Caller(Duration::from_millis(1)), false);
+        assert_eq!(callers.kind(), ProxyErrorKind::HttpResponseTimeout);
+        assert!(!callers.is_upstreams());
+        assert!(callers.to_string().contains("caller's own deadline of 1ms"));
+        let slow_reader = TimedOut {
+            waiting_on_client: true,
+            ..cut
+        };
+        assert_eq!(slow_reader.kind(), ProxyErrorKind::HttpResponseTimeout);
+        assert!(!slow_reader.is_upstreams());
+        assert!(slow_reader.to_string().contains("client"), "{slow_reader}");
     }
 
     fn poll_head(clock: Pin<&mut HeadClock>) -> Poll<TimedOut> {
@@ -376,7 +448,7 @@ mod tests {
     async fn the_head_clock_fires_at_the_sooner_limit() {
         // The upstream timeout first.
         let mut clock = Box::pin(HeadClock::new(
-            Some(SECOND),
+            Some(Limit::Head(SECOND)),
             Some(ResponseDeadline::start(3 * SECOND)),
         ));
         tokio::time::advance(SECOND - Duration::from_millis(1)).await;
@@ -384,25 +456,19 @@ mod tests {
         tokio::time::advance(Duration::from_millis(1)).await;
         assert_eq!(
             poll_head(clock.as_mut()),
-            Poll::Ready(TimedOut {
-                limit: Limit::Head(SECOND),
-                after_head: false
-            })
+            Poll::Ready(timed_out(Limit::Head(SECOND), false))
         );
 
         // The deadline first, and on a tie.
         for timeout in [Some(5 * SECOND), Some(2 * SECOND), None] {
             let mut clock = Box::pin(HeadClock::new(
-                timeout,
+                timeout.map(Limit::Head),
                 Some(ResponseDeadline::start(2 * SECOND)),
             ));
             tokio::time::advance(2 * SECOND).await;
             assert_eq!(
                 poll_head(clock.as_mut()),
-                Poll::Ready(TimedOut {
-                    limit: Limit::Response(2 * SECOND),
-                    after_head: false
-                }),
+                Poll::Ready(timed_out(Limit::Response(2 * SECOND), false)),
                 "{timeout:?}"
             );
         }
@@ -413,12 +479,66 @@ mod tests {
         assert!(poll_head(off.as_mut()).is_pending());
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_callers_deadline_fires_as_the_callers_and_the_operators_limits_as_the_upstreams() {
+        let mut clock = Box::pin(HeadClock::new(
+            Some(Limit::Caller(Duration::from_millis(1))),
+            Some(ResponseDeadline::start(SECOND)),
+        ));
+        assert!(poll_head(clock.as_mut()).is_pending());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let Poll::Ready(fired) = poll_head(clock.as_mut()) else {
+            panic!("the caller's deadline is over");
+        };
+        assert_eq!(fired.limit, Limit::Caller(Duration::from_millis(1)));
+        assert!(!fired.is_upstreams());
+
+        // The operator's response deadline, sooner than the caller's: the upstream's.
+        let mut clock = Box::pin(HeadClock::new(
+            Some(Limit::Caller(3 * SECOND)),
+            Some(ResponseDeadline::start(SECOND)),
+        ));
+        tokio::time::advance(SECOND).await;
+        let Poll::Ready(fired) = poll_head(clock.as_mut()) else {
+            panic!("the response deadline is over");
+        };
+        assert_eq!(fired.limit, Limit::Response(SECOND));
+        assert!(fired.is_upstreams());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn limits_too_long_for_the_clock_never_fire_and_never_overflow() {
+        let mut head = Box::pin(HeadClock::new(
+            Some(Limit::Head(Duration::MAX)),
+            Some(ResponseDeadline::start(Duration::MAX)),
+        ));
+        let mut caller = Box::pin(HeadClock::new(Some(Limit::Caller(Duration::MAX)), None));
+        let mut body = Box::pin(BodyClock::new(BodyLimits {
+            read_timeout: Some(Duration::MAX),
+            response_deadline: Some(ResponseDeadline::start(Duration::MAX)),
+        }));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        for _ in 0..3 {
+            assert!(poll_head(head.as_mut()).is_pending());
+            assert!(poll_head(caller.as_mut()).is_pending());
+            assert!(body.as_mut().poll_expired(&mut cx).is_pending());
+            tokio::time::advance(Duration::from_secs(365 * 24 * 3600)).await;
+        }
+        // One long limit beside a short one: the short one still fires.
+        let mut short = Box::pin(HeadClock::new(
+            Some(Limit::Head(SECOND)),
+            Some(ResponseDeadline::start(Duration::MAX)),
+        ));
+        tokio::time::advance(SECOND).await;
+        assert_eq!(
+            poll_head(short.as_mut()),
+            Poll::Ready(timed_out(Limit::Head(SECOND), false))
+        );
+    }
+
     #[test]
     fn the_drop_reason_holds_only_while_the_drop_runs() {
-        let head = TimedOut {
-            limit: Limit::Head(SECOND),
-            after_head: false,
-        };
+        let head = timed_out(Limit::Head(SECOND), false);
         assert_eq!(dropped_for(), None);
         let mut seen = None;
         drop_timed_out(head, || seen = dropped_for());
@@ -426,10 +546,7 @@ mod tests {
         assert_eq!(dropped_for(), None, "reset after the drop");
 
         // Nested: the inner reason wins inside, the outer one comes back after.
-        let read = TimedOut {
-            limit: Limit::Read(SECOND),
-            after_head: true,
-        };
+        let read = timed_out(Limit::Read(SECOND), true);
         let mut inner = None;
         let mut outer = None;
         drop_timed_out(head, || {
@@ -466,10 +583,74 @@ mod tests {
         tokio::time::advance(Duration::from_millis(300)).await;
         assert_eq!(
             clock.as_mut().poll_expired(&mut cx),
-            Poll::Ready(TimedOut {
-                limit: Limit::Read(SECOND),
-                after_head: true
-            })
+            Poll::Ready(timed_out(Limit::Read(SECOND), true))
         );
+    }
+
+    /// A body clock under a 2 s response deadline (and no read timeout), started now.
+    fn deadline_clock() -> Pin<Box<BodyClock>> {
+        Box::pin(BodyClock::new(BodyLimits {
+            read_timeout: None,
+            response_deadline: Some(ResponseDeadline::start(2 * SECOND)),
+        }))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_that_runs_out_while_the_origin_keeps_the_gateway_waiting_is_the_upstreams()
+    {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        // The origin sends nothing from the start.
+        let mut clock = deadline_clock();
+        assert!(clock.as_mut().poll_expired(&mut cx).is_pending());
+        tokio::time::advance(2 * SECOND).await;
+        let Poll::Ready(fired) = clock.as_mut().poll_expired(&mut cx) else {
+            panic!("the deadline is over");
+        };
+        assert!(fired.is_upstreams(), "{fired}");
+
+        // The client read slowly at first, but the origin went silent before the deadline: the
+        // wait on the origin that the deadline ends began in time.
+        let mut clock = deadline_clock();
+        tokio::time::advance(Duration::from_millis(1900)).await;
+        assert!(clock.as_mut().poll_expired(&mut cx).is_pending());
+        tokio::time::advance(Duration::from_millis(100)).await;
+        let Poll::Ready(fired) = clock.as_mut().poll_expired(&mut cx) else {
+            panic!("the deadline is over");
+        };
+        assert!(fired.is_upstreams(), "{fired}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_that_ran_out_while_the_client_was_reading_is_the_clients() {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut clock = deadline_clock();
+        // A first short wait on the origin, then a frame.
+        assert!(clock.as_mut().poll_expired(&mut cx).is_pending());
+        tokio::time::advance(Duration::from_millis(100)).await;
+        clock.as_mut().frame_arrived();
+        // The client does not ask for the next frame until well after the deadline.
+        tokio::time::advance(3 * SECOND).await;
+        let Poll::Ready(fired) = clock.as_mut().poll_expired(&mut cx) else {
+            panic!("the deadline is over");
+        };
+        assert_eq!(fired.limit, Limit::Response(2 * SECOND));
+        assert_eq!(fired.kind(), ProxyErrorKind::HttpResponseTimeout);
+        assert!(!fired.is_upstreams(), "{fired}");
+
+        // The same with a read timeout as well: the read timeout never counts the client's time,
+        // and the deadline is still the client's.
+        let mut clock = Box::pin(BodyClock::new(BodyLimits {
+            read_timeout: Some(SECOND),
+            response_deadline: Some(ResponseDeadline::start(2 * SECOND)),
+        }));
+        assert!(clock.as_mut().poll_expired(&mut cx).is_pending());
+        tokio::time::advance(Duration::from_millis(900)).await;
+        clock.as_mut().frame_arrived();
+        tokio::time::advance(5 * SECOND).await;
+        let Poll::Ready(fired) = clock.as_mut().poll_expired(&mut cx) else {
+            panic!("the deadline is over");
+        };
+        assert_eq!(fired.limit, Limit::Response(2 * SECOND));
+        assert!(!fired.is_upstreams(), "{fired}");
     }
 }

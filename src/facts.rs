@@ -7,6 +7,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request};
 
 use crate::config::Config;
+use crate::deadline::Limit;
 use crate::grpc::call::GrpcCall;
 use crate::negotiate::{Format, negotiate, negotiate_line};
 use crate::retry::hint::IdempotencyKey;
@@ -73,13 +74,18 @@ impl RequestFacts {
         }
     }
 
-    /// How long the upstream has for its response head: the configured timeout, or the gRPC
-    /// caller's own deadline (`grpc-timeout`) when that is sooner.
-    pub(crate) fn upstream_timeout(&self, configured: Option<Duration>) -> Option<Duration> {
-        let deadline = self.grpc.and_then(|call| call.timeout);
-        match (configured, deadline) {
-            (Some(configured), Some(deadline)) => Some(configured.min(deadline)),
-            (configured, deadline) => configured.or(deadline),
+    /// The limit on the response head: the configured upstream timeout, or the gRPC caller's
+    /// own deadline (`grpc-timeout`) when that is sooner. Either is answered the same way; they
+    /// are kept apart because only the operator's limit counts against the upstream. On a tie the
+    /// operator's limit is the one that fires: it would have fired anyway.
+    pub(crate) fn upstream_timeout(&self, configured: Option<Duration>) -> Option<Limit> {
+        let callers = self.grpc.and_then(|call| call.timeout);
+        match (configured, callers) {
+            (Some(configured), Some(callers)) if callers < configured => {
+                Some(Limit::Caller(callers))
+            }
+            (Some(configured), _) => Some(Limit::Head(configured)),
+            (None, callers) => callers.map(Limit::Caller),
         }
     }
 

@@ -9,9 +9,9 @@ use crate::kind::ProxyErrorKind;
 /// How one request to an upstream ended, as the [failure rule](super::UpstreamHealthLayer::failure_rule)
 /// sees it: the origin's status when its response head arrived, or the error and its kind.
 ///
-/// The kind is the one the [`DefaultClassifier`](crate::classify::DefaultClassifier) gives the
-/// error (the layer's own classifiers, added to [`GatewayErrorLayer`](crate::GatewayErrorLayer),
-/// are not asked: the rule can read the error itself).
+/// The kind is the one the [classifiers](super::UpstreamHealthLayer::classifier) given to the
+/// layer, then the [`DefaultClassifier`](crate::classify::DefaultClassifier), give the error; the
+/// rule can read the error itself too.
 ///
 /// ```
 /// use gateway_errors::health::{Attempt, UpstreamHealthLayer};
@@ -28,9 +28,9 @@ use crate::kind::ProxyErrorKind;
 pub struct Attempt<'a> {
     /// The origin's status, when its response head arrived (and `after_head` is false).
     pub status: Option<StatusCode>,
-    /// The kind of the failure, when the request failed and the default classifier recognises
-    /// the error. A body that breaks after the head is `http_response_incomplete`, one cut for
-    /// stalling `connection_read_timeout` (or `http_response_timeout`, for the response deadline).
+    /// The kind of the failure, when the request failed and a classifier recognises the error.
+    /// A body that breaks after the head is `http_response_incomplete`, one cut for stalling
+    /// `connection_read_timeout` (or `http_response_timeout`, for the response deadline).
     pub kind: Option<ProxyErrorKind>,
     /// The error, when the request failed.
     pub error: Option<&'a (dyn StdError + 'static)>,

@@ -18,8 +18,11 @@ pin_project! {
     ///
     /// A body that ends well is the request's success. One that breaks off
     /// (`http_response_incomplete`), or that [`GatewayErrorLayer`](crate::GatewayErrorLayer)
-    /// cuts for stalling (`connection_read_timeout`), counts as a failure of its upstream. One
-    /// that its client stops reading counts as nothing.
+    /// cuts for stalling (`connection_read_timeout`, or `http_response_timeout` when the response
+    /// deadline ran out while the gateway waited on the origin), counts as a failure of its
+    /// upstream. One that its client stops reading counts as nothing, and so does one cut by the
+    /// response deadline when that ran out while the gateway waited on a client that reads
+    /// slowly.
     pub struct HealthBody<B, T = AuthorityKey> {
         #[pin]
         inner: B,

@@ -3,16 +3,19 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use http::Response;
 use pin_project_lite::pin_project;
 
 use crate::BoxError;
+use crate::error::ProxyError;
 
 use super::body::HealthBody;
 use super::key::AuthorityKey;
 use super::record::Record;
+use super::state::Table;
 
 pin_project! {
     /// The future of [`UpstreamHealth`](super::UpstreamHealth): the inner service's, watched, or
@@ -21,12 +24,16 @@ pin_project! {
     /// However it ends, its outcome is recorded once: the response head (for a probe, or a status
     /// the layer counts; any other success counts when its body ends), an error, a timeout of
     /// [`GatewayErrorLayer`](crate::GatewayErrorLayer) (which drops it: counted as the
-    /// upstream's failure), or a client that went away (which drops it too: counted as nothing,
-    /// and a probe is released for the next request).
+    /// upstream's failure), or a client that went away or whose own deadline (`grpc-timeout`)
+    /// ran out (which drops it too: counted as nothing, and a probe is released for the next
+    /// request).
     pub struct ResponseFuture<F, T = AuthorityKey> {
         #[pin]
         state: State<F>,
         record: Option<Record<T>>,
+        // For a request without a key (no record): the table, told if the response shows the
+        // layer placed outside `GatewayErrorLayer`. `None` once it has been told.
+        unkeyed: Option<Arc<Table>>,
     }
 
     impl<F, T> PinnedDrop for ResponseFuture<F, T> {
@@ -48,10 +55,21 @@ pin_project! {
 }
 
 impl<F, T> ResponseFuture<F, T> {
-    pub(crate) fn forwarded(future: F, record: Option<Record<T>>) -> Self {
+    pub(crate) fn forwarded(future: F, record: Record<T>) -> Self {
         ResponseFuture {
             state: State::Forwarded { future },
-            record,
+            record: Some(record),
+            unkeyed: None,
+        }
+    }
+
+    /// A request the layer does not track (it has no key): forwarded, only watched for where the
+    /// layer is placed.
+    pub(crate) fn unkeyed(future: F, table: &Arc<Table>) -> Self {
+        ResponseFuture {
+            state: State::Forwarded { future },
+            record: None,
+            unkeyed: (!table.warned_misplaced()).then(|| table.clone()),
         }
     }
 
@@ -59,6 +77,7 @@ impl<F, T> ResponseFuture<F, T> {
         ResponseFuture {
             state: State::Refused { error: Some(error) },
             record: None,
+            unkeyed: None,
         }
     }
 }
@@ -79,6 +98,14 @@ where
                 .expect("ResponseFuture polled after completion"))),
             StateProj::Forwarded { future } => match ready!(future.poll(cx)) {
                 Ok(response) => {
+                    // Only `GatewayErrorLayer` marks its answers so: it runs inside this layer,
+                    // which then sees answers where it should see failures.
+                    if response.extensions().get::<ProxyError>().is_some() {
+                        let table = this.record.as_ref().map(Record::table);
+                        if let Some(table) = table.or(this.unkeyed.as_ref()) {
+                            table.misplaced();
+                        }
+                    }
                     let empty = response.body().is_end_stream();
                     let record = this
                         .record

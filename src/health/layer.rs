@@ -7,6 +7,8 @@ use std::time::Duration;
 use http::StatusCode;
 use tower_layer::Layer;
 
+use crate::classify::Classify;
+
 use super::attempt::Attempt;
 use super::key::ByAuthority;
 use super::service::UpstreamHealth;
@@ -106,6 +108,10 @@ impl<K> UpstreamHealthLayer<K> {
     /// How long an upstream stays unavailable the first time (default 10 s). Each further trip in
     /// a row (a probe that fails) keeps it unavailable this long times the number of trips, up to
     /// [`max_open_time`](Self::max_open_time).
+    ///
+    /// Every duration this builder takes may be as long as `Duration::MAX`: the layer counts in
+    /// saturating arithmetic, and a time past what it can count (some 584 years) is simply that
+    /// long.
     pub fn open_time(self, open: Duration) -> Self {
         self.set(|s| s.open_time = open)
     }
@@ -190,6 +196,38 @@ impl<K> UpstreamHealthLayer<K> {
         F: Fn(&Attempt<'_>) -> bool + Send + Sync + 'static,
     {
         self.set(|s| s.rule = Some(Arc::new(rule)))
+    }
+
+    /// Adds a classifier that runs before the default one (and after those added before it) to
+    /// decide the kind of an inner service's error, which the failure rule reads: give it the
+    /// classifiers you gave the [`GatewayErrorLayer`](crate::GatewayErrorLayer), so that the two
+    /// layers agree on what an error is. Without them, an error only your classifier recognises
+    /// has no kind here, and the default rule does not count it.
+    ///
+    /// ```
+    /// use std::error::Error;
+    /// use gateway_errors::health::UpstreamHealthLayer;
+    /// use gateway_errors::{GatewayErrorLayer, ProxyErrorKind};
+    ///
+    /// #[derive(Debug)]
+    /// struct BackendDown;
+    /// impl std::fmt::Display for BackendDown {
+    ///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    ///         f.write_str("backend down")
+    ///     }
+    /// }
+    /// impl Error for BackendDown {}
+    ///
+    /// fn backend_down(error: &(dyn Error + 'static)) -> Option<ProxyErrorKind> {
+    ///     error.is::<BackendDown>().then_some(ProxyErrorKind::ConnectionRefused)
+    /// }
+    ///
+    /// let gateway = GatewayErrorLayer::new().classifier(backend_down);
+    /// let health = UpstreamHealthLayer::new().classifier(backend_down);
+    /// # let _ = (gateway, health);
+    /// ```
+    pub fn classifier<C: Classify>(self, classifier: C) -> Self {
+        self.set(|s| s.classifiers.push(Arc::new(classifier)))
     }
 
     /// Forwards requests to an upstream marked unavailable instead of refusing them (off by
@@ -279,6 +317,7 @@ impl<K> fmt::Debug for UpstreamHealthLayer<K> {
             .field("forget_after", &settings.forget_after)
             .field("upstreams", &self.table.capacity())
             .field("forward_when_unavailable", &settings.forward)
+            .field("classifiers", &settings.classifiers.len())
             .finish_non_exhaustive()
     }
 }

@@ -32,6 +32,13 @@
 //!       client             hyper-util, reqwest, ...
 //! ```
 //!
+//! Placed outside `GatewayErrorLayer`, it would compile and never work: it would see only the
+//! answers `GatewayErrorLayer` makes of failures and timeouts (responses), never the failures
+//! themselves, and never mark an upstream unavailable. It notices: every answer
+//! `GatewayErrorLayer` generates carries a [`ProxyError`](crate::ProxyError) extension, and at the
+//! first response with one, the layer emits a `WARN` event (target `gateway_errors`, once per
+//! layer) that says it is placed outside and to move it inside, next to the client.
+//!
 //! A refusal is an error, a [`ProxyError`](crate::ProxyError) of kind `destination_unavailable`
 //! with the delay until the next probe as its `retry_after` and [`UpstreamUnavailable`] as its
 //! source, and `GatewayErrorLayer` renders it as it renders any other:
@@ -106,17 +113,33 @@
 //! [upstream timeout](crate::GatewayErrorLayer::upstream_timeout), and a body that breaks off or
 //! stalls past its [read timeout](crate::GatewayErrorLayer::upstream_read_timeout) after the head.
 //!
+//! Never, by default or by any rule: what a client controls. A memory shared by every client
+//! must not be moved by one of them, so these count as nothing:
+//!
+//! - a client that went away;
+//! - a gRPC caller's own deadline (`grpc-timeout`) that ran out before the operator's limits: the
+//!   caller is answered `DEADLINE_EXCEEDED` as always, but the upstream was not slow by the
+//!   operator's measure;
+//! - the [response deadline](crate::GatewayErrorLayer::response_deadline) when it ran out while
+//!   the gateway was waiting on its client to read the body (the client read so slowly that the
+//!   deadline had passed before the gateway next had to wait on the origin). When it runs out
+//!   while the gateway waits on the origin, it is the upstream's, as before.
+//!
 //! Never by default: the origin's own statuses (a 500, a 503, a 404 is an answer: the upstream is
-//! up), a client that went away, a request refused before it was sent (a body over a limit, a full
-//! pool). Opt in to the origin's 502, 503 and 504 with
+//! up), a request refused before it was sent (a body over a limit, a full pool). Opt in to the
+//! origin's 502, 503 and 504 with
 //! [`count_origin_statuses`](UpstreamHealthLayer::count_origin_statuses), or replace the rule
 //! with [`failure_rule`](UpstreamHealthLayer::failure_rule).
 //!
+//! The rule reads the kind of an error as the classifiers decide it: give the layer the
+//! classifiers you gave `GatewayErrorLayer` with [`classifier`](UpstreamHealthLayer::classifier),
+//! so that an error only your classifier recognises counts here too.
+//!
 //! `GatewayErrorLayer`'s timeouts fire outside this layer: they drop its future (or body) rather
-//! than fail it. The layer is told why, so a timeout counts as the upstream's failure while a
-//! client that went away counts as nothing. That works with nothing between the two layers that
-//! moves the request to another task (a `tower::buffer::Buffer`); a tower `Timeout` belongs
-//! inside this layer, where its error is seen.
+//! than fail it. The layer is told why, so an operator's timeout counts as the upstream's failure
+//! while a client that went away, or a client's own limit, counts as nothing. That works with
+//! nothing between the two layers that moves the request to another task (a
+//! `tower::buffer::Buffer`); a tower `Timeout` belongs inside this layer, where its error is seen.
 //!
 //! # When it opens, and for how long
 //!
@@ -125,7 +148,8 @@
 //! window with a minimum number of requests. It then stays unavailable for the
 //! [open time](UpstreamHealthLayer::open_time) (10 s) times the number of trips in a row, at most
 //! the [maximum](UpstreamHealthLayer::max_open_time) (5 minutes), shortened by up to 10%
-//! [jitter](UpstreamHealthLayer::jitter). A successful probe resets the trips.
+//! [jitter](UpstreamHealthLayer::jitter). A successful probe resets the trips. Every time may be
+//! set as long as `Duration::MAX`; the arithmetic saturates.
 //!
 //! Outcomes are recorded against the state a request was admitted under: requests that were
 //! already on their way when the upstream was marked unavailable, and fail afterwards, do not
@@ -139,8 +163,9 @@
 //! other), and every other way a probe can end resolves it too:
 //!
 //! - it fails, or `GatewayErrorLayer` times it out: unavailable again, for longer;
-//! - its client goes away, or its future is dropped, or its error says nothing about the upstream:
-//!   the next request probes;
+//! - its client goes away, or its own deadline (`grpc-timeout`) runs out first, or its future is
+//!   dropped, or its error says nothing about the upstream: the next request probes, and the open
+//!   time does not grow;
 //! - it hangs, with no timeout anywhere: after the [probe timeout](UpstreamHealthLayer::probe_timeout)
 //!   (30 s) it counts as a failed probe.
 //!

@@ -96,7 +96,7 @@ impl<T> Record<T> {
 
     /// The request failed with `error`: before the head, or after it (the body broke off).
     pub(crate) fn failed(self, error: &(dyn StdError + 'static), after_head: bool) {
-        let kind = classify(&[], error).kind();
+        let kind = classify(&self.table.settings().classifiers, error).kind();
         let kind = if after_head { body_kind(kind) } else { kind };
         self.judge(Attempt {
             status: None,
@@ -106,21 +106,28 @@ impl<T> Record<T> {
         });
     }
 
-    /// The future or body was dropped before it ended: a limit of the gateway ran out (a failure
-    /// of the upstream), or its client went away (nothing to say about the upstream).
+    /// The future or body was dropped before it ended: one of the operator's limits ran out
+    /// while the gateway waited on the origin (a failure of the upstream), or its client went
+    /// away, or a limit the client set or used up ran out (a gRPC caller's own deadline, a
+    /// response deadline spent on a client that reads slowly): nothing to say about the upstream.
     pub(crate) fn dropped(self, after_head: bool) {
         match deadline::dropped_for() {
-            Some(timed_out) => self.judge(Attempt {
+            Some(timed_out) if timed_out.is_upstreams() => self.judge(Attempt {
                 status: None,
                 kind: Some(timed_out.kind()),
                 error: Some(&timed_out),
                 after_head,
             }),
-            None => {
+            _ => {
                 self.table
                     .record(self.admission, self.hash, Outcome::Neutral, &self.key);
             }
         }
+    }
+
+    /// The table its outcome goes to.
+    pub(crate) fn table(&self) -> &Arc<Table> {
+        &self.table
     }
 
     fn judge(self, attempt: Attempt<'_>) {

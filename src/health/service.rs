@@ -89,7 +89,7 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let mut hasher = self.table.hasher().build_hasher();
         let Some(key) = self.key.key(&request, &mut hasher) else {
-            return ResponseFuture::forwarded(self.inner.call(request), None);
+            return ResponseFuture::unkeyed(self.inner.call(request), &self.table);
         };
         let hash = hasher.finish();
         let admission = self.table.admit(hash, &key);
@@ -111,7 +111,7 @@ where
                     _ => {}
                 }
                 let record = Record::new(self.table.clone(), hash, admission, key);
-                ResponseFuture::forwarded(self.inner.call(request), Some(record))
+                ResponseFuture::forwarded(self.inner.call(request), record)
             }
         }
     }
@@ -446,6 +446,157 @@ mod tests {
         }
         let (response, _) = exchange(&gateway).await;
         assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    /// A gRPC call with its own deadline of `grpc_timeout` (e.g. `1m`, a millisecond).
+    fn grpc_call(grpc_timeout: &str) -> Request<()> {
+        Request::post("http://127.0.0.1:3000/demo.Demo/Ok")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("grpc-timeout", grpc_timeout)
+            .body(())
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_callers_own_deadline_is_answered_and_never_counted() {
+        let upstream = Upstream::default();
+        upstream.set(Mode::Silent);
+        let gateway = gateway(health(), upstream.clone());
+        for _ in 0..10 {
+            let started = Instant::now();
+            let response = gateway.clone().oneshot(grpc_call("1m")).await.unwrap();
+            assert_eq!(started.elapsed(), Duration::from_millis(1));
+            assert_eq!(response.headers()["grpc-status"], "4", "DEADLINE_EXCEEDED");
+            assert_eq!(
+                kind_of(&response),
+                Some(ProxyErrorKind::HttpResponseTimeout)
+            );
+        }
+        upstream.set(Mode::Ok);
+        let (response, _) = exchange(&gateway).await;
+        assert_eq!(response.status(), StatusCode::OK, "not marked unavailable");
+        assert_eq!(upstream.calls(), 11);
+
+        // A caller's deadline no sooner than the gateway's timeout: the gateway's, and counted.
+        upstream.set(Mode::Silent);
+        for _ in 0..3 {
+            let response = gateway.clone().oneshot(grpc_call("5S")).await.unwrap();
+            assert_eq!(response.headers()["grpc-status"], "4");
+        }
+        let (response, _) = exchange(&gateway).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_ended_by_its_callers_deadline_lets_the_next_request_probe() {
+        let upstream = Upstream::default();
+        let gateway = gateway(health(), upstream.clone());
+        trip(&gateway, &upstream).await;
+        upstream.set(Mode::Silent);
+        for _ in 0..5 {
+            let response = gateway.clone().oneshot(grpc_call("1m")).await.unwrap();
+            assert_eq!(
+                response.headers()["grpc-status"],
+                "4",
+                "the probe, timed out"
+            );
+        }
+        // Each went through as the probe, and none marked the upstream unavailable again.
+        let calls = upstream.calls();
+        upstream.set(Mode::Refuse);
+        let (response, _) = exchange(&gateway).await;
+        assert_eq!(kind_of(&response), Some(ProxyErrorKind::ConnectionRefused));
+        assert_eq!(upstream.calls(), calls + 1, "the next request probed");
+        let (response, _) = exchange(&gateway).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            retry_after(&response),
+            20,
+            "the second trip in a row, not the seventh: the open time did not grow"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_spends_the_response_deadline_without_counting_a_stalled_origin_does() {
+        let gateway = |upstream: &Upstream| {
+            ServiceBuilder::new()
+                .layer(
+                    GatewayErrorLayer::new()
+                        .upstream_timeout(Duration::from_secs(1))
+                        .upstream_read_timeout(None)
+                        .response_deadline(Duration::from_secs(2)),
+                )
+                .layer(health())
+                .service(upstream.clone())
+        };
+        // The origin sends a frame, then nothing: cut at the deadline, the upstream's failure.
+        let upstream = Upstream::default();
+        upstream.set(Mode::BodyStalls);
+        let stalled = gateway(&upstream);
+        for _ in 0..3 {
+            let started = Instant::now();
+            let (response, broke) = exchange(&stalled).await;
+            assert_eq!(response.status(), StatusCode::OK);
+            assert!(broke, "cut at the deadline");
+            assert_eq!(started.elapsed(), Duration::from_secs(2));
+        }
+        let (response, _) = exchange(&stalled).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+        // A client that reads a frame, then nothing until the deadline has passed: the gateway
+        // was waiting on it, not on the origin, when the deadline ran out.
+        let upstream = Upstream::default();
+        upstream.set(Mode::BodyStalls);
+        let slow = gateway(&upstream);
+        for _ in 0..10 {
+            let response = slow.clone().oneshot(request()).await.unwrap();
+            let mut body = std::pin::pin!(response.into_body());
+            assert!(body.frame().await.unwrap().is_ok());
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let cut = body.frame().await.unwrap().unwrap_err();
+            assert_eq!(
+                cut.downcast_ref::<ProxyError>().and_then(ProxyError::kind),
+                Some(ProxyErrorKind::HttpResponseTimeout),
+                "the client still sees the cut"
+            );
+        }
+        upstream.set(Mode::Ok);
+        let (response, _) = exchange(&slow).await;
+        assert_eq!(response.status(), StatusCode::OK, "not marked unavailable");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_layers_classifiers_decide_what_an_error_is() {
+        #[derive(Debug)]
+        struct BackendDown;
+        impl std::fmt::Display for BackendDown {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("backend down")
+            }
+        }
+        impl std::error::Error for BackendDown {}
+        fn backend_down(error: &(dyn std::error::Error + 'static)) -> Option<ProxyErrorKind> {
+            error
+                .is::<BackendDown>()
+                .then_some(ProxyErrorKind::ConnectionRefused)
+        }
+        let failing = tower::service_fn(|_request: Request<()>| async {
+            Err::<Response<http_body_util::Empty<Bytes>>, _>(BackendDown)
+        });
+        for (health, opens) in [(health(), false), (health().classifier(backend_down), true)] {
+            let gateway = ServiceBuilder::new()
+                .layer(GatewayErrorLayer::new().classifier(backend_down))
+                .layer(health)
+                .service(failing);
+            for _ in 0..3 {
+                let response = gateway.clone().oneshot(request()).await.unwrap();
+                assert_eq!(kind_of(&response), Some(ProxyErrorKind::ConnectionRefused));
+            }
+            let response = gateway.clone().oneshot(request()).await.unwrap();
+            let unavailable = kind_of(&response) == Some(ProxyErrorKind::DestinationUnavailable);
+            assert_eq!(unavailable, opens);
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -18,7 +18,7 @@
 
 use std::fmt::{self, Write as _};
 use std::hash::RandomState;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -26,6 +26,7 @@ use http::StatusCode;
 use tokio::time::Instant;
 use tracing::Level;
 
+use crate::classify::Classify;
 use crate::config::StatusSet;
 use crate::kind::ProxyErrorKind;
 use crate::random::random_unit;
@@ -66,6 +67,8 @@ pub(crate) struct Settings {
     pub(crate) max_upstreams: usize,
     pub(crate) failure_statuses: StatusSet,
     pub(crate) rule: Option<FailureRule>,
+    /// Asked before the default classifier for the kind of an error the rule reads.
+    pub(crate) classifiers: Vec<Arc<dyn Classify>>,
     pub(crate) forward: bool,
     #[cfg(feature = "metrics")]
     pub(crate) metrics: Option<crate::metrics::HealthMetrics>,
@@ -84,6 +87,7 @@ impl Default for Settings {
             max_upstreams: 1024,
             failure_statuses: StatusSet::default(),
             rule: None,
+            classifiers: Vec::new(),
             forward: false,
             #[cfg(feature = "metrics")]
             metrics: None,
@@ -107,12 +111,19 @@ impl Settings {
 
     /// How long the upstream stays open after its `trips`-th trip in a row: the open time times
     /// `trips`, at most the maximum, less a random share of up to `jitter` of it.
+    ///
+    /// Counted in whole nanoseconds, as the table keeps times: any setting, `Duration::MAX`
+    /// included, gives a time (at most `u64::MAX` nanoseconds, some 584 years) and never a panic
+    /// (`Duration::mul_f64` would panic on a product past `Duration::MAX`).
     fn open_for(&self, trips: u32) -> Duration {
-        let full = self
-            .open_time
-            .saturating_mul(trips.max(1))
-            .min(self.max_open_time);
-        full.mul_f64(1.0 - self.jitter * random_unit())
+        let full = nanos(
+            self.open_time
+                .saturating_mul(trips.max(1))
+                .min(self.max_open_time),
+        );
+        // A float-to-integer `as` saturates (and takes NaN to 0); the cut is at most `full`.
+        let cut = (full as f64 * (self.jitter * random_unit()).clamp(0.0, 1.0)) as u64;
+        Duration::from_nanos(full - cut.min(full))
     }
 
     /// How long a key's failures are remembered without a new one.
@@ -309,6 +320,8 @@ pub(crate) struct Table {
     settings: Settings,
     hasher: RandomState,
     started: Instant,
+    /// Whether the warning that the layer is placed outside `GatewayErrorLayer` has been given.
+    warned_misplaced: AtomicBool,
     /// A key's 64-bit hash per slot; 0 for a slot never used. Slots of a group fill in order and
     /// are never emptied (only given to another key), so a search stops at the first 0.
     fingerprints: Box<[AtomicU64]>,
@@ -332,6 +345,7 @@ impl Table {
             0
         };
         Table {
+            warned_misplaced: AtomicBool::new(false),
             hasher: RandomState::new(),
             started: Instant::now(),
             fingerprints: (0..slots).map(|_| AtomicU64::new(0)).collect(),
@@ -359,6 +373,28 @@ impl Table {
     /// How many upstreams the table can track.
     pub(crate) fn capacity(&self) -> usize {
         self.slots.len()
+    }
+
+    /// A response `GatewayErrorLayer` generated came through: that layer is inside this one.
+    /// Said once per table, at the first such response, with the fix.
+    pub(crate) fn misplaced(&self) {
+        // A load first: once warned, a misplaced layer's answers cost a read, not a write.
+        if self.warned_misplaced() || self.warned_misplaced.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        tracing::event!(
+            target: TARGET,
+            Level::WARN,
+            "UpstreamHealthLayer is placed outside GatewayErrorLayer: it sees only the answers \
+             GatewayErrorLayer makes of failures and timeouts, never the failures themselves, so \
+             it never marks an upstream unavailable. Place it inside GatewayErrorLayer, next to \
+             the client (after the code that points the request at its upstream)",
+        );
+    }
+
+    /// Whether the warning that the layer is placed outside `GatewayErrorLayer` has been given.
+    pub(crate) fn warned_misplaced(&self) -> bool {
+        self.warned_misplaced.load(Ordering::Relaxed)
     }
 
     fn now(&self) -> u64 {
@@ -812,8 +848,10 @@ impl Table {
                 None
             }
             Outcome::Neutral => {
-                // The client went away, or the error was not the upstream's: the next request
-                // probes. The open time is over already, so the state stays half-open.
+                // The client went away, or its own deadline ran out, or the error was not the
+                // upstream's: the next request probes. The open time is over already, so the
+                // state stays half-open, and the trips (and so the next open time) stay as they
+                // are.
                 slot.word.store(
                     Word::new(Phase::HalfOpen, false, epoch, 0).0,
                     Ordering::Release,
@@ -822,7 +860,7 @@ impl Table {
                     target: TARGET,
                     Level::DEBUG,
                     gateway.upstream = guarded.name.as_str(),
-                    "the probe ended without an answer from the upstream (its client went away); the next request probes",
+                    "the probe ended with nothing to say about the upstream (its client went away, or a limit of its client's ran out); the next request probes",
                 );
                 None
             }
@@ -975,7 +1013,9 @@ fn nanos(duration: Duration) -> u64 {
 
 /// `duration` rounded up to whole seconds, and at least one: what `Retry-After` can state.
 fn whole_seconds(duration: Duration) -> Duration {
-    let seconds = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+    let seconds = duration
+        .as_secs()
+        .saturating_add(u64::from(duration.subsec_nanos() > 0));
     Duration::from_secs(seconds.max(1))
 }
 
@@ -1432,6 +1472,62 @@ mod tests {
             ..Settings::default()
         };
         assert_eq!(capped.open_for(1000), Duration::from_secs(300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn durations_as_long_as_duration_max_never_overflow() {
+        let longest = |s: &mut Settings| {
+            s.open_time = Duration::MAX;
+            s.max_open_time = Duration::MAX;
+            s.probe_timeout = Duration::MAX;
+            s.forget_after = Duration::MAX;
+            s.ratio = Some(RatioRule {
+                ratio: 0.9,
+                window: Duration::MAX,
+                min_requests: 1000,
+            });
+        };
+        for jitter in [0.0, 0.1, 1.0] {
+            let table = table(|s| {
+                longest(s);
+                s.jitter = jitter;
+            });
+            for _ in 0..5 {
+                request(&table, KEY, refused());
+            }
+            assert_eq!(phase(&table, KEY), Some(Phase::Open), "{jitter}");
+            let after = retry_after(table.admit(KEY, &"upstream")).unwrap();
+            assert!(after >= SECOND, "{after:?}");
+            if jitter == 0.0 {
+                // As long as the table can count: some 584 years.
+                assert_eq!(after, whole_seconds(Duration::from_nanos(u64::MAX)));
+            }
+            for trips in [1, 2, u32::MAX] {
+                let settings = Settings {
+                    jitter,
+                    ..table.settings.clone()
+                };
+                assert!(settings.open_for(trips) <= Duration::from_nanos(u64::MAX));
+            }
+        }
+
+        // A probe given all the time there is, and a failure after it.
+        let table = table(|s| {
+            longest(s);
+            s.open_time = Duration::from_secs(10);
+        });
+        trip_and_wait(&table).await;
+        let probe = table.admit(KEY, &"upstream");
+        assert!(matches!(probe, Admission::Probe { .. }), "{probe:?}");
+        assert_eq!(retry_after(table.admit(KEY, &"upstream")), Some(SECOND));
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert_eq!(retry_after(table.admit(KEY, &"upstream")), Some(SECOND));
+        table.record(probe, KEY, refused(), &"upstream");
+        assert_eq!(
+            retry_after(table.admit(KEY, &"upstream")),
+            Some(20 * SECOND)
+        );
+        assert_eq!(whole_seconds(Duration::MAX), Duration::from_secs(u64::MAX));
     }
 
     #[test]

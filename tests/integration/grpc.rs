@@ -68,7 +68,19 @@ impl Drop for ServedGateway {
     }
 }
 
-async fn serve(service: impl GatewayService) -> ServedGateway {
+async fn serve<S, B>(service: S) -> ServedGateway
+where
+    S: tower::Service<
+            Request<Body>,
+            Response = http::Response<B>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let listener = within("binding the gateway", TcpListener::bind("127.0.0.1:0"))
         .await
         .expect("bind a loopback port");
@@ -775,4 +787,100 @@ async fn spans_carry_the_rpc_fields_with_the_status_the_client_got() {
         Some("false")
     );
     assert_eq!(field(&fields, "rpc.method").as_deref(), Some("NotFound"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// A caller's own deadline and the upstream's health
+// ---------------------------------------------------------------------------------------------
+
+/// A healthy origin on loopback that answers every request (HTTP/1.1 or h2c) with `200 ok`
+/// after `delay`; it stops when dropped.
+struct SlowOrigin {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SlowOrigin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn slow_origin(delay: Duration) -> SlowOrigin {
+    let listener = within("binding the origin", TcpListener::bind("127.0.0.1:0"))
+        .await
+        .expect("bind a loopback port");
+    let addr = listener.local_addr().expect("local address");
+    let task = tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            connections.spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |_request: Request<Incoming>| async move {
+                        tokio::time::sleep(delay).await;
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from_static(b"ok\n"),
+                        )))
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    SlowOrigin { addr, task }
+}
+
+#[tokio::test]
+async fn a_callers_own_deadline_never_marks_a_healthy_upstream_unavailable() {
+    // The example gateway's settings: three failures open it for 20 s; a 1 s upstream timeout.
+    let origin = slow_origin(Duration::from_millis(300)).await;
+    let authority = origin.addr.to_string();
+    let gateway = tower::ServiceBuilder::new()
+        .layer(support::layer().upstream_timeout(Duration::from_secs(1)))
+        .map_request(move |request| support::to_upstream(&authority, request))
+        .layer(
+            gateway_errors::health::UpstreamHealthLayer::new()
+                .consecutive_failures(3)
+                .open_time(Duration::from_secs(20)),
+        )
+        .service(h2_client());
+    let served = serve(gateway).await;
+    // A gRPC client over h2c to the gateway.
+    let client = h2_client();
+    let at = |path: &str| format!("http://{}{path}", served.addr);
+    for _ in 0..3 {
+        let mut call = grpc_request(grpc_demo::OK, "application/grpc", &[("grpc-timeout", "1m")]);
+        *call.uri_mut() = at(grpc_demo::OK).parse().unwrap();
+        let response = within("a call with a 1 ms deadline", client.request(call))
+            .await
+            .expect("an answer");
+        assert_eq!(response.status(), StatusCode::OK);
+        let headers = response.headers();
+        assert_eq!(
+            headers["grpc-status"], "4",
+            "DEADLINE_EXCEEDED: {headers:?}"
+        );
+        assert_eq!(
+            headers["proxy-status"],
+            "edge-1; error=http_response_timeout"
+        );
+        support::read_body(response.into_body()).await;
+    }
+    // A plain request to the same upstream: forwarded, and answered by the origin.
+    let get = Request::get(at("/orders")).body(Body::empty()).unwrap();
+    let response = within("a plain GET", client.request(get))
+        .await
+        .expect("an answer");
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "not 503 destination_unavailable: {:?}",
+        response.headers()
+    );
+    assert!(response.headers().get("retry-after").is_none());
+    assert_eq!(support::read_body(response.into_body()).await, "ok\n");
 }

@@ -988,3 +988,225 @@ async fn an_unavailable_upstream_is_answered_from_the_last_good_copy_at_once() {
     let response = call(gateway, get("/other")).await;
     assert_unavailable(response).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// What a client controls never moves the breaker
+// ---------------------------------------------------------------------------------------------
+
+/// A gRPC call whose caller gives itself `grpc-timeout` (e.g. `1m`, one millisecond).
+fn grpc_call(grpc_timeout: &str) -> Request<Body> {
+    Request::post("/demo.Demo/Ok")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", grpc_timeout)
+        .body(Body::from(Bytes::from_static(b"\0\0\0\0\0")))
+        .expect("a valid request")
+}
+
+#[tokio::test]
+async fn a_half_open_probe_ended_by_its_callers_deadline_does_not_keep_it_unavailable() {
+    let port = refusing_port().await;
+    let gateway = gateway(
+        support::layer().upstream_timeout(Duration::from_secs(1)),
+        health(),
+        port,
+    );
+    let open = trip(&gateway, 5).await;
+    // Back, and healthy: it answers in 300 ms, well within the gateway's timeout.
+    let origin = Origin::on(port, Answer::After(Duration::from_millis(300))).await;
+    tokio::time::sleep(open).await;
+    // The first request after the open time is the probe; its caller gave itself a millisecond.
+    let response = call(gateway.clone(), grpc_call("1m")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["grpc-status"], "4", "DEADLINE_EXCEEDED");
+    assert_eq!(
+        response.headers()["proxy-status"],
+        format!("{PROXY_NAME}; error=http_response_timeout").as_str()
+    );
+    // The upstream is not marked unavailable again: the next request probes, and closes it.
+    let started = Instant::now();
+    assert_eq!(statuses(&gateway, "/orders", 1).await, [200]);
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "it reached the origin"
+    );
+    assert_eq!(statuses(&gateway, "/orders", 3).await, [200; 3]);
+    assert!(origin.accepted() >= 1);
+}
+
+#[tokio::test]
+async fn a_slow_reader_with_a_response_deadline_never_marks_it_unavailable() {
+    let upstream = start_upstream().await;
+    let layer = || {
+        support::layer()
+            .upstream_read_timeout(None)
+            .response_deadline(Duration::from_millis(300))
+    };
+    let health = || UpstreamHealthLayer::new().consecutive_failures(3);
+    let slow_reader = gateway(layer(), health(), upstream.addr);
+    for _ in 0..3 {
+        // A megabyte, read one frame at a time: the first at once, the next after the deadline.
+        let response = call(slow_reader.clone(), get("/large?bytes=1048576")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let mut body = std::pin::pin!(response.into_body());
+        let first = within("the first frame", http_body_util::BodyExt::frame(&mut body)).await;
+        assert!(first.is_some_and(|frame| frame.is_ok()));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The client still sees the cut, as before: the body ends with the deadline's error.
+        let error = loop {
+            match within("the next frame", http_body_util::BodyExt::frame(&mut body)).await {
+                Some(Ok(_)) => continue,
+                Some(Err(error)) => break error,
+                None => panic!("the body ran past its response deadline"),
+            }
+        };
+        let kind = error
+            .downcast_ref::<ProxyError>()
+            .and_then(ProxyError::kind);
+        assert_eq!(kind, Some(ProxyErrorKind::HttpResponseTimeout));
+    }
+    assert_eq!(
+        statuses(&slow_reader, "/ok", 1).await,
+        [200],
+        "the client's slowness is not the upstream's failure"
+    );
+
+    // The same deadline on an origin that stalls mid-body: the upstream's failure, as before.
+    let stalled = gateway(layer(), health(), upstream.addr);
+    for _ in 0..3 {
+        let response = call(stalled.clone(), get("/stall-body")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = within(
+            "reading /stall-body",
+            http_body_util::BodyExt::collect(response.into_body()),
+        )
+        .await;
+        assert!(body.is_err(), "cut at the deadline");
+    }
+    let response = call(stalled.clone(), get("/ok")).await;
+    assert_unavailable(response).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Placed outside GatewayErrorLayer, durations as long as Duration::MAX
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn placed_outside_the_gateway_layer_it_says_so_once_with_the_fix() {
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let captured = observed::Captured::default();
+    let subscriber = tracing_subscriber::registry().with(captured.clone());
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let port = refusing_port().await;
+    let warnings = || -> Vec<String> {
+        captured
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|event| event.level == tracing::Level::WARN)
+            .map(|event| event.fields["message"].clone())
+            .filter(|message| message.contains("UpstreamHealthLayer"))
+            .collect()
+    };
+    // Requests as a server gets them (no authority: the layer has no key for them), and as a
+    // router that points them at their upstream before every layer would send them.
+    let absolute = format!("http://{port}/orders");
+    for (shape, target) in [("origin-form", "/orders"), ("absolute", absolute.as_str())] {
+        let authority = port.to_string();
+        // The wrong order: the health layer sees only the answers GatewayErrorLayer makes.
+        let misplaced = ServiceBuilder::new()
+            .layer(UpstreamHealthLayer::new().consecutive_failures(3))
+            .layer(support::layer())
+            .map_request(move |request| support::to_upstream(&authority, request))
+            .service(support::http_client());
+        let before = warnings().len();
+        for _ in 0..6 {
+            let response = within("a request", misplaced.clone().oneshot(get(target)))
+                .await
+                .expect("GatewayErrorLayer answers every failure");
+            // It never trips: every attempt reaches the closed port.
+            assert_eq!(response.status(), StatusCode::BAD_GATEWAY, "{shape}");
+        }
+        let warnings = warnings();
+        assert_eq!(
+            warnings.len(),
+            before + 1,
+            "{shape}: once per layer: {warnings:?}"
+        );
+        let warning = warnings.last().unwrap();
+        for says in [
+            "outside GatewayErrorLayer",
+            "never marks an upstream unavailable",
+            "Place it inside GatewayErrorLayer, next to the client",
+        ] {
+            assert!(warning.contains(says), "{shape}: {says:?} in {warning}");
+        }
+    }
+
+    // Placed right, it says nothing of the kind.
+    captured.events.lock().unwrap().clear();
+    let gateway = gateway(
+        support::layer(),
+        UpstreamHealthLayer::new().consecutive_failures(3),
+        port,
+    );
+    assert_eq!(statuses(&gateway, "/orders", 4).await, [502, 502, 502, 503]);
+    let misplaced_warnings = captured
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|event| {
+            event
+                .fields
+                .get("message")
+                .is_some_and(|m| m.contains("outside GatewayErrorLayer"))
+        })
+        .count();
+    assert_eq!(misplaced_warnings, 0);
+}
+
+#[tokio::test]
+async fn every_duration_may_be_duration_max() {
+    let port = refusing_port().await;
+    let health = UpstreamHealthLayer::new()
+        .consecutive_failures(3)
+        .open_time(Duration::MAX)
+        .max_open_time(Duration::MAX)
+        .probe_timeout(Duration::MAX)
+        .forget_after(Duration::MAX)
+        .failure_ratio(0.5, Duration::MAX, 1000)
+        .jitter(0.0);
+    let gateway = gateway(support::layer(), health, port);
+    assert_eq!(statuses(&gateway, "/orders", 3).await, [502; 3]);
+    for _ in 0..3 {
+        let response = call(gateway.clone(), get("/orders")).await;
+        let seconds = assert_unavailable(response).await;
+        assert!(
+            seconds > 500 * 365 * 24 * 3600,
+            "{seconds}: as long as the layer can count"
+        );
+    }
+    // An upstream that answers, with GatewayErrorLayer's limits as long too.
+    let upstream = start_upstream().await;
+    let other = gateway_for_max(upstream.addr);
+    assert_eq!(statuses(&other, "/ok", 3).await, [200; 3]);
+}
+
+/// A gateway whose every limit is `Duration::MAX`, to `upstream`.
+fn gateway_for_max(upstream: SocketAddr) -> impl HealthGateway {
+    gateway(
+        support::layer()
+            .upstream_timeout(Duration::MAX)
+            .upstream_read_timeout(Duration::MAX)
+            .response_deadline(Duration::MAX),
+        UpstreamHealthLayer::new()
+            .open_time(Duration::MAX)
+            .max_open_time(Duration::MAX)
+            .probe_timeout(Duration::MAX),
+        upstream,
+    )
+}
