@@ -239,7 +239,7 @@ impl HeadClock {
     pub(crate) fn postpone(self: Pin<&mut Self>, due: Instant, after: Duration) {
         let mut this = self.project();
         let head = Some((due, Limit::Head(after)));
-        let Some((due, limit)) = sooner(head, this.deadline.map(ResponseDeadline::due)) else {
+        let Some((due, limit)) = sooner(head, this.deadline.and_then(ResponseDeadline::due)) else {
             return;
         };
         *this.limit = limit;

@@ -449,12 +449,12 @@ mod tests {
     }
 
     /// A gRPC call with its own deadline of `grpc_timeout` (e.g. `1m`, a millisecond).
-    fn grpc_call(grpc_timeout: &str) -> Request<()> {
+    fn grpc_call(grpc_timeout: &str) -> Request<NoBody> {
         Request::post("http://127.0.0.1:3000/demo.Demo/Ok")
             .header("content-type", "application/grpc")
             .header("te", "trailers")
             .header("grpc-timeout", grpc_timeout)
-            .body(())
+            .body(NoBody::new())
             .unwrap()
     }
 
@@ -581,9 +581,10 @@ mod tests {
                 .is::<BackendDown>()
                 .then_some(ProxyErrorKind::ConnectionRefused)
         }
-        let failing = tower::service_fn(|_request: Request<()>| async {
-            Err::<Response<http_body_util::Empty<Bytes>>, _>(BackendDown)
-        });
+        let failing =
+            tower::service_fn(|_request: Request<crate::body::UploadBody<NoBody>>| async {
+                Err::<Response<http_body_util::Empty<Bytes>>, _>(BackendDown)
+            });
         for (health, opens) in [(health(), false), (health().classifier(backend_down), true)] {
             let gateway = ServiceBuilder::new()
                 .layer(GatewayErrorLayer::new().classifier(backend_down))

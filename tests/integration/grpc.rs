@@ -850,7 +850,9 @@ async fn a_callers_own_deadline_never_marks_a_healthy_upstream_unavailable() {
         .service(h2_client());
     let served = serve(gateway).await;
     // A gRPC client over h2c to the gateway.
-    let client = h2_client();
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Body>();
     let at = |path: &str| format!("http://{}{path}", served.addr);
     for _ in 0..3 {
         let mut call = grpc_request(grpc_demo::OK, "application/grpc", &[("grpc-timeout", "1m")]);

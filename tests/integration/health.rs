@@ -1121,7 +1121,7 @@ async fn placed_outside_the_gateway_layer_it_says_so_once_with_the_fix() {
             .layer(UpstreamHealthLayer::new().consecutive_failures(3))
             .layer(support::layer())
             .map_request(move |request| support::to_upstream(&authority, request))
-            .service(support::http_client());
+            .service(support::upstream_client());
         let before = warnings().len();
         for _ in 0..6 {
             let response = within("a request", misplaced.clone().oneshot(get(target)))
