@@ -365,6 +365,11 @@ static CLAIMS: [&HeaderName; 6] = [
 /// RFC 7239 at the edge: whatever the client said about earlier proxies is dropped, and the
 /// gateway states what it saw: the client's address (`unknown` when the server loop did not say),
 /// the authority the client asked for, and the protocol (plain HTTP: this example serves no TLS).
+///
+/// The host stated is the one the request is for, which the stale store keys its copies by: a
+/// page an origin builds from it is only ever answered to requests for that same host. A client's
+/// own `X-Forwarded-Host` could differ from it, and a page built from that would be kept under the
+/// real host's key.
 pub fn replace_forwarding_fields(
     headers: &mut HeaderMap,
     client: Option<IpAddr>,

@@ -48,8 +48,13 @@ const NOT_REMOVED: [&str; 6] = [
 ];
 
 /// Removes what a proxy must not forward (RFC 9110 §7.6.1): every field that `Connection`
-/// names, `Connection` itself, `Keep-Alive` and `Proxy-Connection`. Call it on a request before
-/// anything reads its fields, so that every reader sees what the next hop will.
+/// names, `Connection` itself, `Keep-Alive` and `Proxy-Connection`.
+///
+/// [`GatewayErrorService`](crate::GatewayErrorService) calls it on every request before it reads
+/// anything, so that what it reads (the values that key a stored copy, `Accept`, `CDN-Loop`) and
+/// what it writes (its own `CDN-Loop` member) is what the next hop gets. A proxy can call it on
+/// the responses it forwards too. The framing fields of the next connection (`TE`, `Trailer`,
+/// `Transfer-Encoding`) are left to the proxy's own HTTP client, which writes them anew.
 ///
 /// What is kept:
 /// - a protocol switch: when `Connection` names `upgrade` and an `Upgrade` field is present,
