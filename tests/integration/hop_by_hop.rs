@@ -3,7 +3,8 @@
 //! or a plain hyper-util client stack stands in front of it.
 //!
 //! - a field a client names in `Connection` never reaches the origin, and the layer never reads
-//!   it either: the stale store keeps the page under the request the origin answered;
+//!   it either: the stale store keeps the page under the request the origin answered; a head
+//!   of thousands of options is answered as any other;
 //! - `Connection: cdn-loop` cannot remove the gateway's own `CDN-Loop` member: a gateway pointed
 //!   at itself stops as soon as without it;
 //! - an upgrade with other options named beside `upgrade` still switches (WebSocket);
@@ -278,6 +279,27 @@ async fn a_plain_client_stack_forwards_nothing_connection_names() {
     }
     assert_eq!(seen[0]["accept"], "text/html");
     assert_eq!(seen[0]["cdn-loop"], "edge-1");
+}
+
+/// A head near the example's 64 KiB limit, all of it `Connection` options (and one field they
+/// name at the end): answered as any request, the named field kept from the origin.
+#[tokio::test]
+async fn thousands_of_options_in_connection_are_answered_in_time() {
+    let origin = Origin::start(|_: &HeaderMap| Response::new(Full::new(Bytes::from("ok")))).await;
+    let (listener, gateway) = bind().await;
+    let (_arrived, _task) = example_gateway(listener, origin.addr, support::layer());
+    let options = format!(
+        ", {}x-last, \"{}",
+        "x-none,,".repeat(7_000),
+        "q, ".repeat(1_000)
+    );
+
+    let response = get(gateway, "/", &options, &["x-last: 1", "x-kept: 1"]).await;
+
+    assert_eq!(response.status, 200);
+    let seen = origin.seen();
+    assert!(seen[0].get("x-last").is_none(), "{:?}", seen[0].keys());
+    assert_eq!(seen[0]["x-kept"], "1");
 }
 
 // ---------------------------------------------------------------------------------------------
