@@ -112,6 +112,8 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        // First: everything below reads (and `CDN-Loop` is written into) what the next hop gets.
+        crate::headers::remove_hop_by_hop(request.headers_mut());
         let facts = RequestFacts::capture(&request, &self.config);
         let span = trace::request_span(self.config.span_level, &request);
         if facts.grpc.is_some() && !span.is_disabled() {

@@ -9,6 +9,10 @@
 //!   an absolute-form request (`GET http://elsewhere/`) is no open proxy, and `CONNECT` is refused
 //!   (403, `http_request_denied`);
 //! - hop-by-hop headers, and those named in `Connection`, are stripped both ways (RFC 9110 §7.6.1);
+//! - it is the edge: a client's `Forwarded` and `X-Forwarded-*` are replaced by what the gateway
+//!   saw itself (the client's address, the host it asked for, the protocol), so an origin that
+//!   trusts them, or reflects them into its pages, never takes a client's word for the gateway's
+//!   (RFC 7239). Behind a load balancer you trust, append to its fields instead;
 //! - a request body is limited: a `Content-Length` over the limit is answered 413 before anything
 //!   is sent, a chunked body is cut off at the limit and answered 413;
 //! - the server gives a client [`ServeOptions::header_read_timeout`] to send its request head
@@ -24,6 +28,7 @@
 use std::convert::Infallible;
 use std::error::Error;
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -152,11 +157,26 @@ impl Service<Request<ClientBody>> for Proxy {
                 error: Some(ProxyError::from_classification(bad).into()),
             };
         };
+        // The authority the client asked for: in the target (HTTP/2, absolute form) or in `Host`;
+        // a host and a port, never a userinfo (RFC 9110 §7.2).
+        let asked_for = match parts.uri.authority() {
+            Some(authority) => Some(authority.clone()),
+            None => parts
+                .headers
+                .get(header::HOST)
+                .and_then(|host| Authority::try_from(host.as_bytes()).ok()),
+        }
+        .filter(|authority| !authority.as_str().contains('@'));
         parts.uri = uri;
         // A client's HTTP/2 request goes on as HTTP/1.1 to an HTTP/1.1 upstream (hyper-util
         // refuses to send an HTTP/2 request there); over h2c the version is moot.
         parts.version = Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
+        let client = parts
+            .extensions
+            .get::<ClientAddr>()
+            .map(|client| client.0.ip());
+        replace_forwarding_fields(&mut parts.headers, client, asked_for.as_ref());
         if is_grpc(&parts.headers) {
             // The one TE value HTTP/2 allows, and one gRPC servers may require: it says the
             // client reads trailers, which this proxy does and passes on.
@@ -302,12 +322,11 @@ fn caused_by_length_limit(error: &(dyn Error + 'static)) -> bool {
     false
 }
 
-/// The hop-by-hop fields (RFC 9110 §7.6.1), as names ready to look up: removing by `&str` would
-/// parse each name again on every request.
-static HOP_BY_HOP: [HeaderName; 7] = [
+/// The fields that describe this proxy's own connection to the next hop, which its client writes
+/// anew (framing, the upgrade it asks for itself), as names ready to look up: removing by `&str`
+/// would parse each name again on every request.
+static OWN_CONNECTION: [HeaderName; 5] = [
     header::CONNECTION,
-    HeaderName::from_static("proxy-connection"),
-    HeaderName::from_static("keep-alive"),
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
@@ -315,27 +334,107 @@ static HOP_BY_HOP: [HeaderName; 7] = [
 ];
 
 /// RFC 9110 §7.6.1: a proxy removes the fields named in `Connection`, and the hop-by-hop fields.
+///
+/// The layer has already done the first part on a request (`remove_hop_by_hop`, so that what it
+/// reads is what the origin gets); on a response, and with `--bare`, it is done here.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.contains_key(header::CONNECTION) {
-        // The common case: nothing named, only the fixed set (no allocation).
-        for name in &HOP_BY_HOP {
-            headers.remove(name);
-        }
+    gateway_errors::headers::remove_hop_by_hop(headers);
+    for name in &OWN_CONNECTION {
+        headers.remove(name);
+    }
+}
+
+/// The address a request's connection came from, put in its extensions by [`serve`].
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Fields a client may send to pass for a proxy's word about itself: removed, and the first four
+/// written again by this proxy.
+static CLAIMS: [&HeaderName; 6] = [
+    &FORWARDED,
+    &X_FORWARDED_FOR,
+    &X_FORWARDED_HOST,
+    &X_FORWARDED_PROTO,
+    &X_FORWARDED_PORT,
+    &X_REAL_IP,
+];
+
+/// RFC 7239 at the edge: whatever the client said about earlier proxies is dropped, and the
+/// gateway states what it saw: the client's address (`unknown` when the server loop did not say),
+/// the authority the client asked for, and the protocol (plain HTTP: this example serves no TLS).
+///
+/// The host stated is the one the request is for, which the stale store keys its copies by: a
+/// page an origin builds from it is only ever answered to requests for that same host. A client's
+/// own `X-Forwarded-Host` could differ from it, and a page built from that would be kept under the
+/// real host's key.
+pub fn replace_forwarding_fields(
+    headers: &mut HeaderMap,
+    client: Option<IpAddr>,
+    asked_for: Option<&Authority>,
+) {
+    for name in CLAIMS {
+        headers.remove(name);
+    }
+    headers.insert(&FORWARDED, forwarded_value(client, asked_for, "http"));
+    // The bare address, IPv6 without brackets, as `X-Forwarded-For` has it.
+    if let Some(client) = client.and_then(|ip| HeaderValue::try_from(ip.to_string()).ok()) {
+        headers.insert(&X_FORWARDED_FOR, client);
+    }
+    if let Some(host) = asked_for.and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+        headers.insert(&X_FORWARDED_HOST, host);
+    }
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+}
+
+/// A `forwarded-element` (RFC 7239 §4): `for`, `host` and `proto`, each value a token where it
+/// can be and a quoted string where it cannot (an IPv6 node, a `host:port`).
+pub fn forwarded_value(
+    client: Option<IpAddr>,
+    asked_for: Option<&Authority>,
+    proto: &str,
+) -> HeaderValue {
+    let node = match client {
+        // RFC 7239 §6: an IPv6 node is bracketed, and so quoted (`:` is no token character).
+        Some(IpAddr::V6(ip)) => format!("\"[{ip}]\""),
+        Some(IpAddr::V4(ip)) => ip.to_string(),
+        None => "unknown".to_owned(),
+    };
+    let mut value = format!("for={node}");
+    if let Some(host) = asked_for {
+        value.push_str(";host=");
+        push_token_or_quoted(&mut value, host.as_str());
+    }
+    value.push_str(";proto=");
+    push_token_or_quoted(&mut value, proto);
+    // Built from an address, a parsed authority and a token: visible ASCII only.
+    HeaderValue::try_from(value).unwrap_or_else(|_| HeaderValue::from_static("for=unknown"))
+}
+
+fn push_token_or_quoted(out: &mut String, value: &str) {
+    const TCHAR_PUNCT: &[u8] = b"!#$%&'*+-.^_`|~";
+    let token = !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || TCHAR_PUNCT.contains(&b));
+    if token {
+        out.push_str(value);
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    out.push('"');
+    for c in value.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
+    out.push('"');
 }
 
 /// The baseline: the same proxy, every error an empty 502.
@@ -444,13 +543,16 @@ pub async fn serve<S, B>(
             accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
         };
-        let Ok((stream, _peer)) = accepted else {
+        let Ok((stream, peer)) = accepted else {
             // Out of file descriptors and the like: back off instead of spinning.
             tokio::time::sleep(Duration::from_millis(5)).await;
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(service.clone());
+        let service = hyper_util::service::TowerToHyperService::new(WithClientAddr {
+            inner: service.clone(),
+            client: ClientAddr(peer),
+        });
         let alive = alive.clone();
         let stopping = stopping.clone();
         tokio::spawn(async move {
@@ -497,6 +599,31 @@ pub async fn serve<S, B>(
     let _ = stop.send(true);
     drop(alive);
     let _ = tokio::time::timeout(options.shutdown_grace, all_ended.recv()).await;
+}
+
+/// Puts the connection's [`ClientAddr`] in the extensions of each of its requests.
+#[derive(Clone)]
+struct WithClientAddr<S> {
+    inner: S,
+    client: ClientAddr,
+}
+
+impl<S, B> Service<Request<B>> for WithClientAddr<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> S::Future {
+        request.extensions_mut().insert(self.client);
+        self.inner.call(request)
+    }
 }
 
 /// Runs `connection` until it ends; when the server stops first, lets it finish the requests in

@@ -1,8 +1,10 @@
 //! The header fields the layer reads and writes: `Proxy-Status` (RFC 9209), `CDN-Loop` (RFC
 //! 8586), `Cache-Status` (RFC 9211), `Retry-After` (RFC 9110 §10.2.3), and the Structured Field
-//! syntax (RFC 9651) under them.
+//! syntax (RFC 9651) under them; and the hop-by-hop fields (RFC 9110 §7.6.1) it removes before
+//! reading any of them.
 
 pub(crate) mod cdn_loop;
+mod connection;
 mod proxy_status;
 pub(crate) mod retry_after;
 pub(crate) mod sf;
@@ -10,6 +12,7 @@ pub(crate) mod sf;
 use http::header::HeaderName;
 
 pub use cdn_loop::CDN_LOOP;
+pub use connection::remove_hop_by_hop;
 pub(crate) use proxy_status::{DEFAULT_NAME, ProxyStatusValues, append_member, with_details};
 pub use proxy_status::{InvalidProxyName, ProxyName};
 

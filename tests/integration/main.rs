@@ -23,6 +23,7 @@ mod fuzz;
 mod gateway_hardening;
 mod grpc;
 mod health;
+mod hop_by_hop;
 mod http2;
 mod injection;
 mod leaks;
