@@ -396,6 +396,8 @@ async fn a_101_to_a_protocol_the_client_did_not_offer_is_a_502_upgrade_failed() 
         "GET",
         "/switch",
         &[
+            // A second line of `Connection` (after the helper's `close`): an upgrade names it.
+            ("connection", "upgrade"),
             ("upgrade", "websocket"),
             ("sec-websocket-version", "13"),
             ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),

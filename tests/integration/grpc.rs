@@ -721,10 +721,21 @@ async fn spans_carry_the_rpc_fields_with_the_status_the_client_got() {
     let spans = Spans::default();
     let _guard =
         tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
+    // Callsites first met on another thread while no subscriber was set may have cached
+    // "never": ask again now that this one is.
+    tracing::callsite::rebuild_interest_cache();
     let field = |fields: &BTreeMap<String, String>, name: &str| fields.get(name).cloned();
 
     // A generated error: HTTP 200 on the wire, the RFC 9209 token and the gRPC code on the span.
     let refused = gateway(support::layer(), refusing_addr().await);
+    // tracing caches whether a callsite is wanted when it is first met, on whatever thread: one
+    // call first, then the cache is asked again with this thread's subscriber in place.
+    support::call(
+        refused.clone(),
+        grpc_request("/demo.Demo/Ok", "application/grpc", &[]),
+    )
+    .await;
+    tracing::callsite::rebuild_interest_cache();
     support::call(
         refused.clone(),
         grpc_request("/demo.Demo/Ok", "application/grpc", &[]),

@@ -763,6 +763,9 @@ async fn every_transition_is_a_warn_event_with_the_key_and_the_reason() {
     let captured = observed::Captured::default();
     let subscriber = tracing_subscriber::registry().with(captured.clone());
     let _guard = tracing::subscriber::set_default(subscriber);
+    // Callsites first met on another thread while no subscriber was set may have cached
+    // "never": ask again now that this one is.
+    tracing::callsite::rebuild_interest_cache();
 
     let port = refusing_port().await;
     let gateway = gateway(support::layer(), health(), port);
@@ -1098,6 +1101,9 @@ async fn placed_outside_the_gateway_layer_it_says_so_once_with_the_fix() {
     let captured = observed::Captured::default();
     let subscriber = tracing_subscriber::registry().with(captured.clone());
     let _guard = tracing::subscriber::set_default(subscriber);
+    // Callsites first met on another thread while no subscriber was set may have cached
+    // "never": ask again now that this one is.
+    tracing::callsite::rebuild_interest_cache();
 
     let port = refusing_port().await;
     let warnings = || -> Vec<String> {

@@ -11,6 +11,7 @@
 //! - the example gateway replaces a client's `Forwarded` and `X-Forwarded-*` with its own;
 //! - `remove_hop_by_hop` never panics on any bytes, and removes what a model says it should.
 
+use gateway_errors::body::UploadBody;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -308,7 +309,8 @@ async fn thousands_of_options_in_connection_are_answered_in_time() {
 /// The layer in front of a proxy that does what RFC 9110 §7.6.1 says and nothing more: it
 /// removes every field `Connection` names (whatever it is), then forwards with a plain client.
 fn literal_gateway(listener: TcpListener, upstream: SocketAddr) -> (Arc<AtomicUsize>, Task) {
-    let client: Client<_, Incoming> = Client::builder(TokioExecutor::new()).build_http();
+    let client: Client<_, UploadBody<Incoming>> =
+        Client::builder(TokioExecutor::new()).build_http();
     let arrived = Arc::new(AtomicUsize::new(0));
     let counted = arrived.clone();
     let service = ServiceBuilder::new()
@@ -317,7 +319,7 @@ fn literal_gateway(listener: TcpListener, upstream: SocketAddr) -> (Arc<AtomicUs
             request
         })
         .layer(support::layer())
-        .map_request(move |mut request: Request<Incoming>| {
+        .map_request(move |mut request: Request<UploadBody<Incoming>>| {
             let named: Vec<String> = request
                 .headers()
                 .get_all("connection")

@@ -166,6 +166,9 @@ fn capture() -> (Capture, tracing::subscriber::DefaultGuard) {
     let capture = Capture::default();
     let subscriber = tracing_subscriber::registry().with(capture.clone());
     let guard = tracing::subscriber::set_default(subscriber);
+    // Callsites first met on another thread while no subscriber was set may have cached
+    // "never": ask again now that this one is.
+    tracing::callsite::rebuild_interest_cache();
     (capture, guard)
 }
 

@@ -152,7 +152,12 @@ where
 impl Captured {
     /// Captures everything on this thread until the guard drops.
     fn install(&self) -> tracing::subscriber::DefaultGuard {
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(self.clone()))
+        let guard =
+            tracing::subscriber::set_default(tracing_subscriber::registry().with(self.clone()));
+        // Callsites first met on another thread while no subscriber was set may have cached
+        // "never": ask again now that this one is.
+        tracing::callsite::rebuild_interest_cache();
+        guard
     }
 
     /// The only `gateway.request` span, and its number.
@@ -721,6 +726,9 @@ async fn the_span_level_is_configurable_and_the_warn_event_survives_a_filter() {
         let subscriber =
             tracing_subscriber::registry().with(filtered.clone().with_filter(LevelFilter::INFO));
         let _guard = tracing::subscriber::set_default(subscriber);
+        // Callsites first met on another thread while no subscriber was set may have cached
+        // "never": ask again now that this one is.
+        tracing::callsite::rebuild_interest_cache();
         let response = send(gateway(closed, layer), get("/items")).await;
         assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     }
@@ -769,6 +777,9 @@ async fn opentelemetry_exports_the_attributes_and_error_status() {
         .build();
     let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("spans-test"));
     let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(otel));
+    // Callsites first met on another thread while no subscriber was set may have cached
+    // "never": ask again now that this one is.
+    tracing::callsite::rebuild_interest_cache();
 
     let demo = demo_upstream::spawn().await.expect("demo upstream");
     let closed = demo_upstream::closed_port();
