@@ -3,7 +3,10 @@
 //!
 //! The field is read in one pass over its bytes, whatever they hold: a hostile value costs time
 //! in proportion to its length, never a panic. A directive this crate does not know is skipped; a
-//! malformed element is skipped up to the next comma outside a quoted string.
+//! malformed element is skipped up to the next comma outside a quoted string. A field with a
+//! malformed element fails closed: if its bytes name `private`, `no-store` or `no-cache` anywhere
+//! (`max-age=60; private`), that directive is taken as given, since the sender plainly meant to
+//! restrict the response and a cache that cannot read how must not guess in favour of storing it.
 
 use http::HeaderMap;
 use http::header::{self, HeaderValue};
@@ -32,7 +35,7 @@ pub(crate) struct ResponseDirectives {
 impl ResponseDirectives {
     pub(crate) fn parse(headers: &HeaderMap) -> Self {
         let mut directives = ResponseDirectives::default();
-        for_each_directive(headers, |name, value| {
+        let malformed = for_each_directive(headers, |name, value| {
             let d = &mut directives;
             match name {
                 n if n.eq_ignore_ascii_case(b"no-store") => d.no_store = true,
@@ -52,6 +55,11 @@ impl ResponseDirectives {
                 _ => {}
             }
         });
+        if malformed {
+            directives.no_store |= names(headers, b"no-store");
+            directives.no_cache |= names(headers, b"no-cache");
+            directives.private |= names(headers, b"private");
+        }
         directives
     }
 
@@ -83,7 +91,7 @@ pub(crate) struct RequestDirectives {
 impl RequestDirectives {
     pub(crate) fn parse(headers: &HeaderMap) -> Self {
         let mut directives = RequestDirectives::default();
-        for_each_directive(headers, |name, value| {
+        let malformed = for_each_directive(headers, |name, value| {
             if name.eq_ignore_ascii_case(b"no-store") {
                 directives.no_store = true;
             } else if name.eq_ignore_ascii_case(b"no-cache") {
@@ -96,6 +104,12 @@ impl RequestDirectives {
                 }
             }
         });
+        // As for a response: a client that asked not to be stored, or for a validated answer,
+        // in a field the store cannot read, gets what it plainly asked for.
+        if malformed {
+            directives.no_store |= names(headers, b"no-store");
+            directives.no_cache |= names(headers, b"no-cache");
+        }
         directives
     }
 }
@@ -134,15 +148,30 @@ impl Delta {
     }
 }
 
-/// Calls `each(name, value)` for every directive of every `Cache-Control` line, in order. The
-/// value is the raw token or quoted string (quotes included), or `None` without `=`.
-fn for_each_directive(headers: &HeaderMap, mut each: impl FnMut(&[u8], Option<&[u8]>)) {
+/// Calls `each(name, value)` for every well-formed directive of every `Cache-Control` line, in
+/// order. The value is the raw token or quoted string (quotes included), or `None` without `=`.
+/// Returns whether any element was malformed (and skipped).
+fn for_each_directive(headers: &HeaderMap, mut each: impl FnMut(&[u8], Option<&[u8]>)) -> bool {
+    let mut malformed = false;
     for line in headers.get_all(header::CACHE_CONTROL) {
-        directives_of(line, &mut each);
+        malformed |= directives_of(line, &mut each);
     }
+    malformed
 }
 
-fn directives_of(line: &HeaderValue, each: &mut impl FnMut(&[u8], Option<&[u8]>)) {
+/// Whether any `Cache-Control` line holds `word`, without case, anywhere (inside a quoted string
+/// or a malformed element too). Linear in the field's length: `word` is a few bytes.
+fn names(headers: &HeaderMap, word: &[u8]) -> bool {
+    headers.get_all(header::CACHE_CONTROL).iter().any(|line| {
+        line.as_bytes()
+            .windows(word.len())
+            .any(|window| window.eq_ignore_ascii_case(word))
+    })
+}
+
+/// Reads one line; returns whether an element of it was malformed.
+fn directives_of(line: &HeaderValue, each: &mut impl FnMut(&[u8], Option<&[u8]>)) -> bool {
+    let mut malformed = false;
     let bytes = line.as_bytes();
     let len = bytes.len();
     let skip = |mut at: usize, what: fn(u8) -> bool| {
@@ -169,6 +198,8 @@ fn directives_of(line: &HeaderValue, each: &mut impl FnMut(&[u8], Option<&[u8]>)
                 while at < len && bytes[at] != b'"' {
                     at += if bytes[at] == b'\\' { 2 } else { 1 };
                 }
+                // A quoted string that never closes is malformed.
+                malformed |= at >= len;
                 // Past the closing quote, if there is one.
                 at = (at + 1).min(len);
             } else {
@@ -179,13 +210,18 @@ fn directives_of(line: &HeaderValue, each: &mut impl FnMut(&[u8], Option<&[u8]>)
         }
         if at < len && bytes[at] != b',' {
             // Malformed: skip to the next comma outside a quoted string.
+            malformed = true;
             at = crate::headers::element_end(bytes, at);
             continue;
         }
         if !name.is_empty() {
             each(name, value);
+        } else if value.is_some() {
+            // A value without a name (`=5`).
+            malformed = true;
         }
     }
+    malformed
 }
 
 #[cfg(test)]
@@ -277,9 +313,32 @@ mod tests {
             "ü-store",
         ] {
             let d = response(&[line]);
-            // Only a well-formed no-store counts.
-            assert_eq!(d.no_store, line == "a b c, no-store", "{line:?}");
+            // A well-formed no-store counts, and so does one in a field that cannot be read.
+            let named = line == "a b c, no-store" || line == "no-store\"";
+            assert_eq!(d.no_store, named, "{line:?}");
         }
+    }
+
+    #[test]
+    fn a_field_that_cannot_be_read_and_names_a_restriction_fails_closed() {
+        // Each is malformed: the restriction it names is taken as given.
+        let d = response(&["max-age=60; private"]);
+        assert!(d.private);
+        assert_eq!(d.max_age, None, "the malformed element is not read");
+        assert!(response(&["max-age=60 no-store"]).no_store);
+        assert!(response(&["public, max-age=60", "max-age=\"1, NO-CACHE"]).no_cache);
+        assert!(response(&["=private"]).private);
+        // A malformed field that names none of them is read as before, its bad element skipped.
+        let d = response(&["max-age=60; charset, stale-if-error=30"]);
+        assert!(!d.private && !d.no_store && !d.no_cache);
+        assert_eq!(d.stale_if_error, Some(Delta::Seconds(30)));
+        // A well-formed field is read for what it says: a name inside a quoted list is a list
+        // member, not a directive.
+        let d = response(&[r#"no-cache="x-private", max-age=5"#]);
+        assert!(d.no_cache && !d.private);
+        // A request's own, alike.
+        let request = RequestDirectives::parse(&headers(&["max-age=0; no-store; no-cache"]));
+        assert!(request.no_store && request.no_cache);
     }
 
     /// The least time `parse` takes on `value`, over a few runs (noise only adds).

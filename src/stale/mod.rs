@@ -390,9 +390,10 @@ impl StaleIfError {
         self.len() == 0
     }
 
-    /// The bytes the copies count for against [`max_bytes`](Self::max_bytes).
+    /// The bytes counted against [`max_bytes`](Self::max_bytes): the copies held, and the
+    /// copies being made (bodies on their way to clients, copied as they pass).
     pub fn bytes(&self) -> usize {
-        self.store.bytes()
+        self.store.bytes().saturating_add(self.store.in_progress())
     }
 
     /// Drops every copy (after a deployment that changed every page, say).
@@ -402,7 +403,12 @@ impl StaleIfError {
 
     /// What the store needs of `request`, read when it arrives; `None` when it has no use for it.
     pub(crate) fn capture<B>(&self, request: &Request<B>) -> Option<CapturedRequest> {
-        CapturedRequest::capture(&self.store.policy, request)
+        let mut captured = CapturedRequest::capture(&self.store.policy, request)?;
+        // Only a GET's response is stored: only a GET needs to know of a write after it.
+        if captured.access == (Access::Read { head: false }) {
+            captured.epoch = self.store.epoch(&captured.key());
+        }
+        Some(captured)
     }
 
     /// An origin's response head arrived for `request`. A successful write drops the copies of
@@ -428,7 +434,7 @@ impl StaleIfError {
             }
             return None;
         }
-        Some(Tee::new(self.store.clone(), admission))
+        Tee::new(self.store.clone(), admission)
     }
 
     /// Whether a copy may stand in for an error of this status and kind: a 500, 502, 503 or 504,
@@ -438,17 +444,28 @@ impl StaleIfError {
         Policy::is_error(status) && kind != Some(ProxyErrorKind::ProxyLoopDetected)
     }
 
-    /// Whether a copy may answer in place of this origin status.
+    /// Whether the operator lets any copy answer in place of this origin status
+    /// ([`answer_origin_errors`](Self::answer_origin_errors)).
     pub(crate) fn answers_origin_status(&self, status: StatusCode) -> bool {
         self.store.policy.answers_origin_status(status)
     }
 
-    /// The copy that may answer `request` now, if any.
-    pub(crate) fn answer(&self, request: &CapturedRequest) -> Option<Answer> {
+    /// The copy that may answer `request` now, in place of the error `hides`, if any.
+    pub(crate) fn answer(&self, request: &CapturedRequest, hides: Hides) -> Option<Answer> {
         if !matches!(request.access, Access::Read { .. }) || request.directives.no_cache {
             return None;
         }
         let copy = self.store.find(&request.key(), &request.vary)?;
+        if let Hides::OriginError(status) = hides {
+            // The origin asked for its copies in place of its own errors when it sent
+            // `stale-if-error` (RFC 5861 §4); under the operator's window only, the operator
+            // decides which.
+            if !Policy::is_error(status)
+                || !(copy.origin_window || self.answers_origin_status(status))
+            {
+                return None;
+            }
+        }
         let now = tokio::time::Instant::now();
         match copy.verdict(now, request.directives.stale_if_error) {
             Verdict::Answers { age, ttl } => Some(Answer {
@@ -481,6 +498,18 @@ impl fmt::Debug for StaleIfError {
             .field("strip_set_cookie", &policy.strip_set_cookie)
             .finish()
     }
+}
+
+/// The error a copy would stand in for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hides {
+    /// An error the layer answers itself: the origin could not be reached or did not answer in
+    /// time, a breaker refused, or the layer intercepts the origin's error. Any copy within its
+    /// window may answer.
+    LayerError,
+    /// An origin's own error, which otherwise passes through: a copy may answer when its origin
+    /// sent `stale-if-error`, or when the operator named the status.
+    OriginError(StatusCode),
 }
 
 /// A copy about to answer, with its age and remaining freshness in whole seconds.

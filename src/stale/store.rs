@@ -3,9 +3,21 @@
 //! One mutex guards the index and the recency list; it is held for a lookup, an insert or an
 //! eviction, never across an await, and never while a body is copied or a response is built. A
 //! copy is shared (`Arc`), so readers of the same page share one body.
+//!
+//! Besides the copies it holds, the store counts the bytes of the copies being made (bodies on
+//! their way to the client, copied as they pass): those count against the same budget, and may
+//! take at most half of it, so that clients holding many slow responses open cannot make the
+//! store hold more than its budget, nor empty more than half of it.
+//!
+//! A successful write bumps the write generation of its key; a response whose request arrived
+//! before that bump is outdated, and is not stored. The generations live in a fixed table
+//! indexed by a keyed hash of the key: reading one costs a GET no allocation, and a write to
+//! another key of the same slot (one in [`EPOCH_SLOTS`], by chance a client cannot steer) only
+//! keeps a copy out that would have been fine.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::copy::StoredCopy;
@@ -15,12 +27,21 @@ use super::request::{Key, KeyParts, VaryValues};
 /// No slot: the end of the recency list.
 const NIL: usize = usize::MAX;
 
+/// The slots of the write generation table: 4 KiB per store.
+pub(crate) const EPOCH_SLOTS: usize = 1024;
+
 pub(crate) struct Store {
     pub(crate) policy: Policy,
     lru: Mutex<Lru>,
     /// The number of copies, readable without the lock: an empty store costs a write nothing.
     len: AtomicUsize,
     bytes: AtomicUsize,
+    /// The bytes held by copies being made.
+    in_progress: AtomicUsize,
+    /// The write generation of the keys of each slot.
+    epochs: Box<[AtomicU32]>,
+    /// Picks a key's slot, with keys of the store's own.
+    epoch_hasher: RandomState,
 }
 
 impl Store {
@@ -30,6 +51,69 @@ impl Store {
             lru: Mutex::new(Lru::default()),
             len: AtomicUsize::new(0),
             bytes: AtomicUsize::new(0),
+            in_progress: AtomicUsize::new(0),
+            epochs: (0..EPOCH_SLOTS).map(|_| AtomicU32::new(0)).collect(),
+            epoch_hasher: RandomState::new(),
+        }
+    }
+
+    fn epoch_slot(&self, key: &dyn KeyParts) -> &AtomicU32 {
+        let hash = self.epoch_hasher.hash_one(key);
+        // The remainder is below the table's length: the cast back cannot lose a bit that counts.
+        &self.epochs[(hash % EPOCH_SLOTS as u64) as usize]
+    }
+
+    /// The write generation of `key` now: read when a GET arrives.
+    pub(crate) fn epoch(&self, key: &dyn KeyParts) -> u32 {
+        self.epoch_slot(key).load(Ordering::SeqCst)
+    }
+
+    /// Charges `bytes` more to the copies being made; `false` (nothing charged) when they would
+    /// then hold more than half the budget. Evicts the least recently used copies while the
+    /// copies held and those being made together are over the budget.
+    #[must_use]
+    pub(crate) fn reserve(&self, bytes: usize) -> bool {
+        let share = self.policy.max_bytes / 2;
+        let mut current = self.in_progress.load(Ordering::Relaxed);
+        let charged = loop {
+            let Some(next) = current.checked_add(bytes).filter(|&next| next <= share) else {
+                return false;
+            };
+            match self.in_progress.compare_exchange_weak(
+                current,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break next,
+                Err(actual) => current = actual,
+            }
+        };
+        if self.bytes().saturating_add(charged) > self.policy.max_bytes {
+            let mut lru = self.lock();
+            self.evict(&mut lru);
+            self.publish(&lru);
+        }
+        true
+    }
+
+    /// Gives back what [`reserve`](Self::reserve) charged.
+    pub(crate) fn release(&self, bytes: usize) {
+        self.in_progress.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// The bytes held by copies being made.
+    pub(crate) fn in_progress(&self) -> usize {
+        self.in_progress.load(Ordering::Relaxed)
+    }
+
+    /// Evicts the least recently used copies until the store is within its bounds: at most
+    /// `max_entries` copies, and at most the budget less what copies being made hold.
+    fn evict(&self, lru: &mut Lru) {
+        let room = self.policy.max_bytes.saturating_sub(self.in_progress());
+        while lru.len > 0 && (lru.bytes > room || lru.len > self.policy.max_entries) {
+            let tail = lru.tail;
+            lru.remove(tail);
         }
     }
 
@@ -41,7 +125,8 @@ impl Store {
     }
 
     fn publish(&self, lru: &Lru) {
-        self.len.store(lru.len, Ordering::Relaxed);
+        // Sequentially consistent with the write generations: see `insert` and `invalidate`.
+        self.len.store(lru.len, Ordering::SeqCst);
         self.bytes.store(lru.bytes, Ordering::Relaxed);
     }
 
@@ -53,11 +138,16 @@ impl Store {
         self.bytes.load(Ordering::Relaxed)
     }
 
-    /// Keeps `copy`, replacing the copy of the same key and variant, and evicts the least
-    /// recently used copies until the store is within its bounds again. A copy larger than the
-    /// whole budget is not kept.
+    /// Keeps `copy`, replacing the copy of the same key and variant unless that one is the
+    /// more recent response (RFC 9111 §4), and evicts the least recently used copies until the
+    /// store is within its bounds again. A copy larger than the whole budget is not kept, nor one
+    /// whose key a write has invalidated since its request arrived.
     pub(crate) fn insert(&self, copy: StoredCopy) {
         if copy.size > self.policy.max_bytes || self.policy.max_entries == 0 {
+            return;
+        }
+        let epoch = self.epoch_slot(&copy.key);
+        if epoch.load(Ordering::SeqCst) != copy.epoch {
             return;
         }
         let copy = Arc::new(copy);
@@ -70,6 +160,10 @@ impl Store {
                 .find(|&slot| lru.copy(slot).variant.same_as(&copy.variant))
         });
         if let Some(slot) = same_variant {
+            // A slower request that finishes late does not put back an older page.
+            if lru.copy(slot).newer_than(&copy) {
+                return;
+            }
             lru.remove(slot);
         }
         if lru
@@ -85,12 +179,17 @@ impl Store {
                 .expect("a full list");
             lru.remove(oldest);
         }
-        lru.push_front(copy);
-        while lru.bytes > self.policy.max_bytes || lru.len > self.policy.max_entries {
-            let tail = lru.tail;
-            lru.remove(tail);
-        }
+        lru.push_front(copy.clone());
+        self.evict(&mut lru);
         self.publish(&lru);
+        // A write may have bumped the generation since the check above. Its `invalidate` bumps,
+        // then reads the count; this published the count, then reads the generation: one of
+        // the two sees the other, so either that write takes the lock after this and drops the
+        // copy, or the copy is dropped here.
+        if epoch.load(Ordering::SeqCst) != copy.epoch {
+            lru.remove_copy(&copy);
+            self.publish(&lru);
+        }
     }
 
     /// The newest copy of `key` whose variant `vary` matches, made the most recently used.
@@ -115,21 +214,16 @@ impl Store {
     /// Drops `copy`, if the store still holds it.
     pub(crate) fn remove(&self, copy: &Arc<StoredCopy>) {
         let mut lru = self.lock();
-        let slot = lru.map.get(&copy.key).and_then(|slots| {
-            slots
-                .iter()
-                .copied()
-                .find(|&slot| Arc::ptr_eq(lru.copy(slot), copy))
-        });
-        if let Some(slot) = slot {
-            lru.remove(slot);
+        if lru.remove_copy(copy) {
             self.publish(&lru);
         }
     }
 
-    /// Drops every copy of `key` (RFC 9111 §4.4: a successful write invalidates its URI).
+    /// Drops every copy of `key` (RFC 9111 §4.4: a successful write invalidates its URI), and
+    /// keeps out the responses to reads of it that arrived before now.
     pub(crate) fn invalidate(&self, key: &dyn KeyParts) {
-        if self.len() == 0 {
+        self.epoch_slot(key).fetch_add(1, Ordering::SeqCst);
+        if self.len.load(Ordering::SeqCst) == 0 {
             return;
         }
         let mut lru = self.lock();
@@ -217,6 +311,20 @@ struct Slot {
 }
 
 impl Lru {
+    /// Drops `copy` if it is held; whether it was.
+    fn remove_copy(&mut self, copy: &Arc<StoredCopy>) -> bool {
+        let slot = self.map.get(&copy.key).and_then(|slots| {
+            slots
+                .iter()
+                .copied()
+                .find(|&slot| Arc::ptr_eq(self.copy(slot), copy))
+        });
+        if let Some(slot) = slot {
+            self.remove(slot);
+        }
+        slot.is_some()
+    }
+
     fn copy(&self, slot: usize) -> &Arc<StoredCopy> {
         self.slots[slot]
             .copy
