@@ -1,7 +1,7 @@
 //! One stored copy: which responses are admitted (RFC 9111 §3), how old a copy is and how
 //! long it stays fresh (§4.2), and whether it may still answer (§4.2.4, RFC 5861 §4).
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -171,8 +171,12 @@ impl Admission {
             headers: kept_head(policy, headers, now),
             received_at,
             // A Date ahead of our clock counts as now: an origin's clock cannot keep its copy
-            // the newest for longer than it is.
-            dated: date.map_or(now, |date| date.min(now)),
+            // the newest for longer than it is. Now in whole seconds, as a Date is: else a
+            // response dated this second would count as older than one clamped to now.
+            dated: {
+                let now = in_whole_seconds(now);
+                date.map_or(now, |date| date.min(now))
+            },
             initial_age,
             lifetime,
             window,
@@ -309,6 +313,15 @@ fn kept_head(policy: &Policy, headers: &HeaderMap, received: SystemTime) -> Head
         }
     }
     kept
+}
+
+/// `time` without its fraction of a second, as a `Date` states it.
+fn in_whole_seconds(time: SystemTime) -> SystemTime {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(since) => UNIX_EPOCH + Duration::from_secs(since.as_secs()),
+        // A clock before 1970: left as it is.
+        Err(_) => time,
+    }
 }
 
 fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
@@ -726,5 +739,71 @@ mod tests {
         assert!(identity.variant.matches(&plain.vary));
         assert!(!identity.variant.matches(&gzip.vary));
         assert!(!identity.variant.same_as(&admitted.variant));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_longest_windows_and_ages_saturate_rather_than_overflow() {
+        assert_eq!(whole_seconds(Duration::MAX), u64::MAX);
+        assert_eq!(signed_seconds(Duration::MAX), i64::MAX);
+        let policy = Policy {
+            default_window: Some(Duration::MAX),
+            ..Policy::default()
+        };
+        let get = request("GET", &[]);
+        let copy = decide(&policy, &get, 200, &[("cache-control", "max-age=10")])
+            .unwrap()
+            .complete(Bytes::new())
+            .unwrap();
+        // A century on, still within the operator's window.
+        let century = copy.received_at + Duration::from_secs(100 * 365 * 24 * 3600);
+        assert!(matches!(
+            copy.verdict(century, None),
+            Verdict::Answers { ttl, .. } if ttl < -3_000_000_000
+        ));
+        // The oldest Date and the largest Age there are: admitted, and answering.
+        let ancient = decide(
+            &policy,
+            &get,
+            200,
+            &[
+                ("date", "Thu, 01 Jan 1970 00:00:00 GMT"),
+                ("age", "99999999999999999999999"),
+                ("cache-control", "stale-if-error=99999999999999999999999"),
+            ],
+        );
+        assert!(ancient.is_ok(), "2^31 seconds old, within 2^31 seconds");
+        let ancient = decide(
+            &policy,
+            &get,
+            200,
+            &[
+                ("date", "Thu, 01 Jan 1970 00:00:00 GMT"),
+                ("age", "99999999999999999999999"),
+            ],
+        )
+        .unwrap()
+        .complete(Bytes::new())
+        .unwrap();
+        assert!(matches!(
+            ancient.verdict(century, None),
+            Verdict::Answers { .. }
+        ));
+    }
+
+    #[test]
+    fn whether_the_window_is_the_origins_is_kept_with_the_copy() {
+        let policy = windowed();
+        let get = request("GET", &[]);
+        let kept = |cache_control: &str| {
+            decide(&policy, &get, 200, &[("cache-control", cache_control)])
+                .unwrap()
+                .complete(Bytes::new())
+                .unwrap()
+                .origin_window
+        };
+        assert!(kept("max-age=60, stale-if-error=30"));
+        assert!(!kept("max-age=60"));
+        // An invalid origin value is no window of the origin's.
+        assert!(!kept("max-age=60, stale-if-error=soon"));
     }
 }

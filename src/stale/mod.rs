@@ -428,6 +428,11 @@ impl StaleIfError {
             return None;
         }
         let admission = Admission::decide(&self.store.policy, request, status, headers).ok()?;
+        // A write has outdated the page since the request arrived: no copy is made of it (the
+        // insert would refuse it anyway, and checks again under its lock).
+        if self.store.epoch(&request.key()) != request.epoch {
+            return None;
+        }
         if no_body {
             if let Some(copy) = admission.complete(Bytes::new()) {
                 self.store.insert(copy);
@@ -638,6 +643,73 @@ mod tests {
             let status = StatusCode::from_u16(code).unwrap();
             assert_eq!(store.answers_origin_status(status), answered, "{code}");
         }
+    }
+
+    #[tokio::test]
+    async fn an_origin_error_is_answered_by_a_copy_its_origin_asked_for_or_the_operator_allows() {
+        let get = || {
+            Request::get("/page")
+                .header("host", "site.example")
+                .body(())
+                .unwrap()
+        };
+        let answers = |store: &StaleIfError, cache_control: &'static str, hides: Hides| {
+            store.clear();
+            let request = store.capture(&get()).unwrap();
+            let mut head = HeaderMap::new();
+            head.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache_control));
+            assert!(store.on_response(&request, StatusCode::OK, &head, true).is_none());
+            assert_eq!(store.len(), 1);
+            store.answer(&request, hides).is_some()
+        };
+        let origin = |code: u16| Hides::OriginError(StatusCode::from_u16(code).unwrap());
+        let asked = "max-age=60, stale-if-error=60";
+        let unasked = "max-age=60";
+
+        let store = StaleIfError::new().default_window(Duration::from_secs(60));
+        for code in [500, 502, 503, 504] {
+            assert!(answers(&store, asked, origin(code)), "{code}");
+            assert!(!answers(&store, unasked, origin(code)), "{code}");
+        }
+        assert!(!answers(&store, asked, origin(501)));
+        // The layer's own errors: either copy.
+        assert!(answers(&store, asked, Hides::LayerError));
+        assert!(answers(&store, unasked, Hides::LayerError));
+
+        // The operator's statuses: any copy.
+        let opted = store.answer_origin_errors([StatusCode::SERVICE_UNAVAILABLE]);
+        assert!(answers(&opted, unasked, origin(503)));
+        assert!(!answers(&opted, unasked, origin(502)));
+    }
+
+    #[tokio::test]
+    async fn a_read_that_began_before_a_successful_write_does_not_store_its_response() {
+        let store = StaleIfError::new().default_window(Duration::from_secs(60));
+        let request = |method: http::Method| {
+            let request = Request::builder()
+                .method(method)
+                .uri("/doc")
+                .header("host", "site.example")
+                .body(())
+                .unwrap();
+            store.capture(&request).unwrap()
+        };
+        let empty = HeaderMap::new();
+        let before = request(http::Method::GET);
+        let failed = request(http::Method::PUT);
+        assert!(store.on_response(&failed, StatusCode::CONFLICT, &empty, true).is_none());
+        let written = request(http::Method::PUT);
+        assert!(store.on_response(&written, StatusCode::NO_CONTENT, &empty, true).is_none());
+        // The read ends after the write: its page is the one from before it.
+        assert!(store.on_response(&before, StatusCode::OK, &empty, false).is_none());
+        store.on_response(&before, StatusCode::OK, &empty, true);
+        assert_eq!(store.len(), 0);
+        // A read after the write is stored, however many failed writes came between.
+        let after = request(http::Method::GET);
+        let failed = request(http::Method::POST);
+        assert!(store.on_response(&failed, StatusCode::BAD_REQUEST, &empty, true).is_none());
+        store.on_response(&after, StatusCode::OK, &empty, true);
+        assert_eq!(store.len(), 1);
     }
 
     #[test]

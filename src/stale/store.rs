@@ -402,7 +402,7 @@ impl Lru {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::time::{Duration, SystemTime};
 
     use bytes::Bytes;
     use http::{HeaderMap, Request, StatusCode};
@@ -439,6 +439,18 @@ mod tests {
             .unwrap()
             .complete(Bytes::from_static(body))
             .unwrap()
+    }
+
+    /// A response to `request` with these header fields, as the store would admit it now.
+    fn admitted(policy: &Policy, request: &CapturedRequest, fields: &[(&str, &str)]) -> Admission {
+        let mut head = HeaderMap::new();
+        for (name, value) in fields {
+            head.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        Admission::decide(policy, request, StatusCode::OK, &head).unwrap()
     }
 
     fn body_of(store: &Store, request: &CapturedRequest) -> Option<Bytes> {
@@ -527,5 +539,119 @@ mod tests {
         assert_eq!(body_of(&store, &request("/r", None)).unwrap(), "4");
         store.clear();
         assert_eq!((store.len(), store.bytes()), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_older_response_never_replaces_a_newer_copy() {
+        let store = Store::new(policy(usize::MAX, usize::MAX));
+        let page = request("/p", None);
+        let ago = |secs: u64| httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(secs));
+        let keep = |admission: Admission, body: &'static [u8]| {
+            store.insert(admission.complete(Bytes::from_static(body)).unwrap());
+        };
+
+        // One Date: the response whose head arrived first is the older, though it ends last.
+        let date = ago(5);
+        let slow = admitted(&store.policy, &page, &[("date", &date)]);
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let quick = admitted(&store.policy, &page, &[("date", &date)]);
+        keep(quick, b"quick");
+        keep(slow, b"slow");
+        assert_eq!(body_of(&store, &page).unwrap(), "quick");
+        assert_eq!(store.len(), 1);
+
+        // A later Date is the more recent response, whenever its head arrived.
+        let later_date = admitted(&store.policy, &page, &[("date", &ago(1))]);
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let earlier_date = admitted(&store.policy, &page, &[("date", &ago(3))]);
+        keep(later_date, b"dated later");
+        keep(earlier_date, b"dated earlier");
+        assert_eq!(body_of(&store, &page).unwrap(), "dated later");
+
+        // A Date ahead of the clock counts as the time it arrived: it does not keep its copy
+        // the newest for an hour.
+        let ahead = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(3600));
+        keep(admitted(&store.policy, &page, &[("date", &ahead)]), b"ahead");
+        assert_eq!(body_of(&store, &page).unwrap(), "ahead");
+        tokio::time::advance(Duration::from_millis(10)).await;
+        // Without a Date of its own, a response is dated when it arrived: the newest.
+        keep(admitted(&store.policy, &page, &[]), b"undated");
+        assert_eq!(body_of(&store, &page).unwrap(), "undated");
+    }
+
+    #[tokio::test]
+    async fn a_read_that_arrived_before_a_successful_write_is_not_stored() {
+        let store = Store::new(policy(usize::MAX, usize::MAX));
+        let read = |path: &str| {
+            let mut read = request(path, None);
+            read.epoch = store.epoch(&read.key());
+            read
+        };
+        let before = read("/doc");
+        store.invalidate(&request("/doc", None).key());
+        store.insert(copy(&store.policy, &before, b"before the write"));
+        assert_eq!(store.len(), 0);
+        // A read that arrives after the write is stored.
+        let after = read("/doc");
+        store.insert(copy(&store.policy, &after, b"after the write"));
+        assert_eq!(body_of(&store, &after).unwrap(), "after the write");
+        // And a write drops it, as before.
+        store.invalidate(&after.key());
+        assert_eq!(store.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn copies_being_made_are_charged_to_the_budget_and_given_back() {
+        use crate::stale::tee::Tee;
+
+        // Half of this budget, 5,000 bytes, is the most copies being made may hold.
+        let store = Arc::new(Store::new(policy(10_000, usize::MAX)));
+        let sized = |len: usize| {
+            let len = len.to_string();
+            admitted(&store.policy, &request("/sized", None), &[("content-length", &len)])
+        };
+        // A declared length is charged whole, before its buffer is reserved.
+        let held = Tee::new(store.clone(), sized(3_000)).expect("within the share");
+        assert_eq!(store.in_progress(), 3_000);
+        assert!(Tee::new(store.clone(), sized(3_000)).is_none(), "past the share");
+        assert_eq!(store.in_progress(), 3_000);
+
+        // Without one, each frame is charged as it passes, until the share is spent: the copy is
+        // then abandoned, and what it held given back.
+        let mut frames = Tee::new(store.clone(), admitted(&store.policy, &request("/f", None), &[]))
+            .expect("nothing to charge yet");
+        assert!(frames.copy(&Bytes::from(vec![b'f'; 1_500])));
+        assert_eq!(store.in_progress(), 4_500);
+        assert!(!frames.copy(&Bytes::from(vec![b'f'; 1_000])));
+        drop(frames);
+        assert_eq!(store.in_progress(), 3_000);
+
+        // A copy that completes moves from the copies being made to the copies held.
+        drop(held);
+        let mut done = Tee::new(store.clone(), sized(4)).unwrap();
+        assert!(done.copy(&Bytes::from_static(b"done")));
+        done.complete();
+        assert_eq!(store.in_progress(), 0);
+        assert_eq!(store.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn copies_held_give_way_to_copies_being_made_within_the_budget() {
+        use crate::stale::tee::Tee;
+
+        let loose = policy(usize::MAX, usize::MAX);
+        let one = copy(&loose, &request("/a", None), &[b'a'; 1000]).size;
+        let store = Arc::new(Store::new(policy(one * 3 + one / 2, usize::MAX)));
+        let [a, b, c] = ["/a", "/b", "/c"].map(|path| request(path, None));
+        for r in [&a, &b, &c] {
+            store.insert(copy(&store.policy, r, &[b'x'; 1000]));
+        }
+        assert_eq!(store.len(), 3);
+        let declared = admitted(&store.policy, &request("/d", None), &[("content-length", "1000")]);
+        let _making = Tee::new(store.clone(), declared).unwrap();
+        // The copy being made took the room of the least recently used copy.
+        assert_eq!(store.len(), 2);
+        assert!(store.bytes() + store.in_progress() <= store.policy.max_bytes);
+        assert!(body_of(&store, &a).is_none());
     }
 }
