@@ -77,18 +77,37 @@ impl ResponseDirectives {
 }
 
 /// The directives of a request's `Cache-Control` that bear on the store.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RequestDirectives {
     /// The client asks that its request and the response not be stored (RFC 9111 §5.2.1, `no-store`).
     pub(crate) no_store: bool,
     /// The client asks for a response validated by the origin (RFC 9111 §5.2.1, `no-cache`).
     pub(crate) no_cache: bool,
-    /// The longest staleness the client accepts for an answer on error (RFC 5861 §4); only a
-    /// valid value counts. At most 2^31.
-    pub(crate) stale_if_error: Option<u32>,
+    /// See [`stale_if_error`](Self::stale_if_error); [`NO_WINDOW`] when the request gave none.
+    /// Without an `Option`'s tag: every request carries this, and it is kept small.
+    stale_if_error: u32,
+}
+
+/// No `stale-if-error` in the request: above any value kept (2^31).
+const NO_WINDOW: u32 = u32::MAX;
+
+impl Default for RequestDirectives {
+    fn default() -> Self {
+        RequestDirectives {
+            no_store: false,
+            no_cache: false,
+            stale_if_error: NO_WINDOW,
+        }
+    }
 }
 
 impl RequestDirectives {
+    /// The longest staleness the client accepts for an answer on error (RFC 5861 §4); only a
+    /// valid value counts, the first. At most 2^31.
+    pub(crate) fn stale_if_error(&self) -> Option<u32> {
+        (self.stale_if_error != NO_WINDOW).then_some(self.stale_if_error)
+    }
+
     pub(crate) fn parse(headers: &HeaderMap) -> Self {
         let mut directives = RequestDirectives::default();
         let malformed = for_each_directive(headers, |name, value| {
@@ -98,9 +117,10 @@ impl RequestDirectives {
                 directives.no_cache = true;
             } else if name.eq_ignore_ascii_case(b"stale-if-error") {
                 if let (None, Delta::Seconds(seconds)) =
-                    (directives.stale_if_error, Delta::parse(value))
+                    (directives.stale_if_error(), Delta::parse(value))
                 {
-                    directives.stale_if_error = u32::try_from(seconds).ok();
+                    // At most 2^31 (`Delta` saturates there): always below `NO_WINDOW`.
+                    directives.stale_if_error = u32::try_from(seconds).unwrap_or(NO_WINDOW - 1);
                 }
             }
         });
@@ -284,17 +304,21 @@ mod tests {
             Some(Delta::Seconds(5))
         );
         let request = RequestDirectives::parse(&headers(&["stale-if-error=x, stale-if-error=7"]));
-        assert_eq!(request.stale_if_error, Some(7));
+        assert_eq!(request.stale_if_error(), Some(7));
     }
 
     #[test]
     fn request_directives() {
         let d = RequestDirectives::parse(&headers(&["no-cache, max-age=0", "no-store"]));
         assert!(d.no_cache && d.no_store);
-        assert_eq!(d.stale_if_error, None);
+        assert_eq!(d.stale_if_error(), None);
         let d = RequestDirectives::parse(&headers(&["max-stale=100, stale-if-error=30"]));
         assert!(!d.no_cache && !d.no_store);
-        assert_eq!(d.stale_if_error, Some(30));
+        assert_eq!(d.stale_if_error(), Some(30));
+        let d = RequestDirectives::parse(&headers(&["stale-if-error=0"]));
+        assert_eq!(d.stale_if_error(), Some(0));
+        let d = RequestDirectives::parse(&headers(&["stale-if-error=99999999999999999999"]));
+        assert_eq!(d.stale_if_error(), Some(1 << 31));
     }
 
     #[test]

@@ -472,7 +472,7 @@ impl StaleIfError {
             }
         }
         let now = tokio::time::Instant::now();
-        match copy.verdict(now, request.directives.stale_if_error) {
+        match copy.verdict(now, request.directives.stale_if_error()) {
             Verdict::Answers { age, ttl } => Some(Answer {
                 copy,
                 age,

@@ -377,6 +377,6 @@ mod tests {
             request.vary.select(0b100).is_none(),
             "two Accept-Language lines"
         );
-        assert_eq!(request.directives.stale_if_error, Some(9));
+        assert_eq!(request.directives.stale_if_error(), Some(9));
     }
 }
