@@ -105,8 +105,10 @@ impl Tee {
                 buffer.extend_from_slice(data);
             }
             Buffer::Frames { first, more, len } => {
-                if *len + data.len() > limit || (!data.is_empty() && !self.charge.grow(data.len()))
-                {
+                // A kept frame costs its place in the list too: a body of many small frames is
+                // charged what it holds, not only its data.
+                let cost = data.len() + std::mem::size_of::<Bytes>();
+                if *len + data.len() > limit || (!data.is_empty() && !self.charge.grow(cost)) {
                     return false;
                 }
                 *len += data.len();
