@@ -425,7 +425,8 @@ impl StaleIfError {
         self.store.bytes().saturating_add(self.store.in_progress())
     }
 
-    /// Drops every copy (after a deployment that changed every page, say).
+    /// Drops every copy (after a deployment that changed every page, say). A response still on
+    /// its way to a request that arrived before this is not stored either.
     pub fn clear(&self) {
         self.store.clear();
     }

@@ -233,7 +233,12 @@ impl Store {
         self.publish(&lru);
     }
 
+    /// Drops every copy, and keeps out the responses to reads that arrived before now: they
+    /// may be pages as they were before whatever called for the clearing.
     pub(crate) fn clear(&self) {
+        for epoch in &self.epochs {
+            epoch.fetch_add(1, Ordering::SeqCst);
+        }
         let mut lru = self.lock();
         *lru = Lru::default();
         self.publish(&lru);
@@ -602,6 +607,14 @@ mod tests {
         // And a write drops it, as before.
         store.invalidate(&after.key());
         assert_eq!(store.len(), 0);
+        // Clearing the store keeps out what was asked for before it, too.
+        let before_clearing = read("/other");
+        store.clear();
+        store.insert(copy(&store.policy, &before_clearing, b"before clearing"));
+        assert_eq!(store.len(), 0);
+        let after_clearing = read("/other");
+        store.insert(copy(&store.policy, &after_clearing, b"after clearing"));
+        assert_eq!(store.len(), 1);
     }
 
     #[tokio::test]
