@@ -134,7 +134,7 @@
 //! at most half of `max_bytes`: past that, a new copy is not made (its body streams to the client
 //! as always, uncopied), and while they hold room, the least recently used copies give way. So a
 //! client that holds many responses open, reading slowly, makes the store hold no more than its
-//! budget, and can push out no more than half of it.
+//! budget, and the copies held always keep at least half of it.
 //!
 //! # When a copy answers
 //!

@@ -7,7 +7,7 @@
 //! Besides the copies it holds, the store counts the bytes of the copies being made (bodies on
 //! their way to the client, copied as they pass): those count against the same budget, and may
 //! take at most half of it, so that clients holding many slow responses open cannot make the
-//! store hold more than its budget, nor empty more than half of it.
+//! store hold more than its budget, and the copies held always keep at least half of it.
 //!
 //! A successful write bumps the write generation of its key; a response whose request arrived
 //! before that bump is outdated, and is not stored. The generations live in a fixed table
