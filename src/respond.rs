@@ -32,7 +32,7 @@ use crate::kind::{Phase, ProxyErrorKind};
 use crate::negotiate::Format;
 use crate::render::{ErrorView, UNRECOGNIZED_DETAIL};
 use crate::retry::RetryFacts;
-use crate::stale::{FromCopy, StaleIfError};
+use crate::stale::{FromCopy, Hides, StaleIfError};
 use crate::trace::{self, BodyTrace};
 
 /// What the answer will need, kept from the request until the outcome is known.
@@ -221,7 +221,7 @@ fn generate<B>(
     rewritten: Option<&HeaderMap>,
     received: Option<StatusCode>,
 ) -> Response<GatewayBody<B>> {
-    let error = match from_copy(pending, error, received) {
+    let error = match from_copy(pending, error, received, Hides::LayerError) {
         Ok(answer) => return answer,
         Err(error) => error,
     };
@@ -343,15 +343,17 @@ fn generate<B>(
     response
 }
 
-/// An origin error the store answers in place of (see
-/// [`StaleIfError::answer_origin_errors`](crate::stale::StaleIfError::answer_origin_errors)),
-/// when a copy may answer it.
+/// An origin error a copy answers in place of, when one may: a copy whose origin sent
+/// `stale-if-error`, or any copy for a status the operator names (see
+/// [`StaleIfError::answer_origin_errors`](crate::stale::StaleIfError::answer_origin_errors)).
 fn origin_error_from_copy<B>(
     pending: &Pending,
     status: StatusCode,
 ) -> Option<Response<GatewayBody<B>>> {
-    let store = pending.config.stale.as_ref()?;
-    if pending.facts.stale.is_none() || !store.answers_origin_status(status) {
+    if pending.config.stale.is_none()
+        || pending.facts.stale.is_none()
+        || !StaleIfError::may_hide(status, None)
+    {
         return None;
     }
     let error = ProxyError::from_classification(
@@ -359,7 +361,7 @@ fn origin_error_from_copy<B>(
             .with_status(status)
             .with_phase(Phase::MaybeSent),
     );
-    from_copy(pending, error, Some(status)).ok()
+    from_copy(pending, error, Some(status), Hides::OriginError(status)).ok()
 }
 
 /// A stale copy in place of the error the layer would answer a GET or HEAD with (a 500, 502,
@@ -369,6 +371,7 @@ fn from_copy<B>(
     pending: &Pending,
     error: ProxyError,
     received: Option<StatusCode>,
+    hides: Hides,
 ) -> Result<Response<GatewayBody<B>>, ProxyError> {
     let (Some(store), Some(request)) = (&pending.config.stale, &pending.facts.stale) else {
         return Err(error);
@@ -378,7 +381,7 @@ fn from_copy<B>(
     if !error.fault().is_upstream() || !StaleIfError::may_hide(hidden, error.kind()) {
         return Err(error);
     }
-    let Some(answer) = store.answer(request) else {
+    let Some(answer) = store.answer(request, hides) else {
         return Err(error);
     };
     let config = &pending.config;

@@ -1,7 +1,7 @@
 //! One stored copy: which responses are admitted (RFC 9111 §3), how old a copy is and how
 //! long it stays fresh (§4.2), and whether it may still answer (§4.2.4, RFC 5861 §4).
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -51,9 +51,15 @@ pub(crate) struct Admission {
     headers: HeaderMap,
     /// When the head arrived (RFC 9111 §4.2.3's `response_time`).
     received_at: Instant,
+    /// Its `Date`, for which of two responses is the more recent (RFC 9111 §4).
+    dated: SystemTime,
     initial_age: Duration,
     lifetime: Duration,
     window: Duration,
+    /// Whether `window` is the origin's own `stale-if-error`.
+    origin_window: bool,
+    /// The write generation of its key when the request arrived.
+    epoch: u32,
     /// The `Content-Length` the origin declared, if any.
     pub(crate) declared_len: Option<u64>,
 }
@@ -130,7 +136,7 @@ impl Admission {
             .and_then(|age| Delta::parse(Some(age.as_bytes())).seconds())
             .unwrap_or(0);
         let response_delay = received_at.saturating_duration_since(request.arrived);
-        let corrected_age_value = Duration::from_secs(age_value) + response_delay;
+        let corrected_age_value = Duration::from_secs(age_value).saturating_add(response_delay);
         let initial_age = apparent_age.max(corrected_age_value);
 
         // RFC 9111 §4.2.1, for a shared cache that has no s-maxage to read (a response with
@@ -149,11 +155,12 @@ impl Admission {
         let lifetime = Duration::from_secs(lifetime);
 
         // The origin's window, else the operator's; an invalid origin value is no window.
-        let window = match directives.stale_if_error.and_then(Delta::seconds) {
+        let origin_window = directives.stale_if_error.and_then(Delta::seconds);
+        let window = match origin_window {
             Some(seconds) => Duration::from_secs(seconds),
             None => policy.default_window.ok_or(Refused::NoWindow)?,
         };
-        if staleness_secs(whole_seconds(initial_age), lifetime) > whole_seconds(window) as i64 {
+        if staleness_secs(whole_seconds(initial_age), lifetime) > signed_seconds(window) {
             return Err(Refused::TooStale);
         }
 
@@ -163,9 +170,18 @@ impl Admission {
             status,
             headers: kept_head(policy, headers, now),
             received_at,
+            // A Date ahead of our clock counts as now: an origin's clock cannot keep its copy
+            // the newest for longer than it is. Now in whole seconds, as a Date is: else a
+            // response dated this second would count as older than one clamped to now.
+            dated: {
+                let now = in_whole_seconds(now);
+                date.map_or(now, |date| date.min(now))
+            },
             initial_age,
             lifetime,
             window,
+            origin_window: origin_window.is_some(),
+            epoch: request.epoch,
             declared_len,
         })
     }
@@ -192,9 +208,12 @@ impl Admission {
             headers: self.headers,
             body,
             received_at: self.received_at,
+            dated: self.dated,
             initial_age: self.initial_age,
             lifetime: self.lifetime,
             window: self.window,
+            origin_window: self.origin_window,
+            epoch: self.epoch,
         })
     }
 }
@@ -296,6 +315,15 @@ fn kept_head(policy: &Policy, headers: &HeaderMap, received: SystemTime) -> Head
     kept
 }
 
+/// `time` without its fraction of a second, as a `Date` states it.
+fn in_whole_seconds(time: SystemTime) -> SystemTime {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(since) => UNIX_EPOCH + Duration::from_secs(since.as_secs()),
+        // A clock before 1970: left as it is.
+        Err(_) => time,
+    }
+}
+
 fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
     let mut values = headers.get_all(name).iter();
     let first = values.next()?;
@@ -307,9 +335,16 @@ fn http_date(value: &HeaderValue) -> Option<SystemTime> {
 }
 
 /// A duration in whole seconds, rounded up: an age of 0.2 s is sent as 1, so that a copy is
-/// never shown as newer than it is.
+/// never shown as newer than it is. Saturates (`Duration::MAX` is a valid window).
 fn whole_seconds(duration: Duration) -> u64 {
-    duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
+    duration
+        .as_secs()
+        .saturating_add(u64::from(duration.subsec_nanos() > 0))
+}
+
+/// A window in whole seconds, rounded up, as a signed count that saturates.
+fn signed_seconds(window: Duration) -> i64 {
+    i64::try_from(whole_seconds(window)).unwrap_or(i64::MAX)
 }
 
 /// How many seconds past its freshness a copy of this age is; negative while it is fresh.
@@ -326,10 +361,17 @@ pub(crate) struct StoredCopy {
     pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
     received_at: Instant,
+    /// Its `Date` (no later than when it arrived), else when it arrived.
+    dated: SystemTime,
     initial_age: Duration,
     lifetime: Duration,
     /// The longest it may be served stale: the origin's `stale-if-error`, else the operator's.
     window: Duration,
+    /// Whether the origin gave `window` (`stale-if-error`): the origin then asked for a copy in
+    /// place of its own errors too (RFC 5861 §4).
+    pub(crate) origin_window: bool,
+    /// The write generation of its key when its request arrived: a write since then outdates it.
+    pub(crate) epoch: u32,
     /// What it counts for in the store's budget.
     pub(crate) size: usize,
 }
@@ -348,7 +390,14 @@ pub(crate) enum Verdict {
 impl StoredCopy {
     /// Its current age (RFC 9111 §4.2.3): the age it arrived with, plus the time since.
     pub(crate) fn age(&self, now: Instant) -> Duration {
-        self.initial_age + now.saturating_duration_since(self.received_at)
+        self.initial_age
+            .saturating_add(now.saturating_duration_since(self.received_at))
+    }
+
+    /// Whether it is a more recent response than `other` (RFC 9111 §4): by `Date`, then by
+    /// when it arrived. Of two equal, neither is newer.
+    pub(crate) fn newer_than(&self, other: &StoredCopy) -> bool {
+        (self.dated, self.received_at) > (other.dated, other.received_at)
     }
 
     /// Whether it may answer at `now` a request that accepts `request_window` seconds of
@@ -357,8 +406,7 @@ impl StoredCopy {
         let age = whole_seconds(self.age(now)).max(1);
         let staleness = staleness_secs(age, self.lifetime);
         let ttl = -staleness;
-        let window = i64::try_from(whole_seconds(self.window)).unwrap_or(i64::MAX);
-        if staleness > window {
+        if staleness > signed_seconds(self.window) {
             return Verdict::Expired;
         }
         if let Some(request_window) = request_window {
@@ -691,5 +739,71 @@ mod tests {
         assert!(identity.variant.matches(&plain.vary));
         assert!(!identity.variant.matches(&gzip.vary));
         assert!(!identity.variant.same_as(&admitted.variant));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_longest_windows_and_ages_saturate_rather_than_overflow() {
+        assert_eq!(whole_seconds(Duration::MAX), u64::MAX);
+        assert_eq!(signed_seconds(Duration::MAX), i64::MAX);
+        let policy = Policy {
+            default_window: Some(Duration::MAX),
+            ..Policy::default()
+        };
+        let get = request("GET", &[]);
+        let copy = decide(&policy, &get, 200, &[("cache-control", "max-age=10")])
+            .unwrap()
+            .complete(Bytes::new())
+            .unwrap();
+        // A century on, still within the operator's window.
+        let century = copy.received_at + Duration::from_secs(100 * 365 * 24 * 3600);
+        assert!(matches!(
+            copy.verdict(century, None),
+            Verdict::Answers { ttl, .. } if ttl < -3_000_000_000
+        ));
+        // The oldest Date and the largest Age there are: admitted, and answering.
+        let ancient = decide(
+            &policy,
+            &get,
+            200,
+            &[
+                ("date", "Thu, 01 Jan 1970 00:00:00 GMT"),
+                ("age", "99999999999999999999999"),
+                ("cache-control", "stale-if-error=99999999999999999999999"),
+            ],
+        );
+        assert!(ancient.is_ok(), "2^31 seconds old, within 2^31 seconds");
+        let ancient = decide(
+            &policy,
+            &get,
+            200,
+            &[
+                ("date", "Thu, 01 Jan 1970 00:00:00 GMT"),
+                ("age", "99999999999999999999999"),
+            ],
+        )
+        .unwrap()
+        .complete(Bytes::new())
+        .unwrap();
+        assert!(matches!(
+            ancient.verdict(century, None),
+            Verdict::Answers { .. }
+        ));
+    }
+
+    #[test]
+    fn whether_the_window_is_the_origins_is_kept_with_the_copy() {
+        let policy = windowed();
+        let get = request("GET", &[]);
+        let kept = |cache_control: &str| {
+            decide(&policy, &get, 200, &[("cache-control", cache_control)])
+                .unwrap()
+                .complete(Bytes::new())
+                .unwrap()
+                .origin_window
+        };
+        assert!(kept("max-age=60, stale-if-error=30"));
+        assert!(!kept("max-age=60"));
+        // An invalid origin value is no window of the origin's.
+        assert!(!kept("max-age=60, stale-if-error=soon"));
     }
 }

@@ -3,7 +3,10 @@
 //!
 //! The field is read in one pass over its bytes, whatever they hold: a hostile value costs time
 //! in proportion to its length, never a panic. A directive this crate does not know is skipped; a
-//! malformed element is skipped up to the next comma outside a quoted string.
+//! malformed element is skipped up to the next comma outside a quoted string. A field with a
+//! malformed element fails closed: if its bytes name `private`, `no-store` or `no-cache` anywhere
+//! (`max-age=60; private`), that directive is taken as given, since the sender plainly meant to
+//! restrict the response and a cache that cannot read how must not guess in favour of storing it.
 
 use http::HeaderMap;
 use http::header::{self, HeaderValue};
@@ -32,7 +35,7 @@ pub(crate) struct ResponseDirectives {
 impl ResponseDirectives {
     pub(crate) fn parse(headers: &HeaderMap) -> Self {
         let mut directives = ResponseDirectives::default();
-        for_each_directive(headers, |name, value| {
+        let malformed = for_each_directive(headers, |name, value| {
             let d = &mut directives;
             match name {
                 n if n.eq_ignore_ascii_case(b"no-store") => d.no_store = true,
@@ -52,6 +55,11 @@ impl ResponseDirectives {
                 _ => {}
             }
         });
+        if malformed {
+            directives.no_store |= names(headers, b"no-store");
+            directives.no_cache |= names(headers, b"no-cache");
+            directives.private |= names(headers, b"private");
+        }
         directives
     }
 
@@ -69,33 +77,59 @@ impl ResponseDirectives {
 }
 
 /// The directives of a request's `Cache-Control` that bear on the store.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RequestDirectives {
     /// The client asks that its request and the response not be stored (RFC 9111 §5.2.1, `no-store`).
     pub(crate) no_store: bool,
     /// The client asks for a response validated by the origin (RFC 9111 §5.2.1, `no-cache`).
     pub(crate) no_cache: bool,
-    /// The longest staleness the client accepts for an answer on error (RFC 5861 §4); only a
-    /// valid value counts. At most 2^31.
-    pub(crate) stale_if_error: Option<u32>,
+    /// See [`stale_if_error`](Self::stale_if_error); [`NO_WINDOW`] when the request gave none.
+    /// Without an `Option`'s tag: every request carries this, and it is kept small.
+    stale_if_error: u32,
+}
+
+/// No `stale-if-error` in the request: above any value kept (2^31).
+const NO_WINDOW: u32 = u32::MAX;
+
+impl Default for RequestDirectives {
+    fn default() -> Self {
+        RequestDirectives {
+            no_store: false,
+            no_cache: false,
+            stale_if_error: NO_WINDOW,
+        }
+    }
 }
 
 impl RequestDirectives {
+    /// The longest staleness the client accepts for an answer on error (RFC 5861 §4); only a
+    /// valid value counts, the first. At most 2^31.
+    pub(crate) fn stale_if_error(&self) -> Option<u32> {
+        (self.stale_if_error != NO_WINDOW).then_some(self.stale_if_error)
+    }
+
     pub(crate) fn parse(headers: &HeaderMap) -> Self {
         let mut directives = RequestDirectives::default();
-        for_each_directive(headers, |name, value| {
+        let malformed = for_each_directive(headers, |name, value| {
             if name.eq_ignore_ascii_case(b"no-store") {
                 directives.no_store = true;
             } else if name.eq_ignore_ascii_case(b"no-cache") {
                 directives.no_cache = true;
             } else if name.eq_ignore_ascii_case(b"stale-if-error") {
                 if let (None, Delta::Seconds(seconds)) =
-                    (directives.stale_if_error, Delta::parse(value))
+                    (directives.stale_if_error(), Delta::parse(value))
                 {
-                    directives.stale_if_error = u32::try_from(seconds).ok();
+                    // At most 2^31 (`Delta` saturates there): always below `NO_WINDOW`.
+                    directives.stale_if_error = u32::try_from(seconds).unwrap_or(NO_WINDOW - 1);
                 }
             }
         });
+        // As for a response: a client that asked not to be stored, or for a validated answer,
+        // in a field the store cannot read, gets what it plainly asked for.
+        if malformed {
+            directives.no_store |= names(headers, b"no-store");
+            directives.no_cache |= names(headers, b"no-cache");
+        }
         directives
     }
 }
@@ -134,15 +168,30 @@ impl Delta {
     }
 }
 
-/// Calls `each(name, value)` for every directive of every `Cache-Control` line, in order. The
-/// value is the raw token or quoted string (quotes included), or `None` without `=`.
-fn for_each_directive(headers: &HeaderMap, mut each: impl FnMut(&[u8], Option<&[u8]>)) {
+/// Calls `each(name, value)` for every well-formed directive of every `Cache-Control` line, in
+/// order. The value is the raw token or quoted string (quotes included), or `None` without `=`.
+/// Returns whether any element was malformed (and skipped).
+fn for_each_directive(headers: &HeaderMap, mut each: impl FnMut(&[u8], Option<&[u8]>)) -> bool {
+    let mut malformed = false;
     for line in headers.get_all(header::CACHE_CONTROL) {
-        directives_of(line, &mut each);
+        malformed |= directives_of(line, &mut each);
     }
+    malformed
 }
 
-fn directives_of(line: &HeaderValue, each: &mut impl FnMut(&[u8], Option<&[u8]>)) {
+/// Whether any `Cache-Control` line holds `word`, without case, anywhere (inside a quoted string
+/// or a malformed element too). Linear in the field's length: `word` is a few bytes.
+fn names(headers: &HeaderMap, word: &[u8]) -> bool {
+    headers.get_all(header::CACHE_CONTROL).iter().any(|line| {
+        line.as_bytes()
+            .windows(word.len())
+            .any(|window| window.eq_ignore_ascii_case(word))
+    })
+}
+
+/// Reads one line; returns whether an element of it was malformed.
+fn directives_of(line: &HeaderValue, each: &mut impl FnMut(&[u8], Option<&[u8]>)) -> bool {
+    let mut malformed = false;
     let bytes = line.as_bytes();
     let len = bytes.len();
     let skip = |mut at: usize, what: fn(u8) -> bool| {
@@ -169,6 +218,8 @@ fn directives_of(line: &HeaderValue, each: &mut impl FnMut(&[u8], Option<&[u8]>)
                 while at < len && bytes[at] != b'"' {
                     at += if bytes[at] == b'\\' { 2 } else { 1 };
                 }
+                // A quoted string that never closes is malformed.
+                malformed |= at >= len;
                 // Past the closing quote, if there is one.
                 at = (at + 1).min(len);
             } else {
@@ -179,13 +230,18 @@ fn directives_of(line: &HeaderValue, each: &mut impl FnMut(&[u8], Option<&[u8]>)
         }
         if at < len && bytes[at] != b',' {
             // Malformed: skip to the next comma outside a quoted string.
+            malformed = true;
             at = crate::headers::element_end(bytes, at);
             continue;
         }
         if !name.is_empty() {
             each(name, value);
+        } else if value.is_some() {
+            // A value without a name (`=5`).
+            malformed = true;
         }
     }
+    malformed
 }
 
 #[cfg(test)]
@@ -248,17 +304,21 @@ mod tests {
             Some(Delta::Seconds(5))
         );
         let request = RequestDirectives::parse(&headers(&["stale-if-error=x, stale-if-error=7"]));
-        assert_eq!(request.stale_if_error, Some(7));
+        assert_eq!(request.stale_if_error(), Some(7));
     }
 
     #[test]
     fn request_directives() {
         let d = RequestDirectives::parse(&headers(&["no-cache, max-age=0", "no-store"]));
         assert!(d.no_cache && d.no_store);
-        assert_eq!(d.stale_if_error, None);
+        assert_eq!(d.stale_if_error(), None);
         let d = RequestDirectives::parse(&headers(&["max-stale=100, stale-if-error=30"]));
         assert!(!d.no_cache && !d.no_store);
-        assert_eq!(d.stale_if_error, Some(30));
+        assert_eq!(d.stale_if_error(), Some(30));
+        let d = RequestDirectives::parse(&headers(&["stale-if-error=0"]));
+        assert_eq!(d.stale_if_error(), Some(0));
+        let d = RequestDirectives::parse(&headers(&["stale-if-error=99999999999999999999"]));
+        assert_eq!(d.stale_if_error(), Some(1 << 31));
     }
 
     #[test]
@@ -277,9 +337,32 @@ mod tests {
             "ü-store",
         ] {
             let d = response(&[line]);
-            // Only a well-formed no-store counts.
-            assert_eq!(d.no_store, line == "a b c, no-store", "{line:?}");
+            // A well-formed no-store counts, and so does one in a field that cannot be read.
+            let named = line == "a b c, no-store" || line == "no-store\"";
+            assert_eq!(d.no_store, named, "{line:?}");
         }
+    }
+
+    #[test]
+    fn a_field_that_cannot_be_read_and_names_a_restriction_fails_closed() {
+        // Each is malformed: the restriction it names is taken as given.
+        let d = response(&["max-age=60; private"]);
+        assert!(d.private);
+        assert_eq!(d.max_age, None, "the malformed element is not read");
+        assert!(response(&["max-age=60 no-store"]).no_store);
+        assert!(response(&["public, max-age=60", "max-age=\"1, NO-CACHE"]).no_cache);
+        assert!(response(&["=private"]).private);
+        // A malformed field that names none of them is read as before, its bad element skipped.
+        let d = response(&["max-age=60; charset, stale-if-error=30"]);
+        assert!(!d.private && !d.no_store && !d.no_cache);
+        assert_eq!(d.stale_if_error, Some(Delta::Seconds(30)));
+        // A well-formed field is read for what it says: a name inside a quoted list is a list
+        // member, not a directive.
+        let d = response(&[r#"no-cache="x-private", max-age=5"#]);
+        assert!(d.no_cache && !d.private);
+        // A request's own, alike.
+        let request = RequestDirectives::parse(&headers(&["max-age=0; no-store; no-cache"]));
+        assert!(request.no_store && request.no_cache);
     }
 
     /// The least time `parse` takes on `value`, over a few runs (noise only adds).

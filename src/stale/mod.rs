@@ -79,7 +79,10 @@
 //!   cacheable statuses, less 206, a part of a body, and less the errors 405, 414 and 501);
 //! - its `Cache-Control` has no `no-store` and no `private`; nor `no-cache`, `must-revalidate`,
 //!   `proxy-revalidate` or `s-maxage`, which forbid serving it stale (RFC 9111 §4.2.4), so a
-//!   copy of it could never answer; `no-cache` and `private` count with a field list too;
+//!   copy of it could never answer; `no-cache` and `private` count with a field list too. A
+//!   field the store cannot read (an element that is not `name` or `name=value`, as in
+//!   `max-age=60; private`) fails closed: if it names `private`, `no-store` or `no-cache`
+//!   anywhere, that directive counts as given;
 //! - a window applies: the origin's `stale-if-error=N`, else the operator's
 //!   [`default_window`](StaleIfError::default_window); without either nothing is stored;
 //! - it sets no cookie (`Set-Cookie`), unless [`strip_set_cookie`](StaleIfError::strip_set_cookie)
@@ -116,30 +119,49 @@
 //! without case), the path and the query: two sites behind one gateway never share a copy. Put
 //! the layer before anything that rewrites the request's target, as in the quick start. The
 //! scheme is not part of the key: a listener serves one scheme. A new copy replaces the one of
-//! the same key and variant; a successful write (a POST, PUT, DELETE or any method but GET, HEAD,
-//! OPTIONS and TRACE, answered with a status under 400) drops every copy of its URI (RFC 9111
-//! §4.4).
+//! the same key and variant unless that one is the more recent response (RFC 9111 §4): the later
+//! `Date` (a `Date` ahead of the gateway's clock counts as the time it arrived), then the head
+//! that arrived later. A slow response that ends after a newer one does not put back the older
+//! page. A successful write (a POST, PUT, DELETE or any method but GET, HEAD, OPTIONS and TRACE,
+//! answered with a status under 400) drops every copy of its URI (RFC 9111 §4.4), and the
+//! response to a GET of that URI that arrived before the write is not stored, however late it
+//! ends: it may be the page as it was.
 //!
 //! The store is bounded: at most [`max_bytes`](StaleIfError::max_bytes) in all (bodies, heads and
 //! keys) and at most [`max_entries`](StaleIfError::max_entries) copies (each variant counts), the
-//! least recently used evicted first; at most 8 variants per key.
+//! least recently used evicted first; at most 8 variants per key. The copies being made count
+//! too: a body with a `Content-Length` is charged its whole length when its copy starts (that is
+//! the buffer reserved for it), one without is charged frame by frame. Copies being made may hold
+//! at most half of `max_bytes`: past that, a new copy is not made (its body streams to the client
+//! as always, uncopied), and while they hold room, the least recently used copies give way. So a
+//! client that holds many responses open, reading slowly, makes the store hold no more than its
+//! budget, and the copies held always keep at least half of it.
 //!
 //! # When a copy answers
 //!
 //! When the layer would itself answer a GET or a HEAD with a 500, 502, 503 or 504 (RFC 5861's
 //! errors): a refused or reset connection, a timeout, a protocol error, an upstream that a health
 //! check or a breaker marked down (`destination_unavailable`, answered at once), an origin error
-//! the layer [intercepts](crate::GatewayErrorLayer::intercept_origin_errors). An origin's own
-//! error passes through unchanged, as always, unless the store
-//! [answers it](StaleIfError::answer_origin_errors). Never a 4xx the layer makes (a bad or refused
-//! request), never a forwarding loop (`proxy_loop_detected`: the gateway's own configuration,
-//! which a copy would hide), and never a gRPC call.
+//! the layer [intercepts](crate::GatewayErrorLayer::intercept_origin_errors). Never a 4xx the
+//! layer makes (a bad or refused request), never a forwarding loop (`proxy_loop_detected`: the
+//! gateway's own configuration, which a copy would hide), and never a gRPC call.
+//!
+//! And when the origin itself answers a GET or a HEAD with a 500, 502, 503 or 504, in place of
+//! that answer:
+//!
+//! - from a copy whose origin sent `stale-if-error`: RFC 5861 §4 is the origin asking for exactly
+//!   that, and other HTTP caches read it so;
+//! - from any copy when the store [answers that status](StaleIfError::answer_origin_errors).
+//!
+//! Otherwise, for a copy kept under the operator's window only, the origin's error passes
+//! through unchanged, as always: the origin did not ask for it to be hidden.
 //!
 //! The newest copy of the key whose variant matches answers if its staleness (its age, RFC 9111
 //! §4.2.3, less its freshness lifetime, §4.2.1) is within:
 //!
 //! - the origin's `stale-if-error=N`, when the response had one, else the operator's
-//!   [`default_window`](StaleIfError::default_window);
+//!   [`default_window`](StaleIfError::default_window) (any duration, `Duration::MAX` included:
+//!   every window and age saturates rather than overflows);
 //! - shortened by the request's own `Cache-Control: stale-if-error=N`; a request never widens
 //!   it.
 //!
@@ -203,8 +225,9 @@
 //! request's future, store or not (168 bytes, kept small for that), and a layer without a store
 //! pays a branch at each step. With one, a request that cannot use it (a POST) keeps its path and
 //! authority by a reference count (the bytes hyper parsed are shared, not copied); a GET also
-//! hashes the values of the few headers a variant may depend on and reads the clock: no heap
-//! allocation, for a response that is stored or not. A response that is stored costs one copy of
+//! hashes the values of the few headers a variant may depend on, hashes its key to read the
+//! key's write generation (a table of 1,024 counters per store, made with it), and reads the
+//! clock: no heap allocation, for a response that is stored or not. A response that is stored costs one copy of
 //! its body (into a buffer of its declared length, or joined once at the end), a copy of its head
 //! and one lock to insert it. An answer from a copy takes the lock for a lookup, shares the body,
 //! and copies the head. No lock is held across an await, nor while a body is copied or a
@@ -294,14 +317,19 @@ impl StaleIfError {
     ///
     /// An origin's own `stale-if-error=N` takes its place, shorter or longer; a response that
     /// forbids serving stale (`no-cache`, `must-revalidate`, `proxy-revalidate`, `s-maxage`) is
-    /// never stored, whatever the window.
+    /// never stored, whatever the window. Any duration is accepted: `Duration::MAX` keeps copies
+    /// for as long as the budget holds them.
+    ///
+    /// A copy kept under this window alone answers the layer's own errors, not the origin's
+    /// (see [`answer_origin_errors`](Self::answer_origin_errors)).
     pub fn default_window(self, window: Duration) -> Self {
         self.set(|p| p.default_window = Some(window))
     }
 
     /// The store's budget in bytes: bodies, heads and keys together (each copy also counts a
-    /// fixed 256 bytes, and each header field 32). Least recently used copies go first. Default
-    /// 64 MiB.
+    /// fixed 256 bytes, and each header field 32), and the copies being made. Least recently
+    /// used copies go first. Copies being made may hold at most half of it: a body longer than
+    /// half this budget is never stored. Default 64 MiB.
     pub fn max_bytes(self, bytes: usize) -> Self {
         self.set(|p| p.max_bytes = bytes)
     }
@@ -353,10 +381,11 @@ impl StaleIfError {
         Ok(self.set(|p| p.vary_headers = unique))
     }
 
-    /// Origin statuses a copy answers in place of, where one may (for a GET or HEAD, within the
+    /// Origin statuses any copy answers in place of, where one may (for a GET or HEAD, within the
     /// window); without a usable copy the origin's response passes through as before. Only
-    /// RFC 5861's errors count, 500, 502, 503 and 504; others are ignored. None by default: the
-    /// origin's own errors pass through unchanged.
+    /// RFC 5861's errors count, 500, 502, 503 and 504; others are ignored. None by default: an
+    /// origin's own errors then pass through unchanged, except where a copy's origin sent
+    /// `stale-if-error`, which asks for that copy in place of all four (RFC 5861 §4).
     ///
     /// The client then sees `Proxy-Status: <name>; received-status=503` and
     /// `Cache-Status: <name>; fwd=stale; fwd-status=503; ...`.
@@ -391,19 +420,26 @@ impl StaleIfError {
         self.len() == 0
     }
 
-    /// The bytes the copies count for against [`max_bytes`](Self::max_bytes).
+    /// The bytes counted against [`max_bytes`](Self::max_bytes): the copies held, and the
+    /// copies being made (bodies on their way to clients, copied as they pass).
     pub fn bytes(&self) -> usize {
-        self.store.bytes()
+        self.store.bytes().saturating_add(self.store.in_progress())
     }
 
-    /// Drops every copy (after a deployment that changed every page, say).
+    /// Drops every copy (after a deployment that changed every page, say). A response still on
+    /// its way to a request that arrived before this is not stored either.
     pub fn clear(&self) {
         self.store.clear();
     }
 
     /// What the store needs of `request`, read when it arrives; `None` when it has no use for it.
     pub(crate) fn capture<B>(&self, request: &Request<B>) -> Option<CapturedRequest> {
-        CapturedRequest::capture(&self.store.policy, request)
+        let mut captured = CapturedRequest::capture(&self.store.policy, request)?;
+        // Only a GET's response is stored: only a GET needs to know of a write after it.
+        if captured.access == (Access::Read { head: false }) {
+            captured.epoch = self.store.epoch(&captured.key());
+        }
+        Some(captured)
     }
 
     /// An origin's response head arrived for `request`. A successful write drops the copies of
@@ -423,13 +459,18 @@ impl StaleIfError {
             return None;
         }
         let admission = Admission::decide(&self.store.policy, request, status, headers).ok()?;
+        // A write has outdated the page since the request arrived: no copy is made of it (the
+        // insert would refuse it anyway, and checks again under its lock).
+        if self.store.epoch(&request.key()) != request.epoch {
+            return None;
+        }
         if no_body {
             if let Some(copy) = admission.complete(Bytes::new()) {
                 self.store.insert(copy);
             }
             return None;
         }
-        Some(Tee::new(self.store.clone(), admission))
+        Tee::new(self.store.clone(), admission)
     }
 
     /// Whether a copy may stand in for an error of this status and kind: a 500, 502, 503 or 504,
@@ -439,19 +480,30 @@ impl StaleIfError {
         Policy::is_error(status) && kind != Some(ProxyErrorKind::ProxyLoopDetected)
     }
 
-    /// Whether a copy may answer in place of this origin status.
+    /// Whether the operator lets any copy answer in place of this origin status
+    /// ([`answer_origin_errors`](Self::answer_origin_errors)).
     pub(crate) fn answers_origin_status(&self, status: StatusCode) -> bool {
         self.store.policy.answers_origin_status(status)
     }
 
-    /// The copy that may answer `request` now, if any.
-    pub(crate) fn answer(&self, request: &CapturedRequest) -> Option<Answer> {
+    /// The copy that may answer `request` now, in place of the error `hides`, if any.
+    pub(crate) fn answer(&self, request: &CapturedRequest, hides: Hides) -> Option<Answer> {
         if !matches!(request.access, Access::Read { .. }) || request.directives.no_cache {
             return None;
         }
         let copy = self.store.find(&request.key(), &request.vary)?;
+        if let Hides::OriginError(status) = hides {
+            // The origin asked for its copies in place of its own errors when it sent
+            // `stale-if-error` (RFC 5861 §4); under the operator's window only, the operator
+            // decides which.
+            if !Policy::is_error(status)
+                || !(copy.origin_window || self.answers_origin_status(status))
+            {
+                return None;
+            }
+        }
         let now = tokio::time::Instant::now();
-        match copy.verdict(now, request.directives.stale_if_error) {
+        match copy.verdict(now, request.directives.stale_if_error()) {
             Verdict::Answers { age, ttl } => Some(Answer {
                 copy,
                 age,
@@ -482,6 +534,18 @@ impl fmt::Debug for StaleIfError {
             .field("strip_set_cookie", &policy.strip_set_cookie)
             .finish()
     }
+}
+
+/// The error a copy would stand in for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hides {
+    /// An error the layer answers itself: the origin could not be reached or did not answer in
+    /// time, a breaker refused, or the layer intercepts the origin's error. Any copy within its
+    /// window may answer.
+    LayerError,
+    /// An origin's own error, which otherwise passes through: a copy may answer when its origin
+    /// sent `stale-if-error`, or when the operator named the status.
+    OriginError(StatusCode),
 }
 
 /// A copy about to answer, with its age and remaining freshness in whole seconds.
@@ -610,6 +674,96 @@ mod tests {
             let status = StatusCode::from_u16(code).unwrap();
             assert_eq!(store.answers_origin_status(status), answered, "{code}");
         }
+    }
+
+    #[tokio::test]
+    async fn an_origin_error_is_answered_by_a_copy_its_origin_asked_for_or_the_operator_allows() {
+        let get = || {
+            Request::get("/page")
+                .header("host", "site.example")
+                .body(())
+                .unwrap()
+        };
+        let answers = |store: &StaleIfError, cache_control: &'static str, hides: Hides| {
+            store.clear();
+            let request = store.capture(&get()).unwrap();
+            let mut head = HeaderMap::new();
+            head.insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static(cache_control),
+            );
+            assert!(
+                store
+                    .on_response(&request, StatusCode::OK, &head, true)
+                    .is_none()
+            );
+            assert_eq!(store.len(), 1);
+            store.answer(&request, hides).is_some()
+        };
+        let origin = |code: u16| Hides::OriginError(StatusCode::from_u16(code).unwrap());
+        let asked = "max-age=60, stale-if-error=60";
+        let unasked = "max-age=60";
+
+        let store = StaleIfError::new().default_window(Duration::from_secs(60));
+        for code in [500, 502, 503, 504] {
+            assert!(answers(&store, asked, origin(code)), "{code}");
+            assert!(!answers(&store, unasked, origin(code)), "{code}");
+        }
+        assert!(!answers(&store, asked, origin(501)));
+        // The layer's own errors: either copy.
+        assert!(answers(&store, asked, Hides::LayerError));
+        assert!(answers(&store, unasked, Hides::LayerError));
+
+        // The operator's statuses: any copy.
+        let opted = store.answer_origin_errors([StatusCode::SERVICE_UNAVAILABLE]);
+        assert!(answers(&opted, unasked, origin(503)));
+        assert!(!answers(&opted, unasked, origin(502)));
+    }
+
+    #[tokio::test]
+    async fn a_read_that_began_before_a_successful_write_does_not_store_its_response() {
+        let store = StaleIfError::new().default_window(Duration::from_secs(60));
+        let request = |method: http::Method| {
+            let request = Request::builder()
+                .method(method)
+                .uri("/doc")
+                .header("host", "site.example")
+                .body(())
+                .unwrap();
+            store.capture(&request).unwrap()
+        };
+        let empty = HeaderMap::new();
+        let before = request(http::Method::GET);
+        let failed = request(http::Method::PUT);
+        assert!(
+            store
+                .on_response(&failed, StatusCode::CONFLICT, &empty, true)
+                .is_none()
+        );
+        let written = request(http::Method::PUT);
+        assert!(
+            store
+                .on_response(&written, StatusCode::NO_CONTENT, &empty, true)
+                .is_none()
+        );
+        // The read ends after the write: its page is the one from before it.
+        assert!(
+            store
+                .on_response(&before, StatusCode::OK, &empty, false)
+                .is_none()
+        );
+        store.on_response(&before, StatusCode::OK, &empty, true);
+        assert_eq!(store.len(), 0);
+        // A read after the write is stored, however many failed writes came between.
+        let after = request(http::Method::GET);
+        let failed = request(http::Method::POST);
+        assert!(
+            store
+                .on_response(&failed, StatusCode::BAD_REQUEST, &empty, true)
+                .is_none()
+        );
+        store.on_response(&after, StatusCode::OK, &empty, true);
+        assert_eq!(store.len(), 1);
     }
 
     #[test]

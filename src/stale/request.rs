@@ -98,6 +98,9 @@ pub(crate) struct CapturedRequest {
     pub(crate) vary: VaryValues,
     /// When the request arrived (RFC 9111 §4.2.3's `request_time`).
     pub(crate) arrived: Instant,
+    /// The write generation of its key when it arrived (a GET's; the store sets it): its response
+    /// is not stored if a write has invalidated the key since.
+    pub(crate) epoch: u32,
 }
 
 impl CapturedRequest {
@@ -140,6 +143,7 @@ impl CapturedRequest {
             path,
             vary,
             arrived: Instant::now(),
+            epoch: 0,
         })
     }
 
@@ -373,6 +377,6 @@ mod tests {
             request.vary.select(0b100).is_none(),
             "two Accept-Language lines"
         );
-        assert_eq!(request.directives.stale_if_error, Some(9));
+        assert_eq!(request.directives.stale_if_error(), Some(9));
     }
 }

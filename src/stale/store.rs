@@ -3,9 +3,21 @@
 //! One mutex guards the index and the recency list; it is held for a lookup, an insert or an
 //! eviction, never across an await, and never while a body is copied or a response is built. A
 //! copy is shared (`Arc`), so readers of the same page share one body.
+//!
+//! Besides the copies it holds, the store counts the bytes of the copies being made (bodies on
+//! their way to the client, copied as they pass): those count against the same budget, and may
+//! take at most half of it, so that clients holding many slow responses open cannot make the
+//! store hold more than its budget, and the copies held always keep at least half of it.
+//!
+//! A successful write bumps the write generation of its key; a response whose request arrived
+//! before that bump is outdated, and is not stored. The generations live in a fixed table
+//! indexed by a keyed hash of the key: reading one costs a GET no allocation, and a write to
+//! another key of the same slot (one in [`EPOCH_SLOTS`], by chance a client cannot steer) only
+//! keeps a copy out that would have been fine.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::copy::StoredCopy;
@@ -15,12 +27,21 @@ use super::request::{Key, KeyParts, VaryValues};
 /// No slot: the end of the recency list.
 const NIL: usize = usize::MAX;
 
+/// The slots of the write generation table: 4 KiB per store.
+pub(crate) const EPOCH_SLOTS: usize = 1024;
+
 pub(crate) struct Store {
     pub(crate) policy: Policy,
     lru: Mutex<Lru>,
     /// The number of copies, readable without the lock: an empty store costs a write nothing.
     len: AtomicUsize,
     bytes: AtomicUsize,
+    /// The bytes held by copies being made.
+    in_progress: AtomicUsize,
+    /// The write generation of the keys of each slot.
+    epochs: Box<[AtomicU32]>,
+    /// Picks a key's slot, with keys of the store's own.
+    epoch_hasher: RandomState,
 }
 
 impl Store {
@@ -30,6 +51,69 @@ impl Store {
             lru: Mutex::new(Lru::default()),
             len: AtomicUsize::new(0),
             bytes: AtomicUsize::new(0),
+            in_progress: AtomicUsize::new(0),
+            epochs: (0..EPOCH_SLOTS).map(|_| AtomicU32::new(0)).collect(),
+            epoch_hasher: RandomState::new(),
+        }
+    }
+
+    fn epoch_slot(&self, key: &dyn KeyParts) -> &AtomicU32 {
+        let hash = self.epoch_hasher.hash_one(key);
+        // The remainder is below the table's length: the cast back cannot lose a bit that counts.
+        &self.epochs[(hash % EPOCH_SLOTS as u64) as usize]
+    }
+
+    /// The write generation of `key` now: read when a GET arrives.
+    pub(crate) fn epoch(&self, key: &dyn KeyParts) -> u32 {
+        self.epoch_slot(key).load(Ordering::SeqCst)
+    }
+
+    /// Charges `bytes` more to the copies being made; `false` (nothing charged) when they would
+    /// then hold more than half the budget. Evicts the least recently used copies while the
+    /// copies held and those being made together are over the budget.
+    #[must_use]
+    pub(crate) fn reserve(&self, bytes: usize) -> bool {
+        let share = self.policy.max_bytes / 2;
+        let mut current = self.in_progress.load(Ordering::Relaxed);
+        let charged = loop {
+            let Some(next) = current.checked_add(bytes).filter(|&next| next <= share) else {
+                return false;
+            };
+            match self.in_progress.compare_exchange_weak(
+                current,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break next,
+                Err(actual) => current = actual,
+            }
+        };
+        if self.bytes().saturating_add(charged) > self.policy.max_bytes {
+            let mut lru = self.lock();
+            self.evict(&mut lru);
+            self.publish(&lru);
+        }
+        true
+    }
+
+    /// Gives back what [`reserve`](Self::reserve) charged.
+    pub(crate) fn release(&self, bytes: usize) {
+        self.in_progress.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// The bytes held by copies being made.
+    pub(crate) fn in_progress(&self) -> usize {
+        self.in_progress.load(Ordering::Relaxed)
+    }
+
+    /// Evicts the least recently used copies until the store is within its bounds: at most
+    /// `max_entries` copies, and at most the budget less what copies being made hold.
+    fn evict(&self, lru: &mut Lru) {
+        let room = self.policy.max_bytes.saturating_sub(self.in_progress());
+        while lru.len > 0 && (lru.bytes > room || lru.len > self.policy.max_entries) {
+            let tail = lru.tail;
+            lru.remove(tail);
         }
     }
 
@@ -41,7 +125,8 @@ impl Store {
     }
 
     fn publish(&self, lru: &Lru) {
-        self.len.store(lru.len, Ordering::Relaxed);
+        // Sequentially consistent with the write generations: see `insert` and `invalidate`.
+        self.len.store(lru.len, Ordering::SeqCst);
         self.bytes.store(lru.bytes, Ordering::Relaxed);
     }
 
@@ -53,11 +138,16 @@ impl Store {
         self.bytes.load(Ordering::Relaxed)
     }
 
-    /// Keeps `copy`, replacing the copy of the same key and variant, and evicts the least
-    /// recently used copies until the store is within its bounds again. A copy larger than the
-    /// whole budget is not kept.
+    /// Keeps `copy`, replacing the copy of the same key and variant unless that one is the
+    /// more recent response (RFC 9111 §4), and evicts the least recently used copies until the
+    /// store is within its bounds again. A copy larger than the whole budget is not kept, nor one
+    /// whose key a write has invalidated since its request arrived.
     pub(crate) fn insert(&self, copy: StoredCopy) {
         if copy.size > self.policy.max_bytes || self.policy.max_entries == 0 {
+            return;
+        }
+        let epoch = self.epoch_slot(&copy.key);
+        if epoch.load(Ordering::SeqCst) != copy.epoch {
             return;
         }
         let copy = Arc::new(copy);
@@ -70,6 +160,10 @@ impl Store {
                 .find(|&slot| lru.copy(slot).variant.same_as(&copy.variant))
         });
         if let Some(slot) = same_variant {
+            // A slower request that finishes late does not put back an older page.
+            if lru.copy(slot).newer_than(&copy) {
+                return;
+            }
             lru.remove(slot);
         }
         if lru
@@ -85,12 +179,17 @@ impl Store {
                 .expect("a full list");
             lru.remove(oldest);
         }
-        lru.push_front(copy);
-        while lru.bytes > self.policy.max_bytes || lru.len > self.policy.max_entries {
-            let tail = lru.tail;
-            lru.remove(tail);
-        }
+        lru.push_front(copy.clone());
+        self.evict(&mut lru);
         self.publish(&lru);
+        // A write may have bumped the generation since the check above. Its `invalidate` bumps,
+        // then reads the count; this published the count, then reads the generation: one of
+        // the two sees the other, so either that write takes the lock after this and drops the
+        // copy, or the copy is dropped here.
+        if epoch.load(Ordering::SeqCst) != copy.epoch {
+            lru.remove_copy(&copy);
+            self.publish(&lru);
+        }
     }
 
     /// The newest copy of `key` whose variant `vary` matches, made the most recently used.
@@ -115,21 +214,16 @@ impl Store {
     /// Drops `copy`, if the store still holds it.
     pub(crate) fn remove(&self, copy: &Arc<StoredCopy>) {
         let mut lru = self.lock();
-        let slot = lru.map.get(&copy.key).and_then(|slots| {
-            slots
-                .iter()
-                .copied()
-                .find(|&slot| Arc::ptr_eq(lru.copy(slot), copy))
-        });
-        if let Some(slot) = slot {
-            lru.remove(slot);
+        if lru.remove_copy(copy) {
             self.publish(&lru);
         }
     }
 
-    /// Drops every copy of `key` (RFC 9111 §4.4: a successful write invalidates its URI).
+    /// Drops every copy of `key` (RFC 9111 §4.4: a successful write invalidates its URI), and
+    /// keeps out the responses to reads of it that arrived before now.
     pub(crate) fn invalidate(&self, key: &dyn KeyParts) {
-        if self.len() == 0 {
+        self.epoch_slot(key).fetch_add(1, Ordering::SeqCst);
+        if self.len.load(Ordering::SeqCst) == 0 {
             return;
         }
         let mut lru = self.lock();
@@ -139,7 +233,12 @@ impl Store {
         self.publish(&lru);
     }
 
+    /// Drops every copy, and keeps out the responses to reads that arrived before now: they
+    /// may be pages as they were before whatever called for the clearing.
     pub(crate) fn clear(&self) {
+        for epoch in &self.epochs {
+            epoch.fetch_add(1, Ordering::SeqCst);
+        }
         let mut lru = self.lock();
         *lru = Lru::default();
         self.publish(&lru);
@@ -217,6 +316,20 @@ struct Slot {
 }
 
 impl Lru {
+    /// Drops `copy` if it is held; whether it was.
+    fn remove_copy(&mut self, copy: &Arc<StoredCopy>) -> bool {
+        let slot = self.map.get(&copy.key).and_then(|slots| {
+            slots
+                .iter()
+                .copied()
+                .find(|&slot| Arc::ptr_eq(self.copy(slot), copy))
+        });
+        if let Some(slot) = slot {
+            self.remove(slot);
+        }
+        slot.is_some()
+    }
+
     fn copy(&self, slot: usize) -> &Arc<StoredCopy> {
         self.slots[slot]
             .copy
@@ -294,7 +407,7 @@ impl Lru {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::time::{Duration, SystemTime};
 
     use bytes::Bytes;
     use http::{HeaderMap, Request, StatusCode};
@@ -331,6 +444,18 @@ mod tests {
             .unwrap()
             .complete(Bytes::from_static(body))
             .unwrap()
+    }
+
+    /// A response to `request` with these header fields, as the store would admit it now.
+    fn admitted(policy: &Policy, request: &CapturedRequest, fields: &[(&str, &str)]) -> Admission {
+        let mut head = HeaderMap::new();
+        for (name, value) in fields {
+            head.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        Admission::decide(policy, request, StatusCode::OK, &head).unwrap()
     }
 
     fn body_of(store: &Store, request: &CapturedRequest) -> Option<Bytes> {
@@ -419,5 +544,146 @@ mod tests {
         assert_eq!(body_of(&store, &request("/r", None)).unwrap(), "4");
         store.clear();
         assert_eq!((store.len(), store.bytes()), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_older_response_never_replaces_a_newer_copy() {
+        let store = Store::new(policy(usize::MAX, usize::MAX));
+        let page = request("/p", None);
+        let ago =
+            |secs: u64| httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(secs));
+        let keep = |admission: Admission, body: &'static [u8]| {
+            store.insert(admission.complete(Bytes::from_static(body)).unwrap());
+        };
+
+        // One Date: the response whose head arrived first is the older, though it ends last.
+        let date = ago(5);
+        let slow = admitted(&store.policy, &page, &[("date", &date)]);
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let quick = admitted(&store.policy, &page, &[("date", &date)]);
+        keep(quick, b"quick");
+        keep(slow, b"slow");
+        assert_eq!(body_of(&store, &page).unwrap(), "quick");
+        assert_eq!(store.len(), 1);
+
+        // A later Date is the more recent response, whenever its head arrived.
+        let later_date = admitted(&store.policy, &page, &[("date", &ago(1))]);
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let earlier_date = admitted(&store.policy, &page, &[("date", &ago(3))]);
+        keep(later_date, b"dated later");
+        keep(earlier_date, b"dated earlier");
+        assert_eq!(body_of(&store, &page).unwrap(), "dated later");
+
+        // A Date ahead of the clock counts as the time it arrived: it does not keep its copy
+        // the newest for an hour.
+        let ahead = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(3600));
+        keep(
+            admitted(&store.policy, &page, &[("date", &ahead)]),
+            b"ahead",
+        );
+        assert_eq!(body_of(&store, &page).unwrap(), "ahead");
+        tokio::time::advance(Duration::from_millis(10)).await;
+        // Without a Date of its own, a response is dated when it arrived: the newest.
+        keep(admitted(&store.policy, &page, &[]), b"undated");
+        assert_eq!(body_of(&store, &page).unwrap(), "undated");
+    }
+
+    #[tokio::test]
+    async fn a_read_that_arrived_before_a_successful_write_is_not_stored() {
+        let store = Store::new(policy(usize::MAX, usize::MAX));
+        let read = |path: &str| {
+            let mut read = request(path, None);
+            read.epoch = store.epoch(&read.key());
+            read
+        };
+        let before = read("/doc");
+        store.invalidate(&request("/doc", None).key());
+        store.insert(copy(&store.policy, &before, b"before the write"));
+        assert_eq!(store.len(), 0);
+        // A read that arrives after the write is stored.
+        let after = read("/doc");
+        store.insert(copy(&store.policy, &after, b"after the write"));
+        assert_eq!(body_of(&store, &after).unwrap(), "after the write");
+        // And a write drops it, as before.
+        store.invalidate(&after.key());
+        assert_eq!(store.len(), 0);
+        // Clearing the store keeps out what was asked for before it, too.
+        let before_clearing = read("/other");
+        store.clear();
+        store.insert(copy(&store.policy, &before_clearing, b"before clearing"));
+        assert_eq!(store.len(), 0);
+        let after_clearing = read("/other");
+        store.insert(copy(&store.policy, &after_clearing, b"after clearing"));
+        assert_eq!(store.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn copies_being_made_are_charged_to_the_budget_and_given_back() {
+        use crate::stale::tee::Tee;
+
+        // Half of this budget, 5,000 bytes, is the most copies being made may hold.
+        let store = Arc::new(Store::new(policy(10_000, usize::MAX)));
+        let sized = |len: usize| {
+            let len = len.to_string();
+            admitted(
+                &store.policy,
+                &request("/sized", None),
+                &[("content-length", &len)],
+            )
+        };
+        // A declared length is charged whole, before its buffer is reserved.
+        let held = Tee::new(store.clone(), sized(3_000)).expect("within the share");
+        assert_eq!(store.in_progress(), 3_000);
+        assert!(
+            Tee::new(store.clone(), sized(3_000)).is_none(),
+            "past the share"
+        );
+        assert_eq!(store.in_progress(), 3_000);
+
+        // Without one, each frame is charged as it passes, until the share is spent: the copy is
+        // then abandoned, and what it held given back.
+        let mut frames = Tee::new(
+            store.clone(),
+            admitted(&store.policy, &request("/f", None), &[]),
+        )
+        .expect("nothing to charge yet");
+        assert!(frames.copy(&Bytes::from(vec![b'f'; 1_500])));
+        let frame_cost = 1_500 + std::mem::size_of::<Bytes>();
+        assert_eq!(store.in_progress(), 3_000 + frame_cost);
+        assert!(!frames.copy(&Bytes::from(vec![b'f'; 1_000])));
+        drop(frames);
+        assert_eq!(store.in_progress(), 3_000);
+
+        // A copy that completes moves from the copies being made to the copies held.
+        drop(held);
+        let mut done = Tee::new(store.clone(), sized(4)).unwrap();
+        assert!(done.copy(&Bytes::from_static(b"done")));
+        done.complete();
+        assert_eq!(store.in_progress(), 0);
+        assert_eq!(store.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn copies_held_give_way_to_copies_being_made_within_the_budget() {
+        use crate::stale::tee::Tee;
+
+        let loose = policy(usize::MAX, usize::MAX);
+        let one = copy(&loose, &request("/a", None), &[b'a'; 1000]).size;
+        let store = Arc::new(Store::new(policy(one * 3 + one / 2, usize::MAX)));
+        let [a, b, c] = ["/a", "/b", "/c"].map(|path| request(path, None));
+        for r in [&a, &b, &c] {
+            store.insert(copy(&store.policy, r, &[b'x'; 1000]));
+        }
+        assert_eq!(store.len(), 3);
+        let declared = admitted(
+            &store.policy,
+            &request("/d", None),
+            &[("content-length", "1000")],
+        );
+        let _making = Tee::new(store.clone(), declared).unwrap();
+        // The copy being made took the room of the least recently used copy.
+        assert_eq!(store.len(), 2);
+        assert!(store.bytes() + store.in_progress() <= store.policy.max_bytes);
+        assert!(body_of(&store, &a).is_none());
     }
 }

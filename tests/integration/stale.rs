@@ -1355,3 +1355,267 @@ async fn the_demo_upstreams_robots_txt_survives_its_outage_as_the_readme_shows()
         .await
         .assert_generated(StatusCode::BAD_GATEWAY);
 }
+
+// ---------------------------------------------------------------------------------------------
+// One client cannot move the store, and what it cannot read it does not store
+// ---------------------------------------------------------------------------------------------
+
+/// Reads `body` to its end, bounded; the data of its frames.
+async fn drain<B>(body: Pin<&mut B>) -> Vec<u8>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::fmt::Debug,
+{
+    let mut body = body;
+    let mut received = Vec::new();
+    while let Some(frame) = within("the rest of the body", body.as_mut().frame()).await {
+        if let Some(data) = frame.expect("no error").data_ref() {
+            received.extend_from_slice(data);
+        }
+    }
+    received
+}
+
+/// A route that answers its first GET with a chunked page whose second chunk waits for `gate`,
+/// and every later GET with `later`.
+fn slow_first(
+    gate: &Arc<Notify>,
+    slow: [&'static str; 2],
+    later: &'static str,
+) -> impl Fn(&Seen) -> Reply + Send + Sync + 'static {
+    let gate = gate.clone();
+    let gets = AtomicUsize::new(0);
+    move |_| {
+        if gets.fetch_add(1, Ordering::SeqCst) == 0 {
+            Reply::Chunked {
+                headers: vec![("cache-control".into(), "max-age=60".into())],
+                chunks: slow.iter().map(|chunk| chunk.as_bytes().to_vec()).collect(),
+                gate: Some(gate.clone()),
+            }
+        } else {
+            Reply::page("max-age=60", later)
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_slower_older_response_that_ends_last_never_replaces_the_newer_copy() {
+    let mut origin = Origin::start().await;
+    let gate = Arc::new(Notify::new());
+    origin.route("/page", slow_first(&gate, ["old, ", "slow"], "new"));
+    let store = store();
+    let gateway = gateway_to(layer(&store), origin.addr);
+
+    // The first request's head and first chunk arrive; the rest of its body waits.
+    let slow = call(gateway.clone(), request("GET", "/page", &[])).await;
+    let mut slow = std::pin::pin!(slow.into_body());
+    let first = within("the first chunk", slow.frame())
+        .await
+        .expect("a frame")
+        .expect("no error");
+    assert_eq!(first.data_ref().expect("data"), "old, ");
+    // A request sent after it is answered whole, and stored.
+    assert_eq!(get(&gateway, "/page").await.body, "new");
+    assert_eq!(store.len(), 1);
+    // The older response ends last: its client gets all of it, and the store keeps the newer.
+    gate.notify_one();
+    assert_eq!(drain(slow.as_mut()).await, b"slow");
+    assert_eq!(store.len(), 1);
+
+    origin.stop().await;
+    get(&gateway, "/page")
+        .await
+        .assert_stale("new", REFUSED, 502);
+}
+
+#[tokio::test]
+async fn a_read_that_began_before_a_write_does_not_put_its_outdated_copy_back() {
+    let mut origin = Origin::start().await;
+    let gate = Arc::new(Notify::new());
+    let read = slow_first(&gate, ["v1, ", "before the write"], "v2");
+    origin.route("/doc", move |seen| {
+        if seen.method == "PUT" {
+            Reply::with(204, &[], "")
+        } else {
+            read(seen)
+        }
+    });
+    let store = store();
+    let gateway = gateway_to(layer(&store), origin.addr);
+
+    let slow = call(gateway.clone(), request("GET", "/doc", &[])).await;
+    let mut slow = std::pin::pin!(slow.into_body());
+    within("the first chunk", slow.frame())
+        .await
+        .expect("a frame")
+        .expect("no error");
+    // A write succeeds while that read's body is still on its way.
+    let put = fetch(gateway.clone(), request("PUT", "/doc", &[])).await;
+    assert_eq!(put.status, StatusCode::NO_CONTENT);
+    gate.notify_one();
+    assert_eq!(drain(slow.as_mut()).await, b"before the write");
+    assert_eq!(
+        store.len(),
+        0,
+        "the page as it was before the write is not kept"
+    );
+
+    // A read that begins after the write is stored as usual.
+    assert_eq!(get(&gateway, "/doc").await.body, "v2");
+    assert_eq!(store.len(), 1);
+    origin.stop().await;
+    get(&gateway, "/doc").await.assert_stale("v2", REFUSED, 502);
+}
+
+#[tokio::test]
+async fn copies_being_made_count_against_the_byte_budget_and_are_given_back() {
+    const STREAMS: usize = 40;
+    const DECLARED: usize = 64 * 1024;
+    const BUDGET: usize = 512 * 1024;
+    let origin = Origin::start().await;
+    for i in 0..STREAMS {
+        // A head declaring 64 KiB, 1 KiB of it, then nothing: a response held open.
+        origin.set(
+            &format!("/held-{i}"),
+            Reply::StallBody {
+                declared: DECLARED,
+                sent: 1024,
+            },
+        );
+    }
+    origin.set("/after", Reply::page("max-age=60", "after"));
+    let store = store().max_bytes(BUDGET);
+    let gateway = gateway_to(layer(&store), origin.addr);
+
+    // One client holds forty responses open, each read up to its first bytes.
+    let mut held = Vec::new();
+    for i in 0..STREAMS {
+        let response = call(gateway.clone(), request("GET", &format!("/held-{i}"), &[])).await;
+        let mut body = Box::pin(response.into_body());
+        within("the first bytes", body.frame())
+            .await
+            .expect("a frame")
+            .expect("no error");
+        held.push(body);
+    }
+    // Forty copies of 64 KiB would be 2.5 MiB: the store counts those it makes, and makes no
+    // more than its budget allows.
+    let counted = store.bytes();
+    assert!(
+        counted >= DECLARED,
+        "copies being made are counted: {counted}"
+    );
+    assert!(
+        counted <= BUDGET,
+        "{counted} bytes against a budget of {BUDGET}"
+    );
+
+    // The client goes away: what the copies held is given back, and copies are made again.
+    drop(held);
+    assert_eq!(store.bytes(), 0);
+    assert_eq!(get(&gateway, "/after").await.body, "after");
+    assert_eq!(store.len(), 1);
+    assert!(store.bytes() <= BUDGET);
+}
+
+#[tokio::test]
+async fn a_cache_control_the_store_cannot_read_is_not_stored_when_it_names_a_restriction() {
+    let mut origin = Origin::start().await;
+    let restricted = [
+        ("/semicolon-private", "max-age=60; private"),
+        ("/space-no-store", "max-age=60 no-store"),
+        ("/unclosed-no-cache", "max-age=\"60, no-cache"),
+    ];
+    for (path, cache_control) in restricted {
+        origin.set(path, Reply::page(cache_control, path));
+    }
+    // Malformed too, but it restricts nothing: stored, its bad element skipped.
+    origin.set(
+        "/semicolon-other",
+        Reply::page("max-age=60; charset", "other"),
+    );
+    let store = store();
+    let gateway = gateway_to(layer(&store), origin.addr);
+    for (path, _) in restricted {
+        assert_eq!(get(&gateway, path).await.body, path);
+    }
+    get(&gateway, "/semicolon-other").await;
+    assert_eq!(store.len(), 1);
+
+    origin.stop().await;
+    for (path, _) in restricted {
+        get(&gateway, path)
+            .await
+            .assert_generated(StatusCode::BAD_GATEWAY);
+    }
+    get(&gateway, "/semicolon-other")
+        .await
+        .assert_stale("other", REFUSED, 502);
+}
+
+#[tokio::test]
+async fn an_origin_error_is_answered_from_a_copy_whose_origin_sent_stale_if_error() {
+    let origin = Origin::start().await;
+    origin.set(
+        "/asked",
+        Reply::page("max-age=60, stale-if-error=600", "asked"),
+    );
+    origin.set("/operators", Reply::page("max-age=60", "operator's"));
+    // The operator's window, and no origin status named.
+    let store = store();
+    let gateway = gateway_to(layer(&store), origin.addr);
+    get(&gateway, "/asked").await;
+    get(&gateway, "/operators").await;
+    assert_eq!(store.len(), 2);
+
+    let failing = |status: u16| {
+        Reply::with(
+            status,
+            &[("content-type", "text/plain"), ("retry-after", "7")],
+            "origin maintenance\n",
+        )
+    };
+    for status in [500, 502, 503, 504] {
+        origin.set("/asked", failing(status));
+        origin.set("/operators", failing(status));
+        // The origin asked for its copy in place of its errors (RFC 5861 §4).
+        get(&gateway, "/asked").await.assert_stale(
+            "asked",
+            &format!("edge-1; received-status={status}"),
+            status,
+        );
+        // A copy kept under the operator's window only: the origin's error passes untouched.
+        let passed = get(&gateway, "/operators").await;
+        assert_eq!(passed.status.as_u16(), status);
+        assert_eq!(passed.body, "origin maintenance\n");
+        assert_eq!(passed.header("retry-after"), Some("7"));
+        assert!(passed.from_copy.is_none());
+    }
+    // Not an error RFC 5861 names: it passes.
+    origin.set("/asked", failing(501));
+    let passed = get(&gateway, "/asked").await;
+    assert_eq!(passed.status, StatusCode::NOT_IMPLEMENTED);
+    assert!(passed.from_copy.is_none());
+}
+
+#[tokio::test]
+async fn the_longest_window_an_operator_can_give_is_accepted() {
+    let mut origin = Origin::start().await;
+    origin.set("/page", Reply::page("max-age=5", "forever"));
+    origin.set(
+        "/origin-long",
+        Reply::page("max-age=5, stale-if-error=99999999999999999999999", "long"),
+    );
+    let store = StaleIfError::new().default_window(Duration::MAX);
+    let gateway = gateway_to(layer(&store), origin.addr);
+    get(&gateway, "/page").await;
+    get(&gateway, "/origin-long").await;
+    assert_eq!(store.len(), 2);
+    origin.stop().await;
+    get(&gateway, "/page")
+        .await
+        .assert_stale("forever", REFUSED, 502);
+    get(&gateway, "/origin-long")
+        .await
+        .assert_stale("long", REFUSED, 502);
+}
