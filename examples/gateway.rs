@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cargo run --release --example gateway -- [--listen ADDR] [--upstream URL] [--timeout 5s]
-//!     [--read-timeout 5s|off] [--deadline 60s] [--bare] [--breaker-failures N [--breaker-open 10s]]
+//!     [--read-timeout 5s|off] [--deadline 60s] [--client-body-timeout 60s|off] [--bare]
+//!     [--breaker-failures N [--breaker-open 10s]]
 //! ```
 //!
 //! - Without `--upstream`, an embedded demo upstream starts on loopback; its routes each show one
@@ -16,7 +17,11 @@
 //! - `--timeout` is the time the upstream has for its response head (504 after it);
 //!   `--read-timeout` the longest silence within its body (default: the same as `--timeout`;
 //!   `off` to turn it off), after which the client's connection is broken off; `--deadline` an
-//!   optional limit on the whole response, head and body.
+//!   optional limit on the whole response, head and body. The upstream's time counts only while
+//!   the gateway waits on it, never while it waits on the client's upload.
+//! - `--client-body-timeout` is the longest a client may leave its upload silent (default 60s, as
+//!   nginx's `client_body_timeout`; `off` to turn it off): it is answered 408, the client's fault,
+//!   never counted against the upstream. A client that breaks its upload off gets a 400.
 //! - WebSocket (and any `Upgrade`) passes through: the gateway joins the two connections once the
 //!   upstream answers `101`.
 //! - The listener speaks HTTP/1.1 and, to a client that opens with the HTTP/2 preface, h2c: with
@@ -36,7 +41,8 @@
 //! What makes it safe to copy, beyond the layer (the proxy itself is in `support/proxy.rs`, where
 //! `tests/integration/gateway_hardening.rs` checks each point): only the configured upstream is ever contacted
 //! (the request's authority is replaced, so it is no open proxy); hop-by-hop headers, and those
-//! named in `Connection`, are stripped both ways; a client must send its request head within 10 s
+//! named in `Connection`, are stripped both ways; a client's `Forwarded` and `X-Forwarded-*`
+//! are replaced by the gateway's own (RFC 7239: it is the edge); a client must send its request head within 10 s
 //! (slowloris) in at most 64 KiB; request bodies are limited, chunked ones too (413); hyper
 //! refuses conflicting framing with a 400, and reads a request with both `Content-Length` and
 //! `Transfer-Encoding: chunked` as chunked, then closes its connection (RFC 9112 §6.3).
@@ -68,6 +74,8 @@ struct Options {
     /// `None`: the same as `timeout`; `Some(None)`: off.
     read_timeout: Option<Option<Duration>>,
     deadline: Option<Duration>,
+    /// `None`: the layer's default; `Some(None)`: off.
+    client_body_timeout: Option<Option<Duration>>,
     bare: bool,
     metrics: bool,
     http2: bool,
@@ -82,7 +90,7 @@ struct Options {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: gateway [--listen ADDR] [--upstream URL] [--timeout 5s|500ms] [--read-timeout 5s|off] [--deadline 60s] [--bare] [--name NAME] [--max-body BYTES] [--http2] [--metrics] [--stale 24h] [--breaker-failures N] [--breaker-open 10s]"
+        "usage: gateway [--listen ADDR] [--upstream URL] [--timeout 5s|500ms] [--read-timeout 5s|off] [--deadline 60s] [--client-body-timeout 60s|off] [--bare] [--name NAME] [--max-body BYTES] [--http2] [--metrics] [--stale 24h] [--breaker-failures N] [--breaker-open 10s]"
     );
     std::process::exit(2)
 }
@@ -115,6 +123,7 @@ fn parse_options() -> Options {
         timeout: Duration::from_secs(5),
         read_timeout: None,
         deadline: None,
+        client_body_timeout: None,
         bare: false,
         metrics: false,
         http2: false,
@@ -134,6 +143,13 @@ fn parse_options() -> Options {
             "--read-timeout" => {
                 let value = value();
                 options.read_timeout = Some(match value.as_str() {
+                    "off" => None,
+                    _ => Some(parse_duration(&value).unwrap_or_else(|| usage())),
+                });
+            }
+            "--client-body-timeout" => {
+                let value = value();
+                options.client_body_timeout = Some(match value.as_str() {
                     "off" => None,
                     _ => Some(parse_duration(&value).unwrap_or_else(|| usage())),
                 });
@@ -248,6 +264,9 @@ async fn main() -> Result<(), BoxError> {
         }
         if let Some(deadline) = options.deadline {
             layer = layer.response_deadline(deadline);
+        }
+        if let Some(timeout) = options.client_body_timeout {
+            layer = layer.client_body_timeout(timeout);
         }
         if let Some(window) = options.stale {
             layer = layer.stale_if_error(StaleIfError::new().default_window(window));
