@@ -167,6 +167,12 @@ fn poll_limits<B>(
             Box::new(error),
         )));
     }
+    if let Some((upload, after)) = upload.and_then(|u| u.resumed().map(|after| (u, after))) {
+        // The client's wait that held the upstream's clock is over: it runs again from here.
+        let now = tokio::time::Instant::now();
+        let due = upload.arrived() + after.saturating_add(upload.client_time(now));
+        clock.as_mut().postpone(due, after);
+    }
     loop {
         let timed_out = std::task::ready!(clock.as_mut().poll_expired(cx));
         let Some(upload) = upload else {
@@ -174,7 +180,13 @@ fn poll_limits<B>(
         };
         let now = tokio::time::Instant::now();
         if let Some(after) = timed_out.upstream_timeout() {
-            // Only the time spent waiting on the upstream counts against it.
+            // Only the time spent waiting on the upstream counts against it. While the gateway
+            // waits on the client, the upstream's clock is stopped: the body wakes this future
+            // when that wait ends (the timer is set a whole timeout on, as a bound).
+            if upload.park_while_waiting(now, after) {
+                clock.as_mut().postpone(now + after, after);
+                continue;
+            }
             let upstream_time = now
                 .saturating_duration_since(upload.arrived())
                 .saturating_sub(upload.client_time(now));
@@ -347,5 +359,142 @@ mod tests {
         fn call(&mut self, _request: Request<B>) -> Self::Future {
             unreachable!("never ready, never called")
         }
+    }
+
+    /// A client body whose chunks come `gaps` apart (each gap before its chunk).
+    fn paced_upload(
+        gaps: Vec<Duration>,
+    ) -> http_body_util::StreamBody<
+        impl futures_util::Stream<Item = Result<http_body::Frame<bytes::Bytes>, std::io::Error>> + Send,
+    > {
+        let (send, receive) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            for gap in gaps {
+                tokio::time::sleep(gap).await;
+                let chunk = Ok(http_body::Frame::data(bytes::Bytes::from_static(b"chunk")));
+                if send.send(chunk).await.is_err() {
+                    return;
+                }
+            }
+        });
+        http_body_util::StreamBody::new(stream_of(receive))
+    }
+
+    fn stream_of<T>(
+        mut receive: tokio::sync::mpsc::Receiver<T>,
+    ) -> impl futures_util::Stream<Item = T> {
+        futures_util::stream::poll_fn(move |cx| receive.poll_recv(cx))
+    }
+
+    /// An upstream that reads the whole upload, then answers 200 after `think`.
+    fn reading_upstream<B>(
+        think: Duration,
+    ) -> impl tower::Service<
+        Request<UploadBody<B>>,
+        Response = http::Response<Empty<bytes::Bytes>>,
+        Error = crate::BoxError,
+        Future = impl Future<Output = Result<http::Response<Empty<bytes::Bytes>>, crate::BoxError>>,
+    > + Clone
+    where
+        B: http_body::Body + Send + 'static,
+        B::Error: Into<crate::BoxError>,
+    {
+        use http_body_util::BodyExt;
+        service_fn(move |request: Request<UploadBody<B>>| async move {
+            request.into_body().collect().await?;
+            tokio::time::sleep(think).await;
+            Ok(http::Response::new(Empty::new()))
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_steady_upload_never_uses_the_upstreams_time() {
+        // Ten chunks 300 ms apart: 3 s of upload against a 1 s upstream timeout.
+        let layer = GatewayErrorLayer::new().upstream_timeout(Duration::from_secs(1));
+        let request = Request::post("/upload")
+            .body(paced_upload(vec![Duration::from_millis(300); 10]))
+            .unwrap();
+        let response = ServiceBuilder::new()
+            .layer(layer)
+            .service(reading_upstream(Duration::from_millis(900)))
+            .oneshot(request)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_upstreams_clock_runs_again_when_the_clients_wait_ends() {
+        // The client pauses 5 s in the middle of its upload (well within the 60 s client body
+        // timeout); the upstream then takes 1.5 s: a 504, one second after the upload ended.
+        let layer = GatewayErrorLayer::new().upstream_timeout(Duration::from_secs(1));
+        let started = Instant::now();
+        let request = Request::post("/upload")
+            .body(paced_upload(vec![Duration::ZERO, Duration::from_secs(5)]))
+            .unwrap();
+        let response = ServiceBuilder::new()
+            .layer(layer)
+            .service(reading_upstream(Duration::from_millis(1500)))
+            .oneshot(request)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= Duration::from_secs(6) && elapsed < Duration::from_millis(6100),
+            "{elapsed:?}"
+        );
+        assert_eq!(error_of(&response).fault(), crate::fault::Fault::Upstream);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_upload_is_the_clients_408_at_the_client_body_timeout() {
+        let layer = GatewayErrorLayer::new()
+            .upstream_timeout(Duration::from_secs(30))
+            .client_body_timeout(Duration::from_secs(2));
+        let started = Instant::now();
+        let request = Request::post("/upload")
+            .body(paced_upload(vec![
+                Duration::ZERO,
+                Duration::from_secs(3600),
+            ]))
+            .unwrap();
+        let response = ServiceBuilder::new()
+            .layer(layer)
+            .service(reading_upstream(Duration::ZERO))
+            .oneshot(request)
+            .await
+            .unwrap();
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(response.headers()["connection"], "close");
+        let error = error_of(&response);
+        assert_eq!(
+            error.kind(),
+            None,
+            "no RFC 9209 type: not a next-hop failure"
+        );
+        assert_eq!(error.fault(), crate::fault::Fault::Client);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_response_deadline_spent_on_the_clients_upload_is_the_clients() {
+        let layer = GatewayErrorLayer::new()
+            .response_deadline(Duration::from_secs(5))
+            .client_body_timeout(Duration::from_secs(60));
+        let request = Request::post("/upload")
+            .body(paced_upload(vec![
+                Duration::ZERO,
+                Duration::from_secs(3600),
+            ]))
+            .unwrap();
+        let response = ServiceBuilder::new()
+            .layer(layer)
+            .service(reading_upstream(Duration::ZERO))
+            .oneshot(request)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(error_of(&response).fault(), crate::fault::Fault::Client);
     }
 }

@@ -52,6 +52,9 @@ pub(crate) struct UploadWatch {
     arrived: Instant,
     /// The longest the client may keep the gateway waiting for the next part of its body.
     stall_timeout: Option<Duration>,
+    /// The upstream timeout, in nanoseconds plus one, while the response future waits for the
+    /// client's current wait to end before it runs the upstream's clock again; 0 otherwise.
+    parked: AtomicU64,
     /// The response future, told when the client stalls or breaks off.
     future: AtomicWaker,
 }
@@ -85,6 +88,7 @@ impl UploadWatch {
             waited: AtomicU64::new(0),
             arrived: Instant::now(),
             stall_timeout,
+            parked: AtomicU64::new(0),
             future: AtomicWaker::new(),
         }))
     }
@@ -115,6 +119,34 @@ impl UploadWatch {
         self.future.register(waker);
     }
 
+    /// The upstream timeout of `after` ran out while, maybe, the gateway was waiting on the
+    /// client: if it is, the response future is to be woken when that wait ends (true), else
+    /// nothing changes (false).
+    pub(crate) fn park_while_waiting(&self, now: Instant, after: Duration) -> bool {
+        let nanos = u64::try_from(after.as_nanos()).unwrap_or(u64::MAX - 1);
+        // Parked first, then the wait checked: the body ends a wait first, then checks for a
+        // parked future, so one of the two always sees the other (both sequentially consistent).
+        self.parked.store(nanos + 1, Ordering::SeqCst);
+        if self.current_wait(now).is_some() {
+            return true;
+        }
+        self.parked.store(0, Ordering::SeqCst);
+        false
+    }
+
+    /// The upstream timeout the response future parked with, once the client's wait it parked
+    /// for is over.
+    pub(crate) fn resumed(&self) -> Option<Duration> {
+        if self.parked.load(Ordering::SeqCst) == 0 || self.waiting_since.load(Ordering::SeqCst) != 0
+        {
+            return None;
+        }
+        match self.parked.swap(0, Ordering::SeqCst) {
+            0 => None,
+            nanos => Some(Duration::from_nanos(nanos - 1)),
+        }
+    }
+
     /// When the request arrived.
     pub(crate) fn arrived(&self) -> Instant {
         self.arrived
@@ -122,13 +154,15 @@ impl UploadWatch {
 
     /// How long, up to `now`, the gateway has waited on the client for its body.
     pub(crate) fn client_time(&self, now: Instant) -> Duration {
-        let waited = Duration::from_nanos(self.waited.load(Ordering::Acquire));
-        waited.saturating_add(self.current_wait(now).unwrap_or(Duration::ZERO))
+        // The current wait first: once it is over, it is in `waited`.
+        let current = self.current_wait(now).unwrap_or(Duration::ZERO);
+        let waited = Duration::from_nanos(self.waited.load(Ordering::SeqCst));
+        waited.saturating_add(current)
     }
 
     /// How long the gateway has been waiting on the client right now, if it is.
     pub(crate) fn current_wait(&self, now: Instant) -> Option<Duration> {
-        let since = self.waiting_since.load(Ordering::Acquire);
+        let since = self.waiting_since.load(Ordering::SeqCst);
         (since != 0).then(|| {
             let began = self.arrived + Duration::from_nanos(since - 1);
             now.saturating_duration_since(began)
@@ -143,16 +177,23 @@ impl UploadWatch {
     fn wait_began(&self, now: Instant) {
         if self.waiting_since.load(Ordering::Relaxed) == 0 {
             let since = self.nanos_since_arrival(now).saturating_add(1);
-            self.waiting_since.store(since, Ordering::Release);
+            self.waiting_since.store(since, Ordering::SeqCst);
         }
     }
 
-    /// The client sent more (or the wait is over for another reason): the wait is added up.
+    /// The client sent more (or the wait is over for another reason): the wait is added up, and
+    /// a response future that stopped the upstream's clock for it is woken.
     fn wait_ended(&self, now: Instant) {
-        let since = self.waiting_since.swap(0, Ordering::AcqRel);
-        if since != 0 {
-            let waited = self.nanos_since_arrival(now).saturating_sub(since - 1);
-            self.waited.fetch_add(waited, Ordering::AcqRel);
+        let since = self.waiting_since.load(Ordering::SeqCst);
+        if since == 0 {
+            return;
+        }
+        let waited = self.nanos_since_arrival(now).saturating_sub(since - 1);
+        // Added up before the wait is said to be over: a reader never sees neither.
+        self.waited.fetch_add(waited, Ordering::SeqCst);
+        self.waiting_since.store(0, Ordering::SeqCst);
+        if self.parked.load(Ordering::SeqCst) != 0 {
+            self.future.wake();
         }
     }
 

@@ -96,7 +96,15 @@ impl<T> Record<T> {
 
     /// The request failed with `error`: before the head, or after it (the body broke off).
     pub(crate) fn failed(self, error: &(dyn StdError + 'static), after_head: bool) {
-        let kind = classify(&self.table.settings().classifiers, error).kind();
+        let classification = classify(&self.table.settings().classifiers, error);
+        if !after_head && !classification.fault().is_upstream() {
+            // The client's own doing (its upload stalled or broke off) or the gateway's: never
+            // the upstream's failure, whatever rule is set.
+            self.table
+                .record(self.admission, self.hash, Outcome::Neutral, &self.key);
+            return;
+        }
+        let kind = classification.kind();
         let kind = if after_head { body_kind(kind) } else { kind };
         self.judge(Attempt {
             status: None,
