@@ -14,6 +14,7 @@ use pin_project_lite::pin_project;
 use crate::BoxError;
 use crate::deadline::{self, BodyClock, BodyLimits};
 use crate::error::ProxyError;
+use crate::fault::Fault;
 use crate::kind::ProxyErrorKind;
 #[cfg(feature = "metrics")]
 use crate::metrics::ResponseTimer;
@@ -66,18 +67,19 @@ struct Watch {
 
 impl Watch {
     /// The body ended: well, or badly with `failure` (why, and the error).
-    fn ended(&mut self, failure: Option<(ProxyErrorKind, &(dyn StdError + 'static))>) {
+    /// `failure` says why, whose fault it was, and the error.
+    fn ended(&mut self, failure: Option<(ProxyErrorKind, Fault, &(dyn StdError + 'static))>) {
         #[cfg(feature = "metrics")]
         if let Some(mut timer) = self.timer.take() {
             timer.ended();
-            if let Some((kind, _)) = failure {
-                timer.failed(kind);
+            if let Some((kind, fault, _)) = failure {
+                timer.failed(kind, fault);
             }
             // Dropped here: that records the duration.
         }
         if let Some(trace) = self.trace.take() {
             match failure {
-                Some((kind, error)) => trace.failed(kind, error),
+                Some((kind, fault, error)) => trace.failed(kind, fault, error),
                 None => trace.completed(),
             }
         }
@@ -182,9 +184,12 @@ where
                     return Poll::Ready(Some(Ok(frame)));
                 }
                 Poll::Ready(Some(Err(error))) => {
-                    let error = error.into();
-                    this.watch
-                        .ended(Some((ProxyErrorKind::HttpResponseIncomplete, &*error)));
+                    let error: BoxError = error.into();
+                    this.watch.ended(Some((
+                        ProxyErrorKind::HttpResponseIncomplete,
+                        Fault::Upstream,
+                        &*error,
+                    )));
                     return Poll::Ready(Some(Err(error)));
                 }
                 Poll::Ready(None) => {
@@ -196,7 +201,14 @@ where
         // Drop the stalled body now: its upstream connection is closed rather than kept waiting.
         // What is dropped learns why (a layer inside counts it as the upstream's failure).
         deadline::drop_timed_out(timed_out, || this.inner.set(Inner::Cut));
-        this.watch.ended(Some((timed_out.kind(), &timed_out)));
+        // A response deadline spent on a client that reads slowly is the client's.
+        let fault = if timed_out.is_upstreams() {
+            Fault::Upstream
+        } else {
+            Fault::Client
+        };
+        this.watch
+            .ended(Some((timed_out.kind(), fault, &timed_out)));
         let error = ProxyError::new(timed_out.kind()).with_source(timed_out);
         Poll::Ready(Some(Err(Box::new(error))))
     }

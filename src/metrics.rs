@@ -325,6 +325,8 @@ pub(crate) fn forwarded(
         error_type: status.is_server_error().then(|| status_text(status)),
         // Until the body says it ended, a drop is a client that went away.
         ended: no_body,
+        // An origin 5xx is the upstream's; a success has no fault.
+        fault: Fault::Upstream,
     };
     if no_body {
         // The response is complete with its head: dropping the timer records it.
@@ -344,12 +346,16 @@ pub(crate) struct ResponseTimer {
     error_type: Option<&'static str>,
     /// Whether the body ended (well or not) rather than being dropped by a client that left.
     ended: bool,
+    /// Whose fault an error was: an origin 5xx and a body that broke off are the upstream's, a
+    /// body cut at a deadline the client used up is the client's.
+    fault: Fault,
 }
 
 impl ResponseTimer {
     /// The body failed after its head was sent.
-    pub(crate) fn failed(&mut self, kind: ProxyErrorKind) {
+    pub(crate) fn failed(&mut self, kind: ProxyErrorKind, fault: Fault) {
         self.error_type = Some(kind.token());
+        self.fault = fault;
     }
 
     /// The body ended, well or with [`failed`](Self::failed): not a client that went away.
@@ -368,7 +374,7 @@ impl Drop for ResponseTimer {
         let fault = if !self.ended {
             Some(Fault::ClientGone)
         } else {
-            self.error_type.map(|_| Fault::Upstream)
+            self.error_type.map(|_| self.fault)
         };
         let fault = fault.map(|fault| KeyValue::new(FAULT, fault.as_str()));
         match (self.error_type, fault) {

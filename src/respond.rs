@@ -145,7 +145,14 @@ pub(crate) fn finish<B: Body>(pending: Pending, outcome: Outcome<B>) -> Response
             generate(&pending, error, None, None)
         }
         Outcome::TimedOut(timed_out) => {
-            let error = ProxyError::new(timed_out.kind()).with_source(timed_out);
+            let classification = Classification::new(timed_out.kind());
+            // A gRPC caller's own deadline is answered as any timeout, but it is the caller's.
+            let classification = if timed_out.is_upstreams() {
+                classification
+            } else {
+                classification.with_fault(Fault::Client)
+            };
+            let error = ProxyError::from_classification(classification).with_source(timed_out);
             generate(&pending, error, None, None)
         }
     }

@@ -288,12 +288,17 @@ impl BodyTrace {
     }
 
     /// The body broke off after its head was sent: `kind` says why.
-    pub(crate) fn failed(mut self, kind: ProxyErrorKind, error: &(dyn StdError + 'static)) {
+    pub(crate) fn failed(
+        mut self,
+        kind: ProxyErrorKind,
+        fault: Fault,
+        error: &(dyn StdError + 'static),
+    ) {
         self.done = true;
         self.span.record("error.type", kind.token());
         self.span.record("otel.status_code", "ERROR");
         self.span.record("gateway.head_sent", true);
-        self.span.record("gateway.fault", Fault::Upstream.as_str());
+        self.span.record("gateway.fault", fault.as_str());
         self.span
             .record("http.response.body.size", self.body_size());
         tracing::event!(

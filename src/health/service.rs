@@ -472,6 +472,9 @@ mod tests {
                 kind_of(&response),
                 Some(ProxyErrorKind::HttpResponseTimeout)
             );
+            // Answered as a timeout, recorded as the caller's.
+            let error = response.extensions().get::<ProxyError>().unwrap();
+            assert_eq!(error.fault(), crate::fault::Fault::Client);
         }
         upstream.set(Mode::Ok);
         let (response, _) = exchange(&gateway).await;
@@ -483,6 +486,8 @@ mod tests {
         for _ in 0..3 {
             let response = gateway.clone().oneshot(grpc_call("5S")).await.unwrap();
             assert_eq!(response.headers()["grpc-status"], "4");
+            let error = response.extensions().get::<ProxyError>().unwrap();
+            assert_eq!(error.fault(), crate::fault::Fault::Upstream);
         }
         let (response, _) = exchange(&gateway).await;
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
