@@ -19,6 +19,7 @@ mod proxy;
 mod after_the_head;
 mod axum_router;
 mod bodies;
+mod client_faults;
 mod fuzz;
 mod gateway_hardening;
 mod grpc;
