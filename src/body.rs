@@ -250,36 +250,15 @@ mod tests {
     use std::time::Duration;
 
     use http_body_util::BodyExt;
-    use tokio::sync::mpsc;
 
     use super::*;
     use crate::deadline::ResponseDeadline;
 
-    type Frames = mpsc::UnboundedSender<Result<Bytes, std::io::Error>>;
-
-    /// A body whose frames a test sends by hand; it ends when the sender is dropped.
-    struct Scripted(mpsc::UnboundedReceiver<Result<Bytes, std::io::Error>>);
-
-    impl Body for Scripted {
-        type Data = Bytes;
-        type Error = std::io::Error;
-
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-            self.0
-                .poll_recv(cx)
-                .map(|next| next.map(|r| r.map(Frame::data)))
-        }
-    }
+    use crate::scripted::{Frames, Scripted};
 
     fn scripted(limits: BodyLimits) -> (Frames, Pin<Box<GatewayBody<Scripted>>>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (
-            tx,
-            Box::pin(GatewayBody::origin(Scripted(rx), limits, None)),
-        )
+        let (tx, body) = Scripted::channel();
+        (tx, Box::pin(GatewayBody::origin(body, limits, None)))
     }
 
     fn read_timeout(after: Duration) -> BodyLimits {

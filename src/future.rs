@@ -386,6 +386,21 @@ mod tests {
         futures_util::stream::poll_fn(move |cx| receive.poll_recv(cx))
     }
 
+    /// One upload paced by `gaps` through `layer`, to an upstream that reads it and thinks.
+    async fn upload(
+        layer: GatewayErrorLayer,
+        gaps: Vec<Duration>,
+        think: Duration,
+    ) -> http::Response<crate::body::GatewayBody<Empty<bytes::Bytes>>> {
+        let request = Request::post("/upload").body(paced_upload(gaps)).unwrap();
+        ServiceBuilder::new()
+            .layer(layer)
+            .service(reading_upstream(think))
+            .oneshot(request)
+            .await
+            .unwrap()
+    }
+
     /// An upstream that reads the whole upload, then answers 200 after `think`.
     fn reading_upstream<B>(
         think: Duration,
@@ -411,15 +426,12 @@ mod tests {
     async fn a_slow_steady_upload_never_uses_the_upstreams_time() {
         // Ten chunks 300 ms apart: 3 s of upload against a 1 s upstream timeout.
         let layer = GatewayErrorLayer::new().upstream_timeout(Duration::from_secs(1));
-        let request = Request::post("/upload")
-            .body(paced_upload(vec![Duration::from_millis(300); 10]))
-            .unwrap();
-        let response = ServiceBuilder::new()
-            .layer(layer)
-            .service(reading_upstream(Duration::from_millis(900)))
-            .oneshot(request)
-            .await
-            .unwrap();
+        let response = upload(
+            layer,
+            vec![Duration::from_millis(300); 10],
+            Duration::from_millis(900),
+        )
+        .await;
         assert_eq!(response.status(), StatusCode::OK);
     }
 
@@ -429,15 +441,12 @@ mod tests {
         // timeout); the upstream then takes 1.5 s: a 504, one second after the upload ended.
         let layer = GatewayErrorLayer::new().upstream_timeout(Duration::from_secs(1));
         let started = Instant::now();
-        let request = Request::post("/upload")
-            .body(paced_upload(vec![Duration::ZERO, Duration::from_secs(5)]))
-            .unwrap();
-        let response = ServiceBuilder::new()
-            .layer(layer)
-            .service(reading_upstream(Duration::from_millis(1500)))
-            .oneshot(request)
-            .await
-            .unwrap();
+        let response = upload(
+            layer,
+            vec![Duration::ZERO, Duration::from_secs(5)],
+            Duration::from_millis(1500),
+        )
+        .await;
         assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
         let elapsed = started.elapsed();
         assert!(
@@ -453,18 +462,12 @@ mod tests {
             .upstream_timeout(Duration::from_secs(30))
             .client_body_timeout(Duration::from_secs(2));
         let started = Instant::now();
-        let request = Request::post("/upload")
-            .body(paced_upload(vec![
-                Duration::ZERO,
-                Duration::from_secs(3600),
-            ]))
-            .unwrap();
-        let response = ServiceBuilder::new()
-            .layer(layer)
-            .service(reading_upstream(Duration::ZERO))
-            .oneshot(request)
-            .await
-            .unwrap();
+        let response = upload(
+            layer,
+            vec![Duration::ZERO, Duration::from_secs(3600)],
+            Duration::ZERO,
+        )
+        .await;
         assert_eq!(started.elapsed(), Duration::from_secs(2));
         assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
         assert_eq!(response.headers()["connection"], "close");
@@ -482,18 +485,12 @@ mod tests {
         let layer = GatewayErrorLayer::new()
             .response_deadline(Duration::from_secs(5))
             .client_body_timeout(Duration::from_secs(60));
-        let request = Request::post("/upload")
-            .body(paced_upload(vec![
-                Duration::ZERO,
-                Duration::from_secs(3600),
-            ]))
-            .unwrap();
-        let response = ServiceBuilder::new()
-            .layer(layer)
-            .service(reading_upstream(Duration::ZERO))
-            .oneshot(request)
-            .await
-            .unwrap();
+        let response = upload(
+            layer,
+            vec![Duration::ZERO, Duration::from_secs(3600)],
+            Duration::ZERO,
+        )
+        .await;
         assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
         assert_eq!(error_of(&response).fault(), crate::fault::Fault::Client);
     }

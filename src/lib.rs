@@ -246,6 +246,8 @@ mod random;
 pub mod render;
 mod respond;
 pub mod retry;
+#[cfg(test)]
+mod scripted;
 mod service;
 pub mod stale;
 mod trace;

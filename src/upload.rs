@@ -470,36 +470,13 @@ mod tests {
     use std::sync::Arc;
 
     use bytes::Bytes;
-    use tokio::sync::mpsc;
 
     use super::*;
 
-    /// A client's body whose frames a test sends by hand; it ends when the sender is dropped.
-    struct Scripted(mpsc::UnboundedReceiver<Result<Bytes, std::io::Error>>);
+    use crate::scripted::{Frames, Scripted};
 
-    impl Body for Scripted {
-        type Data = Bytes;
-        type Error = std::io::Error;
-
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-            self.0
-                .poll_recv(cx)
-                .map(|next| next.map(|r| r.map(Frame::data)))
-        }
-    }
-
-    fn scripted(
-        stall: Option<Duration>,
-    ) -> (
-        mpsc::UnboundedSender<Result<Bytes, std::io::Error>>,
-        UploadBody<Scripted>,
-        Arc<UploadWatch>,
-    ) {
-        let (send, receive) = mpsc::unbounded_channel();
-        let body = Scripted(receive);
+    fn scripted(stall: Option<Duration>) -> (Frames, UploadBody<Scripted>, Arc<UploadWatch>) {
+        let (send, body) = Scripted::channel();
         let watch = UploadWatch::start(&body, stall).expect("a body that is not at its end");
         (send, UploadBody::new(body, Some(watch.clone())), watch)
     }
