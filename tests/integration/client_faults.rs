@@ -319,10 +319,12 @@ fn head(method: &str, path: &str, fields: &[&str]) -> String {
     head
 }
 
-/// An upload's head (`Content-Length: 100`) and its first ten bytes.
-fn partial_upload(method: &str, path: &str) -> Vec<u8> {
+/// An upload's head (`Content-Length: 100`, and the extra field lines) and its first ten bytes.
+fn partial_upload(method: &str, path: &str, fields: &[&str]) -> Vec<u8> {
     let length = format!("content-length: {DECLARED}");
-    let mut bytes = head(method, path, &[&length]).into_bytes();
+    let mut all = vec![length.as_str()];
+    all.extend_from_slice(fields);
+    let mut bytes = head(method, path, &all).into_bytes();
     bytes.extend_from_slice(&[b'x'; SENT]);
     bytes
 }
@@ -339,8 +341,18 @@ struct Stalled {
 /// Sends ten bytes of a hundred, then nothing; reads the answer, then whether the gateway
 /// closes the connection (within 2 s).
 async fn stalled_upload(gateway: SocketAddr, method: &str, path: &str) -> Stalled {
+    stalled_upload_with(gateway, method, path, &[]).await
+}
+
+/// [`stalled_upload`] with extra field lines.
+async fn stalled_upload_with(
+    gateway: SocketAddr,
+    method: &str,
+    path: &str,
+    fields: &[&str],
+) -> Stalled {
     let mut stream = raw::connect(gateway).await;
-    raw::send(&mut stream, &partial_upload(method, path)).await;
+    raw::send(&mut stream, &partial_upload(method, path, fields)).await;
     let sent = Instant::now();
     let response = raw::read_response(&mut stream).await;
     let waited = sent.elapsed();
@@ -356,7 +368,7 @@ async fn stalled_upload(gateway: SocketAddr, method: &str, path: &str) -> Stalle
 /// read side.
 async fn cut_upload(gateway: SocketAddr, method: &str, path: &str) -> Vec<raw::Response> {
     let mut stream = raw::connect(gateway).await;
-    raw::send(&mut stream, &partial_upload(method, path)).await;
+    raw::send(&mut stream, &partial_upload(method, path, &[])).await;
     let _ = stream.shutdown().await;
     let (bytes, _) = raw::read_until_close(&mut stream, Duration::from_secs(5)).await;
     raw::parse_all(&bytes)
@@ -432,6 +444,15 @@ async fn a_stalled_upload_is_answered_408_at_the_client_body_timeout_and_closed(
         "the gateway keeps the connection of a client it answered 408"
     );
     assert_eq!(gateway.faults(), [(408, Fault::Client)]);
+
+    // The body is negotiated as for any error the layer makes: a browser gets HTML.
+    let browser =
+        stalled_upload_with(gateway.addr, "POST", "/upload", &["accept: text/html"]).await;
+    assert_eq!(browser.response.status, 408);
+    assert_eq!(browser.response.header("connection"), Some("close"));
+    let content_type = browser.response.header("content-type").unwrap_or_default();
+    assert!(content_type.starts_with("text/html"), "{content_type}");
+    assert!(!browser.response.body.is_empty());
     assert!(
         origin.bodies().is_empty(),
         "the origin never got a whole body"
