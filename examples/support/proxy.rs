@@ -28,8 +28,9 @@
 use std::convert::Infallible;
 use std::error::Error;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -157,26 +158,12 @@ impl Service<Request<ClientBody>> for Proxy {
                 error: Some(ProxyError::from_classification(bad).into()),
             };
         };
-        // The authority the client asked for: in the target (HTTP/2, absolute form) or in `Host`;
-        // a host and a port, never a userinfo (RFC 9110 §7.2).
-        let asked_for = match parts.uri.authority() {
-            Some(authority) => Some(authority.clone()),
-            None => parts
-                .headers
-                .get(header::HOST)
-                .and_then(|host| Authority::try_from(host.as_bytes()).ok()),
-        }
-        .filter(|authority| !authority.as_str().contains('@'));
         parts.uri = uri;
         // A client's HTTP/2 request goes on as HTTP/1.1 to an HTTP/1.1 upstream (hyper-util
         // refuses to send an HTTP/2 request there); over h2c the version is moot.
         parts.version = Version::HTTP_11;
+        // The forwarding fields were replaced when the request arrived (`serve`).
         strip_hop_by_hop(&mut parts.headers);
-        let client = parts
-            .extensions
-            .get::<ClientAddr>()
-            .map(|client| client.0.ip());
-        replace_forwarding_fields(&mut parts.headers, client, asked_for.as_ref());
         if is_grpc(&parts.headers) {
             // The one TE value HTTP/2 allows, and one gRPC servers may require: it says the
             // client reads trailers, which this proxy does and passes on.
@@ -344,9 +331,87 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The address a request's connection came from, put in its extensions by [`serve`].
-#[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub SocketAddr);
+/// RFC 7239 at the edge: whatever the client said about earlier proxies is dropped, and the
+/// gateway states what it saw: the client's address (`unknown` when the server loop did not say),
+/// the authority the client asked for, and the protocol (plain HTTP: this example serves no TLS).
+///
+/// The host stated is the one the request is for, which the stale store keys its copies by: a
+/// page an origin builds from it is only ever answered to requests for that same host. A client's
+/// own `X-Forwarded-Host` could differ from it, and a page built from that would be kept under the
+/// real host's key.
+///
+/// Made once per connection: the client's address is formatted when the connection is accepted,
+/// and the last `Forwarded` value is kept for the next request that asks for the same host (most
+/// do), so that a request formats nothing.
+pub struct ClientForwarding {
+    client: IpAddr,
+    /// `X-Forwarded-For`: the bare address, IPv6 without brackets.
+    forwarded_for: HeaderValue,
+    /// The host last asked for, and the `Forwarded` value made for it.
+    last: std::sync::Mutex<Option<(HeaderValue, HeaderValue)>>,
+}
+
+impl ClientForwarding {
+    /// The statement for a connection from `client`.
+    pub fn new(client: IpAddr) -> Self {
+        ClientForwarding {
+            client,
+            forwarded_for: HeaderValue::try_from(client.to_string())
+                .expect("an address is visible ASCII"),
+            last: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Replaces whatever `request` claims about proxies with this gateway's own word.
+    pub fn state<B>(&self, request: &mut Request<B>) {
+        // The authority the client asked for: in the target (HTTP/2, absolute form) or in
+        // `Host`; a host and a port, never a userinfo (RFC 9110 §7.2).
+        let asked_for = match request.uri().authority() {
+            Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+            None => request.headers().get(header::HOST).cloned(),
+        }
+        .filter(|host| is_host(host.as_bytes()));
+        let forwarded = match asked_for.as_ref() {
+            Some(host) => {
+                let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+                match last.as_ref() {
+                    Some((kept, value)) if kept == host => value.clone(),
+                    _ => {
+                        let value = forwarded_value(
+                            Some(self.client),
+                            host.to_str()
+                                .ok()
+                                .and_then(|h| Authority::try_from(h).ok())
+                                .as_ref(),
+                            "http",
+                        );
+                        *last = Some((host.clone(), value.clone()));
+                        value
+                    }
+                }
+            }
+            None => forwarded_value(Some(self.client), None, "http"),
+        };
+        let headers = request.headers_mut();
+        // Gone first, so that a client's `Connection` cannot remove what is written next.
+        gateway_errors::headers::remove_hop_by_hop(headers);
+        for name in CLAIMS {
+            headers.remove(name);
+        }
+        headers.insert(&FORWARDED, forwarded);
+        headers.insert(&X_FORWARDED_FOR, self.forwarded_for.clone());
+        if let Some(host) = asked_for {
+            headers.insert(&X_FORWARDED_HOST, host);
+        }
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+}
+
+/// Whether `value` can stand for an authority as asked: a host and maybe a port, visible ASCII,
+/// no userinfo.
+fn is_host(value: &[u8]) -> bool {
+    !value.is_empty() && !value.contains(&b'@') && value.iter().all(u8::is_ascii_graphic)
+}
 
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -365,33 +430,6 @@ static CLAIMS: [&HeaderName; 6] = [
     &X_FORWARDED_PORT,
     &X_REAL_IP,
 ];
-
-/// RFC 7239 at the edge: whatever the client said about earlier proxies is dropped, and the
-/// gateway states what it saw: the client's address (`unknown` when the server loop did not say),
-/// the authority the client asked for, and the protocol (plain HTTP: this example serves no TLS).
-///
-/// The host stated is the one the request is for, which the stale store keys its copies by: a
-/// page an origin builds from it is only ever answered to requests for that same host. A client's
-/// own `X-Forwarded-Host` could differ from it, and a page built from that would be kept under the
-/// real host's key.
-pub fn replace_forwarding_fields(
-    headers: &mut HeaderMap,
-    client: Option<IpAddr>,
-    asked_for: Option<&Authority>,
-) {
-    for name in CLAIMS {
-        headers.remove(name);
-    }
-    headers.insert(&FORWARDED, forwarded_value(client, asked_for, "http"));
-    // The bare address, IPv6 without brackets, as `X-Forwarded-For` has it.
-    if let Some(client) = client.and_then(|ip| HeaderValue::try_from(ip.to_string()).ok()) {
-        headers.insert(&X_FORWARDED_FOR, client);
-    }
-    if let Some(host) = asked_for.and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
-        headers.insert(&X_FORWARDED_HOST, host);
-    }
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-}
 
 /// A `forwarded-element` (RFC 7239 §4): `for`, `host` and `proto`, each value a token where it
 /// can be and a quoted string where it cannot (an IPv6 node, a `host:port`).
@@ -549,9 +587,9 @@ pub async fn serve<S, B>(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(WithClientAddr {
+        let service = hyper_util::service::TowerToHyperService::new(StatesTheClient {
             inner: service.clone(),
-            client: ClientAddr(peer),
+            client: Arc::new(ClientForwarding::new(peer.ip())),
         });
         let alive = alive.clone();
         let stopping = stopping.clone();
@@ -601,14 +639,15 @@ pub async fn serve<S, B>(
     let _ = tokio::time::timeout(options.shutdown_grace, all_ended.recv()).await;
 }
 
-/// Puts the connection's [`ClientAddr`] in the extensions of each of its requests.
+/// Replaces what each request of a connection claims about proxies with the gateway's own word
+/// ([`ClientForwarding`]), before anything reads it.
 #[derive(Clone)]
-struct WithClientAddr<S> {
+struct StatesTheClient<S> {
     inner: S,
-    client: ClientAddr,
+    client: Arc<ClientForwarding>,
 }
 
-impl<S, B> Service<Request<B>> for WithClientAddr<S>
+impl<S, B> Service<Request<B>> for StatesTheClient<S>
 where
     S: Service<Request<B>>,
 {
@@ -621,7 +660,7 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> S::Future {
-        request.extensions_mut().insert(self.client);
+        self.client.state(&mut request);
         self.inner.call(request)
     }
 }
