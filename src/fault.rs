@@ -9,15 +9,16 @@
 //! (its deadline, the pace of its upload or of its reading, its leaving) can open a breaker or
 //! choose a stored copy.
 //!
-//! | cause | status | `Proxy-Status` error | fault | counted by the breaker |
-//! |---|---|---|---|---|
-//! | the upstream refused, reset, stalled, lied, timed out | 502 / 503 / 504 | its RFC 9209 type | `upstream` | yes (connection failures, timeouts) |
-//! | the client's upload stalled past the [client body timeout](crate::GatewayErrorLayer::client_body_timeout) | 408, `Connection: close` | none | `client` | no |
-//! | the client broke its upload off | 400 (when it can still read) | none | `client` | no |
-//! | a gRPC caller's own deadline (`grpc-timeout`) ran out | `DEADLINE_EXCEEDED` | `http_response_timeout` | `client` | no |
-//! | the response deadline ran out while the gateway waited on the client | as the deadline's answer | `http_response_timeout` | `client` | no |
-//! | the client went away | none (nothing to answer) | none | `client_gone` | no |
-//! | a loop, a refusal by policy, the gateway's configuration | 502 / 403 / 500 | its RFC 9209 type | `gateway` | no |
+//! | cause | status | `Proxy-Status` error | counted by the breaker | retried by [`RetryPolicy`](crate::retry::RetryPolicy) | `gateway.fault` |
+//! |---|---|---|---|---|---|
+//! | the upstream refused, reset, stalled, lied, timed out | 502 / 503 / 504 | its RFC 9209 type | connection failures and timeouts | when the hint allows | `upstream` |
+//! | the origin's own 5xx | the origin's | (untouched) | only with `count_origin_statuses` | no | `upstream` |
+//! | the upload stalled past the [client body timeout](crate::GatewayErrorLayer::client_body_timeout) | 408, `Connection: close` | none | no | when the hint allows | `client` |
+//! | the client broke its upload off | 400 (when it can still read) | none | no | when the hint allows | `client` |
+//! | a gRPC caller's own deadline (`grpc-timeout`) ran out | `DEADLINE_EXCEEDED` | `http_response_timeout` | no | no | `client` |
+//! | the response deadline ran out while the gateway waited on the client (its upload, or its reading) | 408 before the head; a cut body after | none before the head | no | no | `client` |
+//! | the client went away | nothing to answer | none | no | no | `client_gone` |
+//! | a loop, a refusal by policy, no route | 502 / 403 / 500 | its RFC 9209 type | no | no | `gateway` |
 
 use std::fmt;
 
