@@ -35,5 +35,7 @@ mod retry;
 mod soak;
 mod spans;
 mod stale;
+#[cfg(feature = "rustls")]
+mod tls;
 mod upstream_faults;
 mod websocket;
