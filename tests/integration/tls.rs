@@ -10,13 +10,15 @@
 //!   `alert-id=120`, during the handshake, so retryable even for a POST;
 //! - a plain-HTTP server spoken to over TLS: 502 `tls_protocol_error`;
 //! - a TLS server spoken to over plain HTTP: 502 `http_protocol_error` (hyper reads its alert);
+//! - a certificate error counts against the upstream: after enough of them the breaker answers
+//!   503 `destination_unavailable` at once;
 //! - the reason (rustls's message) is on the span's event, and in `Proxy-Status` `details` only
 //!   when the operator turns details on; the body never names the certificate or the host.
 //!
 //! The origin drains a connection whose handshake failed before closing it, so that its alert is
 //! read before the close rather than lost to a reset.
 
-use crate::proxy::{self, Proxy, ServeOptions};
+use crate::proxy::{self, ClientBody, Proxy, ServeOptions};
 use crate::support::{self, PROXY_NAME, within};
 
 use std::collections::BTreeMap;
@@ -31,6 +33,7 @@ use std::time::Duration;
 use axum::body::Body;
 use bytes::Bytes;
 use gateway_errors::headers::PROXY_STATUS;
+use gateway_errors::health::UpstreamHealthLayer;
 use gateway_errors::{GatewayErrorLayer, ProxyErrorKind};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
@@ -668,6 +671,55 @@ async fn a_tls_server_spoken_to_over_plain_http_is_an_http_protocol_error() {
         "edge-1; error=http_protocol_error",
         true,
         "invalid HTTP",
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_with_an_expired_certificate_is_marked_unavailable_by_the_breaker() {
+    let ca = Ca::new("test CA");
+    let origin = tls_origin(server_config(
+        leaf(&ca, ip_san(), Validity::Expired),
+        &[b"http/1.1"],
+        None,
+    ))
+    .await;
+    let pem = ca.pem_file();
+    let upstream = format!("https://{}", origin.addr);
+    let proxy = Proxy::new(&upstream.parse().expect("a URI"), PROXY_NAME, 1024)
+        .expect("a proxy")
+        .upstream_ca(&pem.0)
+        .expect("the CA file loads");
+    // As the example's `--breaker-failures 2`: every request is keyed by its one upstream.
+    let key: Arc<str> = upstream.into();
+    let health = UpstreamHealthLayer::new()
+        .consecutive_failures(2)
+        .open_time(Duration::from_secs(60))
+        .key_by(move |_: &Request<ClientBody>| Some(key.clone()));
+    let service = ServiceBuilder::new()
+        .layer(support::layer())
+        .layer(health)
+        .service(proxy);
+    let listener = TcpListener::bind((LOOPBACK, 0)).await.expect("bind");
+    let gateway = Gateway {
+        addr: listener.local_addr().expect("address"),
+        _task: Task(tokio::spawn(proxy::serve(
+            listener,
+            service,
+            ServeOptions::default(),
+            std::future::pending(),
+        ))),
+    };
+    // Each certificate error counts against the upstream (the default rule)...
+    for _ in 0..2 {
+        let answer = send(&gateway, "GET").await;
+        assert_eq!(answer.proxy_status.as_deref(), Some(CERTIFICATE_ERROR));
+    }
+    // ...and then its requests are answered at once, without a handshake each.
+    let answer = send(&gateway, "GET").await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        answer.proxy_status.as_deref(),
+        Some("edge-1; error=destination_unavailable")
     );
 }
 
