@@ -600,8 +600,8 @@ async fn an_origin_that_demands_a_client_certificate_sends_an_alert_that_is_name
     let gateway = gateway(&format!("https://{}", origin.addr), Some(&pem), false).await;
     let answer = send(&gateway, "GET").await;
     // TLS 1.3: the origin checks the client's certificate after the client's side of the
-    // handshake is over, so the alert comes after the request was written: a GET may be
-    // retried, as any request that may have been sent.
+    // handshake is over, so the alert comes after the request was written: only an idempotent
+    // request may be sent again, as for any request that may have reached the origin.
     assert_failure(
         &answer,
         &events,
@@ -610,6 +610,9 @@ async fn an_origin_that_demands_a_client_certificate_sends_an_alert_that_is_name
         true,
         "received fatal alert: CertificateRequired",
     );
+    // A POST, then, may not be sent again.
+    let answer = send(&gateway, "POST").await;
+    assert_eq!(answer.json()["retryable"], false, "{}", answer.body);
     assert!(origin.versions.lock().unwrap().is_empty());
 }
 
