@@ -3,17 +3,23 @@
 //! ```text
 //! cargo run --release --example gateway -- [--listen ADDR] [--upstream URL] [--timeout 5s]
 //!     [--read-timeout 5s|off] [--deadline 60s] [--client-body-timeout 60s|off] [--bare]
-//!     [--breaker-failures N [--breaker-open 10s]]
+//!     [--breaker-failures N [--breaker-open 10s]] [--upstream-ca PEM_FILE]
 //! ```
 //!
 //! - Without `--upstream`, an embedded demo upstream starts on loopback; its routes each show one
 //!   failure, and a curl line for each is printed.
+//! - An `https://` upstream (the example built with `--features rustls`, so that the layer names
+//!   each TLS failure: `tls_certificate_error`, `tls_alert_received`, `tls_protocol_error`) is
+//!   reached over HTTP/1.1, or HTTP/2 where its ALPN offers it. Its certificate must chain to one
+//!   of the webpki roots (Mozilla's) or to a CA in `--upstream-ca PEM_FILE` (a private CA, as a
+//!   test or internal deployment has), and name the URL's host.
 //! - `--bare` serves the same proxy without the layer: every upstream error becomes an empty 502.
 //!   It is the baseline the benchmarks compare against.
 //! - `--name` sets the proxy name in `Proxy-Status` and `CDN-Loop` (default `edge-1`; give each
 //!   deployment its own: a request that comes back carrying it is a loop); `--max-body` the request
 //!   body limit in bytes (default 10 MiB); `--http2` speaks h2c to the upstream (one connection
-//!   for all requests; the demo upstream understands it, but its byte-level faults are HTTP/1).
+//!   for all requests; the demo upstream understands it, but its byte-level faults are HTTP/1),
+//!   or, to an `https://` upstream, offers HTTP/2 alone by ALPN.
 //! - `--timeout` is the time the upstream has for its response head (504 after it);
 //!   `--read-timeout` the longest silence within its body (default: the same as `--timeout`;
 //!   `off` to turn it off), after which the client's connection is broken off; `--deadline` an
@@ -86,11 +92,13 @@ struct Options {
     /// Consecutive failures that mark the upstream unavailable; `None`: never.
     breaker_failures: Option<u32>,
     breaker_open: Duration,
+    /// A PEM file of CAs to trust for an `https://` upstream, besides the webpki roots.
+    upstream_ca: Option<std::path::PathBuf>,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: gateway [--listen ADDR] [--upstream URL] [--timeout 5s|500ms] [--read-timeout 5s|off] [--deadline 60s] [--client-body-timeout 60s|off] [--bare] [--name NAME] [--max-body BYTES] [--http2] [--metrics] [--stale 24h] [--breaker-failures N] [--breaker-open 10s]"
+        "usage: gateway [--listen ADDR] [--upstream URL] [--timeout 5s|500ms] [--read-timeout 5s|off] [--deadline 60s] [--client-body-timeout 60s|off] [--bare] [--name NAME] [--max-body BYTES] [--http2] [--metrics] [--stale 24h] [--breaker-failures N] [--breaker-open 10s] [--upstream-ca PEM_FILE]"
     );
     std::process::exit(2)
 }
@@ -132,6 +140,7 @@ fn parse_options() -> Options {
         stale: None,
         breaker_failures: None,
         breaker_open: Duration::from_secs(10),
+        upstream_ca: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -180,9 +189,23 @@ fn parse_options() -> Options {
             "--breaker-open" => {
                 options.breaker_open = parse_duration(&value()).unwrap_or_else(|| usage())
             }
+            "--upstream-ca" => options.upstream_ca = Some(value().into()),
             "-h" | "--help" => usage(),
             _ => usage(),
         }
+    }
+    let https = options
+        .upstream
+        .as_ref()
+        .is_some_and(|upstream| upstream.scheme() == Some(&http::uri::Scheme::HTTPS));
+    if https && !cfg!(feature = "rustls") {
+        // Said before anything starts: without the feature, a TLS failure is a 502 of no type.
+        eprintln!("an https:// upstream needs the example built with --features rustls");
+        std::process::exit(2);
+    }
+    if options.upstream_ca.is_some() && !https {
+        eprintln!("--upstream-ca is for an https:// upstream");
+        std::process::exit(2);
     }
     options
 }
@@ -212,6 +235,9 @@ async fn main() -> Result<(), BoxError> {
     let mut proxy = Proxy::new(&upstream, options.name.as_str(), options.max_body)?;
     if options.http2 {
         proxy = proxy.http2_only();
+    }
+    if let Some(pem_file) = &options.upstream_ca {
+        proxy = proxy.upstream_ca(pem_file)?;
     }
 
     if demo.is_some() {

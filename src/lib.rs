@@ -217,6 +217,12 @@
 //! - `http2`: the default classifier recognises `h2::Error`: a stream the upstream refused
 //!   (`REFUSED_STREAM`) or left unprocessed by a GOAWAY is `destination_unavailable`, not sent, and
 //!   so safe to retry for every method.
+//! - `rustls`: the default classifier recognises `rustls::Error` of rustls 0.23 (hyper-rustls,
+//!   tokio-rustls, reqwest with rustls): a certificate the gateway did not accept is
+//!   `tls_certificate_error`, an alert from the upstream `tls_alert_received` with its `alert-id`
+//!   and `alert-message`, any other TLS failure `tls_protocol_error`. It brings rustls's error
+//!   types only, no crypto provider. See
+//!   [`DefaultClassifier`](classify::DefaultClassifier#tls-feature-rustls).
 //! - `metrics`: `GatewayErrorLayer::metrics` records OpenTelemetry's `http.server.request.duration`
 //!   and a counter of generated errors by type and retry hint, through the `opentelemetry` metrics
 //!   API (see the `metrics` module, present with the feature).

@@ -26,7 +26,7 @@ use crate::fault::Fault;
 use crate::grpc::answer as grpc_answer;
 use crate::grpc::call::{GRPC_STATUS, GrpcCall, status_in_headers};
 use crate::headers::retry_after::RetryAfter;
-use crate::headers::{PROXY_STATUS, append_member, with_details};
+use crate::headers::{PROXY_STATUS, append_member, with_details, with_tls_alert};
 use crate::interim::check_final_interim;
 use crate::kind::{Phase, ProxyErrorKind};
 use crate::negotiate::Format;
@@ -277,10 +277,20 @@ fn generate<B>(
         received,
         rewritten,
     };
-    // Opt-in only: the chain may name internal hosts. Built per response, never kept.
-    let detailed = StdError::source(&error)
-        .filter(|_| config.details)
-        .map(|cause| with_details(head.proxy_status_member(), chain(cause)));
+    // Our member with its parameters beyond the kind: the TLS alert the upstream sent, and, opt-in
+    // only, the details (the chain may name internal hosts). Built per response, never kept.
+    let alert = error
+        .classification()
+        .tls_alert()
+        .filter(|_| received.is_none());
+    let member = alert_member(head.proxy_status_member(), kind, alert);
+    let detailed = match StdError::source(&error).filter(|_| config.details) {
+        Some(cause) => Some(with_details(
+            member.unwrap_or_else(|| head.proxy_status_member()),
+            chain(cause),
+        )),
+        None => member,
+    };
     let (sent, body, headers, grpc_code) = match facts.grpc {
         Some(call) => {
             let code = config.grpc_codes.code(kind, status);
@@ -395,7 +405,11 @@ fn from_copy<B>(
     let kind = error.kind();
     let member = match received {
         Some(received) => config.proxy_status.received(received),
-        None => config.proxy_status.get(kind),
+        None => {
+            let member = config.proxy_status.get(kind);
+            let alert = error.classification().tls_alert();
+            alert_member(member.clone(), kind, alert).unwrap_or(member)
+        }
     };
     // Opt-in only, as on a generated error: the chain may name internal hosts.
     let member = match StdError::source(&error).filter(|_| config.details) {
@@ -431,6 +445,18 @@ fn from_copy<B>(
     // An outer layer leaves it alone, as it leaves a generated error.
     response.extensions_mut().insert(Generated);
     Ok(response)
+}
+
+/// `member` with the `alert-id` and `alert-message` of `tls_alert_received`, when the classifier
+/// recorded the alert; `None` when there is nothing to add.
+fn alert_member(
+    member: HeaderValue,
+    kind: Option<ProxyErrorKind>,
+    alert: Option<u8>,
+) -> Option<HeaderValue> {
+    alert
+        .filter(|_| kind == Some(ProxyErrorKind::TlsAlertReceived))
+        .map(|alert| with_tls_alert(member, alert))
 }
 
 /// The body in the negotiated format, and its head; `detailed` is our `Proxy-Status` member with

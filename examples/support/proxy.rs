@@ -1,6 +1,10 @@
 //! The proxy of `examples/gateway.rs`: a hyper-util client that forwards every request to one
 //! upstream, and the server loop in front of it (HTTP/1.1 with upgrades, and h2c).
 //!
+//! The upstream is `http://` or `https://`: over TLS (rustls, with the webpki roots and any CA
+//! given with [`Proxy::upstream_ca`]) the proxy speaks HTTP/1.1, or HTTP/2 where the upstream
+//! offers it by ALPN.
+//!
 //! Kept apart from the example's `main` so that the tests (`tests/integration/gateway_hardening.rs`,
 //! `tests/integration/soak.rs`) check the very code a user copies.
 //!
@@ -29,6 +33,7 @@ use std::convert::Infallible;
 use std::error::Error;
 use std::future::Future;
 use std::net::IpAddr;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -44,58 +49,123 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Empty, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{self, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use pin_project_lite::pin_project;
+use rustls::RootCertStore;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use tokio::net::TcpListener;
 use tower::Service;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The connector to the upstream: TCP for `http://`, and TLS on it for `https://`.
+pub type UpstreamConnector = HttpsConnector<HttpConnector>;
+
 /// Forwards every request to one upstream, whatever the request's target says.
 #[derive(Clone)]
 pub struct Proxy {
-    client: Client<HttpConnector, Limited<UploadBody<Incoming>>>,
+    client: Client<UpstreamConnector, Limited<UploadBody<Incoming>>>,
     scheme: Scheme,
     authority: Authority,
     via: HeaderValue,
     max_body: u64,
+    /// The certificate authorities an `https://` upstream's certificate must chain to.
+    roots: Arc<RootCertStore>,
+    http2_only: bool,
 }
 
 impl Proxy {
-    /// A proxy to `upstream` (an `http://host:port` URL) that names itself `name` in `Via` and
-    /// accepts request bodies of at most `max_body` bytes.
+    /// A proxy to `upstream` (an `http://` or `https://` URL with a host) that names itself
+    /// `name` in `Via` and accepts request bodies of at most `max_body` bytes. An `https://`
+    /// upstream's certificate must chain to one of the webpki roots (Mozilla's), or to a CA
+    /// added with [`Proxy::upstream_ca`], and name the URL's host.
     pub fn new(upstream: &Uri, name: &str, max_body: u64) -> Result<Self, BoxError> {
         let scheme = upstream.scheme().cloned().unwrap_or(Scheme::HTTP);
-        if scheme != Scheme::HTTP {
-            return Err("only http:// upstreams are supported by this example".into());
+        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+            return Err("the upstream URL must be http:// or https://".into());
         }
         let authority = upstream
             .authority()
             .cloned()
             .ok_or("the upstream URL needs a host")?;
+        let roots = Arc::new(RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        });
         Ok(Proxy {
-            client: upstream_client(false),
+            client: upstream_client(roots.clone(), false),
             scheme,
             authority,
             via: HeaderValue::from_str(&format!("1.1 {name}"))?,
             max_body,
+            roots,
+            http2_only: false,
         })
     }
 
-    /// Speaks HTTP/2 to the upstream with prior knowledge (h2c): all requests share one
-    /// connection, where HTTP/1.1 needs one connection per request in flight.
+    /// Speaks HTTP/2 to the upstream: with prior knowledge (h2c) to an `http://` upstream, and
+    /// by ALPN, offering nothing else, to an `https://` one. All requests share one connection,
+    /// where HTTP/1.1 needs one connection per request in flight.
     pub fn http2_only(mut self) -> Self {
-        self.client = upstream_client(true);
+        self.http2_only = true;
+        self.client = upstream_client(self.roots.clone(), true);
         self
+    }
+
+    /// Also trusts the certificate authorities in `pem_file` (PEM, one or more `CERTIFICATE`
+    /// blocks) for an `https://` upstream: a private CA, as a test or internal deployment has.
+    pub fn upstream_ca(mut self, pem_file: &Path) -> Result<Self, BoxError> {
+        let shown = pem_file.display();
+        let certificates = CertificateDer::pem_file_iter(pem_file)
+            .map_err(|e| format!("{shown}: {e}"))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{shown}: {e}"))?;
+        if certificates.is_empty() {
+            return Err(format!("{shown}: no CERTIFICATE in it").into());
+        }
+        let mut roots = RootCertStore::clone(&self.roots);
+        for certificate in certificates {
+            roots
+                .add(certificate)
+                .map_err(|e| format!("{shown}: {e}"))?;
+        }
+        self.roots = Arc::new(roots);
+        self.client = upstream_client(self.roots.clone(), self.http2_only);
+        Ok(self)
     }
 }
 
-fn upstream_client(http2_only: bool) -> Client<HttpConnector, Limited<UploadBody<Incoming>>> {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(Duration::from_secs(2)));
-    connector.set_nodelay(true);
+fn upstream_client(
+    roots: Arc<RootCertStore>,
+    http2_only: bool,
+) -> Client<UpstreamConnector, Limited<UploadBody<Incoming>>> {
+    let mut tcp = HttpConnector::new();
+    tcp.set_connect_timeout(Some(Duration::from_secs(2)));
+    tcp.set_nodelay(true);
+    // `https://` targets go through it too: the TLS connector wraps the connection it makes.
+    tcp.enforce_http(false);
+    // ring builds with a C compiler alone; rustls now prefers aws-lc-rs (for its post-quantum
+    // key exchange), which also needs cmake. A gateway built on aws-lc-rs swaps this one line.
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports TLS 1.2 and 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
+    // The ALPN offer: HTTP/2 first where the client may use both, and hyper-util speaks what the
+    // upstream picked.
+    let connector = if http2_only {
+        connector.enable_http2().wrap_connector(tcp)
+    } else {
+        connector.enable_http1().enable_http2().wrap_connector(tcp)
+    };
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_timer(TokioTimer::new())

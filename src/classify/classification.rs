@@ -34,6 +34,8 @@ pub struct Classification {
     phase: Phase,
     status: StatusCode,
     fault: Fault,
+    /// The TLS alert the upstream sent, for `tls_alert_received`.
+    tls_alert: Option<u8>,
 }
 
 impl Classification {
@@ -44,6 +46,7 @@ impl Classification {
             phase: kind.phase(),
             status: kind.status(),
             fault: Fault::of_kind(Some(kind)),
+            tls_alert: None,
         }
     }
 
@@ -54,6 +57,7 @@ impl Classification {
             phase: Phase::MaybeSent,
             status: StatusCode::BAD_GATEWAY,
             fault: Fault::Upstream,
+            tls_alert: None,
         }
     }
 
@@ -75,6 +79,34 @@ impl Classification {
     pub const fn with_fault(mut self, fault: Fault) -> Self {
         self.fault = fault;
         self
+    }
+
+    /// Records the alert the upstream sent, as its number in the TLS Alerts registry, for a
+    /// `tls_alert_received`: that kind's `Proxy-Status` member then carries it as `alert-id`,
+    /// with its registered name as `alert-message` when the number is a registered one (RFC 9209
+    /// §2.3.15). Ignored for any other kind.
+    ///
+    /// The alert says what the upstream's TLS stack objected to (`certificate_required`: it
+    /// wants a client certificate the gateway did not send), and names nothing of the
+    /// deployment: it is sent whether or not
+    /// [`proxy_status_details`](crate::GatewayErrorLayer::proxy_status_details) is on.
+    ///
+    /// ```
+    /// use gateway_errors::classify::Classification;
+    /// use gateway_errors::ProxyErrorKind;
+    ///
+    /// let c = Classification::new(ProxyErrorKind::TlsAlertReceived).with_tls_alert(116);
+    /// assert_eq!(c.tls_alert(), Some(116));
+    /// ```
+    pub const fn with_tls_alert(mut self, alert: u8) -> Self {
+        self.tls_alert = Some(alert);
+        self
+    }
+
+    /// The TLS alert the upstream sent, if the classifier recorded one (see
+    /// [`with_tls_alert`](Classification::with_tls_alert)).
+    pub const fn tls_alert(&self) -> Option<u8> {
+        self.tls_alert
     }
 
     /// Whose fault it is: only the [upstream's](Fault::Upstream) are counted against an

@@ -12,8 +12,8 @@ use crate::upload::UploadError;
 
 /// The built-in classifier: walks the error and its `source()` chain, and recognises the errors of
 /// `std::io` and tokio's timer, and, each with the Cargo feature of the same name, those of hyper,
-/// hyper-util's legacy client, tower's timeout, load-shed and buffer, reqwest and h2 (feature
-/// `http2`). The features `hyper`, `hyper-util` and `tower` are on by default.
+/// hyper-util's legacy client, tower's timeout, load-shed and buffer, reqwest, h2 (feature
+/// `http2`) and rustls. The features `hyper`, `hyper-util` and `tower` are on by default.
 ///
 /// | error found in the chain | kind |
 /// |---|---|
@@ -33,6 +33,9 @@ use crate::upload::UploadError;
 /// | `h2`: `RST_STREAM(REFUSED_STREAM)` (feature `http2`) | `destination_unavailable`, not sent |
 /// | `h2`: the stream was above a GOAWAY's last stream id (feature `http2`) | `destination_unavailable`, not sent |
 /// | `reqwest::Error` (feature `reqwest`): a connect error, a timeout | as for hyper-util's client |
+/// | `rustls::Error` (feature `rustls`): the upstream's certificate was not accepted | `tls_certificate_error` |
+/// | `rustls::Error`: the upstream sent a fatal alert | `tls_alert_received`, with `alert-id` and `alert-message` |
+/// | `rustls::Error`: any other TLS failure (what came back was no TLS) | `tls_protocol_error` |
 /// | a [`ProxyError`](crate::ProxyError) | its own classification, status included |
 /// | an [`UploadError`](crate::error::UploadError): the client's upload stalled or broke off | no kind, 408 or 400, the [client's fault](crate::fault::Fault::Client), whatever lies below it |
 ///
@@ -50,6 +53,36 @@ use crate::upload::UploadError;
 /// head had arrived; the classifier calls it `connection_terminated`, the common case (the upstream
 /// closed or crashed without answering). A body cut short after the head is a different matter: the
 /// status has been sent by then, and the layer records `http_response_incomplete` on the span.
+///
+/// # TLS (feature `rustls`)
+///
+/// A `rustls::Error` is found wherever it sits in the chain: hyper-rustls and tokio-rustls put it
+/// inside an `io::Error`, reqwest with rustls below its own error. The response says only the
+/// kind, with the alert's number and registered name for `tls_alert_received`
+/// (`Proxy-Status: edge-1; error=tls_alert_received; alert-id=116;
+/// alert-message="certificate_required"`): never a certificate's contents or a host. The reason
+/// is rustls's own message in the span's event (`invalid peer certificate: certificate expired:
+/// ...`, `received fatal alert: CertificateRequired`), and in `Proxy-Status` `details` only with
+/// [`proxy_status_details`](crate::GatewayErrorLayer::proxy_status_details), since it names the
+/// host the certificate was checked against.
+///
+/// - The retry hint: a handshake that fails inside hyper-util's connect step is
+///   [`Phase::NotSent`], and `tls_certificate_error` is too wherever it is found (a client checks
+///   the certificate before it sends a byte of the request), so the answer says a retry is safe
+///   for every method: `"retryable": true` in problem+json, and the generic advice of a
+///   retryable 502 in the text and HTML bodies ("the request can safely be sent again"). Safe,
+///   not useful: the same certificate fails the same way on every retry until the upstream
+///   replaces it (or the gateway trusts its issuer); a retry policy that should not spend its
+///   attempts on it reads the kind. An
+///   alert after the handshake, as TLS 1.3 has it for a missing client certificate (the client's
+///   side of the handshake is over before the server checks it), may follow the request: it is
+///   the kind's [`Phase::MaybeSent`] there.
+/// - All three are the [upstream's fault](crate::fault::Fault::Upstream), and
+///   [`UpstreamHealthLayer`](crate::health::UpstreamHealthLayer) counts each of them by default
+///   ([`Attempt::counts_by_default`](crate::health::Attempt::counts_by_default)): an upstream
+///   whose certificate has expired fails every request, and marking it unavailable answers them
+///   at once (503 `destination_unavailable`) instead of with a handshake each, while its probe
+///   finds the renewed certificate. The reason stays in the spans of the failures that marked it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DefaultClassifier;
 
@@ -96,11 +129,16 @@ struct Walk<'a> {
     refused_by_protocol: bool,
     /// hyper says it never wrote the request (`is_canceled`).
     unsent_by_client: bool,
+    /// The TLS alert the upstream sent, for `tls_alert_received`.
+    tls_alert: Option<u8>,
 }
 
 impl<'a> Walk<'a> {
     fn finish(&self, kind: ProxyErrorKind) -> Classification {
-        let classification = Classification::new(kind);
+        let mut classification = Classification::new(kind);
+        if let Some(alert) = self.tls_alert {
+            classification = classification.with_tls_alert(alert);
+        }
         if self.connecting || self.refused_by_protocol || self.unsent_by_client {
             classification.with_phase(Phase::NotSent)
         } else {
@@ -179,6 +217,14 @@ impl<'a> Walk<'a> {
                 return Some(ProxyErrorKind::DestinationUnavailable);
             }
             return None;
+        }
+        #[cfg(feature = "rustls")]
+        if let Some(e) = err.downcast_ref::<rustls::Error>() {
+            // Below an `io::Error` (hyper-rustls, tokio-rustls) or reqwest's error: whatever
+            // wraps it has said whether the handshake was part of the connect step.
+            let (kind, alert) = super::tls::recognise(e);
+            self.tls_alert = alert;
+            return Some(kind);
         }
         #[cfg(feature = "reqwest")]
         if let Some(e) = err.downcast_ref::<reqwest::Error>() {
@@ -294,6 +340,32 @@ mod tests {
         // Any other reset may have been processed: not recognised here.
         let cancel = h2::Error::from(h2::Reason::CANCEL);
         assert_eq!(DefaultClassifier.classify(&cancel), None);
+    }
+
+    #[cfg(feature = "rustls")]
+    #[test]
+    fn rustls_errors_are_found_inside_io_errors() {
+        use rustls::{AlertDescription, CertificateError};
+
+        // As tokio-rustls reports a failed handshake.
+        let expired = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(CertificateError::Expired),
+        );
+        let c = DefaultClassifier.classify(&expired).unwrap();
+        assert_eq!(c.kind(), Some(ProxyErrorKind::TlsCertificateError));
+        assert_eq!(c.phase(), Phase::NotSent);
+        assert_eq!(c.fault(), Fault::Upstream);
+        assert_eq!(c.tls_alert(), None);
+
+        let alert = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::AlertReceived(AlertDescription::HandshakeFailure),
+        );
+        let c = DefaultClassifier.classify(&alert).unwrap();
+        assert_eq!(c.kind(), Some(ProxyErrorKind::TlsAlertReceived));
+        assert_eq!(c.tls_alert(), Some(40));
+        assert_eq!(c.status(), http::StatusCode::BAD_GATEWAY);
     }
 
     #[test]

@@ -7,6 +7,8 @@
 
 pub(crate) mod classification;
 mod default;
+#[cfg(feature = "rustls")]
+mod tls;
 
 use std::error::Error as StdError;
 use std::sync::Arc;

@@ -13,7 +13,9 @@ use http::header::HeaderName;
 
 pub use cdn_loop::CDN_LOOP;
 pub use connection::remove_hop_by_hop;
-pub(crate) use proxy_status::{DEFAULT_NAME, ProxyStatusValues, append_member, with_details};
+pub(crate) use proxy_status::{
+    DEFAULT_NAME, ProxyStatusValues, append_member, with_details, with_tls_alert,
+};
 pub use proxy_status::{InvalidProxyName, ProxyName};
 
 /// The `Proxy-Status` header name (RFC 9209).

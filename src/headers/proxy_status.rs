@@ -194,6 +194,67 @@ pub(crate) fn append_member<'a>(
     HeaderValue::from_maybe_shared(out.freeze()).unwrap_or_else(|_| ours.clone())
 }
 
+/// `member; alert-id=<n>; alert-message="<name>"` (RFC 9209 §2.3.15): the TLS alert the upstream
+/// sent, by its number and, for a registered one, its name in the TLS Alerts registry. Neither
+/// names anything of the deployment.
+pub(crate) fn with_tls_alert(member: HeaderValue, alert: u8) -> HeaderValue {
+    let mut value = Vec::with_capacity(member.len() + 64);
+    value.extend_from_slice(member.as_bytes());
+    value.extend_from_slice(b"; alert-id=");
+    value.extend_from_slice(itoa::Buffer::new().format(alert).as_bytes());
+    if let Some(name) = tls_alert_name(alert) {
+        value.extend_from_slice(b"; alert-message=\"");
+        value.extend_from_slice(name.as_bytes());
+        value.push(b'"');
+    }
+    // A header value, a number and a registry name (lowercase letters and `_`): still one.
+    HeaderValue::from_bytes(&value).unwrap_or(member)
+}
+
+/// The description of a TLS alert in the IANA TLS Alerts registry, for the numbers a TLS 1.2 or
+/// 1.3 peer may send (the reserved ones of older versions included, as a peer may still send them).
+fn tls_alert_name(alert: u8) -> Option<&'static str> {
+    Some(match alert {
+        0 => "close_notify",
+        10 => "unexpected_message",
+        20 => "bad_record_mac",
+        21 => "decryption_failed",
+        22 => "record_overflow",
+        30 => "decompression_failure",
+        40 => "handshake_failure",
+        41 => "no_certificate",
+        42 => "bad_certificate",
+        43 => "unsupported_certificate",
+        44 => "certificate_revoked",
+        45 => "certificate_expired",
+        46 => "certificate_unknown",
+        47 => "illegal_parameter",
+        48 => "unknown_ca",
+        49 => "access_denied",
+        50 => "decode_error",
+        51 => "decrypt_error",
+        52 => "too_many_cids_requested",
+        60 => "export_restriction",
+        70 => "protocol_version",
+        71 => "insufficient_security",
+        80 => "internal_error",
+        86 => "inappropriate_fallback",
+        90 => "user_canceled",
+        100 => "no_renegotiation",
+        109 => "missing_extension",
+        110 => "unsupported_extension",
+        111 => "certificate_unobtainable",
+        112 => "unrecognized_name",
+        113 => "bad_certificate_status_response",
+        114 => "bad_certificate_hash_value",
+        115 => "unknown_psk_identity",
+        116 => "certificate_required",
+        120 => "no_application_protocol",
+        121 => "ech_required",
+        _ => return None,
+    })
+}
+
 /// The longest `details` parameter value written, quotes and escapes included.
 pub(crate) const MAX_DETAILS_LEN: usize = 256;
 
@@ -326,6 +387,29 @@ mod tests {
             append_member(upstream.iter(), &ours),
             "origin-lb; error=http_response_timeout, edge-1; received-status=504"
         );
+    }
+
+    #[test]
+    fn a_tls_alert_is_named_by_number_and_registered_name() {
+        let member = HeaderValue::from_static("edge-1; error=tls_alert_received");
+        assert_eq!(
+            with_tls_alert(member.clone(), 116),
+            r#"edge-1; error=tls_alert_received; alert-id=116; alert-message="certificate_required""#
+        );
+        assert_eq!(
+            with_tls_alert(member.clone(), 40),
+            r#"edge-1; error=tls_alert_received; alert-id=40; alert-message="handshake_failure""#
+        );
+        // Unassigned: the number alone.
+        assert_eq!(
+            with_tls_alert(member, 200),
+            "edge-1; error=tls_alert_received; alert-id=200"
+        );
+        for alert in 0..=u8::MAX {
+            if let Some(name) = tls_alert_name(alert) {
+                assert!(name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+            }
+        }
     }
 
     fn details_of(error: &(dyn StdError + 'static)) -> String {

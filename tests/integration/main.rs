@@ -36,5 +36,7 @@ mod retry;
 mod soak;
 mod spans;
 mod stale;
+#[cfg(feature = "rustls")]
+mod tls;
 mod upstream_faults;
 mod websocket;
