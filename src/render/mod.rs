@@ -126,9 +126,17 @@ impl<'a> ErrorView<'a> {
 
     /// A sentence saying whether waiting or retrying will help.
     pub fn advice(&self) -> &'static str {
-        // A loop is a gateway's configuration, not a passing fault.
+        // The request did not arrive in time (a stalled upload, or an origin's own 408).
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            return "The request did not arrive in time: it can be sent again, in full.";
+        }
+        // A loop is a gateway's configuration, and a refused certificate the upstream's: neither
+        // passes by itself.
         let temporary = matches!(self.status.as_u16(), 502..=504)
-            && self.kind != Some(ProxyErrorKind::ProxyLoopDetected);
+            && !matches!(
+                self.kind,
+                Some(ProxyErrorKind::ProxyLoopDetected | ProxyErrorKind::TlsCertificateError)
+            );
         match (temporary, self.retryable) {
             (true, true) => {
                 "This is usually temporary: the request can safely be sent again in a moment."
@@ -324,6 +332,29 @@ impl Templates {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn advice_says_whether_sending_again_can_help() {
+        let refused = ErrorView::new(Some(ProxyErrorKind::ConnectionRefused)).with_retryable(true);
+        assert!(refused.advice().starts_with("This is usually temporary"));
+        // A refused certificate stays refused until it is replaced; a loop stays a loop.
+        for kind in [
+            ProxyErrorKind::TlsCertificateError,
+            ProxyErrorKind::ProxyLoopDetected,
+        ] {
+            let view = ErrorView::new(Some(kind)).with_retryable(true);
+            assert_eq!(
+                view.advice(),
+                "Sending the same request again will not help.",
+                "{kind}"
+            );
+        }
+        let stalled = ErrorView {
+            status: StatusCode::REQUEST_TIMEOUT,
+            ..ErrorView::new(None)
+        };
+        assert!(stalled.advice().contains("can be sent again"));
+    }
 
     #[test]
     fn built_in_bodies_render_for_every_format() {
