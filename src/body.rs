@@ -254,7 +254,7 @@ mod tests {
     use super::*;
     use crate::deadline::ResponseDeadline;
 
-    use crate::scripted::{Frames, Scripted};
+    use crate::testing::{Frames, Scripted};
 
     fn scripted(limits: BodyLimits) -> (Frames, Pin<Box<GatewayBody<Scripted>>>) {
         let (tx, body) = Scripted::channel();

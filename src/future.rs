@@ -494,4 +494,36 @@ mod tests {
         assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
         assert_eq!(error_of(&response).fault(), crate::fault::Fault::Client);
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_warn_a_body_that_breaks_after_the_head_is_still_told() {
+        use http_body_util::BodyExt;
+
+        let warnings = crate::testing::Warnings::default();
+        let _guard = warnings.install();
+
+        // The head arrives; the body then fails, as a reset connection does.
+        let breaking = service_fn(|_request: Request<UploadBody<Empty<bytes::Bytes>>>| async {
+            let (frames, body) = crate::testing::Scripted::channel();
+            frames.send(Ok(bytes::Bytes::from_static(b"part"))).unwrap();
+            frames
+                .send(Err(std::io::ErrorKind::ConnectionReset.into()))
+                .unwrap();
+            Ok::<_, std::io::Error>(http::Response::new(body))
+        });
+        let response = ServiceBuilder::new()
+            .layer(GatewayErrorLayer::new())
+            .service(breaking)
+            .oneshot(Request::new(Empty::<bytes::Bytes>::new()))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.into_body().collect().await.is_err());
+        let warnings = warnings.messages();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("body failed after the head"),
+            "{warnings:?}"
+        );
+    }
 }

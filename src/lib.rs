@@ -252,10 +252,10 @@ mod random;
 pub mod render;
 mod respond;
 pub mod retry;
-#[cfg(test)]
-mod scripted;
 mod service;
 pub mod stale;
+#[cfg(test)]
+mod testing;
 mod trace;
 mod upload;
 

@@ -152,6 +152,9 @@ pub(crate) struct Generated<'a> {
     pub(crate) intercepted: bool,
     /// Whose fault it was.
     pub(crate) fault: Fault,
+    /// An answer from what the gateway already knows (an upstream marked unavailable): the
+    /// failure was logged when it was learnt, so each answer is an `INFO` event, not a `WARN`.
+    pub(crate) known: bool,
 }
 
 /// The client went away before its answer was complete: not an error, and no one's failure.
@@ -166,7 +169,12 @@ pub(crate) fn record_client_gone(span: &Span) {
 pub(crate) fn record_generated(span: &Span, generated: &Generated<'_>) {
     let sent = i64::from(generated.sent.as_u16());
     if span.is_disabled() {
-        if !tracing::event_enabled!(target: TARGET, Level::WARN) {
+        let wanted = if generated.known {
+            tracing::event_enabled!(target: TARGET, Level::INFO)
+        } else {
+            tracing::event_enabled!(target: TARGET, Level::WARN)
+        };
+        if !wanted {
             return;
         }
     } else {
@@ -207,7 +215,7 @@ pub(crate) fn record_generated(span: &Span, generated: &Generated<'_>) {
             )
         };
     }
-    if generated.status.is_server_error() {
+    if generated.status.is_server_error() && !generated.known {
         event_at!(Level::WARN);
     } else {
         event_at!(Level::INFO);
@@ -260,9 +268,11 @@ pub(crate) struct BodyTrace {
 }
 
 impl BodyTrace {
-    /// `None` when no subscriber wants the span: nothing to record.
+    /// `None` when no subscriber wants the span nor the `WARN` event of a body that fails (a
+    /// subscriber at `warn` filters the span out, and still wants to hear of a broken body).
     pub(crate) fn new(span: Span) -> Option<Self> {
-        (!span.is_disabled()).then_some(BodyTrace {
+        let wanted = !span.is_disabled() || tracing::event_enabled!(target: TARGET, Level::WARN);
+        wanted.then_some(BodyTrace {
             span,
             done: false,
             bytes: 0,

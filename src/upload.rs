@@ -473,7 +473,7 @@ mod tests {
 
     use super::*;
 
-    use crate::scripted::{Frames, Scripted};
+    use crate::testing::{Frames, Scripted};
 
     fn scripted(stall: Option<Duration>) -> (Frames, UploadBody<Scripted>, Arc<UploadWatch>) {
         let (send, body) = Scripted::channel();

@@ -336,6 +336,28 @@ mod tests {
         assert_eq!(upstream.calls(), 11);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn an_outage_is_a_warning_once_and_its_refusals_are_not() {
+        let warnings = crate::testing::Warnings::default();
+        let _guard = warnings.install();
+        let upstream = Upstream::default();
+        upstream.set(Mode::Refuse);
+        let gateway = gateway(health(), upstream.clone());
+        for _ in 0..3 {
+            exchange(&gateway).await;
+        }
+        let failures = warnings.messages().len();
+        for _ in 0..10 {
+            let (response, _) = exchange(&gateway).await;
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        }
+        let warned: Vec<String> = warnings.messages().split_off(failures);
+        // The three refused connections, and the upstream marked unavailable: logged as they
+        // happen; the ten answers from that knowledge: not one warning.
+        assert!(failures >= 3, "{:?}", warnings.messages());
+        assert!(warned.is_empty(), "{warned:?}");
+    }
+
     /// Trips the upstream with refused connections, then waits out the open time.
     async fn trip<S, B>(gateway: &S, upstream: &Upstream)
     where
