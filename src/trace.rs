@@ -272,7 +272,8 @@ impl BodyTrace {
     /// subscriber at `warn` filters the span out, and still wants to hear of a broken body).
     pub(crate) fn new(span: Span) -> Option<Self> {
         let wanted = !span.is_disabled() || tracing::event_enabled!(target: TARGET, Level::WARN);
-        wanted.then_some(BodyTrace {
+        // Made only when wanted: one made and dropped at once would record a cancellation.
+        wanted.then(|| BodyTrace {
             span,
             done: false,
             bytes: 0,
