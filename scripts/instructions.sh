@@ -7,7 +7,8 @@
 #   SECONDS_PER_SIDE=20 scripts/instructions.sh
 #   CASE=happy scripts/instructions.sh       # successful requests instead: an nginx origin that
 #                                            # sends BODY_BYTES (default 3), and a third side with
-#                                            # the layer's read timeout off (the body clock's cost)
+#                                            # the layer's read timeout off (the body clock's cost);
+#                                            # then what the layer adds, by function (ROWS=20)
 #   METRICS=1 scripts/instructions.sh        # also the layer recording metrics (--features metrics)
 #   BREAKER=1 scripts/instructions.sh        # also the gateway --breaker-failures 5: in the storm it
 #                                            # is marked unavailable by the warm-up and refuses every
@@ -129,8 +130,9 @@ CONF
   if [ -n "${BREAKER:-}" ]; then
     port=$(free_port)
     read -r breaker_requests breaker_total < <(count breaker "$port" "${GATEWAY[@]}" --listen "127.0.0.1:$port" --breaker-failures 5)
-    export BREAKER_SIDE="$breaker_requests $breaker_total" WORK
+    export BREAKER_SIDE="$breaker_requests $breaker_total"
   fi
+  export WORK
   python3 - "$BODY_BYTES" "$bare_requests" "$bare_total" "$timed_requests" "$timed_total" \
     "$untimed_requests" "$untimed_total" <<'EOF2'
 import os, sys
@@ -142,15 +144,19 @@ print(f"| bare | {bare:,.0f} |")
 print(f"| layered, read timeout off | {untimed:,.0f} ({(untimed / bare - 1) * 100:+.1f}%) |")
 print(f"| layered, read timeout on (the default) | {timed:,.0f} ({(timed / bare - 1) * 100:+.1f}%) |")
 print(f"| the body clock alone | {timed - untimed:+,.0f} |")
+sys.path.insert(0, "scripts")
+from callgrind_functions import changes, functions, show
+work = os.environ["WORK"]
+# What the layer (defaults) adds to the bare proxy, function by function: the table to check a
+# change of the success path against.
+print("\nlargest increases per request, layered (defaults) vs bare, by function:")
+show(changes(functions(f"{work}/bare.out.1", br), functions(f"{work}/timed.out.1", tr))[:int(os.environ.get("ROWS", "20"))])
 side = os.environ.get("BREAKER_SIDE")
 if side:
     kr, kt = map(int, side.split())
     breaker = kt / kr
     print(f"| layered + --breaker-failures 5 (closed) | {breaker:,.0f} ({(breaker / bare - 1) * 100:+.1f}%) |")
     print(f"| the breaker alone (vs read timeout on) | {breaker - timed:+,.0f} |")
-    sys.path.insert(0, "scripts")
-    from callgrind_functions import changes, functions, show
-    work = os.environ["WORK"]
     print("\nlargest increases per request with the breaker, by function:")
     show(changes(functions(f"{work}/timed.out.1", tr), functions(f"{work}/breaker.out.1", kr))[:12])
 EOF2
