@@ -3,13 +3,16 @@
 
 use std::time::Duration;
 
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request};
 
 use crate::config::Config;
 use crate::deadline::Limit;
-use crate::grpc::call::GrpcCall;
+use crate::grpc::call::{GRPC_TIMEOUT, GrpcCall};
+use crate::headers::cdn_loop::CDN_LOOP;
+use crate::headers::connection::{KEEP_ALIVE, PROXY_CONNECTION};
 use crate::negotiate::{Format, negotiate, negotiate_line};
+use crate::retry::IDEMPOTENCY_KEY;
 use crate::retry::hint::IdempotencyKey;
 use crate::stale::request::CapturedRequest;
 
@@ -34,28 +37,115 @@ pub(crate) struct RequestFacts {
     pub(crate) metrics: Option<crate::metrics::Started>,
 }
 
+/// The fields the layer reads, found in one walk over the request's fields: a request costs a
+/// comparison of each of its field names, not a hashed lookup for every name the layer might
+/// read. Several lines of a field are noted, and read in full only then (rarely).
+pub(crate) struct Fields<'a> {
+    accept: Lines<'a>,
+    idempotency_key: Lines<'a>,
+    request_id: Option<&'a HeaderValue>,
+    upgrade: Option<&'a HeaderValue>,
+    content_type: Option<&'a HeaderValue>,
+    grpc_timeout: Option<&'a HeaderValue>,
+    /// Whether `CDN-Loop` is present: counted only then.
+    pub(crate) cdn_loop: bool,
+    connection: bool,
+    /// `Keep-Alive` or `Proxy-Connection`.
+    other_hop_by_hop: bool,
+}
+
+/// The first line of a field, and whether there are more.
+#[derive(Default, Clone, Copy)]
+struct Lines<'a> {
+    first: Option<&'a HeaderValue>,
+    more: bool,
+}
+
+impl<'a> Lines<'a> {
+    fn add(&mut self, line: &'a HeaderValue) {
+        match self.first {
+            None => self.first = Some(line),
+            Some(_) => self.more = true,
+        }
+    }
+}
+
+impl<'a> Fields<'a> {
+    /// Walks `headers` once; `request_id` is the configured request id field.
+    pub(crate) fn scan(headers: &'a HeaderMap, request_id: &HeaderName) -> Self {
+        let mut fields = Fields {
+            accept: Lines::default(),
+            idempotency_key: Lines::default(),
+            request_id: None,
+            upgrade: None,
+            content_type: None,
+            grpc_timeout: None,
+            cdn_loop: false,
+            connection: false,
+            other_hop_by_hop: false,
+        };
+        for (name, value) in headers {
+            if name == header::ACCEPT {
+                fields.accept.add(value);
+            } else if name == header::CONTENT_TYPE {
+                fields.content_type.get_or_insert(value);
+            } else if name == header::CONNECTION {
+                fields.connection = true;
+            } else if name == header::UPGRADE {
+                fields.upgrade.get_or_insert(value);
+            } else if name == request_id {
+                fields.request_id.get_or_insert(value);
+            } else {
+                // The names the layer reads that are not standard: compared as bytes.
+                if name == CDN_LOOP {
+                    fields.cdn_loop = true;
+                } else if name == IDEMPOTENCY_KEY {
+                    fields.idempotency_key.add(value);
+                } else if name == GRPC_TIMEOUT {
+                    fields.grpc_timeout.get_or_insert(value);
+                } else if name == KEEP_ALIVE || name == PROXY_CONNECTION {
+                    fields.other_hop_by_hop = true;
+                }
+            }
+        }
+        fields
+    }
+
+    /// Whether the request holds a field a proxy does not forward: `Connection` and what it
+    /// names, `Keep-Alive`, `Proxy-Connection`, or an `Upgrade` no `Connection` asks for.
+    pub(crate) fn has_hop_by_hop(&self) -> bool {
+        self.connection || self.other_hop_by_hop || self.upgrade.is_some()
+    }
+}
+
 impl RequestFacts {
-    pub(crate) fn capture<B>(request: &Request<B>, config: &Config) -> Self {
+    /// What the answer may need, from `request` and the fields `scan` found in it.
+    pub(crate) fn capture<B>(request: &Request<B>, fields: &Fields<'_>, config: &Config) -> Self {
         let headers = request.headers();
         #[cfg(feature = "tower-http")]
         let request_id = request
             .extensions()
             .get::<tower_http::request_id::RequestId>()
-            .map(|id| id.header_value().clone())
-            .or_else(|| headers.get(&config.request_id_header).cloned());
+            .map(|id| id.header_value())
+            .or(fields.request_id)
+            .cloned();
         #[cfg(not(feature = "tower-http"))]
-        let request_id = headers.get(&config.request_id_header).cloned();
-        let mut accept_lines = headers.get_all(header::ACCEPT).iter();
-        let accept = match (accept_lines.next(), accept_lines.next()) {
-            (None, _) => AcceptSnapshot::Absent,
-            (Some(line), None) => AcceptSnapshot::One(line.clone()),
+        let request_id = fields.request_id.cloned();
+        let accept = match fields.accept {
+            Lines { first: None, .. } => AcceptSnapshot::Absent,
+            Lines {
+                first: Some(line),
+                more: false,
+            } => AcceptSnapshot::One(line.clone()),
             // Several lines are rare: negotiate now rather than keep them all.
-            _ => AcceptSnapshot::Decided(negotiate(
+            Lines { more: true, .. } => AcceptSnapshot::Decided(negotiate(
                 headers.get_all(header::ACCEPT),
                 config.default_format,
             )),
         };
-        let grpc = GrpcCall::detect(headers);
+        let grpc = fields
+            .content_type
+            .and_then(|content_type| GrpcCall::detect(content_type, fields.grpc_timeout));
         let stale = match (&config.stale, grpc) {
             (Some(store), None) => store.capture(request),
             _ => None,
@@ -64,9 +154,16 @@ impl RequestFacts {
             accept,
             is_head: request.method() == Method::HEAD,
             idempotent_method: config.retry.is_idempotent(request.method()),
-            idempotency_key: IdempotencyKey::capture(headers),
+            idempotency_key: match fields.idempotency_key {
+                Lines { first: None, .. } => IdempotencyKey::Absent,
+                Lines {
+                    first: Some(line),
+                    more: false,
+                } => IdempotencyKey::One(line.clone()),
+                Lines { more: true, .. } => IdempotencyKey::Several,
+            },
             request_id,
-            upgrade: headers.get(header::UPGRADE).cloned(),
+            upgrade: fields.upgrade.cloned(),
             grpc,
             stale,
             #[cfg(feature = "metrics")]
@@ -112,4 +209,63 @@ enum AcceptSnapshot {
     Absent,
     One(HeaderValue),
     Decided(Format),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(fields: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in fields {
+            headers.append(*name, HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    #[test]
+    fn one_walk_finds_every_field_the_layer_reads() {
+        let request_id = HeaderName::from_static("x-request-id");
+        let headers = map(&[
+            ("host", "shop.test"),
+            ("accept", "text/html"),
+            ("content-type", "application/grpc"),
+            ("grpc-timeout", "1m"),
+            ("idempotency-key", "\"a\""),
+            ("x-request-id", "r-1"),
+            ("cdn-loop", "other"),
+        ]);
+        let fields = Fields::scan(&headers, &request_id);
+        assert_eq!(fields.accept.first.unwrap(), "text/html");
+        assert!(!fields.accept.more);
+        assert_eq!(fields.content_type.unwrap(), "application/grpc");
+        assert_eq!(fields.grpc_timeout.unwrap(), "1m");
+        assert_eq!(fields.idempotency_key.first.unwrap(), "\"a\"");
+        assert_eq!(fields.request_id.unwrap(), "r-1");
+        assert!(fields.cdn_loop);
+        assert!(!fields.has_hop_by_hop());
+    }
+
+    #[test]
+    fn several_lines_and_hop_by_hop_fields_are_noted() {
+        let request_id = HeaderName::from_static("x-request-id");
+        let headers = map(&[
+            ("accept", "text/html"),
+            ("accept", "application/json"),
+            ("idempotency-key", "\"a\""),
+            ("idempotency-key", "\"b\""),
+        ]);
+        let fields = Fields::scan(&headers, &request_id);
+        assert!(fields.accept.more);
+        assert!(fields.idempotency_key.more);
+        assert!(!fields.cdn_loop);
+        assert!(!fields.has_hop_by_hop());
+        for hop in ["connection", "keep-alive", "proxy-connection", "upgrade"] {
+            let headers = map(&[(hop, "x")]);
+            assert!(
+                Fields::scan(&headers, &request_id).has_hop_by_hop(),
+                "{hop}"
+            );
+        }
+    }
 }

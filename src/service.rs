@@ -15,7 +15,7 @@ use crate::body::{GatewayBody, UploadBody};
 use crate::config::Config;
 use crate::deadline::{HeadClock, ResponseDeadline};
 use crate::error::ProxyError;
-use crate::facts::RequestFacts;
+use crate::facts::{Fields, RequestFacts};
 use crate::future::ResponseFuture;
 use crate::grpc::call::service_and_method;
 use crate::headers::cdn_loop::{CDN_LOOP, LoopDetected, count_member};
@@ -112,9 +112,16 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        // First: everything below reads (and `CDN-Loop` is written into) what the next hop gets.
-        crate::headers::remove_hop_by_hop(request.headers_mut());
-        let facts = RequestFacts::capture(&request, &self.config);
+        // One walk over the fields finds all the layer reads. Hop-by-hop fields go first, so that
+        // everything below reads (and `CDN-Loop` is written into) what the next hop gets: the walk
+        // is made again after a removal (rare: most requests carry none).
+        let mut fields = Fields::scan(request.headers(), &self.config.request_id_header);
+        if fields.has_hop_by_hop() {
+            crate::headers::remove_hop_by_hop(request.headers_mut());
+            fields = Fields::scan(request.headers(), &self.config.request_id_header);
+        }
+        let facts = RequestFacts::capture(&request, &fields, &self.config);
+        let has_cdn_loop = fields.cdn_loop;
         let span = trace::request_span(self.config.span_level, &request);
         if facts.grpc.is_some() && !span.is_disabled() {
             trace::record_rpc_call(&span, service_and_method(request.uri().path()));
@@ -123,11 +130,15 @@ where
         let ready_error = self.ready_error.take();
         if let Some(threshold) = config.loop_threshold {
             let headers = request.headers_mut();
-            let times = count_member(
-                headers.get_all(&CDN_LOOP).iter(),
-                config.proxy_name.as_str().as_bytes(),
-                threshold,
-            );
+            let times = if has_cdn_loop {
+                count_member(
+                    headers.get_all(&CDN_LOOP).iter(),
+                    config.proxy_name.as_str().as_bytes(),
+                    threshold,
+                )
+            } else {
+                0
+            };
             if times >= threshold {
                 // Been here before: forwarding it again would go round once more.
                 let error = ProxyError::new(ProxyErrorKind::ProxyLoopDetected)

@@ -197,7 +197,8 @@ mod tests {
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static(content_type),
             );
-            GrpcCall::detect(&headers).expect("a gRPC content type")
+            GrpcCall::detect(&headers[http::header::CONTENT_TYPE], None)
+                .expect("a gRPC content type")
         };
         for (content_type, body_expected) in [
             ("application/grpc", false),

@@ -5,13 +5,13 @@
 
 use std::time::Duration;
 
-use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::headers::is_tchar;
 
 /// The `grpc-status` header name.
 pub(crate) static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
-static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+pub(crate) static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// How many framings a gRPC caller can use.
 pub(crate) const FRAMINGS: usize = 3;
@@ -66,13 +66,14 @@ pub(crate) struct GrpcCall {
 }
 
 impl GrpcCall {
-    /// The call described by a request head, or `None` for a request that is not gRPC. Reads the
-    /// `Content-Type` once; `grpc-timeout` only for a gRPC call.
-    pub(crate) fn detect(headers: &HeaderMap) -> Option<GrpcCall> {
-        let (framing, suffix) = parse_content_type(headers.get(CONTENT_TYPE)?.as_bytes())?;
-        let timeout = headers
-            .get(&GRPC_TIMEOUT)
-            .and_then(|value| parse_timeout(value.as_bytes()));
+    /// The call a request's `Content-Type` and `grpc-timeout` describe, or `None` for a request
+    /// that is not gRPC (the timeout is parsed only for a gRPC call).
+    pub(crate) fn detect(
+        content_type: &HeaderValue,
+        grpc_timeout: Option<&HeaderValue>,
+    ) -> Option<GrpcCall> {
+        let (framing, suffix) = parse_content_type(content_type.as_bytes())?;
+        let timeout = grpc_timeout.and_then(|value| parse_timeout(value.as_bytes()));
         Some(GrpcCall {
             framing,
             suffix,

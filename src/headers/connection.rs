@@ -17,8 +17,8 @@ use super::{is_token, list_elements};
 /// Fields no proxy forwards whether or not `Connection` names them: HTTP/1.0's `Keep-Alive`
 /// (RFC 2068 §19.7.1) and the unregistered `Proxy-Connection` (RFC 9112 Appendix C.2.2).
 /// Static names: a look-up by one is a hash and a compare, with no parsing.
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+pub(crate) static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+pub(crate) static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Options that are not fields, or that name a field only the connection's own machinery
 /// reads: nothing to remove for them.

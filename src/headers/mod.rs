@@ -4,7 +4,7 @@
 //! reading any of them.
 
 pub(crate) mod cdn_loop;
-mod connection;
+pub(crate) mod connection;
 mod proxy_status;
 pub(crate) mod retry_after;
 pub(crate) mod sf;

@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http::{HeaderValue, Method, StatusCode};
 
-use super::{IDEMPOTENCY_KEY, RetryFacts};
+use super::RetryFacts;
 use crate::headers::retry_after::RetryAfter;
 use crate::headers::sf::{BareItemType, item_type};
 use crate::kind::ProxyErrorKind;
@@ -119,8 +119,9 @@ pub(crate) enum IdempotencyKey {
 }
 
 impl IdempotencyKey {
-    pub(crate) fn capture(headers: &HeaderMap) -> Self {
-        let mut lines = headers.get_all(&IDEMPOTENCY_KEY).iter();
+    #[cfg(test)]
+    fn capture(headers: &http::HeaderMap) -> Self {
+        let mut lines = headers.get_all(&super::IDEMPOTENCY_KEY).iter();
         match (lines.next(), lines.next()) {
             (None, _) => IdempotencyKey::Absent,
             (Some(line), None) => IdempotencyKey::One(line.clone()),
@@ -149,6 +150,8 @@ pub(crate) fn is_idempotency_key(value: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::retry::IDEMPOTENCY_KEY;
+    use http::HeaderMap;
 
     #[test]
     fn idempotency_keys_are_non_empty_sf_strings() {
