@@ -10,6 +10,7 @@
 #                                            # the layer's read timeout off (the body clock's cost);
 #                                            # then what the layer adds, by function (ROWS=20)
 #   METRICS=1 scripts/instructions.sh        # also the layer recording metrics (--features metrics)
+#   KEEP_PROFILES=DIR scripts/instructions.sh   # keeps the callgrind profiles in DIR
 #   BREAKER=1 scripts/instructions.sh        # also the gateway --breaker-failures 5: in the storm it
 #                                            # is marked unavailable by the warm-up and refuses every
 #                                            # request (503, no connection); with CASE=happy, closed
@@ -46,6 +47,8 @@ GATEWAY_PID=
 cleanup() {
   if [ -n "$GATEWAY_PID" ]; then kill -9 "$GATEWAY_PID" 2>/dev/null || true; fi
   wait 2>/dev/null || true
+  # KEEP_PROFILES=DIR keeps the callgrind profiles there, for callgrind_annotate --tree=caller.
+  if [ -n "${KEEP_PROFILES:-}" ]; then mkdir -p "$KEEP_PROFILES"; cp "$WORK"/*.out.1 "$KEEP_PROFILES"/ 2>/dev/null || true; fi
   rm -rf "$WORK"
 }
 trap cleanup EXIT
