@@ -780,8 +780,8 @@ async fn hostile(
                 gateway,
                 path,
                 &[
-                    "forwarded: for=203.0.113.9;host=evil.test;proto=https",
-                    "x-forwarded-for: 203.0.113.9",
+                    "forwarded: for=127.203.113.9;host=evil.test;proto=https",
+                    "x-forwarded-for: 127.203.113.9",
                     "x-forwarded-host: evil.test",
                     "x-forwarded-proto: https",
                 ],

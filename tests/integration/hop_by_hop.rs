@@ -475,13 +475,13 @@ async fn the_example_gateway_replaces_a_clients_forwarding_fields_with_its_own()
     let (_arrived, _task) = example_gateway(listener, origin.addr, support::layer());
 
     let claims = [
-        "forwarded: for=203.0.113.9;host=evil.test;proto=https",
-        "forwarded: for=198.51.100.1",
-        "x-forwarded-for: 203.0.113.9",
+        "forwarded: for=127.203.113.9;host=evil.test;proto=https",
+        "forwarded: for=127.51.100.1",
+        "x-forwarded-for: 127.203.113.9",
         "x-forwarded-host: evil.test",
         "x-forwarded-proto: https",
         "x-forwarded-port: 443",
-        "x-real-ip: 203.0.113.9",
+        "x-real-ip: 127.203.113.9",
     ];
     let response = get(gateway, "/", "", &claims).await;
     assert_eq!(response.status, 200);
