@@ -215,13 +215,7 @@ enum AcceptSnapshot {
 mod tests {
     use super::*;
 
-    fn map(fields: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for (name, value) in fields {
-            headers.append(*name, HeaderValue::from_static(value));
-        }
-        headers
-    }
+    use crate::testing::header_map as map;
 
     #[test]
     fn one_walk_finds_every_field_the_layer_reads() {

@@ -78,3 +78,12 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
         self.0.lock().unwrap().push(message);
     }
 }
+
+/// A header map of `fields`, in order, each line appended.
+pub(crate) fn header_map(fields: &[(&'static str, &'static str)]) -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in fields {
+        headers.append(*name, http::HeaderValue::from_static(value));
+    }
+    headers
+}

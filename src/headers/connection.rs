@@ -153,13 +153,7 @@ fn remove_named(headers: &mut HeaderMap, option: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    fn map(fields: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for (name, value) in fields {
-            headers.append(*name, HeaderValue::from_static(value));
-        }
-        headers
-    }
+    use crate::testing::header_map as map;
 
     /// The fields left, in a stable order, as `name: value`.
     fn left(fields: &[(&'static str, &'static str)]) -> Vec<String> {
