@@ -234,9 +234,7 @@ impl LimitReached {
 
 impl fmt::Display for LimitReached {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(
-            "the upstream's concurrency limit is reached; the request was not sent to it",
-        )
+        f.write_str("the upstream's concurrency limit is reached; the request was not sent to it")
     }
 }
 
@@ -519,8 +517,8 @@ impl Limits {
         if controller.measured == 0 {
             controller.measured = now;
         }
-        let gradient = (controller.baseline as f64 * settings.tolerance / average as f64)
-            .clamp(0.5, 2.0);
+        let gradient =
+            (controller.baseline as f64 * settings.tolerance / average as f64).clamp(0.5, 2.0);
         let limit = controller.limit;
         // Headroom only while the upstream keeps up: a slow one loses limit in proportion.
         let headroom = if gradient >= 1.0 { limit.sqrt() } else { 0.0 };
@@ -666,7 +664,10 @@ mod tests {
         // Around tolerance × capacity (11) to that plus its square root (14): the upstream kept
         // busy, its queue short.
         let settled = &seen[10..];
-        assert!(settled.iter().all(|limit| (5..=20).contains(limit)), "{seen:?}");
+        assert!(
+            settled.iter().all(|limit| (5..=20).contains(limit)),
+            "{seen:?}"
+        );
         let mean = settled.iter().sum::<u32>() as f64 / settled.len() as f64;
         assert!((9.0..=15.0).contains(&mean), "{seen:?}");
         // A brownout: the upstream serves one at a time, ten times slower.
@@ -710,7 +711,11 @@ mod tests {
         while start.elapsed() < Duration::from_secs(9) {
             seen.push(window(&limits, 1_000, 1_000, slower).await);
         }
-        assert_eq!(*seen.last().unwrap(), 1, "judged slow against the old baseline: {seen:?}");
+        assert_eq!(
+            *seen.last().unwrap(),
+            1,
+            "judged slow against the old baseline: {seen:?}"
+        );
         // The interval is over: measured again (unloaded, at a limit of 1), the upstream is
         // judged against its new self, and its limit rises to the cap.
         let mut after = Vec::new();

@@ -186,7 +186,11 @@ async fn a_brownout_origin_gets_the_load_it_serves_and_the_rest_a_fast_503() {
         .collect();
     let mut seen = Vec::new();
     for client in clients {
-        seen.extend(within("a client's loop", client).await.expect("not cancelled"));
+        seen.extend(
+            within("a client's loop", client)
+                .await
+                .expect("not cancelled"),
+        );
     }
     let percentile = |mut latencies: Vec<Duration>, p: f64| -> Duration {
         latencies.sort();
