@@ -4,7 +4,7 @@
 //! cargo run --release --example gateway -- [--listen ADDR] [--upstream URL] [--timeout 5s]
 //!     [--read-timeout 5s|off] [--deadline 60s] [--client-body-timeout 60s|off] [--bare]
 //!     [--breaker-failures N [--breaker-open 10s]] [--adaptive-limit [--adaptive-max N]]
-//!     [--upstream-ca PEM_FILE]
+//!     [--static-limit N] [--upstream-ca PEM_FILE]
 //! ```
 //!
 //! - Without `--upstream`, an embedded demo upstream starts on loopback; its routes each show one
@@ -49,6 +49,9 @@
 //!   once with 503 `connection_limit_reached` and `Retry-After: 1`, instead of letting them wait
 //!   in a slow upstream's queue until a 504. `--adaptive-max N` caps the limit (default 1000).
 //!   A sharp fall of the limit is logged at `WARN`.
+//! - `--static-limit N`, for comparison (`scripts/load-adaptive.sh`), puts tower's static
+//!   `ConcurrencyLimit` of N in front of the upstream instead: requests above N wait in the
+//!   gateway for a place, with no timeout on the wait.
 //!
 //! What makes it safe to copy, beyond the layer (the proxy itself is in `support/proxy.rs`, where
 //! `tests/integration/gateway_hardening.rs` checks each point): only the configured upstream is ever contacted
@@ -99,13 +102,14 @@ struct Options {
     breaker_failures: Option<u32>,
     breaker_open: Duration,
     adaptive_limit: Option<AdaptiveLimit>,
+    static_limit: Option<usize>,
     /// A PEM file of CAs to trust for an `https://` upstream, besides the webpki roots.
     upstream_ca: Option<std::path::PathBuf>,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: gateway [--listen ADDR] [--upstream URL] [--timeout 5s|500ms] [--read-timeout 5s|off] [--deadline 60s] [--client-body-timeout 60s|off] [--bare] [--name NAME] [--max-body BYTES] [--http2] [--metrics] [--stale 24h] [--breaker-failures N] [--breaker-open 10s] [--adaptive-limit] [--adaptive-max N] [--upstream-ca PEM_FILE]"
+        "usage: gateway [--listen ADDR] [--upstream URL] [--timeout 5s|500ms] [--read-timeout 5s|off] [--deadline 60s] [--client-body-timeout 60s|off] [--bare] [--name NAME] [--max-body BYTES] [--http2] [--metrics] [--stale 24h] [--breaker-failures N] [--breaker-open 10s] [--adaptive-limit] [--adaptive-max N] [--static-limit N] [--upstream-ca PEM_FILE]"
     );
     std::process::exit(2)
 }
@@ -148,6 +152,7 @@ fn parse_options() -> Options {
         breaker_failures: None,
         breaker_open: Duration::from_secs(10),
         adaptive_limit: None,
+        static_limit: None,
         upstream_ca: None,
     };
     let mut args = std::env::args().skip(1);
@@ -204,6 +209,10 @@ fn parse_options() -> Options {
                 let max = value().parse().ok().filter(|n: &u32| *n > 0);
                 let limit = options.adaptive_limit.take().unwrap_or_default();
                 options.adaptive_limit = Some(limit.max(max.unwrap_or_else(|| usage())));
+            }
+            "--static-limit" => {
+                let limit = value().parse().ok().filter(|n: &usize| *n > 0);
+                options.static_limit = Some(limit.unwrap_or_else(|| usage()));
             }
             "--upstream-ca" => options.upstream_ca = Some(value().into()),
             "-h" | "--help" => usage(),
@@ -316,10 +325,19 @@ async fn main() -> Result<(), BoxError> {
         // Held until the server is done: dropping it exports the metrics a last time.
         let (layer, meters) = metrics::with_metrics(layer, options.metrics);
         match (options.breaker_failures, options.adaptive_limit) {
-            (None, None) => {
-                let service = ServiceBuilder::new().layer(layer).service(proxy);
-                serve(listener, service, ServeOptions::default(), ctrl_c()).await;
-            }
+            (None, None) => match options.static_limit {
+                None => {
+                    let service = ServiceBuilder::new().layer(layer).service(proxy);
+                    serve(listener, service, ServeOptions::default(), ctrl_c()).await;
+                }
+                Some(limit) => {
+                    let service = ServiceBuilder::new()
+                        .layer(layer)
+                        .concurrency_limit(limit)
+                        .service(proxy);
+                    serve(listener, service, ServeOptions::default(), ctrl_c()).await;
+                }
+            },
             (failures, limit) => {
                 // This proxy sends every request to its one upstream, and points it there itself
                 // (the request's own target is the client's): every request is keyed by that

@@ -726,6 +726,57 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn the_baseline_probe_holds_the_limit_at_one_for_two_windows_then_gives_it_back() {
+        let limits = limits(
+            AdaptiveLimit::new()
+                .initial(50)
+                .max(50)
+                .baseline_interval(Duration::from_secs(1)),
+        );
+        let mut seen = Vec::new();
+        while seen.len() < 150 {
+            seen.push(window(&limits, 1_000, 1_000, Duration::from_millis(10)).await);
+        }
+        // Every second: the drain and the measurement at 1, then straight back to the cap.
+        let probes = seen.windows(3).filter(|w| w == &[1, 1, 50]).count();
+        assert!((1..=2).contains(&probes), "{seen:?}");
+        assert!(
+            seen.iter().all(|&limit| limit == 1 || limit == 50),
+            "{seen:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sharp_fall_is_a_warning_at_most_once_in_ten_seconds() {
+        let warnings = crate::testing::Warnings::default();
+        let _guard = warnings.install();
+        let limits = limits(AdaptiveLimit::new().initial(64).max(64));
+        let begun = Instant::now();
+        window(&limits, 4, 1_000, Duration::from_millis(10)).await;
+        let falls = |warnings: &crate::testing::Warnings| {
+            warnings
+                .messages()
+                .iter()
+                .filter(|m| m.contains("concurrency limit fell"))
+                .count()
+        };
+        // Brownouts one after another (ten times slower), each halving the limit at least once.
+        for _ in 0..5 {
+            for _ in 0..3 {
+                window(&limits, 1_000, 1_000, Duration::from_millis(100)).await;
+            }
+            while window(&limits, 1_000, 1_000, Duration::from_millis(10)).await < 64 {}
+        }
+        assert!(begun.elapsed() < Duration::from_secs(10));
+        assert_eq!(falls(&warnings), 1, "{:?}", warnings.messages());
+        tokio::time::advance(Duration::from_secs(10)).await;
+        for _ in 0..3 {
+            window(&limits, 1_000, 1_000, Duration::from_millis(100)).await;
+        }
+        assert_eq!(falls(&warnings), 2, "{:?}", warnings.messages());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn requests_above_the_limit_are_refused_and_a_permit_frees_its_place() {
         let limits = limits(AdaptiveLimit::new().initial(2));
         let first = limits.acquire(UPSTREAM, &"u", &get()).unwrap().unwrap();
