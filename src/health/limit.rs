@@ -22,7 +22,9 @@
 //!
 //! While the upstream answers in its usual time, the gradient is at least 1 and the limit rises
 //! (by at least √limit per window: a recovering upstream gets its load back within a second or
-//! two). When requests queue inside the upstream, latency grows in proportion to the excess, and
+//! two), as long as the window's traffic came to at least half of it: a limit that light traffic
+//! never tested is not raised, so that the first burst after a quiet time meets a limit learnt
+//! under load, not one grown unchecked to the cap. When requests queue inside the upstream, latency grows in proportion to the excess, and
 //! the limit falls in the same proportion (at most by half per window), to where the upstream's
 //! queue stays short: between `tolerance × capacity` and that plus its square root, for an
 //! upstream that serves `capacity` requests at a time.
@@ -263,6 +265,8 @@ struct Slot {
     fingerprint: AtomicU64,
     limit: AtomicU32,
     in_flight: AtomicU32,
+    /// The most requests in flight during the open window.
+    peak: AtomicU32,
     /// When the slot last admitted a request (nanoseconds since the table was made).
     used: AtomicU64,
     /// The open window: when it began, the sum of its samples (nanoseconds) and their count.
@@ -307,6 +311,7 @@ impl Limits {
                     fingerprint: AtomicU64::new(0),
                     limit: AtomicU32::new(initial),
                     in_flight: AtomicU32::new(0),
+                    peak: AtomicU32::new(0),
                     used: AtomicU64::new(0),
                     window_start: AtomicU64::new(0),
                     sum: AtomicU64::new(0),
@@ -374,7 +379,10 @@ impl Limits {
                 Ordering::AcqRel,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => break,
+                Ok(_) => {
+                    slot.peak.fetch_max(in_flight + 1, Ordering::Relaxed);
+                    break;
+                }
                 Err(actual) => in_flight = actual,
             }
         }
@@ -424,6 +432,7 @@ impl Limits {
         slot.window_start.store(now, Ordering::Relaxed);
         slot.sum.store(0, Ordering::Relaxed);
         slot.count.store(0, Ordering::Relaxed);
+        slot.peak.store(0, Ordering::Relaxed);
         slot.used.store(now, Ordering::Relaxed);
         *controller = Controller {
             limit: f64::from(initial),
@@ -460,8 +469,12 @@ impl Limits {
             return;
         }
         let average = (sum / u64::from(count)).max(1);
+        // The next window's peak starts from what is in flight now.
+        let peak = slot
+            .peak
+            .swap(slot.in_flight.load(Ordering::Relaxed), Ordering::Relaxed);
         let from = slot.limit.load(Ordering::Relaxed);
-        let limit = self.close_window(&mut controller, average, now);
+        let limit = self.close_window(&mut controller, average, peak, now);
         slot.limit.store(limit, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
         if let Some(metrics) = &self.metrics {
@@ -492,8 +505,8 @@ impl Limits {
     }
 
     /// The controller's step at the end of a window whose samples averaged `average`
-    /// nanoseconds: the new limit.
-    fn close_window(&self, controller: &mut Controller, average: u64, now: u64) -> u32 {
+    /// nanoseconds, with at most `peak` requests in flight: the new limit.
+    fn close_window(&self, controller: &mut Controller, average: u64, peak: u32, now: u64) -> u32 {
         let settings = &self.settings;
         let max = f64::from(settings.max);
         match controller.probe {
@@ -520,9 +533,14 @@ impl Limits {
         let gradient =
             (controller.baseline as f64 * settings.tolerance / average as f64).clamp(0.5, 2.0);
         let limit = controller.limit;
-        // Headroom only while the upstream keeps up: a slow one loses limit in proportion.
-        let headroom = if gradient >= 1.0 { limit.sqrt() } else { 0.0 };
-        controller.limit = (limit * gradient + headroom).clamp(1.0, max);
+        // A limit the traffic did not come near says nothing about what the upstream can take:
+        // raising it would only let the next burst in unjudged. Falls are always taken.
+        let unused = f64::from(peak) * 2.0 < limit;
+        if gradient < 1.0 || !unused {
+            // Headroom only while the upstream keeps up: a slow one loses limit in proportion.
+            let headroom = if gradient >= 1.0 { limit.sqrt() } else { 0.0 };
+            controller.limit = (limit * gradient + headroom).clamp(1.0, max);
+        }
         if now.saturating_sub(controller.measured) >= nanos(settings.baseline_interval) {
             controller.probe = Some((controller.limit, false));
             return 1;
@@ -693,6 +711,20 @@ mod tests {
         while window(&limits, 1_000, 100, Duration::from_millis(10)).await < 100 {
             assert!(recovered.elapsed() < Duration::from_secs(1));
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn light_traffic_does_not_raise_the_limit() {
+        let limits = limits(AdaptiveLimit::new().initial(20).max(1_000));
+        for _ in 0..50 {
+            window(&limits, 4, 1_000, Duration::from_millis(10)).await;
+        }
+        assert_eq!(limits.of(UPSTREAM).unwrap().0, 20, "never tested above 4");
+        // Traffic that uses it: it rises.
+        for _ in 0..5 {
+            window(&limits, 1_000, 1_000, Duration::from_millis(10)).await;
+        }
+        assert!(limits.of(UPSTREAM).unwrap().0 > 40);
     }
 
     #[tokio::test(start_paused = true)]
