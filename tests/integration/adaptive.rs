@@ -233,3 +233,113 @@ async fn a_brownout_origin_gets_the_load_it_serves_and_the_rest_a_fast_503() {
         "refused p90 {refused_p90:?}"
     );
 }
+
+/// Every value recorded in a span's `gateway.concurrency_limit`.
+#[derive(Clone, Default)]
+struct SpanLimits(Arc<std::sync::Mutex<Vec<i64>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SpanLimits {
+    fn on_record(
+        &self,
+        _span: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        struct Visit<'a>(&'a std::sync::Mutex<Vec<i64>>);
+        impl tracing::field::Visit for Visit<'_> {
+            fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+                if field.name() == "gateway.concurrency_limit" {
+                    self.0.lock().expect("not poisoned").push(value);
+                }
+            }
+            fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+        }
+        values.record(&mut Visit(&self.0));
+    }
+}
+
+#[cfg(feature = "metrics")]
+#[tokio::test]
+async fn a_refusal_is_on_the_span_and_in_the_upstreams_metrics() {
+    use gateway_errors::metrics::{
+        UPSTREAM_CONCURRENCY_LIMIT, UPSTREAM_IN_FLIGHT, UPSTREAM_LIMIT_REFUSALS,
+    };
+    use opentelemetry::metrics::MeterProvider;
+    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+    use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let spans = SpanLimits::default();
+    let _subscriber =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
+    // Callsites first met on another thread while no subscriber was set may have cached
+    // "never": ask again now that this one is.
+    tracing::callsite::rebuild_interest_cache();
+    let exporter = InMemoryMetricExporter::default();
+    let reader = PeriodicReader::builder(exporter.clone())
+        .with_interval(Duration::from_secs(3600))
+        .build();
+    let provider = SdkMeterProvider::builder().with_reader(reader).build();
+
+    let origin = Brownout::start(1, Duration::from_millis(300)).await;
+    let health = UpstreamHealthLayer::new()
+        .adaptive_limit(AdaptiveLimit::new().initial(1).max(1))
+        .metrics(&provider.meter("gateway-errors"));
+    let gateway = gateway(health, origin.addr);
+    let busy = tokio::spawn(call(gateway.clone(), get()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..3 {
+        // Other tests meet the same callsites on other threads, without a subscriber.
+        tracing::callsite::rebuild_interest_cache();
+        let response = call(gateway.clone(), get()).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        read_body(response.into_body()).await;
+    }
+    let first = within("the request in flight", busy)
+        .await
+        .expect("not cancelled");
+    read_body(first.into_body()).await;
+    assert_eq!(*spans.0.lock().expect("not poisoned"), [1, 1, 1]);
+
+    within(
+        "flushing the metrics",
+        tokio::task::spawn_blocking(move || provider.force_flush()),
+    )
+    .await
+    .expect("the flush task ran")
+    .expect("the flush succeeded");
+    let exports = exporter.get_finished_metrics().expect("exported");
+    let metrics: Vec<_> = exports
+        .last()
+        .expect("an export")
+        .scope_metrics()
+        .flat_map(|scope| scope.metrics())
+        .collect();
+    let upstream = format!("http://{}", origin.addr);
+    let value = |name: &str| -> (String, u64) {
+        let metric = metrics
+            .iter()
+            .find(|metric| metric.name() == name)
+            .unwrap_or_else(|| panic!("{name} exported"));
+        let points: Vec<_> = match metric.data() {
+            AggregatedMetrics::U64(MetricData::Sum(sum)) => sum
+                .data_points()
+                .map(|p| (p.attributes().cloned().collect::<Vec<_>>(), p.value()))
+                .collect(),
+            AggregatedMetrics::U64(MetricData::Gauge(gauge)) => gauge
+                .data_points()
+                .map(|p| (p.attributes().cloned().collect::<Vec<_>>(), p.value()))
+                .collect(),
+            other => panic!("{name}: {other:?}"),
+        };
+        assert_eq!(points.len(), 1, "{name}: one upstream");
+        let (attributes, value) = points.into_iter().next().expect("a point");
+        assert_eq!(attributes.len(), 1);
+        assert_eq!(attributes[0].key.as_str(), "gateway.upstream");
+        (attributes[0].value.to_string(), value)
+    };
+    assert_eq!(value(UPSTREAM_LIMIT_REFUSALS), (upstream.clone(), 3));
+    // Recorded when the first request's answer closed a window.
+    assert_eq!(value(UPSTREAM_CONCURRENCY_LIMIT), (upstream.clone(), 1));
+    assert_eq!(value(UPSTREAM_IN_FLIGHT), (upstream, 0));
+}
