@@ -3,7 +3,8 @@
 //! ```text
 //! cargo run --release --example gateway -- [--listen ADDR] [--upstream URL] [--timeout 5s]
 //!     [--read-timeout 5s|off] [--deadline 60s] [--client-body-timeout 60s|off] [--bare]
-//!     [--breaker-failures N [--breaker-open 10s]] [--upstream-ca PEM_FILE]
+//!     [--breaker-failures N [--breaker-open 10s]] [--adaptive-limit [--adaptive-max N]]
+//!     [--static-limit N] [--upstream-ca PEM_FILE]
 //! ```
 //!
 //! - Without `--upstream`, an embedded demo upstream starts on loopback; its routes each show one
@@ -43,6 +44,14 @@
 //!   `destination_unavailable` and a `Retry-After`, until one probe finds it back.
 //!   `--breaker-open` sets the first open time (default 10s; it grows with each failed probe, up
 //!   to 5 minutes or the open time if longer). Transitions are logged at `WARN`.
+//! - `--adaptive-limit` keeps the requests in flight to the upstream near what it serves without
+//!   queueing (an adaptive concurrency limit, learnt from its latency) and answers the rest at
+//!   once with 503 `connection_limit_reached` and `Retry-After: 1`, instead of letting them wait
+//!   in a slow upstream's queue until a 504. `--adaptive-max N` caps the limit (default 1000).
+//!   A sharp fall of the limit is logged at `WARN`.
+//! - `--static-limit N`, for comparison (`scripts/load-adaptive.sh`), puts tower's static
+//!   `ConcurrencyLimit` of N in front of the upstream instead: requests above N wait in the
+//!   gateway for a place, with no timeout on the wait.
 //!
 //! What makes it safe to copy, beyond the layer (the proxy itself is in `support/proxy.rs`, where
 //! `tests/integration/gateway_hardening.rs` checks each point): only the configured upstream is ever contacted
@@ -64,7 +73,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gateway_errors::health::UpstreamHealthLayer;
+use gateway_errors::health::{AdaptiveLimit, UpstreamHealthLayer};
 use gateway_errors::stale::StaleIfError;
 use gateway_errors::{GatewayErrorLayer, ProxyName};
 use http::{Request, Uri};
@@ -92,13 +101,15 @@ struct Options {
     /// Consecutive failures that mark the upstream unavailable; `None`: never.
     breaker_failures: Option<u32>,
     breaker_open: Duration,
+    adaptive_limit: Option<AdaptiveLimit>,
+    static_limit: Option<usize>,
     /// A PEM file of CAs to trust for an `https://` upstream, besides the webpki roots.
     upstream_ca: Option<std::path::PathBuf>,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: gateway [--listen ADDR] [--upstream URL] [--timeout 5s|500ms] [--read-timeout 5s|off] [--deadline 60s] [--client-body-timeout 60s|off] [--bare] [--name NAME] [--max-body BYTES] [--http2] [--metrics] [--stale 24h] [--breaker-failures N] [--breaker-open 10s] [--upstream-ca PEM_FILE]"
+        "usage: gateway [--listen ADDR] [--upstream URL] [--timeout 5s|500ms] [--read-timeout 5s|off] [--deadline 60s] [--client-body-timeout 60s|off] [--bare] [--name NAME] [--max-body BYTES] [--http2] [--metrics] [--stale 24h] [--breaker-failures N] [--breaker-open 10s] [--adaptive-limit] [--adaptive-max N] [--static-limit N] [--upstream-ca PEM_FILE]"
     );
     std::process::exit(2)
 }
@@ -140,6 +151,8 @@ fn parse_options() -> Options {
         stale: None,
         breaker_failures: None,
         breaker_open: Duration::from_secs(10),
+        adaptive_limit: None,
+        static_limit: None,
         upstream_ca: None,
     };
     let mut args = std::env::args().skip(1);
@@ -188,6 +201,18 @@ fn parse_options() -> Options {
             }
             "--breaker-open" => {
                 options.breaker_open = parse_duration(&value()).unwrap_or_else(|| usage())
+            }
+            "--adaptive-limit" => {
+                options.adaptive_limit = options.adaptive_limit.or(Some(AdaptiveLimit::new()))
+            }
+            "--adaptive-max" => {
+                let max = value().parse().ok().filter(|n: &u32| *n > 0);
+                let limit = options.adaptive_limit.take().unwrap_or_default();
+                options.adaptive_limit = Some(limit.max(max.unwrap_or_else(|| usage())));
+            }
+            "--static-limit" => {
+                let limit = value().parse().ok().filter(|n: &usize| *n > 0);
+                options.static_limit = Some(limit.unwrap_or_else(|| usage()));
             }
             "--upstream-ca" => options.upstream_ca = Some(value().into()),
             "-h" | "--help" => usage(),
@@ -299,22 +324,35 @@ async fn main() -> Result<(), BoxError> {
         }
         // Held until the server is done: dropping it exports the metrics a last time.
         let (layer, meters) = metrics::with_metrics(layer, options.metrics);
-        match options.breaker_failures {
-            None => {
-                let service = ServiceBuilder::new().layer(layer).service(proxy);
-                serve(listener, service, ServeOptions::default(), ctrl_c()).await;
-            }
-            Some(failures) => {
+        match (options.breaker_failures, options.adaptive_limit) {
+            (None, None) => match options.static_limit {
+                None => {
+                    let service = ServiceBuilder::new().layer(layer).service(proxy);
+                    serve(listener, service, ServeOptions::default(), ctrl_c()).await;
+                }
+                Some(limit) => {
+                    let service = ServiceBuilder::new()
+                        .layer(layer)
+                        .concurrency_limit(limit)
+                        .service(proxy);
+                    serve(listener, service, ServeOptions::default(), ctrl_c()).await;
+                }
+            },
+            (failures, limit) => {
                 // This proxy sends every request to its one upstream, and points it there itself
                 // (the request's own target is the client's): every request is keyed by that
                 // upstream. In front of a client that is given the upstream's URI, the default
                 // key (the URI's scheme and authority) needs no key function.
                 let key: Arc<str> = upstream.to_string().trim_end_matches('/').into();
-                let health = UpstreamHealthLayer::new()
-                    .consecutive_failures(failures)
+                // Without `--breaker-failures`, a breaker that never opens.
+                let mut health = UpstreamHealthLayer::new()
+                    .consecutive_failures(failures.unwrap_or(u32::MAX))
                     .open_time(options.breaker_open)
-                    .max_open_time(options.breaker_open.max(Duration::from_secs(300)))
-                    .key_by(move |_: &Request<ClientBody>| Some(key.clone()));
+                    .max_open_time(options.breaker_open.max(Duration::from_secs(300)));
+                if let Some(limit) = limit {
+                    health = health.adaptive_limit(limit);
+                }
+                let health = health.key_by(move |_: &Request<ClientBody>| Some(key.clone()));
                 let health = metrics::health_metrics(health, meters.as_ref());
                 let service = ServiceBuilder::new()
                     .layer(layer)

@@ -21,6 +21,16 @@
 //! Neither names the upstream: its key may come from a request, and would let the number of series
 //! grow with traffic. The transition events name it.
 //!
+//! With an [adaptive concurrency limit](crate::health::limit), three more, per upstream: their
+//! attribute `gateway.upstream` is the key, bounded by the limit's table of upstreams
+//! ([`max_upstreams`](crate::health::AdaptiveLimit::max_upstreams)):
+//!
+//! | instrument | kind, unit | attributes |
+//! |---|---|---|
+//! | [`UPSTREAM_CONCURRENCY_LIMIT`] `gateway.upstream.concurrency_limit` | gauge, `{request}`, at the end of each window | `gateway.upstream` |
+//! | [`UPSTREAM_IN_FLIGHT`] `gateway.upstream.in_flight` | gauge, `{request}`, at the end of each window | `gateway.upstream` |
+//! | [`UPSTREAM_LIMIT_REFUSALS`] `gateway.upstream.limit_refusals` | counter, `{request}` | `gateway.upstream` |
+//!
 //! Attribute values, following the OpenTelemetry HTTP semantic conventions:
 //!
 //! - `http.request.method`: the method when it is one the conventions know (GET, HEAD, POST, PUT,
@@ -84,7 +94,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Method, StatusCode};
-use opentelemetry::metrics::{Counter, Histogram, Meter, UpDownCounter};
+use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, UpDownCounter};
 use opentelemetry::{Key, KeyValue, StringValue, Value};
 
 use crate::fault::Fault;
@@ -104,6 +114,18 @@ pub const UPSTREAM_TRANSITIONS: &str = "gateway.upstream.transitions";
 
 /// The name of the up-down counter of upstreams marked unavailable (open or half-open).
 pub const UPSTREAMS_UNAVAILABLE: &str = "gateway.upstreams.unavailable";
+
+/// The name of the gauge of each upstream's adaptive concurrency limit.
+pub const UPSTREAM_CONCURRENCY_LIMIT: &str = "gateway.upstream.concurrency_limit";
+
+/// The name of the gauge of the requests in flight to each limited upstream.
+pub const UPSTREAM_IN_FLIGHT: &str = "gateway.upstream.in_flight";
+
+/// The name of the counter of requests refused by an upstream's adaptive concurrency limit.
+pub const UPSTREAM_LIMIT_REFUSALS: &str = "gateway.upstream.limit_refusals";
+
+/// The attribute naming a limited upstream: its key.
+const UPSTREAM: &str = "gateway.upstream";
 
 /// The bucket boundaries of [`REQUEST_DURATION`], in seconds: those the semantic conventions
 /// advise for it, given to the SDK as the instrument's advisory boundaries. A view in the meter
@@ -143,6 +165,9 @@ const UPSTREAM_STATE: Key = Key::from_static_str("gateway.upstream_state");
 pub(crate) struct HealthMetrics {
     transitions: Counter<u64>,
     unavailable: UpDownCounter<i64>,
+    limit: Gauge<u64>,
+    in_flight: Gauge<u64>,
+    limit_refusals: Counter<u64>,
 }
 
 impl HealthMetrics {
@@ -160,7 +185,40 @@ impl HealthMetrics {
                 .with_unit("{upstream}")
                 .with_description("Upstreams marked unavailable (open or half-open).")
                 .build(),
+            limit: meter
+                .u64_gauge(UPSTREAM_CONCURRENCY_LIMIT)
+                .with_unit("{request}")
+                .with_description("The adaptive concurrency limit of an upstream.")
+                .build(),
+            in_flight: meter
+                .u64_gauge(UPSTREAM_IN_FLIGHT)
+                .with_unit("{request}")
+                .with_description("Requests in flight to a limited upstream.")
+                .build(),
+            limit_refusals: meter
+                .u64_counter(UPSTREAM_LIMIT_REFUSALS)
+                .with_unit("{request}")
+                .with_description(
+                    "Requests refused at once because an upstream's concurrency limit was reached.",
+                )
+                .build(),
         }
+    }
+
+    /// The end of a window of `upstream`'s adaptive limit: its new limit, and its requests in
+    /// flight.
+    pub(crate) fn limit_window(&self, upstream: &Arc<str>, limit: u32, in_flight: u32) {
+        let attributes = [KeyValue::new(UPSTREAM, StringValue::from(upstream.clone()))];
+        self.limit.record(u64::from(limit), &attributes);
+        self.in_flight.record(u64::from(in_flight), &attributes);
+    }
+
+    /// A request refused by `upstream`'s adaptive limit.
+    pub(crate) fn limit_refused(&self, upstream: &Arc<str>) {
+        self.limit_refusals.add(
+            1,
+            &[KeyValue::new(UPSTREAM, StringValue::from(upstream.clone()))],
+        );
     }
 
     /// A transition to the state named `to`; `unavailable` is the change in the number of

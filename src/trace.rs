@@ -79,6 +79,7 @@ pub(crate) fn request_span<B>(level: Level, request: &Request<B>) -> Span {
                 gateway.stale = Empty,
                 gateway.stale.age_s = Empty,
                 gateway.upstream_state = Empty,
+                gateway.concurrency_limit = Empty,
             )
         };
     }
@@ -131,6 +132,15 @@ pub(crate) fn record_upstream_state(state: &'static str) {
     let span = Span::current();
     if !span.is_disabled() {
         span.record("gateway.upstream_state", state);
+    }
+}
+
+/// Records, on the current span, the adaptive concurrency limit that refused the request.
+pub(crate) fn record_concurrency_limit(limit: u32) {
+    // Only on a refusal: the lookup of the current span is cheap next to the answer.
+    let span = Span::current();
+    if !span.is_disabled() {
+        span.record("gateway.concurrency_limit", i64::from(limit));
     }
 }
 

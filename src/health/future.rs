@@ -14,6 +14,7 @@ use crate::error::ProxyError;
 
 use super::body::HealthBody;
 use super::key::AuthorityKey;
+use super::limit::Permit;
 use super::record::Record;
 use super::state::Table;
 
@@ -31,6 +32,9 @@ pin_project! {
         #[pin]
         state: State<F>,
         record: Option<Record<T>>,
+        // A place under the upstream's adaptive concurrency limit, given back at the head (with
+        // a sample of the upstream's time) or when the request ends without one.
+        permit: Option<Permit>,
         // For a request without a key (no record): the table, told if the response shows the
         // layer placed outside `GatewayErrorLayer`. `None` once it has been told.
         unkeyed: Option<Arc<Table>>,
@@ -59,6 +63,7 @@ impl<F, T> ResponseFuture<F, T> {
         ResponseFuture {
             state: State::Forwarded { future },
             record: Some(record),
+            permit: None,
             unkeyed: None,
         }
     }
@@ -69,14 +74,22 @@ impl<F, T> ResponseFuture<F, T> {
         ResponseFuture {
             state: State::Forwarded { future },
             record: None,
+            permit: None,
             unkeyed: (!table.warned_misplaced()).then(|| table.clone()),
         }
+    }
+
+    /// Holds `permit` until the response head (or the end without one).
+    pub(crate) fn with_permit(mut self, permit: Option<Permit>) -> Self {
+        self.permit = permit;
+        self
     }
 
     pub(crate) fn refused(error: BoxError) -> Self {
         ResponseFuture {
             state: State::Refused { error: Some(error) },
             record: None,
+            permit: None,
             unkeyed: None,
         }
     }
@@ -98,6 +111,9 @@ where
                 .expect("ResponseFuture polled after completion"))),
             StateProj::Forwarded { future } => match ready!(future.poll(cx)) {
                 Ok(response) => {
+                    if let Some(permit) = this.permit.take() {
+                        permit.answered();
+                    }
                     // Only `GatewayErrorLayer` marks its answers so: it runs inside this layer,
                     // which then sees answers where it should see failures.
                     if response.extensions().get::<ProxyError>().is_some() {
@@ -114,6 +130,8 @@ where
                     Poll::Ready(Ok(response.map(|body| HealthBody::new(body, record))))
                 }
                 Err(error) => {
+                    // Not a sample: a quick failure is not a fast upstream.
+                    drop(this.permit.take());
                     let error = error.into();
                     if let Some(record) = this.record.take() {
                         record.failed(&*error, false);

@@ -11,6 +11,7 @@ use crate::classify::Classify;
 
 use super::attempt::Attempt;
 use super::key::ByAuthority;
+use super::limit::AdaptiveLimit;
 use super::service::UpstreamHealth;
 use super::state::{RatioRule, Settings, Table};
 
@@ -245,6 +246,21 @@ impl<K> UpstreamHealthLayer<K> {
         self.set(|s| s.forward = forward)
     }
 
+    /// Limits the requests in flight to each upstream to what it serves without queueing, and
+    /// refuses the rest at once with `503 connection_limit_reached` and `Retry-After` (off by
+    /// default): see [`limit`](super::limit) for the controller, what it measures, and when to
+    /// use it.
+    ///
+    /// ```
+    /// use gateway_errors::health::{AdaptiveLimit, UpstreamHealthLayer};
+    ///
+    /// let layer = UpstreamHealthLayer::new().adaptive_limit(AdaptiveLimit::new().max(500));
+    /// # let _ = layer;
+    /// ```
+    pub fn adaptive_limit(self, limit: AdaptiveLimit) -> Self {
+        self.set(|s| s.limit = Some(limit))
+    }
+
     /// Keys requests by `key` instead of the request URI's scheme and authority: for a router
     /// that picks the upstream some other way. See [`KeyUpstream`](super::KeyUpstream).
     ///
@@ -318,6 +334,7 @@ impl<K> fmt::Debug for UpstreamHealthLayer<K> {
             .field("upstreams", &self.table.capacity())
             .field("forward_when_unavailable", &settings.forward)
             .field("classifiers", &settings.classifiers.len())
+            .field("adaptive_limit", &settings.limit)
             .finish_non_exhaustive()
     }
 }

@@ -169,6 +169,14 @@
 //! - it hangs, with no timeout anywhere: after the [probe timeout](UpstreamHealthLayer::probe_timeout)
 //!   (30 s) it counts as a failed probe.
 //!
+//! # Brownouts: an adaptive concurrency limit
+//!
+//! An upstream that slows down fails nothing until the timeouts. With
+//! [`adaptive_limit`](UpstreamHealthLayer::adaptive_limit), the layer also keeps the requests in
+//! flight to each upstream (keyed the same way) near what it serves without queueing, and
+//! refuses the rest at once with `503 connection_limit_reached` and `Retry-After`: see
+//! [`limit`]. A refusal never counts as a failure of the upstream.
+//!
 //! # A single upstream: forward anyway
 //!
 //! [`forward_when_unavailable(true)`](UpstreamHealthLayer::forward_when_unavailable) keeps the
@@ -220,6 +228,7 @@ pub(crate) mod error;
 pub mod future;
 mod key;
 mod layer;
+pub mod limit;
 mod record;
 mod service;
 mod state;
@@ -228,4 +237,5 @@ pub use attempt::Attempt;
 pub use error::UpstreamUnavailable;
 pub use key::{AuthorityKey, ByAuthority, KeyUpstream};
 pub use layer::UpstreamHealthLayer;
+pub use limit::{AdaptiveLimit, LimitReached};
 pub use service::UpstreamHealth;

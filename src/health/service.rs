@@ -17,6 +17,7 @@ use super::body::HealthBody;
 use super::error::UpstreamUnavailable;
 use super::future::ResponseFuture;
 use super::key::{ByAuthority, KeyUpstream};
+use super::limit::LimitReached;
 use super::record::Record;
 use super::state::{Admission, Table};
 
@@ -92,6 +93,22 @@ where
             return ResponseFuture::unkeyed(self.inner.call(request), &self.table);
         };
         let hash = hasher.finish();
+        // The limit first: a refusal never reaches the breaker, and a request the breaker
+        // refuses gives its place back when its permit is dropped.
+        let permit = match self.table.limits() {
+            None => None,
+            Some(limits) => match limits.acquire(hash, &key, &request) {
+                Ok(permit) => permit,
+                Err(refusal) => {
+                    trace::record_concurrency_limit(refusal.limit);
+                    // Not sent: safe to retry for every method, once the delay has passed.
+                    let error = ProxyError::new(ProxyErrorKind::ConnectionLimitReached)
+                        .with_retry_after(refusal.retry_after)
+                        .with_source(LimitReached::new());
+                    return ResponseFuture::refused(Box::new(error));
+                }
+            },
+        };
         let admission = self.table.admit(hash, &key);
         match admission {
             Admission::Refused(refusal) => {
@@ -111,7 +128,7 @@ where
                     _ => {}
                 }
                 let record = Record::new(self.table.clone(), hash, admission, key);
-                ResponseFuture::forwarded(self.inner.call(request), record)
+                ResponseFuture::forwarded(self.inner.call(request), record).with_permit(permit)
             }
         }
     }

@@ -33,6 +33,7 @@ use crate::random::random_unit;
 use crate::trace::TARGET;
 
 use super::attempt::Attempt;
+use super::limit::{AdaptiveLimit, Limits};
 
 /// The most bytes of a key's name that events show.
 const MAX_NAME: usize = 200;
@@ -70,6 +71,8 @@ pub(crate) struct Settings {
     /// Asked before the default classifier for the kind of an error the rule reads.
     pub(crate) classifiers: Vec<Arc<dyn Classify>>,
     pub(crate) forward: bool,
+    /// The adaptive concurrency limit, if one is set.
+    pub(crate) limit: Option<AdaptiveLimit>,
     #[cfg(feature = "metrics")]
     pub(crate) metrics: Option<crate::metrics::HealthMetrics>,
 }
@@ -89,6 +92,7 @@ impl Default for Settings {
             rule: None,
             classifiers: Vec::new(),
             forward: false,
+            limit: None,
             #[cfg(feature = "metrics")]
             metrics: None,
         }
@@ -329,6 +333,8 @@ pub(crate) struct Table {
     /// The sliding windows of the failure ratio, `BUCKETS` per slot; empty without a ratio rule.
     /// A bucket holds its tick (16 bits), requests (24) and failures (24).
     windows: Box<[AtomicU64]>,
+    /// The adaptive concurrency limits, when set: nothing is made without them.
+    limits: Option<Arc<Limits>>,
 }
 
 impl Table {
@@ -357,12 +363,24 @@ impl Table {
                 })
                 .collect(),
             windows: (0..windows).map(|_| AtomicU64::new(0)).collect(),
+            limits: settings.limit.clone().map(|limit| {
+                Arc::new(Limits::new(
+                    limit,
+                    #[cfg(feature = "metrics")]
+                    settings.metrics.clone(),
+                ))
+            }),
             settings,
         }
     }
 
     pub(crate) fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// The adaptive concurrency limits, when set.
+    pub(crate) fn limits(&self) -> Option<&Arc<Limits>> {
+        self.limits.as_ref()
     }
 
     /// The hasher keys are hashed with: keyed per table, so hashes cannot be predicted.

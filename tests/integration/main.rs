@@ -16,6 +16,7 @@ mod grpc_demo;
 #[path = "../../examples/support/proxy.rs"]
 mod proxy;
 
+mod adaptive;
 mod after_the_head;
 mod axum_router;
 mod bodies;
