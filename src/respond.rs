@@ -27,7 +27,7 @@ use crate::grpc::answer as grpc_answer;
 use crate::grpc::call::{GRPC_STATUS, GrpcCall, status_in_headers};
 use crate::headers::retry_after::RetryAfter;
 use crate::headers::{PROXY_STATUS, append_member, with_details, with_tls_alert};
-use crate::health::UpstreamUnavailable;
+use crate::health::{LimitReached, UpstreamUnavailable};
 use crate::interim::check_final_interim;
 use crate::kind::{Phase, ProxyErrorKind};
 use crate::negotiate::Format;
@@ -330,9 +330,9 @@ fn generate<B>(
             cause: StdError::source(&error),
             intercepted: received.is_some(),
             fault,
-            // The breaker logged the outage when it marked the upstream; its refusals are not
-            // news.
-            known: chain(&error).any(|e| e.is::<UpstreamUnavailable>()),
+            // The breaker logged the outage when it marked the upstream, and the limit its fall:
+            // their refusals are not news.
+            known: chain(&error).any(|e| e.is::<UpstreamUnavailable>() || e.is::<LimitReached>()),
         },
     );
     #[cfg(feature = "metrics")]

@@ -17,6 +17,7 @@ use tower::retry::budget::{Budget, TpsBudget};
 
 use crate::error::{ProxyError, chain};
 use crate::health::error::UpstreamUnavailable;
+use crate::health::limit::LimitReached;
 use crate::random::random_unit;
 use crate::trace::TARGET;
 
@@ -312,6 +313,17 @@ where
             return None;
         }
         let error_type = error.kind().map_or("", |kind| kind.token());
+        if chain(error).any(|e| e.is::<LimitReached>()) {
+            // The upstream has all the requests it can serve: a retry from here would only add
+            // to them. The client is told when to come back (`Retry-After`).
+            tracing::event!(
+                target: TARGET,
+                tracing::Level::DEBUG,
+                error.type = error_type,
+                "not retrying: the upstream's concurrency limit is reached",
+            );
+            return None;
+        }
         if chain(error).any(|e| e.is::<UpstreamUnavailable>()) {
             // The upstream is known to be down: a retry would only be refused again, or take the
             // place of the probe that finds out when it is back.
@@ -446,5 +458,26 @@ mod tests {
         let dated = ProxyError::new(crate::ProxyErrorKind::ConnectionRefused)
             .with_retry_hint(true, Some(date.into()));
         assert_eq!(policy.wait(1, &dated), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_for_a_full_upstream_is_never_retried_from_here() {
+        use tower::retry::Policy as _;
+        let answer = |error: ProxyError| {
+            let mut response = Response::new(());
+            response
+                .extensions_mut()
+                .insert(error.with_retry_hint(true, Some(Duration::from_secs(1).into())));
+            Ok::<_, std::convert::Infallible>(response)
+        };
+        let mut request = Request::get("/orders").body(String::new()).unwrap();
+        let limited = ProxyError::new(crate::ProxyErrorKind::ConnectionLimitReached)
+            .with_source(LimitReached::new());
+        let mut policy = RetryPolicy::new().jitter(0.0);
+        assert!(policy.retry(&mut request, &mut answer(limited)).is_none());
+        // The same kind without the limit behind it (a full pool of the client's): retried.
+        let pool_full = ProxyError::new(crate::ProxyErrorKind::ConnectionLimitReached);
+        let mut policy = RetryPolicy::new().jitter(0.0);
+        assert!(policy.retry(&mut request, &mut answer(pool_full)).is_some());
     }
 }
