@@ -510,12 +510,12 @@ async fn the_example_gateway_replaces_a_clients_forwarding_fields_with_its_own()
 
 #[test]
 fn forwarded_values_quote_what_is_no_token() {
-    let v4 = "192.0.2.7".parse().unwrap();
+    let v4 = "127.0.2.7".parse().unwrap();
     let v6 = "2001:db8::17".parse().unwrap();
     let host_port = Authority::from_static("shop.test:8080");
     let v6_host = Authority::from_static("[2001:db8::1]:443");
     let cases = [
-        (Some(v4), None, "for=192.0.2.7;proto=http"),
+        (Some(v4), None, "for=127.0.2.7;proto=http"),
         (
             Some(v6),
             Some(&host_port),
