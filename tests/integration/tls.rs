@@ -490,6 +490,16 @@ async fn certificate_failure(
     (answer, events)
 }
 
+/// An HTTP/1.1 origin whose certificate, issued by `ca`, expired long ago.
+async fn expired_origin(ca: &Ca) -> Origin {
+    tls_origin(server_config(
+        leaf(ca, ip_san(), Validity::Expired),
+        &[b"http/1.1"],
+        None,
+    ))
+    .await
+}
+
 const CERTIFICATE_ERROR: &str = "edge-1; error=tls_certificate_error";
 
 #[tokio::test]
@@ -559,12 +569,7 @@ async fn a_certificate_for_another_name_is_a_certificate_error() {
 #[tokio::test]
 async fn the_reason_is_in_proxy_status_details_only_when_turned_on() {
     let ca = Ca::new("test CA");
-    let origin = tls_origin(server_config(
-        leaf(&ca, ip_san(), Validity::Expired),
-        &[b"http/1.1"],
-        None,
-    ))
-    .await;
+    let origin = expired_origin(&ca).await;
     let pem = ca.pem_file();
     let upstream = format!("https://{}", origin.addr);
     let quiet = gateway(&upstream, Some(&pem), false).await;
@@ -680,12 +685,7 @@ async fn a_tls_server_spoken_to_over_plain_http_is_an_http_protocol_error() {
 #[tokio::test]
 async fn an_upstream_with_an_expired_certificate_is_marked_unavailable_by_the_breaker() {
     let ca = Ca::new("test CA");
-    let origin = tls_origin(server_config(
-        leaf(&ca, ip_san(), Validity::Expired),
-        &[b"http/1.1"],
-        None,
-    ))
-    .await;
+    let origin = expired_origin(&ca).await;
     let pem = ca.pem_file();
     let upstream = format!("https://{}", origin.addr);
     let proxy = Proxy::new(&upstream.parse().expect("a URI"), PROXY_NAME, 1024)
