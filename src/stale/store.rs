@@ -417,7 +417,7 @@ mod tests {
     static CAPTURING: std::sync::LazyLock<Policy> = std::sync::LazyLock::new(Policy::default);
 
     use super::*;
-    use crate::stale::copy::Admission;
+    use crate::stale::admission::Admission;
     use crate::stale::request::CapturedRequest;
 
     fn policy(max_bytes: usize, max_entries: usize) -> Policy {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::copy::Admission;
+use super::admission::Admission;
 use super::store::Store;
 
 /// A body being copied for the store. Boxed in the response body only for a response that is
