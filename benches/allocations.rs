@@ -581,7 +581,7 @@ fn main() {
         // The last-good-copy store: what a request that cannot use it costs (nothing), what a
         // stored response costs, and what an answer from a copy costs.
         let stale = layer.clone().stale_if_error(
-            gateway_errors::stale::StaleIfError::new().default_window(Duration::from_secs(3600)),
+            gateway_errors::stale::Store::new().default_window(Duration::from_secs(3600)),
         );
         let page = Bytes::from(vec![b'x'; 4096]);
         row(

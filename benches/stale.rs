@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group};
 use gateway_errors::body::UploadBody;
-use gateway_errors::stale::StaleIfError;
+use gateway_errors::stale::Store;
 use gateway_errors::{GatewayErrorLayer, ProxyName};
 use http::header::{CACHE_CONTROL, HOST};
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
@@ -124,8 +124,8 @@ fn cases(runtime: &Rc<tokio::runtime::Runtime>) -> Vec<Case> {
         (name, Box::new(move || runtime.block_on(once(&service))))
     }
     let layer = GatewayErrorLayer::new().proxy_name(ProxyName::from_static("edge-1"));
-    let store = || StaleIfError::new().default_window(Duration::from_secs(3600));
-    let with_store = |store: &StaleIfError| layer.clone().stale_if_error(store.clone());
+    let store = || Store::new().default_window(Duration::from_secs(3600));
+    let with_store = |store: &Store| layer.clone().stale_if_error(store.clone());
     let page = |bytes: usize| Bytes::from(vec![b'x'; bytes]);
 
     let mut cases = Vec::new();

@@ -74,7 +74,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gateway_errors::health::{AdaptiveLimit, UpstreamHealthLayer};
-use gateway_errors::stale::StaleIfError;
+use gateway_errors::stale::Store;
 use gateway_errors::{GatewayErrorLayer, ProxyName};
 use http::{Request, Uri};
 use tokio::net::TcpListener;
@@ -320,7 +320,7 @@ async fn main() -> Result<(), BoxError> {
             layer = layer.client_body_timeout(timeout);
         }
         if let Some(window) = options.stale {
-            layer = layer.stale_if_error(StaleIfError::new().default_window(window));
+            layer = layer.stale_if_error(Store::new().default_window(window));
         }
         // Held until the server is done: dropping it exports the metrics a last time.
         let (layer, meters) = metrics::with_metrics(layer, options.metrics);

@@ -362,7 +362,7 @@ mod tests {
     /// Sends `body` through a copy for `store`, as the layer does for a GET it may store, and
     /// returns what the client read.
     async fn through_a_copy(
-        store: &crate::stale::StaleIfError,
+        store: &crate::stale::Store,
         body: impl Body<Data = Bytes, Error = std::io::Error>,
     ) -> Bytes {
         let request = http::Request::get("/page")
@@ -383,7 +383,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_copy_is_stored_only_for_a_whole_body_within_the_limit_and_without_trailers() {
-        let store = crate::stale::StaleIfError::new()
+        let store = crate::stale::Store::new()
             .default_window(Duration::from_secs(60))
             .max_response_bytes(8);
         let data = |bytes: &'static [u8]| Frame::data(Bytes::from_static(bytes));

@@ -17,7 +17,7 @@ use crate::headers::{ProxyName, ProxyStatusValues};
 use crate::negotiate::Format;
 use crate::render::Templates;
 use crate::retry::hint::RetryRules;
-use crate::stale::StaleIfError;
+use crate::stale::Store;
 
 /// nginx's `client_body_timeout`: a client whose upload is silent this long is answered 408.
 pub(crate) const DEFAULT_CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -48,7 +48,7 @@ pub(crate) struct Settings {
     /// loop detection is off, and `CDN-Loop` is left as it is.
     pub(crate) loop_threshold: Option<u32>,
     /// The last-good-copy store, if one is configured.
-    pub(crate) stale: Option<StaleIfError>,
+    pub(crate) stale: Option<Store>,
     #[cfg(feature = "metrics")]
     pub(crate) metrics: Option<crate::metrics::Metrics>,
 }

@@ -18,7 +18,7 @@ use crate::render::RenderBody;
 use crate::render::template::Template;
 use crate::retry::{RetryAfter, RetryFacts};
 use crate::service::GatewayErrorService;
-use crate::stale::StaleIfError;
+use crate::stale::Store;
 
 /// Wraps a proxying service so that every upstream failure becomes a correct, consistent,
 /// observable response. See the [crate docs](crate) for the whole picture.
@@ -335,14 +335,14 @@ impl GatewayErrorLayer {
     /// ```
     /// use std::time::Duration;
     /// use gateway_errors::GatewayErrorLayer;
-    /// use gateway_errors::stale::StaleIfError;
+    /// use gateway_errors::stale::Store;
     ///
     /// // Copies answer up to an hour past their freshness when the origin names no window.
-    /// let store = StaleIfError::new().default_window(Duration::from_secs(3600));
+    /// let store = Store::new().default_window(Duration::from_secs(3600));
     /// let layer = GatewayErrorLayer::new().stale_if_error(store.clone());
     /// # let _ = layer;
     /// ```
-    pub fn stale_if_error(self, store: StaleIfError) -> Self {
+    pub fn stale_if_error(self, store: Store) -> Self {
         self.set(|s| s.stale = Some(store))
     }
 }

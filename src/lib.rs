@@ -168,7 +168,7 @@
 //!
 //! # While the origin is down
 //!
-//! With a [`StaleIfError`](stale::StaleIfError) store ([`GatewayErrorLayer::stale_if_error`]),
+//! With a [`stale::Store`] ([`GatewayErrorLayer::stale_if_error`]),
 //! the layer keeps the last good copy of the GET responses a shared cache may store, and where it
 //! would answer a GET or HEAD with a 500, 502, 503 or 504, a copy within its `stale-if-error`
 //! window (RFC 5861; the origin's, else the operator's) answers instead: the stored page byte for
@@ -198,7 +198,7 @@
 //! | [`headers`] | `Proxy-Status`, [`ProxyName`]'s error |
 //! | [`retry`] | the retry hint's facts, [`RetryAfter`](retry::RetryAfter), [`RetryPolicy`](retry::RetryPolicy) |
 //! | [`grpc`] | [`GrpcCode`](grpc::GrpcCode) |
-//! | [`stale`] | [`StaleIfError`](stale::StaleIfError): the last good copy answers while the origin is down |
+//! | [`stale`] | [`Store`](stale::Store): the last good copy answers while the origin is down |
 //! | [`health`] | [`UpstreamHealthLayer`](health::UpstreamHealthLayer): remember a failing upstream, 503 `destination_unavailable` while it is down, one probe at a time |
 //! | [`future`], [`body`] | the service's future and response body |
 //! | [`error`] | the crate's other error types |

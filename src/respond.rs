@@ -33,7 +33,7 @@ use crate::kind::{Phase, ProxyErrorKind};
 use crate::negotiate::Format;
 use crate::render::{ErrorView, UNRECOGNIZED_DETAIL};
 use crate::retry::RetryFacts;
-use crate::stale::{FromCopy, Hides, StaleIfError};
+use crate::stale::{Hides, StaleCopy, Store};
 use crate::trace::{self, BodyTrace};
 
 /// What the answer will need, kept from the request until the outcome is known.
@@ -366,14 +366,14 @@ fn generate<B>(
 
 /// An origin error a copy answers in place of, when one may: a copy whose origin sent
 /// `stale-if-error`, or any copy for a status the operator names (see
-/// [`StaleIfError::answer_origin_errors`](crate::stale::StaleIfError::answer_origin_errors)).
+/// [`Store::failure_statuses`](crate::stale::Store::failure_statuses)).
 fn origin_error_from_copy<B>(
     pending: &Pending,
     status: StatusCode,
 ) -> Option<Response<GatewayBody<B>>> {
     if pending.config.stale.is_none()
         || pending.facts.stale.is_none()
-        || !StaleIfError::may_hide(status, None)
+        || !Store::may_hide(status, None)
     {
         return None;
     }
@@ -399,7 +399,7 @@ fn from_copy<B>(
     };
     let hidden = error.status();
     // A copy stands in only for the upstream's failure: never for what a client did.
-    if !error.fault().is_upstream() || !StaleIfError::may_hide(hidden, error.kind()) {
+    if !error.fault().is_upstream() || !Store::may_hide(hidden, error.kind()) {
         return Err(error);
     }
     let Some(answer) = store.answer(request, hides) else {
@@ -445,7 +445,7 @@ fn from_copy<B>(
     let mut response = Response::new(GatewayBody::generated(body));
     *response.status_mut() = sent;
     *response.headers_mut() = headers;
-    response.extensions_mut().insert(FromCopy::new(age, error));
+    response.extensions_mut().insert(StaleCopy::new(age, error));
     // An outer layer leaves it alone, as it leaves a generated error.
     response.extensions_mut().insert(Generated);
     Ok(response)

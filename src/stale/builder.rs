@@ -9,34 +9,34 @@ use std::time::Duration;
 use http::StatusCode;
 use http::header::HeaderName;
 
-use super::StaleIfError;
+use super::Store;
 use super::policy::{MAX_VARY_HEADERS, Policy};
-use super::store::Store;
+use super::store::Shared;
 
-impl Default for StaleIfError {
+impl Default for Store {
     fn default() -> Self {
-        StaleIfError::new()
+        Store::new()
     }
 }
 
-impl StaleIfError {
+impl Store {
     /// An empty store: 64 MiB in all, 1 MiB per body, 10,000 copies, no default window (only
     /// responses with a `stale-if-error` of their own are stored), variants on
     /// `Accept-Encoding`, `Accept`, `Accept-Language` and `Origin`, no origin error answered.
     pub fn new() -> Self {
-        StaleIfError::with_policy(Policy::default())
+        Store::with_policy(Policy::default())
     }
 
     fn with_policy(policy: Policy) -> Self {
-        StaleIfError {
-            store: Arc::new(Store::new(policy)),
+        Store {
+            store: Arc::new(Shared::new(policy)),
         }
     }
 
     fn set(self, change: impl FnOnce(&mut Policy)) -> Self {
         let mut policy = self.store.policy.clone();
         change(&mut policy);
-        StaleIfError::with_policy(policy)
+        Store::with_policy(policy)
     }
 
     /// The operator's window: how long past its freshness a copy of a response that names no
@@ -49,7 +49,7 @@ impl StaleIfError {
     /// for as long as the budget holds them.
     ///
     /// A copy kept under this window alone answers the layer's own errors, not the origin's
-    /// (see [`answer_origin_errors`](Self::answer_origin_errors)).
+    /// (see [`failure_statuses`](Self::failure_statuses)).
     pub fn default_window(self, window: Duration) -> Self {
         self.set(|p| p.default_window = Some(window))
     }
@@ -81,13 +81,13 @@ impl StaleIfError {
     /// is not stored.
     ///
     /// ```
-    /// use gateway_errors::stale::StaleIfError;
+    /// use gateway_errors::stale::Store;
     /// use http::header::{ACCEPT_ENCODING, HeaderName};
     ///
-    /// let store = StaleIfError::new()
+    /// let store = Store::new()
     ///     .vary_headers([ACCEPT_ENCODING, HeaderName::from_static("x-device")])
     ///     .unwrap();
-    /// let too_many = StaleIfError::new().vary_headers(
+    /// let too_many = Store::new().vary_headers(
     ///     (0..7).map(|i| HeaderName::try_from(format!("x-{i}")).unwrap()),
     /// );
     /// assert!(too_many.is_err());
@@ -109,15 +109,16 @@ impl StaleIfError {
         Ok(self.set(|p| p.vary_headers = unique))
     }
 
-    /// Origin statuses any copy answers in place of, where one may (for a GET or HEAD, within the
-    /// window); without a usable copy the origin's response passes through as before. Only
+    /// Origin statuses treated as the upstream failing: any copy answers in place of them, where
+    /// one may (for a GET or HEAD, within the window); without a usable copy the origin's
+    /// response passes through as before. Only
     /// RFC 5861's errors count, 500, 502, 503 and 504; others are ignored. None by default: an
     /// origin's own errors then pass through unchanged, except where a copy's origin sent
     /// `stale-if-error`, which asks for that copy in place of all four (RFC 5861 §4).
     ///
     /// The client then sees `Proxy-Status: <name>; received-status=503` and
     /// `Cache-Status: <name>; fwd=stale; fwd-status=503; ...`.
-    pub fn answer_origin_errors(self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
+    pub fn failure_statuses(self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
         let statuses: Vec<StatusCode> = statuses
             .into_iter()
             .filter(|&status| Policy::is_error(status))
@@ -161,10 +162,10 @@ impl StaleIfError {
     }
 }
 
-impl fmt::Debug for StaleIfError {
+impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let policy = &self.store.policy;
-        f.debug_struct("StaleIfError")
+        f.debug_struct("Store")
             .field("copies", &self.len())
             .field("bytes", &self.bytes())
             .field("max_bytes", &policy.max_bytes)
@@ -178,7 +179,7 @@ impl fmt::Debug for StaleIfError {
     }
 }
 
-/// [`StaleIfError::vary_headers`] was given more than 6 distinct names.
+/// [`Store::vary_headers`] was given more than 6 distinct names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TooManyVaryHeaders(());
 
@@ -199,7 +200,7 @@ mod tests {
 
     #[test]
     fn only_rfc_5861_errors_are_answered_in_place_of_the_origin() {
-        let store = StaleIfError::new().answer_origin_errors(
+        let store = Store::new().failure_statuses(
             [404, 500, 501, 503, 505, 200].map(|code| StatusCode::from_u16(code).unwrap()),
         );
         for (code, answered) in [
@@ -218,7 +219,7 @@ mod tests {
 
     #[test]
     fn each_builder_call_makes_a_new_store_and_clones_share_one() {
-        let store = StaleIfError::new();
+        let store = Store::new();
         let clone = store.clone();
         assert!(Arc::ptr_eq(&store.store, &clone.store));
         let changed = store.clone().max_entries(5);

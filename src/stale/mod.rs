@@ -3,7 +3,7 @@
 //! A 5xx costs more than one page view. A visitor sees an error for a page the gateway served a
 //! minute ago; a crawler lowers its crawl rate for the whole host, and one that gets a 5xx for
 //! `robots.txt` stops crawling altogether (RFC 9309 §2.3.1, "Unreachable" status). RFC 5861's `stale-if-error` lets a
-//! cache answer with a stored copy instead, and [`StaleIfError`] is such a store, for the layer:
+//! cache answer with a stored copy instead, and a [`Store`] keeps such copies for the layer:
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -15,7 +15,7 @@
 //! use bytes::Bytes;
 //! use gateway_errors::body::UploadBody;
 //! use gateway_errors::headers::{CACHE_STATUS, PROXY_STATUS};
-//! use gateway_errors::stale::{FromCopy, StaleIfError};
+//! use gateway_errors::stale::{StaleCopy, Store};
 //! use gateway_errors::{GatewayErrorLayer, ProxyErrorKind, ProxyName};
 //! use http::{Request, Response, StatusCode};
 //! use http_body_util::{BodyExt, Full};
@@ -40,7 +40,7 @@
 //!
 //! // One store, shared by every clone of the layer and of its services; the operator allows
 //! // copies up to an hour past their freshness.
-//! let store = StaleIfError::new().default_window(Duration::from_secs(3600));
+//! let store = Store::new().default_window(Duration::from_secs(3600));
 //! let layer = GatewayErrorLayer::new()
 //!     .proxy_name(ProxyName::from_static("edge-1"))
 //!     .stale_if_error(store.clone());
@@ -64,8 +64,8 @@
 //! assert_eq!(second.headers()["age"], "1");
 //! assert_eq!(second.headers()[&CACHE_STATUS], "edge-1; fwd=stale; fwd-status=502; ttl=59");
 //! assert_eq!(second.headers()[&PROXY_STATUS], "edge-1; error=connection_refused");
-//! let from_copy = second.extensions().get::<FromCopy>().unwrap();
-//! assert_eq!(from_copy.error().kind(), Some(ProxyErrorKind::ConnectionRefused));
+//! let stale_copy = second.extensions().get::<StaleCopy>().unwrap();
+//! assert_eq!(stale_copy.error().kind(), Some(ProxyErrorKind::ConnectionRefused));
 //! assert_eq!(second.into_body().collect().await.unwrap().to_bytes(), body);
 //! # }
 //! ```
@@ -84,13 +84,13 @@
 //!   `max-age=60; private`) fails closed: if it names `private`, `no-store` or `no-cache`
 //!   anywhere, that directive counts as given;
 //! - a window applies: the origin's `stale-if-error=N`, else the operator's
-//!   [`default_window`](StaleIfError::default_window); without either nothing is stored;
-//! - it sets no cookie (`Set-Cookie`), unless [`strip_set_cookie`](StaleIfError::strip_set_cookie)
+//!   [`default_window`](Store::default_window); without either nothing is stored;
+//! - it sets no cookie (`Set-Cookie`), unless [`strip_set_cookie`](Store::strip_set_cookie)
 //!   has it stored without them; a copy never hands one visitor's cookie to another;
 //! - a request with `Authorization` only when the response says `public` (RFC 9111 §3.5);
 //! - a request with `Cache-Control: no-store` never (RFC 9111 §5.2.1, `no-store`);
 //! - `Vary`: never `Vary: *`. Each header a response varies on must be one of the store's
-//!   [`vary_headers`](StaleIfError::vary_headers) (by default `Accept-Encoding`, `Accept`,
+//!   [`vary_headers`](Store::vary_headers) (by default `Accept-Encoding`, `Accept`,
 //!   `Accept-Language` and `Origin`), because the layer reads those request headers when the
 //!   request arrives, before it knows what the response will vary on; a response that varies
 //!   on another header, or on a header the request sent on more than one line, is not stored.
@@ -98,7 +98,7 @@
 //!   names. A value is kept as a 64-bit hash under a key of the store's own (eight bytes in
 //!   every request, whatever its length), so two different values of one header of one page
 //!   match by chance about once in 2^64, and a client cannot make them;
-//! - its body is at most [`max_response_bytes`](StaleIfError::max_response_bytes). A body
+//! - its body is at most [`max_response_bytes`](Store::max_response_bytes). A body
 //!   declared larger is not copied at all; one that grows past the limit stops being copied. Either
 //!   way it streams on untouched: the copy is made as each frame passes, and no frame ever waits
 //!   for it;
@@ -127,8 +127,8 @@
 //! response to a GET of that URI that arrived before the write is not stored, however late it
 //! ends: it may be the page as it was.
 //!
-//! The store is bounded: at most [`max_bytes`](StaleIfError::max_bytes) in all (bodies, heads and
-//! keys) and at most [`max_entries`](StaleIfError::max_entries) copies (each variant counts), the
+//! The store is bounded: at most [`max_bytes`](Store::max_bytes) in all (bodies, heads and
+//! keys) and at most [`max_entries`](Store::max_entries) copies (each variant counts), the
 //! least recently used evicted first; at most 8 variants per key. The copies being made count
 //! too: a body with a `Content-Length` is charged its whole length when its copy starts (that is
 //! the buffer reserved for it), one without is charged frame by frame. Copies being made may hold
@@ -151,7 +151,8 @@
 //!
 //! - from a copy whose origin sent `stale-if-error`: RFC 5861 §4 is the origin asking for exactly
 //!   that, and other HTTP caches read it so;
-//! - from any copy when the store [answers that status](StaleIfError::answer_origin_errors).
+//! - from any copy when the status is one of the store's
+//!   [`failure_statuses`](Store::failure_statuses).
 //!
 //! Otherwise, for a copy kept under the operator's window only, the origin's error passes
 //! through unchanged, as always: the origin did not ask for it to be hidden.
@@ -160,7 +161,7 @@
 //! §4.2.3, less its freshness lifetime, §4.2.1) is within:
 //!
 //! - the origin's `stale-if-error=N`, when the response had one, else the operator's
-//!   [`default_window`](StaleIfError::default_window) (any duration, `Duration::MAX` included:
+//!   [`default_window`](Store::default_window) (any duration, `Duration::MAX` included:
 //!   every window and age saturates rather than overflows);
 //! - shortened by the request's own `Cache-Control: stale-if-error=N`; a request never widens
 //!   it.
@@ -195,7 +196,7 @@
 //!   `<proxy name>; error=connection_refused`, or `received-status=503` for an origin error;
 //! - no `Warning` (RFC 9111 obsoleted it).
 //!
-//! The response carries [`FromCopy`] in its extensions: the copy's age and the [`ProxyError`]
+//! The response carries [`StaleCopy`] in its extensions: the copy's age and the [`ProxyError`]
 //! it hid, for an outer layer or a log.
 //!
 //! # What operators see
@@ -248,11 +249,11 @@ pub(crate) mod tee;
 
 use std::sync::Arc;
 
-use store::Store;
+use store::Shared;
 
 pub use builder::TooManyVaryHeaders;
-pub use serve::FromCopy;
 pub(crate) use serve::Hides;
+pub use serve::StaleCopy;
 
 /// A bounded store of last good copies, and when they may answer: give it to
 /// [`GatewayErrorLayer::stale_if_error`](crate::GatewayErrorLayer::stale_if_error). See the
@@ -263,19 +264,19 @@ pub(crate) use serve::Hides;
 ///
 /// ```
 /// use std::time::Duration;
-/// use gateway_errors::stale::StaleIfError;
+/// use gateway_errors::stale::Store;
 /// use http::StatusCode;
 ///
-/// let store = StaleIfError::new()
+/// let store = Store::new()
 ///     .default_window(Duration::from_secs(24 * 3600)) // copies up to a day past freshness
 ///     .max_bytes(256 * 1024 * 1024)                   // 256 MiB in all
 ///     .max_response_bytes(4 * 1024 * 1024)            // no body over 4 MiB
-///     .answer_origin_errors([StatusCode::SERVICE_UNAVAILABLE]);
+///     .failure_statuses([StatusCode::SERVICE_UNAVAILABLE]);
 /// assert!(store.is_empty());
 /// ```
 #[derive(Clone)]
-pub struct StaleIfError {
-    store: Arc<Store>,
+pub struct Store {
+    store: Arc<Shared>,
 }
 
 #[cfg(test)]

@@ -6,12 +6,12 @@ use bytes::Bytes;
 use http::header::HeaderMap;
 use http::{Request, StatusCode};
 
-use super::StaleIfError;
+use super::Store;
 use super::admission::Admission;
 use super::request::{Access, CapturedRequest};
 use super::tee::Tee;
 
-impl StaleIfError {
+impl Store {
     /// What the store needs of `request`, read when it arrives; `None` when it has no use for it.
     pub(crate) fn capture<B>(&self, request: &Request<B>) -> Option<CapturedRequest> {
         let mut captured = CapturedRequest::capture(&self.store.policy, request)?;
@@ -62,7 +62,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_read_that_began_before_a_successful_write_does_not_store_its_response() {
-        let store = StaleIfError::new().default_window(Duration::from_secs(60));
+        let store = Store::new().default_window(Duration::from_secs(60));
         let request = |method: http::Method| {
             let request = Request::builder()
                 .method(method)

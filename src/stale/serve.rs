@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderValue};
 
-use super::StaleIfError;
+use super::Store;
 use super::copy::{StoredCopy, Verdict};
 use super::policy::Policy;
 use super::request::{Access, CapturedRequest};
@@ -17,7 +17,7 @@ use crate::error::ProxyError;
 use crate::headers::CACHE_STATUS;
 use crate::kind::ProxyErrorKind;
 
-impl StaleIfError {
+impl Store {
     /// Whether a copy may stand in for an error of this status and kind: a 500, 502, 503 or 504,
     /// but never a forwarding loop, which is this gateway's own configuration (a copy would hide
     /// it for as long as the copy lasts).
@@ -26,7 +26,7 @@ impl StaleIfError {
     }
 
     /// Whether the operator lets any copy answer in place of this origin status
-    /// ([`answer_origin_errors`](Self::answer_origin_errors)).
+    /// ([`failure_statuses`](Self::failure_statuses)).
     pub(crate) fn answers_origin_status(&self, status: StatusCode) -> bool {
         self.store.policy.answers_origin_status(status)
     }
@@ -129,26 +129,26 @@ impl Answer {
     }
 }
 
-/// What a response answered from a stale copy carries in its extensions: the copy's age as sent
+/// What a response answered from a copy carries in its extensions: the copy's age as sent
 /// in `Age`, and the error the copy hid.
 ///
 /// ```
-/// use gateway_errors::stale::FromCopy;
+/// use gateway_errors::stale::StaleCopy;
 /// # fn inspect(response: http::Response<()>) {
-/// if let Some(from_copy) = response.extensions().get::<FromCopy>() {
-///     println!("a copy {:?} old hid {:?}", from_copy.age(), from_copy.error().kind());
+/// if let Some(stale_copy) = response.extensions().get::<StaleCopy>() {
+///     println!("a copy {:?} old hid {:?}", stale_copy.age(), stale_copy.error().kind());
 /// }
 /// # }
 /// ```
 #[derive(Debug, Clone)]
-pub struct FromCopy {
+pub struct StaleCopy {
     age: Duration,
     error: ProxyError,
 }
 
-impl FromCopy {
+impl StaleCopy {
     pub(crate) fn new(age: u64, error: ProxyError) -> Self {
-        FromCopy {
+        StaleCopy {
             age: Duration::from_secs(age),
             error,
         }
@@ -182,7 +182,7 @@ mod tests {
                 .body(())
                 .unwrap()
         };
-        let answers = |store: &StaleIfError, cache_control: &'static str, hides: Hides| {
+        let answers = |store: &Store, cache_control: &'static str, hides: Hides| {
             store.clear();
             let request = store.capture(&get()).unwrap();
             let mut head = HeaderMap::new();
@@ -202,7 +202,7 @@ mod tests {
         let asked = "max-age=60, stale-if-error=60";
         let unasked = "max-age=60";
 
-        let store = StaleIfError::new().default_window(Duration::from_secs(60));
+        let store = Store::new().default_window(Duration::from_secs(60));
         for code in [500, 502, 503, 504] {
             assert!(answers(&store, asked, origin(code)), "{code}");
             assert!(!answers(&store, unasked, origin(code)), "{code}");
@@ -213,7 +213,7 @@ mod tests {
         assert!(answers(&store, unasked, Hides::LayerError));
 
         // The operator's statuses: any copy.
-        let opted = store.answer_origin_errors([StatusCode::SERVICE_UNAVAILABLE]);
+        let opted = store.failure_statuses([StatusCode::SERVICE_UNAVAILABLE]);
         assert!(answers(&opted, unasked, origin(503)));
         assert!(!answers(&opted, unasked, origin(502)));
     }

@@ -30,7 +30,9 @@ const NIL: usize = usize::MAX;
 /// The slots of the write generation table: 4 KiB per store.
 pub(crate) const EPOCH_SLOTS: usize = 1024;
 
-pub(crate) struct Store {
+/// What every handle to one store shares: the operator's policy, the copies held, and the
+/// budget of the copies being made.
+pub(crate) struct Shared {
     pub(crate) policy: Policy,
     lru: Mutex<Lru>,
     /// The number of copies, readable without the lock: an empty store costs a write nothing.
@@ -44,9 +46,9 @@ pub(crate) struct Store {
     epoch_hasher: RandomState,
 }
 
-impl Store {
+impl Shared {
     pub(crate) fn new(policy: Policy) -> Self {
-        Store {
+        Shared {
             policy,
             lru: Mutex::new(Lru::default()),
             len: AtomicUsize::new(0),
@@ -458,7 +460,7 @@ mod tests {
         Admission::decide(policy, request, StatusCode::OK, &head).unwrap()
     }
 
-    fn body_of(store: &Store, request: &CapturedRequest) -> Option<Bytes> {
+    fn body_of(store: &Shared, request: &CapturedRequest) -> Option<Bytes> {
         store
             .find(&request.key(), &request.vary)
             .map(|copy| copy.body.clone())
@@ -469,7 +471,7 @@ mod tests {
         let loose = policy(usize::MAX, usize::MAX);
         let one = copy(&loose, &request("/a", None), &[b'a'; 1000]).size;
         // Room for three copies of this size, not four.
-        let store = Store::new(policy(one * 3 + one / 2, usize::MAX));
+        let store = Shared::new(policy(one * 3 + one / 2, usize::MAX));
         let [a, b, c, d] = ["/a", "/b", "/c", "/d"].map(|path| request(path, None));
         for r in [&a, &b, &c] {
             store.insert(copy(&store.policy, r, &[b'x'; 1000]));
@@ -488,14 +490,14 @@ mod tests {
 
     #[tokio::test]
     async fn the_number_of_copies_is_bounded_and_an_oversized_copy_is_refused() {
-        let store = Store::new(policy(usize::MAX, 2));
+        let store = Shared::new(policy(usize::MAX, 2));
         for path in ["/1", "/2", "/3"] {
             store.insert(copy(&store.policy, &request(path, None), b"x"));
         }
         assert_eq!(store.len(), 2);
         assert!(body_of(&store, &request("/1", None)).is_none());
 
-        let small = Store::new(policy(100, 10));
+        let small = Shared::new(policy(100, 10));
         small.insert(copy(&small.policy, &request("/big", None), &[0; 200]));
         assert_eq!(small.len(), 0);
         assert_eq!(small.bytes(), 0);
@@ -503,7 +505,7 @@ mod tests {
 
     #[tokio::test]
     async fn variants_live_side_by_side_and_a_new_one_replaces_its_own() {
-        let store = Store::new(policy(usize::MAX, usize::MAX));
+        let store = Shared::new(policy(usize::MAX, usize::MAX));
         let gzip = request("/p", Some("gzip"));
         let plain = request("/p", None);
         store.insert(copy(&store.policy, &gzip, b"gzip v1"));
@@ -527,7 +529,7 @@ mod tests {
 
     #[tokio::test]
     async fn invalidating_a_key_drops_every_variant_and_nothing_else() {
-        let store = Store::new(policy(usize::MAX, usize::MAX));
+        let store = Shared::new(policy(usize::MAX, usize::MAX));
         store.insert(copy(&store.policy, &request("/p", Some("gzip")), b"1"));
         store.insert(copy(&store.policy, &request("/p", None), b"2"));
         store.insert(copy(&store.policy, &request("/q", None), b"3"));
@@ -548,7 +550,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_older_response_never_replaces_a_newer_copy() {
-        let store = Store::new(policy(usize::MAX, usize::MAX));
+        let store = Shared::new(policy(usize::MAX, usize::MAX));
         let page = request("/p", None);
         let ago =
             |secs: u64| httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(secs));
@@ -590,7 +592,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_read_that_arrived_before_a_successful_write_is_not_stored() {
-        let store = Store::new(policy(usize::MAX, usize::MAX));
+        let store = Shared::new(policy(usize::MAX, usize::MAX));
         let read = |path: &str| {
             let mut read = request(path, None);
             read.epoch = store.epoch(&read.key());
@@ -622,7 +624,7 @@ mod tests {
         use crate::stale::tee::Tee;
 
         // Half of this budget, 5,000 bytes, is the most copies being made may hold.
-        let store = Arc::new(Store::new(policy(10_000, usize::MAX)));
+        let store = Arc::new(Shared::new(policy(10_000, usize::MAX)));
         let sized = |len: usize| {
             let len = len.to_string();
             admitted(
@@ -669,7 +671,7 @@ mod tests {
 
         let loose = policy(usize::MAX, usize::MAX);
         let one = copy(&loose, &request("/a", None), &[b'a'; 1000]).size;
-        let store = Arc::new(Store::new(policy(one * 3 + one / 2, usize::MAX)));
+        let store = Arc::new(Shared::new(policy(one * 3 + one / 2, usize::MAX)));
         let [a, b, c] = ["/a", "/b", "/c"].map(|path| request(path, None));
         for r in [&a, &b, &c] {
             store.insert(copy(&store.policy, r, &[b'x'; 1000]));

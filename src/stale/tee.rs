@@ -2,7 +2,7 @@
 //! back, and kept only when the body ends as the origin said it would.
 //!
 //! What a copy holds while it is being made is charged to the store's budget (see
-//! [`Store::reserve`]); when the budget for copies being made is spent, the copy is abandoned
+//! [`Shared::reserve`]); when the budget for copies being made is spent, the copy is abandoned
 //! and the body streams on uncopied. The charge is given back however the copy ends: stored,
 //! abandoned, or dropped with a body the client left.
 
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::admission::Admission;
-use super::store::Store;
+use super::store::Shared;
 
 /// A body being copied for the store. Boxed in the response body only for a response that is
 /// being stored.
@@ -23,7 +23,7 @@ pub(crate) struct Tee {
 
 /// The bytes a copy being made holds against the store's budget, given back when dropped.
 struct Charge {
-    store: Arc<Store>,
+    store: Arc<Shared>,
     bytes: usize,
 }
 
@@ -62,7 +62,7 @@ enum Buffer {
 
 impl Tee {
     /// The copy of a body, or `None` when the store has no room for the body it declared.
-    pub(crate) fn new(store: Arc<Store>, admission: Admission) -> Option<Box<Self>> {
+    pub(crate) fn new(store: Arc<Shared>, admission: Admission) -> Option<Box<Self>> {
         let mut charge = Charge { store, bytes: 0 };
         let buffer = match admission.declared_len {
             // Admitted only within the per-response limit, so the reservation is bounded; it is

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use gateway_errors::fault::Fault;
 use gateway_errors::health::UpstreamHealthLayer;
-use gateway_errors::stale::StaleIfError;
+use gateway_errors::stale::Store;
 use gateway_errors::{GatewayErrorLayer, ProxyError};
 use http::{HeaderMap, Request, Response, Uri};
 use http_body_util::combinators::BoxBody;
@@ -557,8 +557,8 @@ async fn stalled_and_cut_uploads_never_open_the_breaker() {
 }
 
 /// A store with room for everything the tests here serve.
-fn store() -> StaleIfError {
-    StaleIfError::new()
+fn store() -> Store {
+    Store::new()
         .default_window(Duration::from_secs(600))
         .max_response_bytes(1024 * 1024)
         .max_bytes(16 * 1024 * 1024)

@@ -931,8 +931,7 @@ async fn metrics_count_transitions_and_unavailable_upstreams() {
 async fn an_unavailable_upstream_is_answered_from_the_last_good_copy_at_once() {
     let port = refusing_port().await;
     let origin = Origin::on(port, Answer::Ok).await;
-    let store =
-        gateway_errors::stale::StaleIfError::new().default_window(Duration::from_secs(3600));
+    let store = gateway_errors::stale::Store::new().default_window(Duration::from_secs(3600));
     // A client that keeps no idle connection: once the origin stops listening, every request
     // meets the closed port.
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())

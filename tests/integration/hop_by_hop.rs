@@ -21,7 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use gateway_errors::headers::{CDN_LOOP, remove_hop_by_hop};
-use gateway_errors::stale::StaleIfError;
+use gateway_errors::stale::Store;
 use gateway_errors::{GatewayErrorLayer, ProxyName};
 use http::uri::Authority;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
@@ -199,7 +199,7 @@ fn page_in_asked_language(headers: &HeaderMap) -> Response<Full<Bytes>> {
 #[tokio::test]
 async fn a_language_the_client_named_in_connection_never_keys_the_stored_page() {
     let mut origin = Origin::start(page_in_asked_language).await;
-    let store = StaleIfError::new().default_window(Duration::from_secs(600));
+    let store = Store::new().default_window(Duration::from_secs(600));
     let (listener, gateway) = bind().await;
     let (_arrived, _task) = example_gateway(
         listener,

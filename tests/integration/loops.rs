@@ -286,8 +286,8 @@ async fn hostile_cdn_loop_values_are_never_taken_for_our_name() {
 #[tokio::test]
 async fn a_stored_copy_never_hides_a_loop() {
     let (upstream, seen) = recording_upstream().await;
-    let store = gateway_errors::stale::StaleIfError::new()
-        .default_window(std::time::Duration::from_secs(3600));
+    let store =
+        gateway_errors::stale::Store::new().default_window(std::time::Duration::from_secs(3600));
     let gateway = gateway_to(
         support::layer().stale_if_error(store.clone()),
         upstream.addr,

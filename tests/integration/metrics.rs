@@ -742,11 +742,11 @@ fn stale_counts(metric: &Metric) -> BTreeMap<Attributes, u64> {
 #[tokio::test]
 async fn a_stale_answer_counts_the_hidden_failure_and_times_the_answer_the_client_got() {
     use gateway_errors::metrics::STALE_SERVED;
-    use gateway_errors::stale::StaleIfError;
+    use gateway_errors::stale::Store;
 
     let upstream = start_upstream().await;
     let pipeline = Pipeline::new();
-    let store = StaleIfError::new().default_window(Duration::from_secs(60));
+    let store = Store::new().default_window(Duration::from_secs(60));
     let layer = pipeline.layer().stale_if_error(store.clone());
     // One store: the page is stored through the working upstream, then answers for the
     // refused one.

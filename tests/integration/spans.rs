@@ -383,12 +383,12 @@ async fn a_generated_4xx_is_an_info_event_and_no_error_status() {
 
 #[tokio::test]
 async fn a_stale_answer_is_no_error_span_but_names_the_hidden_failure_and_warns() {
-    use gateway_errors::stale::StaleIfError;
+    use gateway_errors::stale;
     let capture = Captured::default();
     let _guard = capture.install();
     let demo = demo_upstream::spawn().await.expect("demo upstream");
     // One store, two gateways: one whose upstream answers, then one whose upstream refuses.
-    let store = StaleIfError::new().default_window(Duration::from_secs(60));
+    let store = stale::Store::new().default_window(Duration::from_secs(60));
     let layer = GatewayErrorLayer::new().stale_if_error(store.clone());
     let response = send(gateway(demo.addr, layer.clone()), get("/ok")).await;
     within("body", response.into_body().collect())

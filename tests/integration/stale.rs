@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use bytes::Bytes;
-use gateway_errors::stale::{FromCopy, StaleIfError};
+use gateway_errors::stale::{StaleCopy, Store};
 use gateway_errors::{GatewayErrorLayer, ProxyError, ProxyErrorKind};
 use http::header::{self, HeaderMap};
 use http::{Request, Response, StatusCode};
@@ -284,11 +284,11 @@ async fn answer(
 // ---------------------------------------------------------------------------------------------
 
 /// A store that keeps copies up to ten minutes past their freshness.
-fn store() -> StaleIfError {
-    StaleIfError::new().default_window(Duration::from_secs(600))
+fn store() -> Store {
+    Store::new().default_window(Duration::from_secs(600))
 }
 
-fn layer(store: &StaleIfError) -> GatewayErrorLayer {
+fn layer(store: &Store) -> GatewayErrorLayer {
     support::layer().stale_if_error(store.clone())
 }
 
@@ -308,7 +308,7 @@ struct Got {
     status: StatusCode,
     headers: HeaderMap,
     body: Bytes,
-    from_copy: Option<FromCopy>,
+    stale_copy: Option<StaleCopy>,
 }
 
 impl Got {
@@ -344,13 +344,13 @@ impl Got {
         );
         assert_eq!(self.header("proxy-status"), Some(proxy_status));
         assert!(self.headers.get("warning").is_none());
-        assert!(self.from_copy.is_some());
+        assert!(self.stale_copy.is_some());
     }
 
     /// Checks that no copy answered: the layer's own error.
     fn assert_generated(&self, status: StatusCode) {
         assert_eq!(self.status, status, "{:?} {:?}", self.headers, self.body);
-        assert!(self.from_copy.is_none());
+        assert!(self.stale_copy.is_none());
         assert!(self.headers.get("cache-status").is_none());
         assert_eq!(self.header("cache-control"), Some("no-store"));
     }
@@ -358,13 +358,13 @@ impl Got {
 
 async fn fetch(gateway: impl GatewayService, request: Request<Body>) -> Got {
     let response = call(gateway, request).await;
-    let from_copy = response.extensions().get::<FromCopy>().cloned();
+    let stale_copy = response.extensions().get::<StaleCopy>().cloned();
     let (parts, body) = response.into_parts();
     Got {
         status: parts.status,
         headers: parts.headers,
         body: read_body(body).await,
-        from_copy,
+        stale_copy,
     }
 }
 
@@ -425,10 +425,10 @@ async fn the_last_good_copy_answers_byte_for_byte_when_the_origin_stops_listenin
         60 - stale.age() as i64,
         "ttl is what freshness is left"
     );
-    let from_copy = stale.from_copy.as_ref().unwrap();
-    assert_eq!(from_copy.age(), Duration::from_secs(stale.age()));
+    let stale_copy = stale.stale_copy.as_ref().unwrap();
+    assert_eq!(stale_copy.age(), Duration::from_secs(stale.age()));
     assert_eq!(
-        from_copy.error().kind(),
+        stale_copy.error().kind(),
         Some(ProxyErrorKind::ConnectionRefused)
     );
 
@@ -662,9 +662,9 @@ async fn the_window_is_the_origins_else_the_operators_and_a_request_can_only_sho
             ),
         );
     }
-    let generous = StaleIfError::new().default_window(Duration::from_secs(3600));
-    let strict = StaleIfError::new().default_window(Duration::from_secs(20));
-    let origin_only = StaleIfError::new();
+    let generous = Store::new().default_window(Duration::from_secs(3600));
+    let strict = Store::new().default_window(Duration::from_secs(20));
+    let origin_only = Store::new();
     let gateways = [&generous, &strict, &origin_only].map(|s| gateway_to(layer(s), origin.addr));
     for gateway in &gateways {
         for path in [
@@ -734,7 +734,7 @@ async fn a_fresh_copy_answers_whatever_window_the_request_asks_for() {
         "/fresh",
         Reply::page("max-age=300, stale-if-error=10", "fresh"),
     );
-    let store = StaleIfError::new();
+    let store = Store::new();
     let gateway = gateway_to(layer(&store), origin.addr);
     get(&gateway, "/fresh").await;
     origin.stop().await;
@@ -763,7 +763,7 @@ async fn a_response_that_forbids_serving_stale_is_never_answered_from() {
         origin.set(path, Reply::page(cache_control, path));
     }
     // The operator's window is an hour: it does not override a prohibition.
-    let store = StaleIfError::new().default_window(Duration::from_secs(3600));
+    let store = Store::new().default_window(Duration::from_secs(3600));
     let gateway = gateway_to(layer(&store), origin.addr);
     for (path, _) in paths {
         assert_eq!(get(&gateway, path).await.status, StatusCode::OK);
@@ -1127,7 +1127,7 @@ async fn a_timeout_is_hidden_too() {
     let got = get(&gateway, "/page").await;
     got.assert_stale("patient", "edge-1; error=http_response_timeout", 504);
     assert_eq!(
-        got.from_copy.unwrap().error().kind(),
+        got.stale_copy.unwrap().error().kind(),
         Some(ProxyErrorKind::HttpResponseTimeout)
     );
 }
@@ -1137,7 +1137,7 @@ async fn origin_errors_pass_through_unless_the_store_answers_them() {
     let origin = Origin::start().await;
     origin.set("/page", Reply::page("max-age=60", "good"));
     let passing = store();
-    let answering = store().answer_origin_errors([StatusCode::SERVICE_UNAVAILABLE]);
+    let answering = store().failure_statuses([StatusCode::SERVICE_UNAVAILABLE]);
     let passes = gateway_to(layer(&passing), origin.addr);
     let answers = gateway_to(layer(&answering), origin.addr);
     get(&passes, "/page").await;
@@ -1155,7 +1155,7 @@ async fn origin_errors_pass_through_unless_the_store_answers_them() {
     assert_eq!(passed.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(passed.body, "origin maintenance\n");
     assert_eq!(passed.header("retry-after"), Some("7"));
-    assert!(passed.from_copy.is_none());
+    assert!(passed.stale_copy.is_none());
     // Opted in: the copy, naming the status it hides.
     let answered = get(&answers, "/page").await;
     answered.assert_stale("good", "edge-1; received-status=503", 503);
@@ -1333,7 +1333,7 @@ async fn the_demo_upstreams_robots_txt_survives_its_outage_as_the_readme_shows()
     let demo = support::start_upstream().await;
     let addr = demo.addr;
     // The example gateway's `--stale 1h`.
-    let store = StaleIfError::new().default_window(Duration::from_secs(3600));
+    let store = Store::new().default_window(Duration::from_secs(3600));
     let gateway = gateway_to(layer(&store), addr);
     let fresh = get(&gateway, "/robots.txt").await;
     assert_eq!(fresh.body, support::demo_upstream::ROBOTS_TXT);
@@ -1589,13 +1589,13 @@ async fn an_origin_error_is_answered_from_a_copy_whose_origin_sent_stale_if_erro
         assert_eq!(passed.status.as_u16(), status);
         assert_eq!(passed.body, "origin maintenance\n");
         assert_eq!(passed.header("retry-after"), Some("7"));
-        assert!(passed.from_copy.is_none());
+        assert!(passed.stale_copy.is_none());
     }
     // Not an error RFC 5861 names: it passes.
     origin.set("/asked", failing(501));
     let passed = get(&gateway, "/asked").await;
     assert_eq!(passed.status, StatusCode::NOT_IMPLEMENTED);
-    assert!(passed.from_copy.is_none());
+    assert!(passed.stale_copy.is_none());
 }
 
 #[tokio::test]
@@ -1606,7 +1606,7 @@ async fn the_longest_window_an_operator_can_give_is_accepted() {
         "/origin-long",
         Reply::page("max-age=5, stale-if-error=99999999999999999999999", "long"),
     );
-    let store = StaleIfError::new().default_window(Duration::MAX);
+    let store = Store::new().default_window(Duration::MAX);
     let gateway = gateway_to(layer(&store), origin.addr);
     get(&gateway, "/page").await;
     get(&gateway, "/origin-long").await;
