@@ -15,9 +15,9 @@ use super::request::{Key, VaryValues};
 #[derive(Debug)]
 pub(crate) struct Variant {
     /// Bit `i`: the policy's `vary_headers[i]` is named.
-    pub(super) names: u8,
+    pub(crate) names: u8,
     /// The request's values of the named headers.
-    pub(super) values: VaryValues,
+    pub(crate) values: VaryValues,
 }
 
 impl Variant {
@@ -36,19 +36,19 @@ impl Variant {
 
 /// A duration in whole seconds, rounded up: an age of 0.2 s is sent as 1, so that a copy is
 /// never shown as newer than it is. Saturates (`Duration::MAX` is a valid window).
-pub(super) fn whole_seconds(duration: Duration) -> u64 {
+pub(crate) fn whole_seconds(duration: Duration) -> u64 {
     duration
         .as_secs()
         .saturating_add(u64::from(duration.subsec_nanos() > 0))
 }
 
 /// A window in whole seconds, rounded up, as a signed count that saturates.
-pub(super) fn signed_seconds(window: Duration) -> i64 {
+pub(crate) fn signed_seconds(window: Duration) -> i64 {
     i64::try_from(whole_seconds(window)).unwrap_or(i64::MAX)
 }
 
 /// How many seconds past its freshness a copy of this age is; negative while it is fresh.
-pub(super) fn staleness_secs(age_secs: u64, lifetime: Duration) -> i64 {
+pub(crate) fn staleness_secs(age_secs: u64, lifetime: Duration) -> i64 {
     i64::try_from(age_secs).unwrap_or(i64::MAX) - i64::try_from(lifetime.as_secs()).unwrap_or(0)
 }
 
@@ -60,13 +60,13 @@ pub(crate) struct StoredCopy {
     pub(crate) status: StatusCode,
     pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
-    pub(super) received_at: Instant,
+    pub(crate) received_at: Instant,
     /// Its `Date` (no later than when it arrived), else when it arrived.
-    pub(super) dated: SystemTime,
-    pub(super) initial_age: Duration,
-    pub(super) lifetime: Duration,
+    pub(crate) dated: SystemTime,
+    pub(crate) initial_age: Duration,
+    pub(crate) lifetime: Duration,
     /// The longest it may be served stale: the origin's `stale-if-error`, else the operator's.
-    pub(super) window: Duration,
+    pub(crate) window: Duration,
     /// Whether the origin gave `window` (`stale-if-error`): the origin then asked for a copy in
     /// place of its own errors too (RFC 5861 §4).
     pub(crate) origin_window: bool,

@@ -240,6 +240,7 @@ mod admission;
 mod builder;
 mod copy;
 mod directives;
+mod lru;
 mod policy;
 mod record;
 pub(crate) mod request;

@@ -15,17 +15,14 @@
 //! another key of the same slot (one in [`EPOCH_SLOTS`], by chance a client cannot steer) only
 //! keeps a copy out that would have been fine.
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::copy::StoredCopy;
+use super::lru::Lru;
 use super::policy::{MAX_VARIANTS_PER_KEY, Policy};
-use super::request::{Key, KeyParts, VaryValues};
-
-/// No slot: the end of the recency list.
-const NIL: usize = usize::MAX;
+use super::request::{KeyParts, VaryValues};
 
 /// The slots of the write generation table: 4 KiB per store.
 pub(crate) const EPOCH_SLOTS: usize = 1024;
@@ -244,166 +241,6 @@ impl Shared {
         let mut lru = self.lock();
         *lru = Lru::default();
         self.publish(&lru);
-    }
-}
-
-/// The index and the recency list, in slots that are reused.
-struct Lru {
-    /// Each key's slots, oldest stored first.
-    map: HashMap<Key, Variants>,
-    slots: Vec<Slot>,
-    free: Vec<usize>,
-    /// The most recently used.
-    head: usize,
-    /// The least recently used.
-    tail: usize,
-    len: usize,
-    bytes: usize,
-    /// Counts every store and read.
-    clock: u64,
-}
-
-/// The slots of one key's variants, oldest stored first, held inline: a key costs its index
-/// entry and no allocation of its own.
-#[derive(Default)]
-struct Variants {
-    slots: [usize; MAX_VARIANTS_PER_KEY],
-    len: usize,
-}
-
-impl Variants {
-    /// Adds `slot`; the caller has made room.
-    fn push(&mut self, slot: usize) {
-        self.slots[self.len] = slot;
-        self.len += 1;
-    }
-
-    fn remove(&mut self, slot: usize) {
-        if let Some(at) = self.iter().position(|&s| s == slot) {
-            self.slots.copy_within(at + 1..self.len, at);
-            self.len -= 1;
-        }
-    }
-}
-
-impl std::ops::Deref for Variants {
-    type Target = [usize];
-
-    fn deref(&self) -> &[usize] {
-        &self.slots[..self.len]
-    }
-}
-
-impl Default for Lru {
-    fn default() -> Self {
-        Lru {
-            map: HashMap::new(),
-            slots: Vec::new(),
-            free: Vec::new(),
-            head: NIL,
-            tail: NIL,
-            len: 0,
-            bytes: 0,
-            clock: 0,
-        }
-    }
-}
-
-struct Slot {
-    copy: Option<Arc<StoredCopy>>,
-    prev: usize,
-    next: usize,
-    /// When it was last stored or read, on the list's own clock.
-    used: u64,
-}
-
-impl Lru {
-    /// Drops `copy` if it is held; whether it was.
-    fn remove_copy(&mut self, copy: &Arc<StoredCopy>) -> bool {
-        let slot = self.map.get(&copy.key).and_then(|slots| {
-            slots
-                .iter()
-                .copied()
-                .find(|&slot| Arc::ptr_eq(self.copy(slot), copy))
-        });
-        if let Some(slot) = slot {
-            self.remove(slot);
-        }
-        slot.is_some()
-    }
-
-    fn copy(&self, slot: usize) -> &Arc<StoredCopy> {
-        self.slots[slot]
-            .copy
-            .as_ref()
-            .expect("a linked slot holds a copy")
-    }
-
-    fn push_front(&mut self, copy: Arc<StoredCopy>) {
-        self.len += 1;
-        self.bytes += copy.size;
-        let key = copy.key.clone();
-        let slot = Slot {
-            copy: Some(copy),
-            prev: NIL,
-            next: NIL,
-            used: 0,
-        };
-        let index = match self.free.pop() {
-            Some(index) => {
-                self.slots[index] = slot;
-                index
-            }
-            None => {
-                self.slots.push(slot);
-                self.slots.len() - 1
-            }
-        };
-        self.map.entry(key).or_default().push(index);
-        self.link_front(index);
-    }
-
-    fn link_front(&mut self, slot: usize) {
-        self.clock += 1;
-        self.slots[slot].used = self.clock;
-        self.slots[slot].prev = NIL;
-        self.slots[slot].next = self.head;
-        if self.head != NIL {
-            self.slots[self.head].prev = slot;
-        }
-        self.head = slot;
-        if self.tail == NIL {
-            self.tail = slot;
-        }
-    }
-
-    fn unlink(&mut self, slot: usize) {
-        let Slot { prev, next, .. } = self.slots[slot];
-        match prev {
-            NIL => self.head = next,
-            prev => self.slots[prev].next = next,
-        }
-        match next {
-            NIL => self.tail = prev,
-            next => self.slots[next].prev = prev,
-        }
-    }
-
-    fn remove(&mut self, slot: usize) {
-        self.unlink(slot);
-        let copy = self.slots[slot]
-            .copy
-            .take()
-            .expect("a linked slot holds a copy");
-        self.free.push(slot);
-        self.len -= 1;
-        self.bytes -= copy.size;
-        if let Some(slots) = self.map.get_mut(&copy.key) {
-            slots.remove(slot);
-            if slots.is_empty() {
-                self.map.remove(&copy.key);
-            }
-        }
     }
 }
 

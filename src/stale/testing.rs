@@ -15,7 +15,7 @@ use super::request::CapturedRequest;
 static CAPTURING: std::sync::LazyLock<Policy> = std::sync::LazyLock::new(Policy::default);
 
 /// A request for `/page` of `site.example`, as the store captures it.
-pub(super) fn request(method: &str, headers: &[(&str, &str)]) -> CapturedRequest {
+pub(crate) fn request(method: &str, headers: &[(&str, &str)]) -> CapturedRequest {
     let mut builder = Request::builder()
         .method(method)
         .uri("/page")
@@ -38,7 +38,7 @@ fn head(fields: &[(&str, &str)]) -> HeaderMap {
 }
 
 /// Whether `policy` admits a response to `request` with this status and these header fields.
-pub(super) fn decide(
+pub(crate) fn decide(
     policy: &Policy,
     request: &CapturedRequest,
     status: u16,
@@ -53,7 +53,7 @@ pub(super) fn decide(
 }
 
 /// The default policy with the operator's window of a minute.
-pub(super) fn windowed() -> Policy {
+pub(crate) fn windowed() -> Policy {
     Policy {
         default_window: Some(Duration::from_secs(60)),
         ..Policy::default()
