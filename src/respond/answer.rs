@@ -5,13 +5,16 @@
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use http::StatusCode;
 use http::header::{HeaderMap, HeaderValue};
 
-use super::head::{ErrorHead, Keep, grpc_reused, with_member};
-use crate::cache::Answer;
+use super::head::{ErrorHead, grpc_reused, with_member};
+use crate::cache::{Answer, MAX_KEPT_DELAY};
 use crate::grpc::GrpcCode;
 use crate::grpc::answer::{self as grpc_answer, GrpcStatus};
 use crate::grpc::call::GrpcCall;
+use crate::headers::retry_after::RetryAfter;
+use crate::kind::ProxyErrorKind;
 use crate::negotiate::Format;
 use crate::render::ErrorView;
 
@@ -28,7 +31,7 @@ pub(super) fn answer_negotiated(
     let keep = if view.request_id.is_some() || config.templates.has_renderer() {
         Keep::Never
     } else {
-        head.keep()
+        keep(head)
     };
     let build = |detailed: Option<HeaderValue>| {
         let body = config.templates.render(view, format);
@@ -80,7 +83,7 @@ pub(super) fn answer_grpc(
     // Kept once per framing, not per retry hint: a gRPC answer does not state the hint.
     let form = Format::ALL.len() + call.framing_index();
     let answers = &head.config.answers;
-    let kept = match head.keep() {
+    let kept = match keep(head) {
         Keep::Never => {
             let built = build(detailed);
             return (built.body, built.headers);
@@ -94,4 +97,41 @@ pub(super) fn answer_grpc(
         kept.body.clone(),
         grpc_reused(kept.headers.clone(), call, detailed),
     )
+}
+
+/// How much of a generated answer can be built once and kept.
+enum Keep {
+    /// Built every time.
+    Never,
+    /// It depends on the form, kind and retry hint alone.
+    BySlot,
+    /// It depends on those and on a delay of this many whole seconds that the error stated
+    /// itself (the seconds until an unavailable upstream's next probe).
+    ByDelay(u64),
+}
+
+/// Whether `head` (and the body for it) can be built once and kept, and under which key.
+/// Not for a rewrite (it keeps the old response's fields), a status a classifier chose over
+/// the kind's, a date (it changes by the second), or a delay of the error's own that is not
+/// whole seconds or longer than [`MAX_KEPT_DELAY`].
+fn keep(head: &ErrorHead<'_>) -> Keep {
+    let plain = head.rewritten.is_none()
+        && head.status
+            == head
+                .kind
+                .map_or(StatusCode::BAD_GATEWAY, ProxyErrorKind::status);
+    if !plain {
+        return Keep::Never;
+    }
+    let configured = head.config.retry.retry_after(head.kind, head.status);
+    match head.retry_after {
+        Some(RetryAfter::At(_)) => Keep::Never,
+        after if after == configured => Keep::BySlot,
+        Some(RetryAfter::Delay(delay))
+            if delay.subsec_nanos() == 0 && (1..=MAX_KEPT_DELAY).contains(&delay.as_secs()) =>
+        {
+            Keep::ByDelay(delay.as_secs())
+        }
+        _ => Keep::Never,
+    }
 }

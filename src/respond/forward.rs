@@ -12,7 +12,10 @@ use crate::grpc::call::status_in_headers;
 use crate::trace::{self, BodyTrace};
 
 /// An origin response: status, headers and body go on unchanged; the body is only observed.
-pub(super) fn forward<B: Body>(pending: Pending, response: Response<B>) -> Response<GatewayBody<B>> {
+pub(super) fn forward<B: Body>(
+    pending: Pending,
+    response: Response<B>,
+) -> Response<GatewayBody<B>> {
     let status = response.status();
     let grpc_status = pending
         .facts

@@ -8,7 +8,6 @@ use bytes::Bytes;
 use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderValue};
 
-use crate::cache::MAX_KEPT_DELAY;
 use crate::config::Config;
 use crate::error::{ProxyError, chain};
 use crate::grpc::answer::GrpcStatus;
@@ -42,44 +41,7 @@ pub(super) struct ErrorHead<'a> {
     pub(super) rewritten: Option<&'a HeaderMap>,
 }
 
-/// How much of a generated answer can be built once and kept.
-pub(super) enum Keep {
-    /// Built every time.
-    Never,
-    /// It depends on the form, kind and retry hint alone.
-    BySlot,
-    /// It depends on those and on a delay of this many whole seconds that the error stated
-    /// itself (the seconds until an unavailable upstream's next probe).
-    ByDelay(u64),
-}
-
 impl ErrorHead<'_> {
-    /// Whether this head (and the body for it) can be built once and kept, and under which key.
-    /// Not for a rewrite (it keeps the old response's fields), a status a classifier chose over
-    /// the kind's, a date (it changes by the second), or a delay of the error's own that is not
-    /// whole seconds or longer than [`MAX_KEPT_DELAY`].
-    pub(super) fn keep(&self) -> Keep {
-        let plain = self.rewritten.is_none()
-            && self.status
-                == self
-                    .kind
-                    .map_or(StatusCode::BAD_GATEWAY, ProxyErrorKind::status);
-        if !plain {
-            return Keep::Never;
-        }
-        let configured = self.config.retry.retry_after(self.kind, self.status);
-        match self.retry_after {
-            Some(RetryAfter::At(_)) => Keep::Never,
-            after if after == configured => Keep::BySlot,
-            Some(RetryAfter::Delay(delay))
-                if delay.subsec_nanos() == 0 && (1..=MAX_KEPT_DELAY).contains(&delay.as_secs()) =>
-            {
-                Keep::ByDelay(delay.as_secs())
-            }
-            _ => Keep::Never,
-        }
-    }
-
     /// The `Retry-After` this answer sends: ours, or the one a rewrite keeps.
     pub(super) fn retry_after_sent(&self) -> Option<RetryAfter> {
         self.retry_after.or_else(|| {
