@@ -58,3 +58,44 @@ pub(super) fn forward<B: Body>(
         body
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use http::{HeaderValue, Method, StatusCode};
+
+    use super::*;
+    use crate::config::Settings;
+    use crate::respond::tests::{body_of, get, origin, pending};
+
+    #[tokio::test(start_paused = true)]
+    async fn an_origin_500_keeps_its_status_headers_and_body_bytes() {
+        let mut response = origin(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "{\"origin\":\"own words\"}",
+        );
+        let headers = response.headers_mut();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        headers.insert("cache-control", HeaderValue::from_static("max-age=5"));
+        headers.append("x-trace", HeaderValue::from_static("a"));
+        headers.append("x-trace", HeaderValue::from_static("b"));
+        let sent = response.headers().clone();
+
+        let answer = forward(pending(Settings::default(), &get(&[])), response);
+        assert_eq!(answer.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(answer.headers(), &sent);
+        assert_eq!(body_of(answer).await, "{\"origin\":\"own words\"}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_answer_is_complete_with_its_head() {
+        let mut request = get(&[]);
+        *request.method_mut() = Method::HEAD;
+        let mut response = origin(StatusCode::OK, "");
+        response
+            .headers_mut()
+            .insert("content-length", HeaderValue::from_static("120"));
+        let answer = forward(pending(Settings::default(), &request), response);
+        assert_eq!(answer.headers()["content-length"], "120");
+        assert!(answer.body().is_end_stream());
+    }
+}

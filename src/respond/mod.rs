@@ -160,3 +160,136 @@ pub(crate) fn finish<B: Body>(pending: Pending, outcome: Outcome<B>) -> Response
         }
     }
 }
+
+#[cfg(test)]
+pub(super) mod tests {
+    use bytes::Bytes;
+    use http::{Request, StatusCode};
+    use http_body_util::{BodyExt, Full};
+
+    use super::*;
+    use crate::config::Settings;
+    use crate::facts::Fields;
+    use crate::kind::ProxyErrorKind;
+
+    /// What the answer to `request` will need, under `settings`.
+    pub(in crate::respond) fn pending(settings: Settings, request: &Request<()>) -> Pending {
+        let config = Arc::new(Config::new(settings));
+        let fields = Fields::scan(request.headers(), &config.request_id_header);
+        let facts = RequestFacts::capture(request, &fields, &config);
+        Pending::new(config, facts, Span::none(), None)
+    }
+
+    /// A GET of `/page` with `headers`.
+    pub(in crate::respond) fn get(headers: &[(&'static str, &'static str)]) -> Request<()> {
+        let mut request = Request::get("/page").body(()).unwrap();
+        *request.headers_mut() = crate::testing::header_map(headers);
+        request
+    }
+
+    /// An origin's answer with `status` and `body`.
+    pub(in crate::respond) fn origin(
+        status: StatusCode,
+        body: &'static str,
+    ) -> Response<Full<Bytes>> {
+        let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+        *response.status_mut() = status;
+        response
+    }
+
+    /// The whole body of `response`.
+    pub(in crate::respond) async fn body_of<B>(response: Response<GatewayBody<B>>) -> Bytes
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        response.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    fn intercepting(status: StatusCode) -> Settings {
+        let mut settings = Settings::default();
+        settings.intercept.insert(status);
+        settings
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_intercepted_origin_status_is_answered_by_the_gateway_and_another_passes() {
+        let settings = intercepting(StatusCode::SERVICE_UNAVAILABLE);
+        let answer = finish(
+            pending(settings.clone(), &get(&[])),
+            Outcome::Response(origin(StatusCode::SERVICE_UNAVAILABLE, "origin page")),
+        );
+        assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            answer.headers()["proxy-status"],
+            "gateway; received-status=503"
+        );
+        assert_eq!(answer.headers()["content-type"], "application/problem+json");
+        assert!(answer.extensions().get::<Generated>().is_some());
+        assert_ne!(body_of(answer).await, "origin page");
+
+        let answer = finish(
+            pending(settings, &get(&[])),
+            Outcome::Response(origin(StatusCode::INTERNAL_SERVER_ERROR, "origin page")),
+        );
+        assert_eq!(answer.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(answer.headers().get("proxy-status").is_none());
+        assert!(answer.extensions().get::<Generated>().is_none());
+        assert_eq!(body_of(answer).await, "origin page");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_generated_inside_or_a_grpc_status_is_never_replaced() {
+        let settings = intercepting(StatusCode::SERVICE_UNAVAILABLE);
+        let mut inner = origin(StatusCode::SERVICE_UNAVAILABLE, "inner answer");
+        inner.extensions_mut().insert(Generated);
+        let answer = finish(
+            pending(settings.clone(), &get(&[])),
+            Outcome::Response(inner),
+        );
+        assert_eq!(body_of(answer).await, "inner answer");
+
+        let call = get(&[("content-type", "application/grpc")]);
+        let mut grpc = origin(StatusCode::SERVICE_UNAVAILABLE, "");
+        grpc.headers_mut()
+            .insert("grpc-status", http::HeaderValue::from_static("8"));
+        let answer = finish(pending(settings, &call), Outcome::Response(grpc));
+        assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(answer.headers()["grpc-status"], "8");
+        assert!(answer.headers().get("proxy-status").is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_or_a_marked_response_is_answered_with_its_error() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let answer = finish::<Full<Bytes>>(
+            pending(Settings::default(), &get(&[])),
+            Outcome::Failed(Box::new(refused)),
+        );
+        assert_eq!(answer.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            answer.headers()["proxy-status"],
+            "gateway; error=connection_refused"
+        );
+        let error = answer.extensions().get::<ProxyError>().unwrap();
+        assert_eq!(error.kind(), Some(ProxyErrorKind::ConnectionRefused));
+
+        // A handler's response marked with the error it stands for: its body is replaced.
+        let mut marked = origin(StatusCode::OK, "handler body");
+        marked
+            .extensions_mut()
+            .insert(PendingProxyError(ProxyError::new(
+                ProxyErrorKind::DestinationUnavailable,
+            )));
+        let answer = finish(
+            pending(Settings::default(), &get(&[])),
+            Outcome::Response(marked),
+        );
+        assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            answer.headers()["proxy-status"],
+            "gateway; error=destination_unavailable"
+        );
+        assert_ne!(body_of(answer).await, "handler body");
+    }
+}
