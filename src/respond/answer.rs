@@ -135,3 +135,88 @@ fn keep(head: &ErrorHead<'_>) -> Keep {
         _ => Keep::Never,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::config::{Config, Settings};
+    use crate::testing::header_map;
+
+    fn head(config: &Config) -> ErrorHead<'_> {
+        ErrorHead {
+            config,
+            format: Format::ProblemJson,
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            kind: Some(ProxyErrorKind::DestinationUnavailable),
+            retry_after: None,
+            received: None,
+            rewritten: None,
+        }
+    }
+
+    #[test]
+    fn only_an_answer_that_depends_on_its_form_kind_and_whole_delay_is_kept() {
+        let config = Config::new(Settings::default());
+        let delay = |d: Duration| ErrorHead {
+            retry_after: Some(RetryAfter::Delay(d)),
+            ..head(&config)
+        };
+        assert!(matches!(keep(&head(&config)), Keep::BySlot));
+        assert!(matches!(
+            keep(&delay(Duration::from_secs(30))),
+            Keep::ByDelay(30)
+        ));
+        assert!(matches!(
+            keep(&delay(Duration::from_millis(1500))),
+            Keep::Never
+        ));
+        assert!(matches!(
+            keep(&delay(Duration::from_secs(MAX_KEPT_DELAY + 1))),
+            Keep::Never
+        ));
+        let dated = ErrorHead {
+            retry_after: Some(RetryAfter::At(SystemTime::UNIX_EPOCH)),
+            ..head(&config)
+        };
+        assert!(matches!(keep(&dated), Keep::Never));
+        let old = header_map(&[]);
+        let rewrite = ErrorHead {
+            rewritten: Some(&old),
+            ..head(&config)
+        };
+        assert!(matches!(keep(&rewrite), Keep::Never));
+        let chosen_status = ErrorHead {
+            status: StatusCode::BAD_GATEWAY,
+            ..head(&config)
+        };
+        assert!(matches!(keep(&chosen_status), Keep::Never));
+    }
+
+    #[test]
+    fn a_kept_answer_is_served_again_with_this_answers_own_member() {
+        let config = Config::new(Settings::default());
+        let view = ErrorView {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            kind: Some(ProxyErrorKind::DestinationUnavailable),
+            detail: "down",
+            request_id: None,
+            retryable: true,
+            retry_after_seconds: None,
+            proxy: "gateway",
+        };
+        let (first, plain) = answer_negotiated(&head(&config), &view, true, None);
+        let detailed = HeaderValue::from_static("gateway; error=destination_unavailable; x=1");
+        let (second, headers) =
+            answer_negotiated(&head(&config), &view, true, Some(detailed.clone()));
+        // The same bytes: one body, kept.
+        assert_eq!(first.as_ptr(), second.as_ptr());
+        assert_eq!(
+            plain["proxy-status"],
+            "gateway; error=destination_unavailable"
+        );
+        assert_eq!(headers["proxy-status"], detailed);
+        assert_eq!(headers["content-length"], plain["content-length"]);
+    }
+}

@@ -89,3 +89,99 @@ pub(super) fn from_copy<B>(
     response.extensions_mut().insert(Generated);
     Ok(response)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http::header::HeaderValue;
+
+    use super::*;
+    use crate::config::Settings;
+    use crate::kind::ProxyErrorKind;
+    use crate::respond::tests::{body_of, get, origin, pending};
+    use crate::respond::{Outcome, finish};
+
+    /// Settings with a store that keeps a page for a minute past its freshness; and the store.
+    fn storing() -> (Settings, StaleIfError) {
+        let store = StaleIfError::new().default_window(Duration::from_secs(60));
+        let settings = Settings {
+            stale: Some(store.clone()),
+            ..Settings::default()
+        };
+        (settings, store)
+    }
+
+    fn request() -> http::Request<()> {
+        get(&[("host", "site.example")])
+    }
+
+    /// Has the store keep the page the origin sends for `request()`.
+    async fn store_page(settings: &Settings, cache_control: &'static str) {
+        let mut page = origin(StatusCode::OK, "the page");
+        page.headers_mut()
+            .insert("cache-control", HeaderValue::from_static(cache_control));
+        let answer = finish(
+            pending(settings.clone(), &request()),
+            Outcome::Response(page),
+        );
+        assert_eq!(body_of(answer).await, "the page");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_copy_answers_in_place_of_the_upstreams_failure() {
+        let (settings, store) = storing();
+        store_page(&settings, "max-age=1").await;
+        assert_eq!(store.len(), 1);
+        tokio::time::advance(Duration::from_secs(3)).await;
+
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let answer = finish::<http_body_util::Full<Bytes>>(
+            pending(settings, &request()),
+            Outcome::Failed(Box::new(refused)),
+        );
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert_eq!(answer.headers()["age"], "3");
+        assert_eq!(
+            answer.headers()["proxy-status"],
+            "gateway; error=connection_refused"
+        );
+        assert!(
+            answer.headers()["cache-status"]
+                .to_str()
+                .unwrap()
+                .starts_with("gateway; fwd=stale; fwd-status=502")
+        );
+        let from_copy = answer.extensions().get::<FromCopy>().unwrap();
+        assert_eq!(
+            from_copy.error().kind(),
+            Some(ProxyErrorKind::ConnectionRefused)
+        );
+        assert_eq!(body_of(answer).await, "the page");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_origin_error_is_hidden_only_when_the_origin_asked() {
+        for (cache_control, hidden) in
+            [("max-age=1", false), ("max-age=1, stale-if-error=60", true)]
+        {
+            let (settings, _store) = storing();
+            store_page(&settings, cache_control).await;
+            tokio::time::advance(Duration::from_secs(3)).await;
+            let failed = origin(StatusCode::SERVICE_UNAVAILABLE, "origin error");
+            let answer = finish(pending(settings, &request()), Outcome::Response(failed));
+            if hidden {
+                assert_eq!(answer.status(), StatusCode::OK, "{cache_control}");
+                assert_eq!(
+                    answer.headers()["proxy-status"],
+                    "gateway; received-status=503"
+                );
+                assert_eq!(body_of(answer).await, "the page");
+            } else {
+                assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+                assert_eq!(body_of(answer).await, "origin error");
+            }
+        }
+    }
+}

@@ -161,3 +161,104 @@ fn client_detail(status: StatusCode) -> &'static str {
         "The request body ended before it was complete."
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use http::Method;
+    use http_body_util::Full;
+
+    use super::*;
+    use crate::config::{Config, Settings};
+    use crate::kind::ProxyErrorKind;
+    use crate::respond::tests::{body_of, get, pending, pending_in};
+
+    fn refused() -> ProxyError {
+        ProxyError::new(ProxyErrorKind::ConnectionRefused)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_format_follows_accept() {
+        for (accept, content_type, opening) in [
+            ("text/html", "text/html; charset=utf-8", "<!"),
+            ("text/plain", "text/plain; charset=utf-8", ""),
+            ("application/json", "application/problem+json", "{"),
+            ("*/*", "application/problem+json", "{"),
+        ] {
+            let pending = pending(Settings::default(), &get(&[("accept", accept)]));
+            let answer = generate::<Full<Bytes>>(&pending, refused(), None, None);
+            assert_eq!(answer.status(), StatusCode::BAD_GATEWAY, "{accept}");
+            assert_eq!(answer.headers()["content-type"], content_type, "{accept}");
+            let length: usize = answer.headers()["content-length"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let body = body_of(answer).await;
+            assert_eq!(body.len(), length, "{accept}");
+            let text = std::str::from_utf8(&body).unwrap();
+            assert!(
+                text.to_ascii_lowercase().starts_with(opening),
+                "{accept}: {text}"
+            );
+            assert!(text.contains("refused"), "{accept}: {text}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_request_gets_the_length_without_the_body() {
+        let mut request = get(&[]);
+        *request.method_mut() = Method::HEAD;
+        let answer = generate::<Full<Bytes>>(
+            &pending(Settings::default(), &request),
+            refused(),
+            None,
+            None,
+        );
+        assert_ne!(answer.headers()["content-length"], "0");
+        assert!(answer.extensions().get::<ProxyError>().is_some());
+        assert!(body_of(answer).await.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_grpc_caller_gets_a_trailers_only_answer_with_its_code() {
+        let config = Arc::new(Config::new(Settings::default()));
+        for content_type in ["application/grpc", "application/grpc+json"] {
+            // The second answer comes from the one kept for the framing.
+            let call = get(&[("content-type", content_type)]);
+            let answer =
+                generate::<Full<Bytes>>(&pending_in(&config, &call), refused(), None, None);
+            assert_eq!(answer.status(), StatusCode::OK);
+            assert_eq!(answer.headers()["content-type"], content_type);
+            assert_eq!(answer.headers()["grpc-status"], "14");
+            assert_eq!(
+                answer.headers()["proxy-status"],
+                "gateway; error=connection_refused"
+            );
+            let error = answer.extensions().get::<ProxyError>().unwrap();
+            assert_eq!(error.status(), StatusCode::BAD_GATEWAY);
+            assert!(body_of(answer).await.is_empty());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_origins_own_retry_after_wins_on_a_rewrite() {
+        let mut settings = Settings::default();
+        settings.intercept.insert(StatusCode::SERVICE_UNAVAILABLE);
+        let pending = pending(settings, &get(&[]));
+        let old = crate::testing::header_map(&[("retry-after", "30")]);
+        let error = ProxyError::new(ProxyErrorKind::DestinationUnavailable)
+            .with_retry_after(std::time::Duration::from_secs(5));
+        let answer = generate::<Full<Bytes>>(
+            &pending,
+            error,
+            Some(&old),
+            Some(StatusCode::SERVICE_UNAVAILABLE),
+        );
+        assert_eq!(answer.headers()["retry-after"], "30");
+        let body = body_of(answer).await;
+        let text = std::str::from_utf8(&body).unwrap();
+        assert!(text.contains("\"retry_after\":30"), "{text}");
+    }
+}

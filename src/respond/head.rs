@@ -251,3 +251,196 @@ pub(super) fn copy_head(
     headers.append(PROXY_STATUS.clone(), proxy_status);
     headers
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::Settings;
+    use crate::grpc::GrpcCode;
+    use crate::headers::ProxyName;
+    use crate::testing::header_map;
+
+    fn config() -> Config {
+        Config::new(Settings {
+            proxy_name: ProxyName::from_static("edge-1"),
+            ..Settings::default()
+        })
+    }
+
+    fn head(config: &Config) -> ErrorHead<'_> {
+        ErrorHead {
+            config,
+            format: Format::ProblemJson,
+            status: StatusCode::BAD_GATEWAY,
+            kind: Some(ProxyErrorKind::ConnectionRefused),
+            retry_after: None,
+            received: None,
+            rewritten: None,
+        }
+    }
+
+    fn grpc_call(content_type: &'static str) -> GrpcCall {
+        GrpcCall::detect(&HeaderValue::from_static(content_type), None).unwrap()
+    }
+
+    #[test]
+    fn a_generated_head_names_us_and_the_error_states_the_delay_and_is_not_stored() {
+        let config = config();
+        let body = Bytes::from_static(b"{\"status\":502}");
+        let plain = head(&config).headers(&body, None);
+        assert_eq!(plain["proxy-status"], "edge-1; error=connection_refused");
+        assert_eq!(plain["cache-control"], "no-store");
+        assert_eq!(plain["content-type"], "application/problem+json");
+        assert_eq!(plain["content-length"], "14");
+        assert_eq!(plain["vary"], "accept");
+        assert!(plain.get("retry-after").is_none());
+        assert!(plain.get("connection").is_none());
+
+        let delayed = ErrorHead {
+            retry_after: Some(RetryAfter::Delay(Duration::from_secs(7))),
+            ..head(&config)
+        };
+        assert_eq!(delayed.headers(&body, None)["retry-after"], "7");
+
+        let timed_out = ErrorHead {
+            status: StatusCode::REQUEST_TIMEOUT,
+            kind: None,
+            ..head(&config)
+        };
+        let headers = timed_out.headers(&body, None);
+        assert_eq!(headers["connection"], "close");
+        assert_eq!(headers["proxy-status"], "edge-1");
+    }
+
+    #[test]
+    fn a_rewrite_keeps_the_origins_fields_and_appends_our_member() {
+        let config = config();
+        let old = header_map(&[
+            ("proxy-status", "inner; error=http_response_timeout"),
+            ("retry-after", "120"),
+            ("www-authenticate", "Basic"),
+            ("set-cookie", "s=1"),
+        ]);
+        let rewrite = ErrorHead {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            kind: None,
+            received: Some(StatusCode::SERVICE_UNAVAILABLE),
+            rewritten: Some(&old),
+            ..head(&config)
+        };
+        let headers = rewrite.headers(&Bytes::new(), None);
+        assert_eq!(
+            headers["proxy-status"],
+            "inner; error=http_response_timeout, edge-1; received-status=503"
+        );
+        assert_eq!(headers["retry-after"], "120");
+        assert_eq!(headers["www-authenticate"], "Basic");
+        assert!(headers.get("set-cookie").is_none());
+        assert_eq!(
+            rewrite.retry_after_sent(),
+            Some(RetryAfter::Delay(Duration::from_secs(120)))
+        );
+    }
+
+    #[test]
+    fn a_grpc_head_carries_the_status_in_a_trailers_only_answer_and_states_a_web_bodys_length() {
+        let config = config();
+        let head = ErrorHead {
+            retry_after: Some(RetryAfter::Delay(Duration::from_secs(2))),
+            ..head(&config)
+        };
+        let status = GrpcStatus::new(GrpcCode::Unavailable, "refused", None);
+        let call = grpc_call("application/grpc+proto");
+        let headers = head.grpc_headers(call, &status, &Bytes::new(), None);
+        assert_eq!(headers["content-type"], "application/grpc+proto");
+        assert_eq!(headers["grpc-status"], "14");
+        assert_eq!(headers["grpc-message"], "refused");
+        assert_eq!(headers["proxy-status"], "edge-1; error=connection_refused");
+        assert_eq!(headers["retry-after"], "2");
+        assert_eq!(headers["cache-control"], "no-store");
+        assert!(headers.get("content-length").is_none());
+        assert!(headers.get("vary").is_none());
+
+        let web = grpc_call("application/grpc-web");
+        let body = crate::grpc::answer::body(web, &status);
+        let headers = head.grpc_headers(web, &status, &body, None);
+        assert_eq!(headers["content-length"], body.len().to_string());
+        assert!(headers.get("grpc-status").is_none());
+        assert!(headers.get("vary").is_none());
+
+        // A kept head answers a caller of the same framing in its own content type.
+        let json = grpc_call("application/grpc+json");
+        let reused = grpc_reused(headers, json, Some(HeaderValue::from_static("edge-1; x")));
+        assert_eq!(reused["content-type"], "application/grpc+json");
+        assert_eq!(reused["proxy-status"], "edge-1; x");
+    }
+
+    #[test]
+    fn our_member_gains_details_only_when_asked() {
+        let refused = || {
+            ProxyError::new(ProxyErrorKind::ConnectionRefused)
+                .with_source(std::io::Error::other("connect to 127.0.0.1:8080"))
+        };
+        let config = config();
+        let plain = || {
+            config
+                .proxy_status
+                .get(Some(ProxyErrorKind::ConnectionRefused))
+        };
+        assert_eq!(detailed_member(&config, &refused(), None, plain), None);
+        assert_eq!(
+            detailed_member(
+                &config,
+                &ProxyError::new(ProxyErrorKind::ConnectionRefused),
+                None,
+                plain
+            ),
+            None
+        );
+
+        let detailing = Config::new(Settings {
+            details: true,
+            ..config.settings().clone()
+        });
+        let member = detailed_member(&detailing, &refused(), None, plain).unwrap();
+        let member = member.to_str().unwrap();
+        assert!(
+            member.starts_with("edge-1; error=connection_refused; details="),
+            "{member}"
+        );
+        assert!(member.contains("127.0.0.1:8080"), "{member}");
+    }
+
+    #[test]
+    fn a_copys_head_keeps_its_fields_and_adds_age_cache_status_and_proxy_status() {
+        let stored = header_map(&[
+            ("content-type", "text/html"),
+            ("cache-status", "origin-cache; hit"),
+            ("proxy-status", "inner"),
+        ]);
+        let headers = copy_head(
+            &stored,
+            3,
+            59,
+            &HeaderValue::from_static("edge-1"),
+            StatusCode::BAD_GATEWAY,
+            HeaderValue::from_static("edge-1; error=connection_refused"),
+        );
+        assert_eq!(headers["content-type"], "text/html");
+        assert_eq!(headers["age"], "3");
+        let all = |name| -> Vec<_> { headers.get_all(name).iter().collect() };
+        assert_eq!(
+            all("cache-status"),
+            [
+                "origin-cache; hit",
+                "edge-1; fwd=stale; fwd-status=502; ttl=59"
+            ]
+        );
+        assert_eq!(
+            all("proxy-status"),
+            ["inner", "edge-1; error=connection_refused"]
+        );
+    }
+}

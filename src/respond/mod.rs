@@ -174,7 +174,12 @@ pub(super) mod tests {
 
     /// What the answer to `request` will need, under `settings`.
     pub(in crate::respond) fn pending(settings: Settings, request: &Request<()>) -> Pending {
-        let config = Arc::new(Config::new(settings));
+        pending_in(&Arc::new(Config::new(settings)), request)
+    }
+
+    /// What the answer to `request` will need, under `config` (shared with other requests).
+    pub(in crate::respond) fn pending_in(config: &Arc<Config>, request: &Request<()>) -> Pending {
+        let config = Arc::clone(config);
         let fields = Fields::scan(request.headers(), &config.request_id_header);
         let facts = RequestFacts::capture(request, &fields, &config);
         Pending::new(config, facts, Span::none(), None)
