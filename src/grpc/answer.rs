@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::StatusCode;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, VARY};
+use http::header::{HeaderName, HeaderValue};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
 use super::call::{Framing, GRPC_STATUS, GrpcCall};
@@ -43,68 +43,66 @@ impl GrpcCodes {
     }
 }
 
-/// Turns `headers`, the head the layer made for a generated error, into a gRPC caller's, and
-/// returns the body:
+/// gRPC's own fields of an error answer: `grpc-status`, `grpc-message` (percent-encoded, as the
+/// gRPC HTTP/2 protocol requires) and, where a retry delay is advised, `grpc-retry-pushback-ms`,
+/// which states it in milliseconds for gRPC's own retry policy.
+pub(crate) struct GrpcStatus {
+    status: HeaderValue,
+    message: HeaderValue,
+    pushback: Option<HeaderValue>,
+}
+
+impl GrpcStatus {
+    pub(crate) fn new(code: GrpcCode, message: &str, retry_pushback: Option<Duration>) -> Self {
+        GrpcStatus {
+            status: HeaderValue::from(code.as_i32()),
+            message: percent_encode(message),
+            pushback: retry_pushback.map(|delay| {
+                let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+                HeaderValue::from(millis)
+            }),
+        }
+    }
+
+    /// Each field with its value, in the order they are sent.
+    pub(crate) fn fields(&self) -> impl Iterator<Item = (&'static HeaderName, &HeaderValue)> {
+        [
+            (&GRPC_STATUS, Some(&self.status)),
+            (&GRPC_MESSAGE, Some(&self.message)),
+            (&GRPC_RETRY_PUSHBACK_MS, self.pushback.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value?)))
+    }
+}
+
+/// The body of a gRPC caller's error answer; its head is the generated error's
+/// (`respond::head`):
 ///
-/// - gRPC: a trailers-only response: `grpc-status` and `grpc-message` in the headers, no body.
+/// - gRPC: none. A trailers-only response: the fields of `status` go in the head.
 /// - gRPC-Web: the same fields in one trailer frame (flag `0x80`, a 4-byte big-endian length,
 ///   then `name:value\r\n` lines), the whole body; base64 for `grpc-web-text`. A browser reads
 ///   the body whatever CORS lets it read of the headers.
-///
-/// `grpc-message` is percent-encoded as the gRPC HTTP/2 protocol requires. Where a retry delay is
-/// advised, `grpc-retry-pushback-ms` states it in milliseconds for gRPC's own retry policy. The
-/// head keeps `Proxy-Status`, `Retry-After` and `Cache-Control: no-store`, and loses
-/// `Vary: accept` (the answer follows the request's `Content-Type`, not its `Accept`); a
-/// trailers-only answer has no body and so no `Content-Length`, a gRPC-Web answer states its
-/// body's.
-pub(crate) fn answer(
-    call: GrpcCall,
-    code: GrpcCode,
-    message: &str,
-    retry_pushback: Option<Duration>,
-    headers: &mut HeaderMap,
-) -> Bytes {
-    headers.remove(VARY);
-    headers.remove(CONTENT_LENGTH);
-    let status = HeaderValue::from(code.as_i32());
-    let message = percent_encode(message);
-    let pushback = retry_pushback.map(|delay| {
-        let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-        HeaderValue::from(millis)
-    });
-    headers.insert(CONTENT_TYPE, call.content_type());
+pub(crate) fn body(call: GrpcCall, status: &GrpcStatus) -> Bytes {
     if !call.is_web() {
-        headers.insert(GRPC_STATUS.clone(), status);
-        headers.insert(GRPC_MESSAGE.clone(), message);
-        if let Some(pushback) = pushback {
-            headers.insert(GRPC_RETRY_PUSHBACK_MS.clone(), pushback);
-        }
         return Bytes::new();
     }
-    let mut block = BytesMut::with_capacity(64 + message.len());
-    for (name, value) in [
-        (&GRPC_STATUS, Some(&status)),
-        (&GRPC_MESSAGE, Some(&message)),
-        (&GRPC_RETRY_PUSHBACK_MS, pushback.as_ref()),
-    ] {
-        if let Some(value) = value {
-            block.put_slice(name.as_str().as_bytes());
-            block.put_u8(b':');
-            block.put_slice(value.as_bytes());
-            block.put_slice(b"\r\n");
-        }
+    let mut block = BytesMut::with_capacity(64 + status.message.len());
+    for (name, value) in status.fields() {
+        block.put_slice(name.as_str().as_bytes());
+        block.put_u8(b':');
+        block.put_slice(value.as_bytes());
+        block.put_slice(b"\r\n");
     }
     let mut frame = BytesMut::with_capacity(5 + block.len());
     frame.put_u8(0x80);
     frame.put_u32(u32::try_from(block.len()).unwrap_or(u32::MAX));
     frame.put_slice(&block);
-    let body = if call.framing == Framing::WebText {
+    if call.framing == Framing::WebText {
         Bytes::from(base64(&frame))
     } else {
         frame.freeze()
-    };
-    headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
-    body
+    }
 }
 
 /// What the gRPC HTTP/2 protocol's `Percent-Encoded` escapes besides every byte above 0x7E: the
@@ -190,45 +188,36 @@ mod tests {
     }
 
     #[test]
-    fn a_web_answer_states_its_length_and_a_trailers_only_one_has_none() {
+    fn a_trailers_only_answer_has_no_body_and_a_web_one_frames_the_fields() {
         let call = |content_type: &'static str| {
-            let mut headers = HeaderMap::new();
-            headers.insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static(content_type),
-            );
-            GrpcCall::detect(&headers[http::header::CONTENT_TYPE], None)
+            GrpcCall::detect(&HeaderValue::from_static(content_type), None)
                 .expect("a gRPC content type")
         };
-        for (content_type, body_expected) in [
-            ("application/grpc", false),
-            ("application/grpc-web", true),
-            ("application/grpc-web-text", true),
-        ] {
-            let mut headers = HeaderMap::new();
-            headers.insert(VARY, HeaderValue::from_static("accept"));
-            headers.insert(CONTENT_LENGTH, HeaderValue::from_static("120"));
-            let body = answer(
-                call(content_type),
-                GrpcCode::Unavailable,
-                "The upstream server refused the connection.",
-                Some(Duration::from_millis(1500)),
-                &mut headers,
-            );
-            assert!(headers.get(VARY).is_none(), "{content_type}");
-            assert_eq!(!body.is_empty(), body_expected, "{content_type}");
-            let length = headers
-                .get(CONTENT_LENGTH)
-                .map(|v| v.to_str().unwrap().to_owned());
-            assert_eq!(
-                length,
-                body_expected.then(|| body.len().to_string()),
-                "{content_type}"
-            );
-            if !body_expected {
-                assert_eq!(headers[&GRPC_STATUS], "14");
-                assert_eq!(headers[&GRPC_RETRY_PUSHBACK_MS], "1500");
-            }
-        }
+        let status = GrpcStatus::new(
+            GrpcCode::Unavailable,
+            "The upstream server refused the connection.",
+            Some(Duration::from_millis(1500)),
+        );
+        let fields: Vec<_> = status.fields().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["grpc-status", "grpc-message", "grpc-retry-pushback-ms"]
+        );
+        assert!(body(call("application/grpc"), &status).is_empty());
+
+        let lines = "grpc-status:14\r\n\
+                     grpc-message:The upstream server refused the connection.\r\n\
+                     grpc-retry-pushback-ms:1500\r\n";
+        let mut frame = vec![0x80];
+        frame.extend_from_slice(&u32::try_from(lines.len()).unwrap().to_be_bytes());
+        frame.extend_from_slice(lines.as_bytes());
+        assert_eq!(body(call("application/grpc-web"), &status), frame);
+        assert_eq!(
+            body(call("application/grpc-web-text"), &status),
+            base64(&frame)
+        );
+
+        let without_delay = GrpcStatus::new(GrpcCode::Unavailable, "x", None);
+        assert_eq!(without_delay.fields().count(), 2);
     }
 }

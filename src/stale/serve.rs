@@ -7,14 +7,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::StatusCode;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::HeaderMap;
 
 use super::Store;
 use super::copy::{StoredCopy, Verdict};
 use super::policy::Policy;
 use super::request::{Access, CapturedRequest};
 use crate::error::ProxyError;
-use crate::headers::CACHE_STATUS;
 use crate::kind::ProxyErrorKind;
 
 impl Store {
@@ -85,47 +84,25 @@ pub(crate) struct Answer {
 }
 
 impl Answer {
-    /// The status, head and body the client gets: the copy's, with `Age`, and our members
-    /// appended to `Cache-Status` (`cache_name` is this gateway's name as a list member) and
-    /// `Proxy-Status`. `fwd_status` is the status the copy stands in for.
-    pub(crate) fn into_parts(
-        self,
-        cache_name: &HeaderValue,
-        proxy_status: HeaderValue,
-        fwd_status: StatusCode,
-    ) -> (StatusCode, HeaderMap, Bytes) {
-        // Filled field by field, sized for the three added: cloning the stored map and growing
-        // it would allocate twice over.
-        let mut headers = HeaderMap::with_capacity(self.copy.headers.len() + 3);
-        for (name, value) in &self.copy.headers {
-            headers.append(name.clone(), value.clone());
-        }
-        // Each value in a buffer of its exact size, which becomes the value without another
-        // allocation (`HeaderValue::from(u64)` takes two).
-        let age = itoa::Buffer::new().format(self.age).as_bytes().to_vec();
-        if let Ok(age) = HeaderValue::from_maybe_shared(Bytes::from(age)) {
-            headers.insert(header::AGE, age);
-        }
-        let mut ttl = itoa::Buffer::new();
-        let parts: [&[u8]; 5] = [
-            cache_name.as_bytes(),
-            b"; fwd=stale; fwd-status=",
-            fwd_status.as_str().as_bytes(),
-            b"; ttl=",
-            ttl.format(self.ttl).as_bytes(),
-        ];
-        let member = parts.concat();
-        // A member and digits: always a valid value.
-        if let Ok(member) = HeaderValue::from_maybe_shared(Bytes::from(member)) {
-            headers.append(CACHE_STATUS.clone(), member);
-        }
-        headers.append(crate::headers::PROXY_STATUS.clone(), proxy_status);
+    /// The copy's own stored fields; the head the client gets is made from them by the one
+    /// place that writes answers' heads.
+    pub(crate) fn headers(&self) -> &HeaderMap {
+        &self.copy.headers
+    }
+
+    /// The copy's remaining freshness in whole seconds (negative once stale).
+    pub(crate) fn ttl(&self) -> i64 {
+        self.ttl
+    }
+
+    /// The copy's status and body (none for a HEAD).
+    pub(crate) fn into_parts(self) -> (StatusCode, Bytes) {
         let body = if self.head {
             Bytes::new()
         } else {
             self.copy.body.clone()
         };
-        (self.copy.status, headers, body)
+        (self.copy.status, body)
     }
 }
 
@@ -171,6 +148,7 @@ mod tests {
     use std::time::Duration;
 
     use http::Request;
+    use http::header::{self, HeaderValue};
 
     use super::*;
 

@@ -1,0 +1,300 @@
+//! The one decision point: from the outcome of the inner service to the response the client gets.
+//!
+//! The status is decided once, from the classification, and the body, headers, extension and span
+//! all read that decision.
+//!
+//! The answer is the origin's, passing through (`forward`), or one this gateway makes: a
+//! generated error (`generate`, its body and head in the caller's form in `answer`), or a stored
+//! copy in its place (`copy`). Every field of a made answer's head is written in `head`.
+
+mod answer;
+mod copy;
+mod forward;
+mod generate;
+mod head;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::Response;
+use http_body::Body;
+use tracing::Span;
+
+use crate::BoxError;
+use crate::body::GatewayBody;
+use crate::classify::classification::Classification;
+use crate::classify::classify;
+use crate::config::Config;
+use crate::deadline::{ResponseDeadline, TimedOut};
+use crate::error::{PendingProxyError, ProxyError, chain};
+use crate::facts::RequestFacts;
+use crate::fault::Fault;
+use crate::grpc::call::GRPC_STATUS;
+use crate::interim::check_final_interim;
+use crate::kind::Phase;
+use crate::trace;
+use copy::origin_error_from_copy;
+use forward::forward;
+use generate::generate;
+use head::Generated;
+
+/// What the answer will need, kept from the request until the outcome is known.
+pub(crate) struct Pending {
+    pub(crate) config: Arc<Config>,
+    pub(crate) facts: RequestFacts,
+    pub(crate) span: Span,
+    /// For `gateway.upstream_ms`; not read when no subscriber wants the span.
+    pub(crate) started: Option<Instant>,
+    /// When the whole response must be over, if a response deadline is set.
+    pub(crate) response_deadline: Option<ResponseDeadline>,
+}
+
+impl Pending {
+    pub(crate) fn new(
+        config: Arc<Config>,
+        facts: RequestFacts,
+        span: Span,
+        response_deadline: Option<ResponseDeadline>,
+    ) -> Self {
+        Pending {
+            started: (!span.is_disabled()).then(Instant::now),
+            config,
+            facts,
+            span,
+            response_deadline,
+        }
+    }
+}
+
+/// The client went away before its answer was decided: recorded as such (nginx logs 499), an
+/// error of no one's, on the span and in the metrics.
+pub(crate) fn client_gone(pending: &Pending) {
+    trace::record_client_gone(&pending.span);
+    #[cfg(feature = "metrics")]
+    crate::metrics::client_gone(
+        pending.config.metrics.as_ref(),
+        pending.facts.metrics.as_ref(),
+    );
+}
+
+/// How the inner service ended.
+pub(crate) enum Outcome<B> {
+    Response(Response<B>),
+    Failed(BoxError),
+    /// A limit on the head ran out first.
+    TimedOut(TimedOut),
+}
+
+pub(crate) fn finish<B: Body>(pending: Pending, outcome: Outcome<B>) -> Response<GatewayBody<B>> {
+    if let Some(started) = pending.started {
+        let elapsed_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        pending.span.record("gateway.upstream_ms", elapsed_ms);
+    }
+    match outcome {
+        Outcome::Response(mut response) => {
+            if let Some(PendingProxyError(error)) =
+                response.extensions_mut().remove::<PendingProxyError>()
+            {
+                let (parts, _) = response.into_parts();
+                return generate(&pending, error, Some(&parts.headers), None);
+            }
+            let status = response.status();
+            if status.is_informational() {
+                let offered = pending.facts.upgrade.as_ref();
+                if let Some(error) = check_final_interim(status, offered, response.headers()) {
+                    return generate(&pending, error, None, None);
+                }
+            }
+            let generated_inside = response.extensions().get::<Generated>().is_some();
+            // A gRPC status from the origin is its answer to a gRPC caller, whatever the HTTP
+            // status: never replaced.
+            let grpc_answer =
+                pending.facts.grpc.is_some() && response.headers().contains_key(&GRPC_STATUS);
+            if pending.config.intercept.contains(status) && !generated_inside && !grpc_answer {
+                let (parts, _) = response.into_parts();
+                let error = ProxyError::from_classification(
+                    Classification::unrecognized()
+                        .with_status(status)
+                        .with_phase(Phase::MaybeSent),
+                );
+                return generate(&pending, error, Some(&parts.headers), Some(status));
+            }
+            if !generated_inside {
+                if let Some(answer) = origin_error_from_copy(&pending, status) {
+                    return answer;
+                }
+            }
+            forward(pending, response)
+        }
+        Outcome::Failed(error) => {
+            // A ProxyError is an error already decided (by this layer, or by a service that knows
+            // exactly what went wrong): it is answered as it is, its own source kept.
+            let error = match error.downcast::<ProxyError>() {
+                Ok(decided) => *decided,
+                Err(error) => {
+                    let classification = classify(&pending.config.classifiers, &*error);
+                    // A ProxyError deeper in the chain may know when to come back.
+                    let retry_after = chain(&*error)
+                        .find_map(|e| e.downcast_ref::<ProxyError>())
+                        .and_then(ProxyError::retry_after);
+                    let error =
+                        ProxyError::from_classification(classification).with_source_boxed(error);
+                    match retry_after {
+                        Some(after) => error.with_retry_after(after),
+                        None => error,
+                    }
+                }
+            };
+            generate(&pending, error, None, None)
+        }
+        Outcome::TimedOut(timed_out) => {
+            let classification = Classification::new(timed_out.kind());
+            // A gRPC caller's own deadline is answered as any timeout, but it is the caller's.
+            let classification = if timed_out.is_upstreams() {
+                classification
+            } else {
+                classification.with_fault(Fault::Client)
+            };
+            let error = ProxyError::from_classification(classification).with_source(timed_out);
+            generate(&pending, error, None, None)
+        }
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use bytes::Bytes;
+    use http::{Request, StatusCode};
+    use http_body_util::{BodyExt, Full};
+
+    use super::*;
+    use crate::config::Settings;
+    use crate::facts::Fields;
+    use crate::kind::ProxyErrorKind;
+
+    /// What the answer to `request` will need, under `settings`.
+    pub(in crate::respond) fn pending(settings: Settings, request: &Request<()>) -> Pending {
+        pending_in(&Arc::new(Config::new(settings)), request)
+    }
+
+    /// What the answer to `request` will need, under `config` (shared with other requests).
+    pub(in crate::respond) fn pending_in(config: &Arc<Config>, request: &Request<()>) -> Pending {
+        let config = Arc::clone(config);
+        let fields = Fields::scan(request.headers(), &config.request_id_header);
+        let facts = RequestFacts::capture(request, &fields, &config);
+        Pending::new(config, facts, Span::none(), None)
+    }
+
+    /// A GET of `/page` with `headers`.
+    pub(in crate::respond) fn get(headers: &[(&'static str, &'static str)]) -> Request<()> {
+        let mut request = Request::get("/page").body(()).unwrap();
+        *request.headers_mut() = crate::testing::header_map(headers);
+        request
+    }
+
+    /// An origin's answer with `status` and `body`.
+    pub(in crate::respond) fn origin(
+        status: StatusCode,
+        body: &'static str,
+    ) -> Response<Full<Bytes>> {
+        let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+        *response.status_mut() = status;
+        response
+    }
+
+    /// The whole body of `response`.
+    pub(in crate::respond) async fn body_of<B>(response: Response<GatewayBody<B>>) -> Bytes
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        response.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    fn intercepting(status: StatusCode) -> Settings {
+        let mut settings = Settings::default();
+        settings.intercept.insert(status);
+        settings
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_intercepted_origin_status_is_answered_by_the_gateway_and_another_passes() {
+        let settings = intercepting(StatusCode::SERVICE_UNAVAILABLE);
+        let answer = finish(
+            pending(settings.clone(), &get(&[])),
+            Outcome::Response(origin(StatusCode::SERVICE_UNAVAILABLE, "origin page")),
+        );
+        assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            answer.headers()["proxy-status"],
+            "gateway; received-status=503"
+        );
+        assert_eq!(answer.headers()["content-type"], "application/problem+json");
+        assert!(answer.extensions().get::<Generated>().is_some());
+        assert_ne!(body_of(answer).await, "origin page");
+
+        let answer = finish(
+            pending(settings, &get(&[])),
+            Outcome::Response(origin(StatusCode::INTERNAL_SERVER_ERROR, "origin page")),
+        );
+        assert_eq!(answer.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(answer.headers().get("proxy-status").is_none());
+        assert!(answer.extensions().get::<Generated>().is_none());
+        assert_eq!(body_of(answer).await, "origin page");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_generated_inside_or_a_grpc_status_is_never_replaced() {
+        let settings = intercepting(StatusCode::SERVICE_UNAVAILABLE);
+        let mut inner = origin(StatusCode::SERVICE_UNAVAILABLE, "inner answer");
+        inner.extensions_mut().insert(Generated);
+        let answer = finish(
+            pending(settings.clone(), &get(&[])),
+            Outcome::Response(inner),
+        );
+        assert_eq!(body_of(answer).await, "inner answer");
+
+        let call = get(&[("content-type", "application/grpc")]);
+        let mut grpc = origin(StatusCode::SERVICE_UNAVAILABLE, "");
+        grpc.headers_mut()
+            .insert("grpc-status", http::HeaderValue::from_static("8"));
+        let answer = finish(pending(settings, &call), Outcome::Response(grpc));
+        assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(answer.headers()["grpc-status"], "8");
+        assert!(answer.headers().get("proxy-status").is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_or_a_marked_response_is_answered_with_its_error() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let answer = finish::<Full<Bytes>>(
+            pending(Settings::default(), &get(&[])),
+            Outcome::Failed(Box::new(refused)),
+        );
+        assert_eq!(answer.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            answer.headers()["proxy-status"],
+            "gateway; error=connection_refused"
+        );
+        let error = answer.extensions().get::<ProxyError>().unwrap();
+        assert_eq!(error.kind(), Some(ProxyErrorKind::ConnectionRefused));
+
+        // A handler's response marked with the error it stands for: its body is replaced.
+        let mut marked = origin(StatusCode::OK, "handler body");
+        marked
+            .extensions_mut()
+            .insert(PendingProxyError(ProxyError::new(
+                ProxyErrorKind::DestinationUnavailable,
+            )));
+        let answer = finish(
+            pending(Settings::default(), &get(&[])),
+            Outcome::Response(marked),
+        );
+        assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            answer.headers()["proxy-status"],
+            "gateway; error=destination_unavailable"
+        );
+        assert_ne!(body_of(answer).await, "handler body");
+    }
+}
