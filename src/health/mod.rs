@@ -224,6 +224,7 @@
 
 mod attempt;
 pub mod body;
+mod clock;
 pub(crate) mod error;
 pub mod future;
 mod key;
