@@ -240,3 +240,6 @@ pub use key::{AuthorityKey, ByAuthority, KeyUpstream};
 pub use layer::UpstreamHealthLayer;
 pub use limit::{AdaptiveLimit, LimitReached};
 pub use service::UpstreamHealth;
+
+#[cfg(test)]
+mod fixture;
