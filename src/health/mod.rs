@@ -128,7 +128,7 @@
 //! Never by default: the origin's own statuses (a 500, a 503, a 404 is an answer: the upstream is
 //! up), a request refused before it was sent (a body over a limit, a full pool). Opt in to the
 //! origin's 502, 503 and 504 with
-//! [`count_origin_statuses`](UpstreamHealthLayer::count_origin_statuses), or replace the rule
+//! [`failure_statuses`](UpstreamHealthLayer::failure_statuses), or replace the rule
 //! with [`failure_rule`](UpstreamHealthLayer::failure_rule).
 //!
 //! The rule reads the kind of an error as the classifiers decide it: give the layer the

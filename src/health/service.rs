@@ -244,7 +244,7 @@ mod tests {
         }
         let counted = ServiceBuilder::new()
             .layer(GatewayErrorLayer::new())
-            .layer(health().count_origin_statuses([StatusCode::SERVICE_UNAVAILABLE]))
+            .layer(health().failure_statuses([StatusCode::SERVICE_UNAVAILABLE]))
             .service(origin_503);
         for _ in 0..3 {
             let response = counted.clone().oneshot(request()).await.unwrap();
