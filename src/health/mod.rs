@@ -192,6 +192,9 @@
 //!   `gateway.upstream` (the key), `gateway.upstream_state` (the new state), `reason` ("5
 //!   consecutive failures, the last connection_refused", "the probe failed:
 //!   http_response_timeout", ...) and `gateway.open_ms`.
+//! - Each refused request is a `DEBUG` event ("upstream request failed", `error.type`
+//!   `destination_unavailable`), never a `WARN` or an `INFO`: the outage was told once, when it
+//!   began, and a log at `INFO` stays quiet for as long as it lasts.
 //! - With the `metrics` feature and [`metrics`](UpstreamHealthLayer::metrics), a counter of
 //!   transitions and the number of upstreams marked unavailable (see [`metrics`](crate::metrics)).
 //!   `GatewayErrorLayer`'s `http.server.request.duration` records a refusal with `error.type`

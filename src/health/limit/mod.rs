@@ -76,6 +76,9 @@
 //! # Observing it
 //!
 //! - A refused request's span gets `gateway.concurrency_limit`: the limit that refused it.
+//! - Each refused request is a `DEBUG` event ("upstream request failed", `error.type`
+//!   `connection_limit_reached`): the fall of the limit is the news, not every request it turns
+//!   away.
 //! - When a window halves the limit (from 4 or more), a `WARN` event (target `gateway_errors`,
 //!   at most one per upstream every 10 s): "upstream concurrency limit fell", with
 //!   `gateway.upstream`, `gateway.concurrency_limit` and `from`.
