@@ -344,9 +344,12 @@ async fn a_refusal_is_on_the_span_and_in_the_upstreams_metrics() {
     assert_eq!(value(UPSTREAM_IN_FLIGHT), (upstream, 0));
 }
 
-/// The level and `error.type` of every event.
+/// An event's level, and its `error.type` if it has one.
+type Seen = (tracing::Level, Option<String>);
+
+/// Every event, as [`Seen`].
 #[derive(Clone, Default)]
-struct Events(Arc<std::sync::Mutex<Vec<(tracing::Level, Option<String>)>>>);
+struct Events(Arc<std::sync::Mutex<Vec<Seen>>>);
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Events {
     fn on_event(

@@ -52,7 +52,8 @@ impl Controller {
         }
     }
 
-    /// The upstream's key, as events and metrics show it.
+    /// The upstream's key, as metrics show it.
+    #[cfg(feature = "metrics")]
     pub(super) fn name(&self) -> &Arc<str> {
         &self.name
     }
