@@ -12,7 +12,7 @@
 //! | cause | status | `Proxy-Status` error | counted by the breaker | retried by [`RetryPolicy`](crate::retry::RetryPolicy) | `gateway.fault` |
 //! |---|---|---|---|---|---|
 //! | the upstream refused, reset, stalled, lied, timed out | 502 / 503 / 504 | its RFC 9209 type | connection failures and timeouts | when the hint allows | `upstream` |
-//! | the origin's own 5xx | the origin's | (untouched) | only with `count_origin_statuses` | no | `upstream` |
+//! | the origin's own 5xx | the origin's | (untouched) | only with `failure_statuses` | no | `upstream` |
 //! | the upload stalled past the [client body timeout](crate::GatewayErrorLayer::client_body_timeout) | 408, `Connection: close` | none | no | when the hint allows | `client` |
 //! | the client broke its upload off | 400 (when it can still read) | none | no | when the hint allows | `client` |
 //! | a gRPC caller's own deadline (`grpc-timeout`) ran out | `DEADLINE_EXCEEDED` | `http_response_timeout` | no | no | `client` |

@@ -162,8 +162,9 @@ pub(crate) struct Generated<'a> {
     pub(crate) intercepted: bool,
     /// Whose fault it was.
     pub(crate) fault: Fault,
-    /// An answer from what the gateway already knows (an upstream marked unavailable): the
-    /// failure was logged when it was learnt, so each answer is an `INFO` event, not a `WARN`.
+    /// An answer from what the gateway already knows (an upstream marked unavailable, or at its
+    /// concurrency limit): the failure was logged when it was learnt, so each answer is a `DEBUG`
+    /// event, not a `WARN` or an `INFO` per request for as long as the outage lasts.
     pub(crate) known: bool,
 }
 
@@ -180,7 +181,7 @@ pub(crate) fn record_generated(span: &Span, generated: &Generated<'_>) {
     let sent = i64::from(generated.sent.as_u16());
     if span.is_disabled() {
         let wanted = if generated.known {
-            tracing::event_enabled!(target: TARGET, Level::INFO)
+            tracing::event_enabled!(target: TARGET, Level::DEBUG)
         } else {
             tracing::event_enabled!(target: TARGET, Level::WARN)
         };
@@ -225,7 +226,9 @@ pub(crate) fn record_generated(span: &Span, generated: &Generated<'_>) {
             )
         };
     }
-    if generated.status.is_server_error() && !generated.known {
+    if generated.known {
+        event_at!(Level::DEBUG);
+    } else if generated.status.is_server_error() {
         event_at!(Level::WARN);
     } else {
         event_at!(Level::INFO);

@@ -154,3 +154,171 @@ impl<F, T> fmt::Debug for ResponseFuture<F, T> {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Every way a request (and a probe) can end before its response head: the gateway's
+    //! timeout, a client that goes away, a caller's own deadline.
+
+    use std::time::Duration;
+
+    use http::StatusCode;
+    use tokio::time::Instant;
+    use tower::ServiceExt;
+
+    use crate::health::fixture::*;
+    use crate::{ProxyError, ProxyErrorKind};
+
+    #[tokio::test(start_paused = true)]
+    async fn the_gateways_timeout_counts_and_then_it_answers_at_once() {
+        let upstream = Upstream::default();
+        upstream.set(Mode::Silent);
+        let gateway = gateway(health(), upstream.clone());
+        for _ in 0..3 {
+            let started = Instant::now();
+            let (response, _) = exchange(&gateway).await;
+            assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+            assert_eq!(started.elapsed(), Duration::from_secs(1));
+        }
+        let started = Instant::now();
+        let (response, _) = exchange(&gateway).await;
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "no wait for a known-dead upstream"
+        );
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            kind_of(&response),
+            Some(ProxyErrorKind::DestinationUnavailable)
+        );
+        assert_eq!(retry_after(&response), 10);
+        assert_eq!(upstream.calls(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_goes_away_counts_as_nothing() {
+        let upstream = Upstream::default();
+        upstream.set(Mode::Silent);
+        let gateway = gateway(health(), upstream.clone());
+        for _ in 0..10 {
+            // The client gives up before the gateway's timeout: its future is dropped.
+            let call = gateway.clone().oneshot(request());
+            assert!(
+                tokio::time::timeout(Duration::from_millis(500), call)
+                    .await
+                    .is_err()
+            );
+        }
+        upstream.set(Mode::Ok);
+        let (response, _) = exchange(&gateway).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(upstream.calls(), 11);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_whose_client_goes_away_lets_the_next_request_probe() {
+        let upstream = Upstream::default();
+        let gateway = gateway(health(), upstream.clone());
+        trip(&gateway, &upstream).await;
+        upstream.set(Mode::Silent);
+        let calls = upstream.calls();
+        let probe = tokio::spawn(gateway.clone().oneshot(request()));
+        tokio::task::yield_now().await;
+        assert_eq!(upstream.calls(), calls + 1, "the probe went through");
+        // While it is in flight, the others are told to come back in a second.
+        let (response, _) = exchange(&gateway).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(retry_after(&response), 1);
+        // Its client goes away.
+        probe.abort();
+        assert!(probe.await.is_err_and(|e| e.is_cancelled()));
+        upstream.set(Mode::Ok);
+        let (response, _) = exchange(&gateway).await;
+        assert_eq!(response.status(), StatusCode::OK, "the next request probed");
+        let (response, _) = exchange(&gateway).await;
+        assert_eq!(response.status(), StatusCode::OK, "and closed it");
+        assert_eq!(upstream.calls(), calls + 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_the_gateway_times_out_opens_it_for_longer() {
+        let upstream = Upstream::default();
+        let gateway = gateway(health(), upstream.clone());
+        trip(&gateway, &upstream).await;
+        upstream.set(Mode::Silent);
+        let (response, _) = exchange(&gateway).await;
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+        let (response, _) = exchange(&gateway).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            retry_after(&response),
+            20,
+            "the second trip: twice the open time"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_callers_own_deadline_is_answered_and_never_counted() {
+        let upstream = Upstream::default();
+        upstream.set(Mode::Silent);
+        let gateway = gateway(health(), upstream.clone());
+        for _ in 0..10 {
+            let started = Instant::now();
+            let response = gateway.clone().oneshot(grpc_call("1m")).await.unwrap();
+            assert_eq!(started.elapsed(), Duration::from_millis(1));
+            assert_eq!(response.headers()["grpc-status"], "4", "DEADLINE_EXCEEDED");
+            assert_eq!(
+                kind_of(&response),
+                Some(ProxyErrorKind::HttpResponseTimeout)
+            );
+            // Answered as a timeout, recorded as the caller's.
+            let error = response.extensions().get::<ProxyError>().unwrap();
+            assert_eq!(error.fault(), crate::fault::Fault::Client);
+        }
+        upstream.set(Mode::Ok);
+        let (response, _) = exchange(&gateway).await;
+        assert_eq!(response.status(), StatusCode::OK, "not marked unavailable");
+        assert_eq!(upstream.calls(), 11);
+
+        // A caller's deadline no sooner than the gateway's timeout: the gateway's, and counted.
+        upstream.set(Mode::Silent);
+        for _ in 0..3 {
+            let response = gateway.clone().oneshot(grpc_call("5S")).await.unwrap();
+            assert_eq!(response.headers()["grpc-status"], "4");
+            let error = response.extensions().get::<ProxyError>().unwrap();
+            assert_eq!(error.fault(), crate::fault::Fault::Upstream);
+        }
+        let (response, _) = exchange(&gateway).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_ended_by_its_callers_deadline_lets_the_next_request_probe() {
+        let upstream = Upstream::default();
+        let gateway = gateway(health(), upstream.clone());
+        trip(&gateway, &upstream).await;
+        upstream.set(Mode::Silent);
+        for _ in 0..5 {
+            let response = gateway.clone().oneshot(grpc_call("1m")).await.unwrap();
+            assert_eq!(
+                response.headers()["grpc-status"],
+                "4",
+                "the probe, timed out"
+            );
+        }
+        // Each went through as the probe, and none marked the upstream unavailable again.
+        let calls = upstream.calls();
+        upstream.set(Mode::Refuse);
+        let (response, _) = exchange(&gateway).await;
+        assert_eq!(kind_of(&response), Some(ProxyErrorKind::ConnectionRefused));
+        assert_eq!(upstream.calls(), calls + 1, "the next request probed");
+        let (response, _) = exchange(&gateway).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            retry_after(&response),
+            20,
+            "the second trip in a row, not the seventh: the open time did not grow"
+        );
+    }
+}

@@ -169,7 +169,7 @@ impl<K> UpstreamHealthLayer<K> {
     /// use gateway_errors::health::UpstreamHealthLayer;
     /// use http::StatusCode;
     ///
-    /// let layer = UpstreamHealthLayer::new().count_origin_statuses([
+    /// let layer = UpstreamHealthLayer::new().failure_statuses([
     ///     StatusCode::BAD_GATEWAY,
     ///     StatusCode::SERVICE_UNAVAILABLE,
     ///     StatusCode::GATEWAY_TIMEOUT,
@@ -178,7 +178,7 @@ impl<K> UpstreamHealthLayer<K> {
     /// ```
     ///
     /// Statuses outside 400–599 are ignored. The response still goes to the client unchanged.
-    pub fn count_origin_statuses(self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
+    pub fn failure_statuses(self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
         self.set(|s| {
             statuses
                 .into_iter()
@@ -188,7 +188,7 @@ impl<K> UpstreamHealthLayer<K> {
 
     /// Replaces the rule that decides which errors (and statuses) count as the upstream's
     /// failures; [`Attempt::counts_by_default`] is the default one. Statuses given to
-    /// [`count_origin_statuses`](Self::count_origin_statuses) count whatever the rule says.
+    /// [`failure_statuses`](Self::failure_statuses) count whatever the rule says.
     ///
     /// An error the rule does not count says nothing about the upstream: it neither counts as a
     /// failure nor ends a run of them. A response head the rule does not count is a success.

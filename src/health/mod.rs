@@ -128,7 +128,7 @@
 //! Never by default: the origin's own statuses (a 500, a 503, a 404 is an answer: the upstream is
 //! up), a request refused before it was sent (a body over a limit, a full pool). Opt in to the
 //! origin's 502, 503 and 504 with
-//! [`count_origin_statuses`](UpstreamHealthLayer::count_origin_statuses), or replace the rule
+//! [`failure_statuses`](UpstreamHealthLayer::failure_statuses), or replace the rule
 //! with [`failure_rule`](UpstreamHealthLayer::failure_rule).
 //!
 //! The rule reads the kind of an error as the classifiers decide it: give the layer the
@@ -192,6 +192,9 @@
 //!   `gateway.upstream` (the key), `gateway.upstream_state` (the new state), `reason` ("5
 //!   consecutive failures, the last connection_refused", "the probe failed:
 //!   http_response_timeout", ...) and `gateway.open_ms`.
+//! - Each refused request is a `DEBUG` event ("upstream request failed", `error.type`
+//!   `destination_unavailable`), never a `WARN` or an `INFO`: the outage was told once, when it
+//!   began, and a log at `INFO` stays quiet for as long as it lasts.
 //! - With the `metrics` feature and [`metrics`](UpstreamHealthLayer::metrics), a counter of
 //!   transitions and the number of upstreams marked unavailable (see [`metrics`](crate::metrics)).
 //!   `GatewayErrorLayer`'s `http.server.request.duration` records a refusal with `error.type`
@@ -224,6 +227,7 @@
 
 mod attempt;
 pub mod body;
+mod clock;
 pub(crate) mod error;
 pub mod future;
 mod key;
@@ -239,3 +243,6 @@ pub use key::{AuthorityKey, ByAuthority, KeyUpstream};
 pub use layer::UpstreamHealthLayer;
 pub use limit::{AdaptiveLimit, LimitReached};
 pub use service::UpstreamHealth;
+
+#[cfg(test)]
+mod fixture;

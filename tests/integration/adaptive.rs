@@ -343,3 +343,75 @@ async fn a_refusal_is_on_the_span_and_in_the_upstreams_metrics() {
     assert_eq!(value(UPSTREAM_CONCURRENCY_LIMIT), (upstream.clone(), 1));
     assert_eq!(value(UPSTREAM_IN_FLIGHT), (upstream, 0));
 }
+
+/// An event's level, and its `error.type` if it has one.
+type Seen = (tracing::Level, Option<String>);
+
+/// Every event, as [`Seen`].
+#[derive(Clone, Default)]
+struct Events(Arc<std::sync::Mutex<Vec<Seen>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Events {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        struct Visit<'a>(&'a mut Option<String>);
+        impl tracing::field::Visit for Visit<'_> {
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                if field.name() == "error.type" {
+                    *self.0 = Some(value.to_owned());
+                }
+            }
+            fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+        }
+        let mut error_type = None;
+        event.record(&mut Visit(&mut error_type));
+        let level = *event.metadata().level();
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .push((level, error_type));
+    }
+}
+
+#[tokio::test]
+async fn each_refusal_is_a_debug_event_not_a_line_at_info() {
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let events = Events::default();
+    let _subscriber =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(events.clone()));
+    tracing::callsite::rebuild_interest_cache();
+
+    let origin = Brownout::start(1, Duration::from_secs(1)).await;
+    let health = UpstreamHealthLayer::new().adaptive_limit(AdaptiveLimit::new().initial(1).max(1));
+    let gateway = gateway(health, origin.addr);
+    let busy = tokio::spawn(call(gateway.clone(), get()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..9 {
+        // Other tests meet the same callsites on other threads, without a subscriber.
+        tracing::callsite::rebuild_interest_cache();
+        let response = call(gateway.clone(), get()).await;
+        assert_problem(response, &refusal()).await;
+    }
+    let first = within("the request in flight", busy)
+        .await
+        .expect("not cancelled");
+    assert_eq!(first.status(), StatusCode::OK);
+    read_body(first.into_body()).await;
+
+    let events = events.0.lock().expect("not poisoned").clone();
+    let refusals: Vec<tracing::Level> = events
+        .iter()
+        .filter(|(_, error_type)| error_type.as_deref() == Some("connection_limit_reached"))
+        .map(|(level, _)| *level)
+        .collect();
+    assert_eq!(refusals, [tracing::Level::DEBUG; 9], "{events:?}");
+    let loud: Vec<_> = events
+        .iter()
+        .filter(|(level, _)| *level <= tracing::Level::INFO)
+        .collect();
+    assert!(loud.is_empty(), "{loud:?}");
+}

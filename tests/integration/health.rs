@@ -816,6 +816,62 @@ async fn every_transition_is_a_warn_event_with_the_key_and_the_reason() {
     assert_eq!(states, ["open", "probe"]);
 }
 
+#[tokio::test]
+async fn while_unavailable_each_refusal_is_a_debug_event_and_only_the_opening_a_warning() {
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let captured = observed::Captured::default();
+    let subscriber = tracing_subscriber::registry().with(captured.clone());
+    let _guard = tracing::subscriber::set_default(subscriber);
+    tracing::callsite::rebuild_interest_cache();
+
+    let port = refusing_port().await;
+    let gateway = gateway(support::layer(), health(), port);
+    for _ in 0..5 {
+        let response = call(gateway.clone(), get("/orders")).await;
+        assert_eq!(kind_of(&response), Some(ProxyErrorKind::ConnectionRefused));
+    }
+    let failures = captured.events.lock().unwrap().len();
+    for _ in 0..9 {
+        // Other tests meet the same callsites on other threads, without a subscriber.
+        tracing::callsite::rebuild_interest_cache();
+        let response = call(gateway.clone(), get("/orders")).await;
+        assert_unavailable(response).await;
+    }
+
+    let events = captured.events.lock().unwrap().clone();
+    let level_of = |message: &str| -> Vec<tracing::Level> {
+        events
+            .iter()
+            .filter(|event| event.fields.get("message").is_some_and(|m| m == message))
+            .map(|event| event.level)
+            .collect()
+    };
+    assert_eq!(
+        level_of("upstream marked unavailable"),
+        [tracing::Level::WARN],
+        "the outage is told once, when it begins"
+    );
+    let refusals: Vec<tracing::Level> = events
+        .iter()
+        .filter(|event| {
+            event
+                .fields
+                .get("error.type")
+                .is_some_and(|t| t == "destination_unavailable")
+        })
+        .map(|event| event.level)
+        .collect();
+    assert_eq!(refusals, [tracing::Level::DEBUG; 9], "{events:?}");
+    // Once it is marked unavailable, nothing at INFO or above: a log at INFO stays quiet for
+    // the whole outage.
+    let loud: Vec<_> = events[failures..]
+        .iter()
+        .filter(|event| event.level <= tracing::Level::INFO)
+        .collect();
+    assert!(loud.is_empty(), "{loud:?}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Metrics
 // ---------------------------------------------------------------------------------------------
