@@ -9,7 +9,7 @@
 //! (its deadline, the pace of its upload or of its reading, its leaving) can open a breaker or
 //! choose a stored copy.
 //!
-//! | cause | status | `Proxy-Status` error | counted by the breaker | retried by [`RetryPolicy`](crate::retry::RetryPolicy) | `gateway.fault` |
+//! | cause | status | `Proxy-Status` error | counted by the breaker | retried by [`RetryLayer`](crate::retry::RetryLayer) | `gateway.fault` |
 //! |---|---|---|---|---|---|
 //! | the upstream refused, reset, stalled, lied, timed out | 502 / 503 / 504 | its RFC 9209 type | connection failures and timeouts | when the hint allows | `upstream` |
 //! | the origin's own 5xx | the origin's | (untouched) | only with `failure_statuses` | no | `upstream` |

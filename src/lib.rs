@@ -196,7 +196,7 @@
 //! | [`classify`] | the [`Classify`](classify::Classify) trait and the [`DefaultClassifier`](classify::DefaultClassifier) |
 //! | [`render`] | the body: [`ErrorView`](render::ErrorView), renderers, the built-in templates, [`negotiate`](render::negotiate) |
 //! | [`headers`] | `Proxy-Status`, [`ProxyName`]'s error |
-//! | [`retry`] | the retry hint's facts, [`RetryAfter`](retry::RetryAfter), [`RetryPolicy`](retry::RetryPolicy) |
+//! | [`retry`] | the retry hint's facts, [`RetryAfter`](retry::RetryAfter), [`RetryLayer`](retry::RetryLayer) and its [`RetryPolicy`](retry::RetryPolicy) |
 //! | [`grpc`] | [`GrpcCode`](grpc::GrpcCode) |
 //! | [`stale`] | [`Store`](stale::Store): the last good copy answers while the origin is down |
 //! | [`health`] | [`UpstreamHealthLayer`](health::UpstreamHealthLayer): remember a failing upstream, 503 `destination_unavailable` while it is down, one probe at a time |
@@ -207,10 +207,10 @@
 //! # Features
 //!
 //! - `axum` (default): `impl IntoResponse for ProxyError`, and `axum::body::Body` as a
-//!   [`ReplayBody`](retry::ReplayBody).
+//!   [`TryCloneBody`](retry::TryCloneBody).
 //! - `hyper`, `hyper-util`, `tower` (default): the default classifier recognises the errors of
 //!   hyper, of hyper-util's legacy client, and of tower's timeout, load-shed and buffer; `tower`
-//!   also brings [`RetryPolicy`](retry::RetryPolicy).
+//!   also brings [`RetryLayer`](retry::RetryLayer).
 //! - `tower-http` (default): the request id comes from tower-http's `RequestId` extension when it
 //!   is there.
 //! - `reqwest`: the default classifier recognises `reqwest::Error`.

@@ -363,6 +363,11 @@ impl Started {
             method: metrics.method(method),
         })
     }
+
+    /// A later attempt of a retried request: the duration runs from the first attempt's `start`.
+    pub(crate) fn since(&mut self, start: Instant) {
+        self.at = start;
+    }
 }
 
 /// Records an origin's response now if it has no body the server will send, else returns a timer

@@ -4,6 +4,7 @@ use std::convert::Infallible;
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -22,6 +23,7 @@ use crate::headers::cdn_loop::{CDN_LOOP, LoopDetected, count_member};
 use crate::kind::ProxyErrorKind;
 use crate::layer::GatewayErrorLayer;
 use crate::respond::Pending;
+use crate::retry::attempt::Attempt;
 use crate::trace;
 use crate::upload::UploadWatch;
 
@@ -112,6 +114,9 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        // Made by a retry service outside, if there is one: one lookup in a map that is usually
+        // empty.
+        let attempt = Attempt::find(&request);
         // One walk over the fields finds all the layer reads. Hop-by-hop fields go first, so that
         // everything below reads (and `CDN-Loop` is written into) what the next hop gets: the walk
         // is made again after a removal (rare: most requests carry none).
@@ -120,9 +125,19 @@ where
             crate::headers::remove_hop_by_hop(request.headers_mut());
             fields = Fields::scan(request.headers(), &self.config.request_id_header);
         }
-        let facts = RequestFacts::capture(&request, &fields, &self.config);
+        let mut facts = RequestFacts::capture(&request, &fields, &self.config);
         let has_cdn_loop = fields.cdn_loop;
-        let span = trace::request_span(self.config.span_level, &request);
+        let level = self.config.span_level;
+        let (span, elapsed) = match &attempt {
+            None => (trace::request_span(level, &request), Duration::ZERO),
+            Some(attempt) => attempt.enter(
+                || trace::request_span(level, &request),
+                head_limit(&self.config, &facts),
+            ),
+        };
+        if !elapsed.is_zero() {
+            later_attempt(&mut facts, attempt.as_ref(), elapsed);
+        }
         if facts.grpc.is_some() && !span.is_disabled() {
             trace::record_rpc_call(&span, service_and_method(request.uri().path()));
         }
@@ -143,22 +158,24 @@ where
                 // Been here before: forwarding it again would go round once more.
                 let error = ProxyError::new(ProxyErrorKind::ProxyLoopDetected)
                     .with_source(LoopDetected { times });
-                let pending = Pending::new(config, facts, span, None);
+                let pending = Pending::new(config, facts, span, None, attempt);
                 return ResponseFuture::failed(Box::new(error), pending);
             }
             // RFC 8586: every intermediary appends itself, keeping the members before it.
             headers.append(CDN_LOOP.clone(), config.cdn_loop_member.clone());
         }
         if let Some(error) = ready_error {
-            return ResponseFuture::failed(error, Pending::new(config, facts, span, None));
+            return ResponseFuture::failed(error, Pending::new(config, facts, span, None, attempt));
         }
         // Watched only when there is a body to wait for: a request without one costs nothing here.
         let upload = UploadWatch::start(request.body(), config.client_body_timeout);
         let request = request.map(|body| UploadBody::new(body, upload.clone()));
         // The clock is read only when a limit needs a start.
-        let response_deadline = config.response_deadline.map(ResponseDeadline::start);
+        // A later attempt gets what the earlier ones left of each limit.
+        let left = |limit: Option<Duration>| limit.map(|limit| limit.saturating_sub(elapsed));
+        let response_deadline = left(config.response_deadline).map(ResponseDeadline::start);
         let head = HeadClock::new(
-            facts.upstream_timeout(config.upstream_timeout),
+            facts.upstream_timeout(left(config.upstream_timeout)),
             response_deadline,
         );
         let future = {
@@ -168,8 +185,33 @@ where
         ResponseFuture::new(
             future,
             head,
-            Pending::new(config, facts, span, response_deadline),
+            Pending::new(config, facts, span, response_deadline, attempt),
             upload,
         )
     }
+}
+
+/// The soonest the layer gives up on a response head: the upstream timeout, the response deadline
+/// or a gRPC caller's own deadline. A retry service makes no attempt after it.
+fn head_limit(config: &Config, facts: &RequestFacts) -> Option<Duration> {
+    let caller = facts.grpc.and_then(|call| call.timeout);
+    [config.upstream_timeout, config.response_deadline, caller]
+        .into_iter()
+        .flatten()
+        .min()
+}
+
+/// A later attempt of a retried request, `elapsed` after the first began: a gRPC caller's own
+/// deadline, and the duration in the metrics, count from the first attempt too.
+#[cold]
+fn later_attempt(facts: &mut RequestFacts, attempt: Option<&Attempt>, elapsed: Duration) {
+    if let Some(call) = facts.grpc.as_mut() {
+        call.timeout = call.timeout.map(|after| after.saturating_sub(elapsed));
+    }
+    #[cfg(feature = "metrics")]
+    if let (Some(started), Some(attempt)) = (facts.metrics.as_mut(), attempt) {
+        started.since(attempt.started());
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = attempt;
 }

@@ -20,6 +20,7 @@
 //! | `gateway.head_sent` | `true` when the origin's body failed or timed out after its head went to the client |
 //! | `gateway.stale` | `true` when a [stale copy](crate::stale) answered instead of an error; `error.type` then names the failure it hid |
 //! | `gateway.stale.age_s` | the age of that copy in seconds, as sent in `Age` |
+//! | `http.request.resend_count` | with [`RetryLayer`](crate::retry::RetryLayer) outside: how many times the request was sent again (absent when it was sent once); the retried attempts are `DEBUG` events in the span |
 //! | `gateway.upstream_state` | with [`UpstreamHealthLayer`](crate::health::UpstreamHealthLayer) inside: `open` or `half_open` when the upstream was marked unavailable, `probe` for the request that probes it |
 //!
 //! A gRPC call (see [`GrpcCode`](crate::grpc::GrpcCode)) also gets the OpenTelemetry RPC fields:
@@ -80,6 +81,7 @@ pub(crate) fn request_span<B>(level: Level, request: &Request<B>) -> Span {
                 gateway.stale.age_s = Empty,
                 gateway.upstream_state = Empty,
                 gateway.concurrency_limit = Empty,
+                http.request.resend_count = Empty,
             )
         };
     }
@@ -99,6 +101,13 @@ pub(crate) fn record_rpc_call(span: &Span, service_and_method: Option<(&str, &st
     if let Some((service, method)) = service_and_method {
         span.record("rpc.service", service);
         span.record("rpc.method", method);
+    }
+}
+
+/// Records how many times a retry service sent the request again, so far.
+pub(crate) fn record_resend_count(span: &Span, resends: u32) {
+    if !span.is_disabled() {
+        span.record("http.request.resend_count", i64::from(resends));
     }
 }
 

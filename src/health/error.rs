@@ -19,7 +19,7 @@ use std::fmt;
 /// }
 /// ```
 ///
-/// [`RetryPolicy`](crate::retry::RetryPolicy) does that, and never retries a refusal.
+/// [`RetryLayer`](crate::retry::RetryLayer) does that, and never retries a refusal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UpstreamUnavailable {
     // Zero-sized: boxing it as an error's source allocates nothing.

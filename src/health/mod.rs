@@ -200,11 +200,11 @@
 //!   `GatewayErrorLayer`'s `http.server.request.duration` records a refusal with `error.type`
 //!   `destination_unavailable`.
 //!
-//! # With `RetryPolicy`
+//! # With `RetryLayer`
 //!
-//! [`RetryPolicy`](crate::retry::RetryPolicy) goes outside `GatewayErrorLayer`, so every attempt
+//! [`RetryLayer`](crate::retry::RetryLayer) goes outside `GatewayErrorLayer`, so every attempt
 //! passes this layer and is counted against the upstream it really went to: a retry that a router
-//! sends elsewhere is a failure (or a success) of that other upstream. The policy never retries a
+//! sends elsewhere is a failure (or a success) of that other upstream. It never retries a
 //! refusal: the upstream is known to be down, and a retry would only be refused again.
 //!
 //! # A fleet of gateways

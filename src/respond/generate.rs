@@ -31,6 +31,10 @@ pub(super) fn generate<B>(
     rewritten: Option<&HeaderMap>,
     received: Option<StatusCode>,
 ) -> Response<GatewayBody<B>> {
+    let error = match retried(pending, error, rewritten, received) {
+        Ok(dropped) => return dropped,
+        Err(error) => error,
+    };
     let error = match from_copy(pending, error, received, Hides::LayerError) {
         Ok(answer) => return answer,
         Err(error) => error,
@@ -160,6 +164,47 @@ fn client_detail(status: StatusCode) -> &'static str {
     } else {
         "The request body ended before it was complete."
     }
+}
+
+/// With a retry service outside, an attempt it will make again (the retry policy decides): an
+/// answer it drops, with nothing rendered, logged or counted; else `error`, for the answer the
+/// client gets. Origin statuses replaced by a generated body are the origin's answers: not
+/// retried.
+fn retried<B>(
+    pending: &Pending,
+    error: ProxyError,
+    rewritten: Option<&HeaderMap>,
+    received: Option<StatusCode>,
+) -> Result<Response<GatewayBody<B>>, ProxyError> {
+    let Some(attempt) = pending.attempt.as_ref().filter(|_| received.is_none()) else {
+        return Err(error);
+    };
+    let config = &pending.config;
+    let retryable = config.retry.retryable(&RetryFacts {
+        phase: error.phase(),
+        kind: error.kind(),
+        idempotent_method: pending.facts.idempotent_method,
+        idempotency_key: pending.facts.idempotency_key.is_valid(),
+    });
+    // The delay the answer would state: a rewritten response's own, the error's, the configured.
+    let retry_after = match rewritten
+        .and_then(|old| old.get(header::RETRY_AFTER))
+        .filter(|_| config.keep_on_rewrite.contains(&header::RETRY_AFTER))
+    {
+        Some(value) => RetryAfter::parse(value.as_bytes()),
+        None => error
+            .retry_after()
+            .or_else(|| config.retry.retry_after(error.kind(), error.status())),
+    };
+    if !attempt.again(&pending.span, &error, retryable, retry_after) {
+        return Err(error);
+    }
+    let mut response = Response::new(GatewayBody::generated(Bytes::new()));
+    *response.status_mut() = error.status();
+    response
+        .extensions_mut()
+        .insert(error.with_retry_hint(retryable, retry_after));
+    Ok(response)
 }
 
 #[cfg(test)]

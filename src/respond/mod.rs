@@ -32,6 +32,7 @@ use crate::fault::Fault;
 use crate::grpc::call::GRPC_STATUS;
 use crate::interim::check_final_interim;
 use crate::kind::Phase;
+use crate::retry::attempt::Attempt;
 use crate::trace;
 use copy::origin_error_from_copy;
 use forward::forward;
@@ -47,6 +48,8 @@ pub(crate) struct Pending {
     pub(crate) started: Option<Instant>,
     /// When the whole response must be over, if a response deadline is set.
     pub(crate) response_deadline: Option<ResponseDeadline>,
+    /// With a retry service outside: the request across its attempts.
+    pub(crate) attempt: Option<Attempt>,
 }
 
 impl Pending {
@@ -55,8 +58,10 @@ impl Pending {
         facts: RequestFacts,
         span: Span,
         response_deadline: Option<ResponseDeadline>,
+        attempt: Option<Attempt>,
     ) -> Self {
         Pending {
+            attempt,
             started: (!span.is_disabled()).then(Instant::now),
             config,
             facts,
@@ -182,7 +187,7 @@ pub(super) mod tests {
         let config = Arc::clone(config);
         let fields = Fields::scan(request.headers(), &config.request_id_header);
         let facts = RequestFacts::capture(request, &fields, &config);
-        Pending::new(config, facts, Span::none(), None)
+        Pending::new(config, facts, Span::none(), None, None)
     }
 
     /// A GET of `/page` with `headers`.

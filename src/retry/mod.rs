@@ -1,5 +1,5 @@
-//! Retries: whether a failed request is safe to send again, when, and a ready
-//! `tower::retry::Policy` that acts on it.
+//! Retries: whether a failed request is safe to send again, when, and [`RetryLayer`], the
+//! middleware that sends it again.
 //!
 //! RFC 9110 §9.2.2: a proxy "MUST NOT automatically retry non-idempotent requests". What the layer
 //! knows and no client can is whether the request ever left the gateway. The default rule:
@@ -11,21 +11,79 @@
 //!   would loop again.
 //!
 //! Every generated error carries the hint: in its body (`retryable`), in the [`ProxyError`]
-//! extension ([`ProxyError::is_retryable`]) and on the span. [`RetryPolicy`] (feature `tower`, on
+//! extension ([`ProxyError::is_retryable`]) and on the span. [`RetryLayer`] (feature `tower`, on
 //! by default) retries on it.
+//!
+//! # Where the pieces go
+//!
+//! ```text
+//! RetryLayer               sends the request again when the layer inside says so
+//!   GatewayErrorLayer      classifies each attempt; decides, with the retry policy, whether
+//!                          it is the last; renders only the last one
+//!     route                points the request at its upstream (one upstream per path, host...)
+//!       UpstreamHealthLayer  counts every attempt against the upstream it really went to
+//!         client           hyper-util, reqwest, ...
+//! ```
+//!
+//! `RetryLayer` goes outside `GatewayErrorLayer`: the layer sees every attempt and turns each
+//! failure into an error with its retry hint. `UpstreamHealthLayer` goes inside, next to the
+//! client: every attempt is a real request to an upstream and counts as one there, and a router
+//! between the two may send a retry to another upstream. Placed the other way round, each of them
+//! compiles and does nothing; each says so once, in a `WARN` event (target `gateway_errors`).
+//!
+//! # One request, however many attempts
+//!
+//! A retry is invisible to whoever watches the gateway from outside, except where it says so:
+//!
+//! - **One span.** The retry service puts a small shared context in the extensions of every attempt (the first included); the layer makes the request's
+//!   `gateway.request` span at the first attempt and reuses it for the others. An attempt that
+//!   will be retried is a `DEBUG` event in that span ("retrying the upstream request", with
+//!   `http.request.resend_count`, `error.type` and `gateway.wait_ms`), and nothing else: no
+//!   `WARN`, no field on the span, no metric. The last attempt's answer is recorded as any
+//!   answer is, once, and the span gets `http.request.resend_count`, the number of resends,
+//!   when there were any (OpenTelemetry's attribute of that name).
+//! - **One deadline.** The layer's upstream timeout and response deadline count from the start of
+//!   the first attempt: a later attempt gets what is left of them, and a retry whose wait would
+//!   end after the sooner of them is not made. An upstream timeout of 5 s with 3 attempts keeps a
+//!   client 5 s at most, not 15. The timeout error of a later attempt names the time that attempt
+//!   had.
+//! - **One duration.** `http.server.request.duration` runs from the first attempt's start.
+//! - **The retry before the stale copy.** With a [stale copy store](crate::stale), a failure that
+//!   will be retried is not answered from a copy: a fresh answer is better, and the copy still
+//!   answers the last attempt's failure.
+//!
+//! The layer decides, because only the layer knows everything the decision needs at the moment
+//! it is needed: the classified error and its hint, its deadline, its span. The retry service
+//! only counts, waits and sends the copy. A request that passes the layer without a retry
+//! service outside pays for none of this: one lookup in its (usually empty) extensions.
 //!
 //! [`ProxyError`]: crate::ProxyError
 //! [`ProxyError::is_retryable`]: crate::ProxyError::is_retryable
 
+pub(crate) mod attempt;
+#[cfg(feature = "tower")]
+mod body;
+#[cfg(feature = "tower")]
+pub mod future;
 pub(crate) mod hint;
 #[cfg(feature = "tower")]
+mod layer;
+#[cfg(feature = "tower")]
 mod policy;
+#[cfg(feature = "tower")]
+mod service;
 
 use http::HeaderName;
 
 pub use crate::headers::retry_after::RetryAfter;
 #[cfg(feature = "tower")]
-pub use policy::{ReplayBody, RetryDelay, RetryPolicy};
+pub use body::TryCloneBody;
+#[cfg(feature = "tower")]
+pub use layer::RetryLayer;
+#[cfg(feature = "tower")]
+pub use policy::RetryPolicy;
+#[cfg(feature = "tower")]
+pub use service::RetryService;
 
 use crate::kind::{Phase, ProxyErrorKind};
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use bytes::Bytes;
-use gateway_errors::retry::RetryPolicy;
+use gateway_errors::retry::{RetryLayer, RetryPolicy};
 use gateway_errors::{Phase, ProxyError, ProxyErrorKind};
 use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
@@ -423,7 +423,7 @@ async fn a_101_to_a_protocol_the_client_did_not_offer_is_a_502_upgrade_failed() 
 
 /// The origin answers once on a kept-alive connection, then drops it with the next request
 /// unanswered. That request was written: a GET is marked retryable (idempotent), a POST is not,
-/// and `RetryPolicy` retries the one and not the other.
+/// and `RetryLayer` retries the one and not the other.
 #[tokio::test]
 async fn a_request_lost_on_a_stale_pooled_connection_is_retried_only_if_idempotent() {
     let demo = start_upstream().await;
@@ -449,11 +449,11 @@ async fn a_request_lost_on_a_stale_pooled_connection_is_retried_only_if_idempote
 
         // The same, with a retry policy in front: the GET is sent again on a new connection.
         let retrying = ServiceBuilder::new()
-            .retry(
+            .layer(RetryLayer::new(
                 RetryPolicy::new()
                     .max_attempts(2)
                     .base_delay(Duration::from_millis(1)),
-            )
+            ))
             .service(gateway_to(layer(), demo.addr));
         let first = call(retrying.clone(), request(method, "/stale", None)).await;
         read_body(first.into_body()).await;

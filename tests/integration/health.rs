@@ -15,7 +15,7 @@ use bytes::Bytes;
 use gateway_errors::body::GatewayBody;
 use gateway_errors::health::UpstreamHealthLayer;
 use gateway_errors::health::body::HealthBody;
-use gateway_errors::retry::RetryPolicy;
+use gateway_errors::retry::{RetryLayer, RetryPolicy};
 use gateway_errors::{GatewayErrorLayer, ProxyError, ProxyErrorKind};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
@@ -543,7 +543,7 @@ async fn a_stream_of_distinct_keys_is_answered_correctly_and_the_table_stays_bou
 }
 
 // ---------------------------------------------------------------------------------------------
-// With RetryPolicy
+// With RetryLayer
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
@@ -553,11 +553,11 @@ async fn retry_policy_does_not_retry_into_an_unavailable_upstream() {
     let attempts = Arc::new(AtomicUsize::new(0));
     let counted = attempts.clone();
     let gateway = ServiceBuilder::new()
-        .retry(
+        .layer(RetryLayer::new(
             RetryPolicy::new()
                 .max_attempts(3)
                 .base_delay(Duration::from_millis(1)),
-        )
+        ))
         .layer(support::layer())
         .map_request(move |request| support::to_upstream(&authority, request))
         .layer(health())

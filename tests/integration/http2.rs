@@ -1,6 +1,6 @@
 //! HTTP/2 refusals on loopback: a stream reset with `REFUSED_STREAM`, and a stream above a GOAWAY's
 //! last stream id, were never processed by the upstream (RFC 9113 §8.7). The classifier (feature
-//! `http2`) says so, so that even a POST is marked safe to retry, and `RetryPolicy` retries it.
+//! `http2`) says so, so that even a POST is marked safe to retry, and `RetryLayer` retries it.
 #![cfg(feature = "http2")]
 
 use std::future::Future;
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gateway_errors::headers::PROXY_STATUS;
-use gateway_errors::retry::RetryPolicy;
+use gateway_errors::retry::{RetryLayer, RetryPolicy};
 use gateway_errors::{GatewayErrorLayer, Phase, ProxyError, ProxyErrorKind, ProxyName};
 use http::{Request, StatusCode};
 use http_body_util::Full;
@@ -166,7 +166,9 @@ async fn post_through_gateway(
         .unwrap();
     let response = match policy {
         Some(policy) => {
-            let service = ServiceBuilder::new().retry(policy).service(inner);
+            let service = ServiceBuilder::new()
+                .layer(RetryLayer::new(policy))
+                .service(inner);
             within("request", service.oneshot(request)).await
         }
         None => within("request", inner.oneshot(request)).await,

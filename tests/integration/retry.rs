@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use gateway_errors::body::GatewayBody;
-use gateway_errors::retry::{ReplayBody, RetryAfter, RetryFacts, RetryPolicy};
+use gateway_errors::retry::{RetryAfter, RetryFacts, RetryLayer, RetryPolicy, TryCloneBody};
 use gateway_errors::{GatewayErrorLayer, Phase, ProxyError, ProxyErrorKind};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
@@ -94,7 +94,7 @@ fn gateway<B>(
     policy: Option<RetryPolicy>,
 ) -> Gateway<B>
 where
-    B: http_body::Body<Data = Bytes> + ReplayBody + Send + Unpin + 'static,
+    B: http_body::Body<Data = Bytes> + TryCloneBody + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let client = Client::builder(TokioExecutor::new()).build_http::<UploadBody<B>>();
@@ -113,7 +113,7 @@ where
         .service(client);
     let service = match policy {
         Some(policy) => ServiceBuilder::new()
-            .retry(policy)
+            .layer(RetryLayer::new(policy))
             .service(inner)
             .boxed_clone(),
         None => inner.boxed_clone(),
