@@ -21,6 +21,7 @@ mod after_the_head;
 mod axum_router;
 mod bodies;
 mod client_faults;
+mod full_stack;
 mod fuzz;
 mod gateway_hardening;
 mod grpc;
