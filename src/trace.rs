@@ -105,6 +105,7 @@ pub(crate) fn record_rpc_call(span: &Span, service_and_method: Option<(&str, &st
 }
 
 /// Records how many times a retry service sent the request again, so far.
+#[cfg(feature = "tower")]
 pub(crate) fn record_resend_count(span: &Span, resends: u32) {
     if !span.is_disabled() {
         span.record("http.request.resend_count", i64::from(resends));

@@ -1,6 +1,7 @@
 //! [`TryCloneBody`]: the request bodies a retry can send again.
 
 use bytes::Bytes;
+use http::Request;
 use http_body_util::{Empty, Full};
 
 /// A request body that can be sent again.
@@ -67,4 +68,16 @@ impl TryCloneBody for axum_core::body::Body {
         let empty = self.is_end_stream() || self.size_hint().exact() == Some(0);
         empty.then(axum_core::body::Body::empty)
     }
+}
+
+/// A copy of `request` with a copy of its body, or `None` when the body cannot be copied.
+pub(super) fn try_clone<B: TryCloneBody>(request: &Request<B>) -> Option<Request<B>> {
+    let body = request.body().try_clone()?;
+    let mut copy = Request::new(body);
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    *copy.extensions_mut() = request.extensions().clone();
+    Some(copy)
 }

@@ -14,8 +14,7 @@ use tower_service::Service;
 use tracing::Level;
 
 use super::attempt::Attempt;
-use super::body::TryCloneBody;
-use super::service::try_clone;
+use super::body::{TryCloneBody, try_clone};
 use crate::trace::{self, TARGET};
 
 pin_project! {

@@ -138,3 +138,204 @@ impl<S> Layer<S> for RetryLayer {
         RetryService::from_parts(inner, self.policy.clone(), Arc::new(AtomicBool::new(false)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http::{Request, Response, StatusCode};
+    use http_body_util::Empty;
+    use tokio::time::Instant;
+    use tower::{ServiceBuilder, ServiceExt, service_fn};
+
+    use super::*;
+    use crate::body::UploadBody;
+    use crate::health::LimitReached;
+    use crate::{GatewayErrorLayer, ProxyError, ProxyErrorKind};
+
+    type Upload = UploadBody<Empty<Bytes>>;
+    type Answer = Result<Response<Empty<Bytes>>, crate::BoxError>;
+
+    /// An upstream whose attempt number `n` (from 0) ends as `answer(n)` says, and the count of
+    /// its attempts.
+    fn upstream<F, Fut>(
+        answer: F,
+    ) -> (
+        impl tower::Service<
+            Request<Upload>,
+            Response = Response<Empty<Bytes>>,
+            Error = crate::BoxError,
+            Future = impl Future<Output = Answer> + Send,
+        > + Clone
+        + Send,
+        Arc<AtomicUsize>,
+    )
+    where
+        F: Fn(usize) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = Answer> + Send + 'static,
+    {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let service = service_fn(move |_request: Request<Upload>| {
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            answer(n)
+        });
+        (service, calls)
+    }
+
+    fn refused() -> Answer {
+        Err(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )))
+    }
+
+    fn quick() -> RetryPolicy {
+        RetryPolicy::new()
+            .max_attempts(3)
+            .base_delay(Duration::from_millis(10))
+            .max_delay(Duration::from_millis(10))
+            .jitter(0.0)
+    }
+
+    fn get() -> Request<Empty<Bytes>> {
+        Request::get("http://127.0.0.1:9/orders")
+            .body(Empty::new())
+            .unwrap()
+    }
+
+    fn kind_of<B>(response: &Response<B>) -> Option<ProxyErrorKind> {
+        response
+            .extensions()
+            .get::<ProxyError>()
+            .and_then(ProxyError::kind)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_for_a_full_upstream_is_never_retried_from_here() {
+        let limited = || async {
+            let error = ProxyError::new(ProxyErrorKind::ConnectionLimitReached)
+                .with_source(LimitReached::new());
+            Err::<Response<Empty<Bytes>>, crate::BoxError>(Box::new(error))
+        };
+        let (service, calls) = upstream(move |_| limited());
+        let response = ServiceBuilder::new()
+            .layer(RetryLayer::new(quick()))
+            .layer(GatewayErrorLayer::new())
+            .service(service)
+            .oneshot(get())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+        // The same kind without the limit behind it (a full pool of the client's): retried.
+        let pool_full = || async {
+            let error = ProxyError::new(ProxyErrorKind::ConnectionLimitReached);
+            Err::<Response<Empty<Bytes>>, crate::BoxError>(Box::new(error))
+        };
+        let (service, calls) = upstream(move |_| pool_full());
+        ServiceBuilder::new()
+            .layer(RetryLayer::new(quick()))
+            .layer(GatewayErrorLayer::new())
+            .service(service)
+            .oneshot(get())
+            .await
+            .unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_upstream_timeout_bounds_the_whole_request() {
+        // Never answers: one attempt, cut at the timeout; no retry begins after it.
+        let (service, calls) = upstream(|_| std::future::pending());
+        let started = Instant::now();
+        let response = ServiceBuilder::new()
+            .layer(RetryLayer::new(quick()))
+            .layer(GatewayErrorLayer::new().upstream_timeout(Duration::from_secs(1)))
+            .service(service)
+            .oneshot(get())
+            .await
+            .unwrap();
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        assert_eq!(
+            kind_of(&response),
+            Some(ProxyErrorKind::HttpResponseTimeout)
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_later_attempt_has_what_is_left_and_the_waits_count() {
+        // Refused at 0 and at 400 ms; the third attempt, at 800 ms, never answers: it is cut at
+        // the request's 1 s, 200 ms after it began.
+        let policy = quick()
+            .base_delay(Duration::from_millis(400))
+            .max_delay(Duration::from_millis(400));
+        let (service, calls) = upstream(|n| async move {
+            if n < 2 {
+                refused()
+            } else {
+                std::future::pending().await
+            }
+        });
+        let started = Instant::now();
+        let response = ServiceBuilder::new()
+            .layer(RetryLayer::new(policy))
+            .layer(GatewayErrorLayer::new().upstream_timeout(Duration::from_secs(1)))
+            .service(service)
+            .oneshot(get())
+            .await
+            .unwrap();
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        assert_eq!(
+            kind_of(&response),
+            Some(ProxyErrorKind::HttpResponseTimeout)
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+        // A wait that would end at or after the deadline is not waited: at 600 ms, the next
+        // attempt would begin at 1.2 s.
+        let policy = quick()
+            .base_delay(Duration::from_millis(600))
+            .max_delay(Duration::from_millis(600));
+        let (service, calls) = upstream(|_| async { refused() });
+        let started = Instant::now();
+        let response = ServiceBuilder::new()
+            .layer(RetryLayer::new(policy))
+            .layer(GatewayErrorLayer::new().upstream_timeout(Duration::from_secs(1)))
+            .service(service)
+            .oneshot(get())
+            .await
+            .unwrap();
+        assert_eq!(started.elapsed(), Duration::from_millis(600));
+        assert_eq!(kind_of(&response), Some(ProxyErrorKind::ConnectionRefused));
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_gateway_layer_it_forwards_and_warns_once() {
+        let warnings = crate::testing::Warnings::default();
+        let _guard = warnings.install();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let service = ServiceBuilder::new()
+            .layer(RetryLayer::new(quick()))
+            .service(service_fn(move |_request: Request<Empty<Bytes>>| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async { refused() }
+            }));
+        for _ in 0..3 {
+            assert!(service.clone().oneshot(get()).await.is_err());
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "forwarded once each");
+        let seen = warnings.messages();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert!(
+            seen[0].contains("Place it outside GatewayErrorLayer"),
+            "{seen:?}"
+        );
+    }
+}

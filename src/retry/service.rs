@@ -9,7 +9,7 @@ use http::Request;
 use tower_service::Service;
 
 use super::attempt::Attempt;
-use super::body::TryCloneBody;
+use super::body::{TryCloneBody, try_clone};
 use super::future::ResponseFuture;
 use super::policy::RetryPolicy;
 
@@ -99,16 +99,4 @@ where
         let future = inner.call(request);
         ResponseFuture::new(future, inner, copy, attempt, self.warned.clone())
     }
-}
-
-/// A copy of `request` with a copy of its body, or `None` when the body cannot be copied.
-pub(super) fn try_clone<B: TryCloneBody>(request: &Request<B>) -> Option<Request<B>> {
-    let body = request.body().try_clone()?;
-    let mut copy = Request::new(body);
-    *copy.method_mut() = request.method().clone();
-    *copy.uri_mut() = request.uri().clone();
-    *copy.version_mut() = request.version();
-    *copy.headers_mut() = request.headers().clone();
-    *copy.extensions_mut() = request.extensions().clone();
-    Some(copy)
 }
