@@ -24,7 +24,7 @@ use gateway_errors::body::GatewayBody;
 use gateway_errors::health::UpstreamHealthLayer;
 use gateway_errors::health::body::HealthBody;
 use gateway_errors::retry::{RetryLayer, RetryPolicy};
-use gateway_errors::stale::StaleIfError;
+use gateway_errors::stale;
 use gateway_errors::{GatewayErrorLayer, ProxyError, ProxyErrorKind};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -251,7 +251,7 @@ fn policy() -> RetryPolicy {
 }
 
 fn layer() -> GatewayErrorLayer {
-    support::layer().stale_if_error(StaleIfError::new())
+    support::layer().stale_if_error(stale::Store::new())
 }
 
 /// The stack in the order it belongs.
