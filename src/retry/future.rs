@@ -39,7 +39,7 @@ pin_project! {
     {
         fn drop(this: Pin<&mut Self>) {
             // Dropped between two attempts: the client went away while the gateway waited.
-            if !this.state.is_calling() {
+            if this.state.is_between() {
                 if let Some(span) = this.attempt.span() {
                     trace::record_client_gone(span);
                 }
@@ -54,12 +54,15 @@ pin_project! {
         Calling { #[pin] future: F },
         Waiting { #[pin] sleep: Sleep },
         Ready,
+        // The inner service failed while getting ready for the next attempt: its error is the
+        // answer.
+        Failed,
     }
 }
 
 impl<F> State<F> {
-    fn is_calling(&self) -> bool {
-        matches!(self, State::Calling { .. })
+    fn is_between(&self) -> bool {
+        matches!(self, State::Waiting { .. } | State::Ready)
     }
 }
 
@@ -119,6 +122,7 @@ where
                 }
                 StateProj::Ready => {
                     if let Err(error) = ready!(this.service.poll_ready(cx)) {
+                        this.state.set(State::Failed);
                         return Poll::Ready(Err(error));
                     }
                     let more = this.attempt.next();
@@ -133,6 +137,7 @@ where
                     let future = this.service.call(request);
                     this.state.set(State::Calling { future });
                 }
+                StateProj::Failed => panic!("retry::ResponseFuture polled after completion"),
             }
         }
     }
@@ -147,6 +152,7 @@ where
             State::Calling { .. } => "calling",
             State::Waiting { .. } => "waiting",
             State::Ready => "ready",
+            State::Failed => "failed",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
