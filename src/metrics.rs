@@ -365,6 +365,7 @@ impl Started {
     }
 
     /// A later attempt of a retried request: the duration runs from the first attempt's `start`.
+    #[cfg(feature = "tower")]
     pub(crate) fn since(&mut self, start: Instant) {
         self.at = start;
     }

@@ -132,12 +132,10 @@ where
             None => (trace::request_span(level, &request), Duration::ZERO),
             Some(attempt) => attempt.enter(
                 || trace::request_span(level, &request),
-                head_limit(&self.config, &facts),
+                &self.config,
+                &mut facts,
             ),
         };
-        if !elapsed.is_zero() {
-            later_attempt(&mut facts, attempt.as_ref(), elapsed);
-        }
         if facts.grpc.is_some() && !span.is_disabled() {
             trace::record_rpc_call(&span, service_and_method(request.uri().path()));
         }
@@ -189,29 +187,4 @@ where
             upload,
         )
     }
-}
-
-/// The soonest the layer gives up on a response head: the upstream timeout, the response deadline
-/// or a gRPC caller's own deadline. A retry service makes no attempt after it.
-fn head_limit(config: &Config, facts: &RequestFacts) -> Option<Duration> {
-    let caller = facts.grpc.and_then(|call| call.timeout);
-    [config.upstream_timeout, config.response_deadline, caller]
-        .into_iter()
-        .flatten()
-        .min()
-}
-
-/// A later attempt of a retried request, `elapsed` after the first began: a gRPC caller's own
-/// deadline, and the duration in the metrics, count from the first attempt too.
-#[cold]
-fn later_attempt(facts: &mut RequestFacts, attempt: Option<&Attempt>, elapsed: Duration) {
-    if let Some(call) = facts.grpc.as_mut() {
-        call.timeout = call.timeout.map(|after| after.saturating_sub(elapsed));
-    }
-    #[cfg(feature = "metrics")]
-    if let (Some(started), Some(attempt)) = (facts.metrics.as_mut(), attempt) {
-        started.since(attempt.started());
-    }
-    #[cfg(not(feature = "metrics"))]
-    let _ = attempt;
 }

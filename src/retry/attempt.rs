@@ -20,7 +20,9 @@ mod with_retry {
     use tokio::time::Instant;
     use tracing::{Level, Span};
 
+    use crate::config::Config;
     use crate::error::{ProxyError, chain};
+    use crate::facts::RequestFacts;
     use crate::headers::retry_after::RetryAfter;
     use crate::health::error::UpstreamUnavailable;
     use crate::health::limit::LimitReached;
@@ -81,14 +83,22 @@ mod with_retry {
 
         /// The layer takes the attempt: it gets the request's one span (made by `make_span` the
         /// first time), and the time since the first attempt began, which every limit of the
-        /// layer has already used. `limit` is the shortest of the layer's limits on the head.
+        /// layer has already used. A gRPC caller's own deadline in `facts`, and the duration in
+        /// the metrics, count from the first attempt too.
         pub(crate) fn enter(
             &self,
             make_span: impl FnOnce() -> Span,
-            limit: Option<Duration>,
+            config: &Config,
+            facts: &mut RequestFacts,
         ) -> (Span, Duration) {
             let shared = &*self.0;
             shared.seen.store(true, Ordering::Relaxed);
+            // The soonest the layer gives up on a response head: no attempt begins after it.
+            let caller = facts.grpc.and_then(|call| call.timeout);
+            let limit = [config.upstream_timeout, config.response_deadline, caller]
+                .into_iter()
+                .flatten()
+                .min();
             shared
                 .limit
                 .store(limit.map_or(NONE, nanos), Ordering::Relaxed);
@@ -98,13 +108,15 @@ mod with_retry {
                 return (span, Duration::ZERO);
             }
             trace::record_resend_count(&span, number - 1);
-            (span, shared.started.elapsed())
-        }
-
-        /// When the request's first attempt began, for the duration in the metrics.
-        #[cfg(feature = "metrics")]
-        pub(crate) fn started(&self) -> std::time::Instant {
-            self.0.started.into_std()
+            let elapsed = shared.started.elapsed();
+            if let Some(call) = facts.grpc.as_mut() {
+                call.timeout = call.timeout.map(|after| after.saturating_sub(elapsed));
+            }
+            #[cfg(feature = "metrics")]
+            if let Some(started) = facts.metrics.as_mut() {
+                started.since(shared.started.into_std());
+            }
+            (span, elapsed)
         }
 
         /// The layer generated `error` for this attempt, with the retry hint `retryable` and
@@ -207,7 +219,9 @@ mod without_retry {
     use http::Request;
     use tracing::Span;
 
+    use crate::config::Config;
     use crate::error::ProxyError;
+    use crate::facts::RequestFacts;
     use crate::headers::retry_after::RetryAfter;
 
     /// Without the `tower` feature there is no retry service: no request has an attempt, and the
@@ -224,13 +238,9 @@ mod without_retry {
         pub(crate) fn enter(
             &self,
             _make_span: impl FnOnce() -> Span,
-            _limit: Option<Duration>,
+            _config: &Config,
+            _facts: &mut RequestFacts,
         ) -> (Span, Duration) {
-            match *self {}
-        }
-
-        #[cfg(feature = "metrics")]
-        pub(crate) fn started(&self) -> std::time::Instant {
             match *self {}
         }
 
