@@ -44,8 +44,8 @@ mod with_retry {
         policy: Arc<RetryPolicy>,
         /// When the retry service was called: the start of every limit of the request.
         started: Instant,
-        /// Whether the retry service kept a copy of the request to send again.
-        replayable: bool,
+        /// Whether the retry service keeps a copy of the request to send again.
+        replayable: AtomicBool,
         /// The request's span, made by the layer at the first attempt and reused after.
         span: OnceLock<Span>,
         /// 1 for the first attempt. Attempts are made one after another: the service writes it
@@ -66,7 +66,7 @@ mod with_retry {
             Attempt(Arc::new(Shared {
                 policy,
                 started: Instant::now(),
-                replayable,
+                replayable: AtomicBool::new(replayable),
                 span: OnceLock::new(),
                 number: AtomicU32::new(1),
                 seen: AtomicBool::new(false),
@@ -133,7 +133,8 @@ mod with_retry {
             let shared = &*self.0;
             let policy = &*shared.policy;
             let number = shared.number.load(Ordering::Relaxed);
-            if !retryable || !shared.replayable || number >= policy.max_attempts {
+            let replayable = shared.replayable.load(Ordering::Relaxed);
+            if !retryable || !replayable || number >= policy.max_attempts {
                 return false;
             }
             let error_type = error.kind().map_or("", |kind| kind.token());
@@ -198,6 +199,11 @@ mod with_retry {
         pub(crate) fn next(&self) -> bool {
             let number = self.0.number.fetch_add(1, Ordering::Relaxed) + 1;
             number < self.0.policy.max_attempts
+        }
+
+        /// The retry service sends its copy itself: there is none left for another attempt.
+        pub(crate) fn copy_sent(&self) {
+            self.0.replayable.store(false, Ordering::Relaxed);
         }
 
         /// Whether a `GatewayErrorService` saw the request.

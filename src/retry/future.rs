@@ -129,10 +129,13 @@ where
                     // The last attempt sends the copy itself; one before it, a copy of the copy.
                     let request = match this.copy.as_ref().filter(|_| more).and_then(try_clone) {
                         Some(request) => request,
-                        None => this
-                            .copy
-                            .take()
-                            .expect("a retry is planned only with a copy"),
+                        None => {
+                            // Whatever this attempt's answer, it is the request's.
+                            this.attempt.copy_sent();
+                            this.copy
+                                .take()
+                                .expect("a retry is planned only with a copy")
+                        }
                     };
                     let future = this.service.call(request);
                     this.state.set(State::Calling { future });
