@@ -35,8 +35,9 @@
 //!
 //! A retry is invisible to whoever watches the gateway from outside, except where it says so:
 //!
-//! - **One span.** The retry service puts a small shared context in the extensions of every attempt (the first included); the layer makes the request's
-//!   `gateway.request` span at the first attempt and reuses it for the others. An attempt that
+//! - **One span.** The retry service puts a small shared context in the extensions of every
+//!   attempt (the first included); the layer makes the request's `gateway.request` span at the
+//!   first attempt and reuses it for the others. An attempt that
 //!   will be retried is a `DEBUG` event in that span ("retrying the upstream request", with
 //!   `http.request.resend_count`, `error.type` and `gateway.wait_ms`), and nothing else: no
 //!   `WARN`, no field on the span, no metric. The last attempt's answer is recorded as any
@@ -54,8 +55,17 @@
 //!
 //! The layer decides, because only the layer knows everything the decision needs at the moment
 //! it is needed: the classified error and its hint, its deadline, its span. The retry service
-//! only counts, waits and sends the copy. A request that passes the layer without a retry
-//! service outside pays for none of this: one lookup in its (usually empty) extensions.
+//! only counts, waits and sends the copy. The decision travels back in the shared context, not in
+//! the answer, so nothing between the two can lose it, and an answer that will be dropped is not
+//! rendered at all. A later attempt's limits are what is left of them, rather than limits moved
+//! back to the first attempt's start: the layer's other clocks (the upload's, which stops while
+//! the gateway waits on a slow client) keep counting from the attempt they watch. A request that
+//! passes the layer without a retry service outside pays for none of this: one lookup in its
+//! (usually empty) extensions.
+//!
+//! The body the layer hands inside ([`UploadBody`](crate::body::UploadBody)) cannot be sent
+//! again, so a `RetryLayer` directly inside `GatewayErrorLayer` does not compile; one that sees
+//! the caller's own body there (a router that unwraps it) compiles, forwards, and warns.
 //!
 //! [`ProxyError`]: crate::ProxyError
 //! [`ProxyError::is_retryable`]: crate::ProxyError::is_retryable
