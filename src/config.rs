@@ -14,8 +14,8 @@ use crate::classify::Classify;
 use crate::grpc::answer::GrpcCodes;
 use crate::grpc::call::FRAMINGS;
 use crate::headers::{ProxyName, ProxyStatusValues};
-use crate::negotiate::Format;
 use crate::render::Templates;
+use crate::render::negotiate::Format;
 use crate::retry::hint::RetryRules;
 use crate::stale::StaleIfError;
 

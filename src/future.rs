@@ -17,7 +17,7 @@ use crate::classify::classification::Classification;
 use crate::deadline::{self, HeadClock};
 use crate::error::ProxyError;
 use crate::fault::Fault;
-use crate::kind::Phase;
+use crate::kind::RequestSent;
 use crate::respond::{self, Outcome, Pending};
 use crate::upload::{UploadError, UploadWatch};
 
@@ -210,7 +210,7 @@ fn poll_limits<B>(
 fn client_fault(status: StatusCode, error: BoxError) -> BoxError {
     let classification = Classification::unrecognized()
         .with_status(status)
-        .with_phase(Phase::MaybeSent)
+        .with_request_sent(RequestSent::MaybeSent)
         .with_fault(Fault::Client);
     Box::new(ProxyError::from_classification(classification).with_source_boxed(error))
 }

@@ -13,8 +13,8 @@ use crate::config::{Config, Settings};
 use crate::grpc::GrpcCode;
 use crate::headers::ProxyName;
 use crate::kind::ProxyErrorKind;
-use crate::negotiate::Format;
 use crate::render::RenderBody;
+use crate::render::negotiate::Format;
 use crate::render::template::Template;
 use crate::retry::{RetryAfter, RetryFacts};
 use crate::service::GatewayErrorService;
@@ -243,11 +243,11 @@ impl GatewayErrorLayer {
     ///
     /// ```
     /// use gateway_errors::retry::RetryFacts;
-    /// use gateway_errors::{GatewayErrorLayer, Phase};
+    /// use gateway_errors::{GatewayErrorLayer, RequestSent};
     ///
     /// // Stricter: only what never left the gateway.
     /// let layer = GatewayErrorLayer::new()
-    ///     .retry_rule(|facts: &RetryFacts| facts.phase == Phase::NotSent);
+    ///     .retry_rule(|facts: &RetryFacts| facts.request_sent == RequestSent::NotSent);
     /// # let _ = layer;
     /// ```
     pub fn retry_rule<F>(self, rule: F) -> Self

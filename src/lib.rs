@@ -247,7 +247,6 @@ mod kind;
 mod layer;
 #[cfg(feature = "metrics")]
 pub mod metrics;
-mod negotiate;
 mod random;
 pub mod render;
 mod respond;
@@ -261,10 +260,8 @@ mod upload;
 
 pub use error::ProxyError;
 pub use headers::ProxyName;
-pub use kind::{Phase, ProxyErrorKind};
+pub use kind::{ProxyErrorKind, RequestSent};
 pub use layer::GatewayErrorLayer;
-pub use negotiate::Format;
-pub use render::template::Template;
 pub use service::GatewayErrorService;
 
 /// The error type the layer accepts from inner services and bodies.

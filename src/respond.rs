@@ -25,14 +25,14 @@ use crate::facts::RequestFacts;
 use crate::fault::Fault;
 use crate::grpc::answer as grpc_answer;
 use crate::grpc::call::{GRPC_STATUS, GrpcCall, status_in_headers};
-use crate::headers::retry_after::RetryAfter;
 use crate::headers::{PROXY_STATUS, append_member, with_details, with_tls_alert};
 use crate::health::{LimitReached, UpstreamUnavailable};
 use crate::interim::check_final_interim;
-use crate::kind::{Phase, ProxyErrorKind};
-use crate::negotiate::Format;
+use crate::kind::{ProxyErrorKind, RequestSent};
+use crate::render::negotiate::Format;
 use crate::render::{ErrorView, UNRECOGNIZED_DETAIL};
 use crate::retry::RetryFacts;
+use crate::retry::after::RetryAfter;
 use crate::stale::{FromCopy, Hides, StaleIfError};
 use crate::trace::{self, BodyTrace};
 
@@ -113,7 +113,7 @@ pub(crate) fn finish<B: Body>(pending: Pending, outcome: Outcome<B>) -> Response
                 let error = ProxyError::from_classification(
                     Classification::unrecognized()
                         .with_status(status)
-                        .with_phase(Phase::MaybeSent),
+                        .with_request_sent(RequestSent::MaybeSent),
                 );
                 return generate(&pending, error, Some(&parts.headers), Some(status));
             }
@@ -239,7 +239,7 @@ fn generate<B>(
     let kind = error.kind();
 
     let retry_facts = RetryFacts {
-        phase: error.phase(),
+        request_sent: error.request_sent(),
         kind,
         idempotent_method: facts.idempotent_method,
         idempotency_key: facts.idempotency_key.is_valid(),
@@ -325,7 +325,7 @@ fn generate<B>(
             status,
             sent,
             retryable,
-            phase: error.phase(),
+            phase: error.request_sent(),
             grpc_code,
             cause: StdError::source(&error),
             intercepted: received.is_some(),
@@ -380,7 +380,7 @@ fn origin_error_from_copy<B>(
     let error = ProxyError::from_classification(
         Classification::unrecognized()
             .with_status(status)
-            .with_phase(Phase::MaybeSent),
+            .with_request_sent(RequestSent::MaybeSent),
     );
     from_copy(pending, error, Some(status), Hides::OriginError(status)).ok()
 }

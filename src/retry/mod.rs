@@ -4,7 +4,7 @@
 //! RFC 9110 §9.2.2: a proxy "MUST NOT automatically retry non-idempotent requests". What the layer
 //! knows and no client can is whether the request ever left the gateway. The default rule:
 //!
-//! - a failure before the request was sent ([`Phase::NotSent`]) is safe to retry for every method;
+//! - a failure before the request was sent ([`RequestSent::NotSent`]) is safe to retry for every method;
 //! - after it may have reached the origin, only an idempotent method (GET, HEAD, OPTIONS, TRACE,
 //!   PUT, DELETE) or a request with a valid [`Idempotency-Key`](IDEMPOTENCY_KEY) is;
 //! - a forwarding loop (`proxy_loop_detected`) never is: it was not sent, but another attempt
@@ -17,17 +17,18 @@
 //! [`ProxyError`]: crate::ProxyError
 //! [`ProxyError::is_retryable`]: crate::ProxyError::is_retryable
 
+pub(crate) mod after;
 pub(crate) mod hint;
 #[cfg(feature = "tower")]
 mod policy;
 
 use http::HeaderName;
 
-pub use crate::headers::retry_after::RetryAfter;
+pub use after::RetryAfter;
 #[cfg(feature = "tower")]
 pub use policy::{ReplayBody, RetryDelay, RetryPolicy};
 
-use crate::kind::{Phase, ProxyErrorKind};
+use crate::kind::{ProxyErrorKind, RequestSent};
 
 /// The `Idempotency-Key` header name (draft-ietf-httpapi-idempotency-key-header).
 ///
@@ -42,7 +43,7 @@ pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-ke
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryFacts {
     /// Whether the request may have reached the origin.
-    pub phase: Phase,
+    pub request_sent: RequestSent,
     /// The kind of the failure, if recognised.
     pub kind: Option<ProxyErrorKind>,
     /// Whether the request's method is in the idempotent set.
@@ -58,6 +59,6 @@ impl RetryFacts {
         if self.kind == Some(ProxyErrorKind::ProxyLoopDetected) {
             return false;
         }
-        self.phase == Phase::NotSent || self.idempotent_method || self.idempotency_key
+        self.request_sent == RequestSent::NotSent || self.idempotent_method || self.idempotency_key
     }
 }

@@ -631,7 +631,7 @@ impl FromCopy {
         self.age
     }
 
-    /// The failure the copy stands in for: its kind, status, phase and source, as the layer would
+    /// The failure the copy stands in for: its kind, status, whether the request was sent, and source, as the layer would
     /// have answered it. (The retry hint is not worked out for it: the client got an answer.)
     pub fn error(&self) -> &ProxyError {
         &self.error

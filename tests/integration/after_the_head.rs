@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use bytes::Bytes;
 use gateway_errors::retry::RetryPolicy;
-use gateway_errors::{Phase, ProxyError, ProxyErrorKind};
+use gateway_errors::{ProxyError, ProxyErrorKind, RequestSent};
 use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -444,7 +444,11 @@ async fn a_request_lost_on_a_stale_pooled_connection_is_retried_only_if_idempote
             .get::<ProxyError>()
             .expect("generated")
             .clone();
-        assert_eq!(error.phase(), Phase::MaybeSent, "{method}: it was written");
+        assert_eq!(
+            error.request_sent(),
+            RequestSent::MaybeSent,
+            "{method}: it was written"
+        );
         assert_problem(second, &expected).await;
 
         // The same, with a retry policy in front: the GET is sent again on a new connection.
@@ -499,7 +503,7 @@ async fn a_request_hyper_never_wrote_on_a_dead_connection_is_not_sent() {
         .expect("generated")
         .clone();
     assert_eq!(error.kind(), Some(ProxyErrorKind::ConnectionTerminated));
-    assert_eq!(error.phase(), Phase::NotSent);
+    assert_eq!(error.request_sent(), RequestSent::NotSent);
     assert!(
         error.is_retryable(),
         "a POST that was never sent is safe to send"

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use gateway_errors::classify::Classification;
-use gateway_errors::render::{ErrorView, negotiate};
-use gateway_errors::{Format, GatewayErrorLayer, ProxyErrorKind, ProxyName, Template};
+use gateway_errors::render::{ErrorView, Format, Template, negotiate};
+use gateway_errors::{GatewayErrorLayer, ProxyErrorKind, ProxyName};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};

@@ -212,7 +212,7 @@ where
         "the body states the header's delay"
     );
     let error = error.expect("the extension");
-    assert_eq!(error.phase(), gateway_errors::Phase::NotSent);
+    assert_eq!(error.request_sent(), gateway_errors::RequestSent::NotSent);
     seconds
 }
 

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use gateway_errors::body::GatewayBody;
 use gateway_errors::retry::{ReplayBody, RetryAfter, RetryFacts, RetryPolicy};
-use gateway_errors::{GatewayErrorLayer, Phase, ProxyError, ProxyErrorKind};
+use gateway_errors::{GatewayErrorLayer, ProxyError, ProxyErrorKind, RequestSent};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
@@ -182,7 +182,7 @@ async fn a_post_that_may_have_reached_the_origin_is_never_retried() {
 
         assert_eq!(response.status(), StatusCode::BAD_GATEWAY, "{route}");
         let error = proxy_error(&response);
-        assert_eq!(error.phase(), Phase::MaybeSent, "{route}");
+        assert_eq!(error.request_sent(), RequestSent::MaybeSent, "{route}");
         assert!(!error.is_retryable(), "{route}");
         assert_eq!(gw.calls(), 1, "{route}: attempts sent");
         assert_eq!(relay.accepts(), 1, "{route}: connections the upstream saw");
@@ -206,7 +206,7 @@ async fn a_connect_refused_post_is_retried_up_to_the_limit() {
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     let error = proxy_error(&response);
     assert_eq!(error.kind(), Some(ProxyErrorKind::ConnectionRefused));
-    assert_eq!(error.phase(), Phase::NotSent);
+    assert_eq!(error.request_sent(), RequestSent::NotSent);
     assert!(error.is_retryable());
     assert_eq!(gw.calls(), 4);
 }
@@ -222,7 +222,7 @@ async fn a_get_that_may_have_reached_the_origin_is_retried() {
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     let error = proxy_error(&response);
     assert_eq!(error.kind(), Some(ProxyErrorKind::ConnectionTerminated));
-    assert_eq!(error.phase(), Phase::MaybeSent);
+    assert_eq!(error.request_sent(), RequestSent::MaybeSent);
     assert!(error.is_retryable());
     assert_eq!(gw.calls(), 3);
     assert_eq!(relay.accepts(), 3);
@@ -361,19 +361,49 @@ async fn the_hint_is_the_same_in_the_body_and_the_extension() {
     let demo = demo_upstream::spawn().await.expect("demo upstream");
     let closed = demo_upstream::closed_port();
     let cases = [
-        (closed, Method::POST, "/orders", true, Phase::NotSent),
-        (demo.addr, Method::POST, "/close", false, Phase::MaybeSent),
-        (demo.addr, Method::PATCH, "/close", false, Phase::MaybeSent),
-        (demo.addr, Method::GET, "/close", true, Phase::MaybeSent),
-        (demo.addr, Method::PUT, "/close", true, Phase::MaybeSent),
-        (demo.addr, Method::DELETE, "/close", true, Phase::MaybeSent),
+        (closed, Method::POST, "/orders", true, RequestSent::NotSent),
+        (
+            demo.addr,
+            Method::POST,
+            "/close",
+            false,
+            RequestSent::MaybeSent,
+        ),
+        (
+            demo.addr,
+            Method::PATCH,
+            "/close",
+            false,
+            RequestSent::MaybeSent,
+        ),
+        (
+            demo.addr,
+            Method::GET,
+            "/close",
+            true,
+            RequestSent::MaybeSent,
+        ),
+        (
+            demo.addr,
+            Method::PUT,
+            "/close",
+            true,
+            RequestSent::MaybeSent,
+        ),
+        (
+            demo.addr,
+            Method::DELETE,
+            "/close",
+            true,
+            RequestSent::MaybeSent,
+        ),
     ];
-    for (upstream, method, path, retryable, phase) in cases {
+    for (upstream, method, path, retryable, request_sent) in cases {
         let gw = gateway(upstream, GatewayErrorLayer::new(), None);
         let response = gw.send(request(method.clone(), path, "x")).await;
         let error = proxy_error(&response);
         assert_eq!(error.is_retryable(), retryable, "{method} {path}");
-        assert_eq!(error.phase(), phase, "{method} {path}");
+        assert_eq!(error.request_sent(), request_sent, "{method} {path}");
         assert!(response.headers().get(header::RETRY_AFTER).is_none());
         let body = json_body(response).await;
         assert_eq!(body["retryable"], retryable, "{method} {path}: {body}");
@@ -394,8 +424,8 @@ async fn the_method_set_and_the_rule_can_be_replaced() {
     assert!(proxy_error(&get).is_retryable());
 
     // Stricter: only what never left the gateway.
-    let layer =
-        GatewayErrorLayer::new().retry_rule(|facts: &RetryFacts| facts.phase == Phase::NotSent);
+    let layer = GatewayErrorLayer::new()
+        .retry_rule(|facts: &RetryFacts| facts.request_sent == RequestSent::NotSent);
     let gw = gateway(demo.addr, layer, Some(quick_policy()));
     let get = gw.send(request(Method::GET, "/close", "")).await;
     assert!(!proxy_error(&get).is_retryable());
