@@ -33,6 +33,7 @@ use tokio::net::TcpListener;
 use tonic::Code;
 use tower::ServiceBuilder;
 
+use gateway_errors::TimeLimits;
 use proxy::{BoxError, Proxy, ServeOptions};
 
 struct Options {
@@ -106,10 +107,8 @@ async fn main() -> Result<(), BoxError> {
     let demo = grpc_demo::spawn().await?;
     let layer = GatewayErrorLayer::new()
         .proxy_name(ProxyName::from_static("edge-1"))
-        .upstream_timeout(options.timeout)
-        .intercept_origin_errors(
-            (500..600).filter_map(|code| http::StatusCode::from_u16(code).ok()),
-        );
+        .time_limits(TimeLimits::new().upstream_timeout(options.timeout))
+        .failure_statuses((500..600).filter_map(|code| http::StatusCode::from_u16(code).ok()));
 
     let listener = TcpListener::bind(options.listen).await?;
     let gateway = listener.local_addr()?;

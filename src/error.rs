@@ -145,8 +145,7 @@ impl ProxyError {
         }
     }
 
-    /// Classifies `error` with the [`DefaultClassifier`](crate::classify::DefaultClassifier) and
-    /// keeps it as the source.
+    /// Classifies `error` with the [`DefaultClassifier`] and keeps it as the source.
     ///
     /// ```
     /// use gateway_errors::{ProxyError, ProxyErrorKind};
@@ -231,7 +230,7 @@ impl ProxyError {
     }
 
     /// The advised delay before a retry, where one is known: configured with
-    /// [`retry_after_for_kind`](crate::GatewayErrorLayer::retry_after_for_kind), or set on the
+    /// [`retry_after_for_kind`](crate::retry::RetryHints::retry_after_for_kind), or set on the
     /// error by the service that made it ([`with_retry_after`](ProxyError::with_retry_after)).
     pub fn retry_after(&self) -> Option<RetryAfter> {
         self.retry_after

@@ -154,7 +154,7 @@ mod tests {
     use tower::{ServiceBuilder, ServiceExt};
 
     use crate::health::UpstreamHealthLayer;
-    use crate::{GatewayErrorLayer, ProxyError, ProxyErrorKind};
+    use crate::{GatewayErrorLayer, ProxyError, ProxyErrorKind, TimeLimits};
 
     /// How the test upstream behaves.
     #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -267,7 +267,10 @@ mod tests {
         Future: Send,
     > + Clone {
         ServiceBuilder::new()
-            .layer(GatewayErrorLayer::new().upstream_timeout(Duration::from_secs(1)))
+            .layer(
+                GatewayErrorLayer::new()
+                    .time_limits(TimeLimits::new().upstream_timeout(Duration::from_secs(1))),
+            )
             .layer(health)
             .service(upstream)
     }
@@ -438,9 +441,11 @@ mod tests {
         let health = health();
         let gateway = ServiceBuilder::new()
             .layer(
-                GatewayErrorLayer::new()
-                    .upstream_timeout(Duration::from_secs(1))
-                    .upstream_read_timeout(None),
+                GatewayErrorLayer::new().time_limits(
+                    TimeLimits::new()
+                        .upstream_timeout(Duration::from_secs(1))
+                        .read_timeout(None),
+                ),
             )
             .layer(health)
             .service(upstream.clone());
@@ -566,10 +571,12 @@ mod tests {
         let gateway = |upstream: &Upstream| {
             ServiceBuilder::new()
                 .layer(
-                    GatewayErrorLayer::new()
-                        .upstream_timeout(Duration::from_secs(1))
-                        .upstream_read_timeout(None)
-                        .response_deadline(Duration::from_secs(2)),
+                    GatewayErrorLayer::new().time_limits(
+                        TimeLimits::new()
+                            .upstream_timeout(Duration::from_secs(1))
+                            .read_timeout(None)
+                            .response_deadline(Duration::from_secs(2)),
+                    ),
                 )
                 .layer(health())
                 .service(upstream.clone())

@@ -2,6 +2,7 @@
 //! your own [`Template`]s and renderers, and how the format is chosen from
 //! `Accept` ([`negotiate`]).
 
+pub(crate) mod bodies;
 pub(crate) mod negotiate;
 pub(crate) mod template;
 
@@ -10,6 +11,7 @@ use std::sync::{Arc, LazyLock};
 use bytes::Bytes;
 use http::StatusCode;
 
+pub use bodies::Bodies;
 pub use negotiate::{Format, negotiate};
 pub use template::{Template, TemplateError};
 
@@ -201,11 +203,11 @@ pub(crate) const UNRECOGNIZED_DETAIL: &str =
 /// ```
 /// use bytes::Bytes;
 /// use gateway_errors::GatewayErrorLayer;
-/// use gateway_errors::render::{ErrorView, Format};
+/// use gateway_errors::render::{Bodies, ErrorView, Format};
 ///
-/// let layer = GatewayErrorLayer::new().renderer(|view: &ErrorView<'_>, format: Format| {
+/// let layer = GatewayErrorLayer::new().bodies(Bodies::new().renderer(|view: &ErrorView<'_>, format: Format| {
 ///     (format == Format::Text).then(|| Bytes::from(format!("{} — try later\n", view.status())))
-/// });
+/// }));
 /// # let _ = layer;
 /// ```
 pub trait RenderBody: Send + Sync + 'static {

@@ -19,12 +19,14 @@
 
 pub(crate) mod after;
 pub(crate) mod hint;
+pub(crate) mod hints;
 #[cfg(feature = "tower")]
 mod policy;
 
 use http::HeaderName;
 
 pub use after::RetryAfter;
+pub use hints::RetryHints;
 #[cfg(feature = "tower")]
 pub use policy::{ReplayBody, RetryDelay, RetryPolicy};
 

@@ -101,7 +101,7 @@ impl ReplayBody for axum_core::body::Body {
 /// 1. **The hint, never the status.** Only a response that carries a [`ProxyError`] extension (one
 ///    the layer generated) can be retried, and only if [`ProxyError::is_retryable`] says so: the
 ///    request never left the gateway, or its method is idempotent, or it has an `Idempotency-Key`
-///    (the layer's [retry rule](crate::GatewayErrorLayer::retry_rule) decides). A response the
+///    (the layer's [retry rule](crate::retry::RetryHints::rule) decides). A response the
 ///    origin sent, 503 included, is the origin's answer and is passed on, not retried; so is an
 ///    error from a service that is not wrapped in the layer.
 /// 2. **The body.** A request whose body cannot be replayed ([`ReplayBody::try_clone`] is `None`)
@@ -111,7 +111,7 @@ impl ReplayBody for axum_core::body::Body {
 /// 4. **The wait.** A capped, jittered exponential backoff: attempt *n* waits up to
 ///    `base_delay × 2^(n-1)`, never more than [`max_delay`](RetryPolicy::max_delay), less a random
 ///    share of up to [`jitter`](RetryPolicy::jitter) of it. If the generated error carries a
-///    `Retry-After` (see [`retry_after_for_kind`](crate::GatewayErrorLayer::retry_after_for_kind)),
+///    `Retry-After` (see [`retry_after_for_kind`](crate::retry::RetryHints::retry_after_for_kind)),
 ///    the wait is the longer of the two; a `Retry-After` longer than `max_delay` means the request
 ///    is not retried at all, and the client gets the error with its `Retry-After`.
 ///    A refusal of [`UpstreamHealthLayer`](crate::health::UpstreamHealthLayer) (an upstream

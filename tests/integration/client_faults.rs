@@ -33,6 +33,7 @@ use tower::ServiceBuilder;
 use crate::proxy::{self, ClientBody, Proxy, ServeOptions};
 use crate::support::raw::{self, Ending};
 use crate::support::{self, within};
+use gateway_errors::TimeLimits;
 
 /// How long the gateways here let a client's upload stay silent.
 const CLIENT_BODY_TIMEOUT: Duration = Duration::from_millis(400);
@@ -251,9 +252,11 @@ impl Gateway {
 /// The layer the gateways here use (before a store is added): the example's `--timeout 1s` and
 /// `--client-body-timeout`, shortened.
 fn layer() -> GatewayErrorLayer {
-    support::layer()
-        .upstream_timeout(UPSTREAM_TIMEOUT)
-        .client_body_timeout(CLIENT_BODY_TIMEOUT)
+    support::layer().time_limits(
+        TimeLimits::new()
+            .upstream_timeout(UPSTREAM_TIMEOUT)
+            .client_body_timeout(CLIENT_BODY_TIMEOUT),
+    )
 }
 
 /// Keeps the fault of each error response.
@@ -568,7 +571,7 @@ fn store() -> StaleIfError {
 async fn stalled_and_cut_uploads_neither_change_nor_get_a_stored_copy() {
     let mut origin = Origin::start().await;
     let store = store();
-    let gateway = example_gateway(origin.addr, layer().stale_if_error(store.clone()), 3).await;
+    let gateway = example_gateway(origin.addr, layer().serve_stale(store.clone()), 3).await;
 
     let honest = get(gateway.addr, "/page/a", &[]).await;
     assert_eq!(honest.status, 200);
@@ -798,7 +801,7 @@ async fn a_thousand_hostile_requests_from_one_client_leave_the_breaker_closed_an
     let started = Instant::now();
     let mut origin = Origin::start().await;
     let store = store();
-    let gateway = example_gateway(origin.addr, layer().stale_if_error(store.clone()), 3).await;
+    let gateway = example_gateway(origin.addr, layer().serve_stale(store.clone()), 3).await;
 
     // What the origin serves honest requests: each page in the default language and in French,
     // and `/big`; each is stored.

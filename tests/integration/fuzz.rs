@@ -984,7 +984,7 @@ fn intercepted_proxy_status(status: u16, lines: &[Vec<u8>]) -> HeaderValue {
         .layer(
             GatewayErrorLayer::new()
                 .proxy_name(ProxyName::from_static("edge-1"))
-                .intercept_origin_errors(statuses(400..=599)),
+                .failure_statuses(statuses(400..=599)),
         )
         .service(origin);
     RUNTIME.block_on(async {

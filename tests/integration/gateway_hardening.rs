@@ -33,6 +33,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 
+use gateway_errors::TimeLimits;
 use proxy::{Proxy, ServeOptions};
 use raw::Ending;
 
@@ -200,7 +201,7 @@ async fn start_gateway() -> Gateway {
     let proxy = Proxy::new(&uri, "edge-1", MAX_BODY).expect("a proxy");
     let layer = GatewayErrorLayer::new()
         .proxy_name(ProxyName::from_static("edge-1"))
-        .upstream_timeout(Duration::from_secs(5));
+        .time_limits(TimeLimits::new().upstream_timeout(Duration::from_secs(5)));
     let service = ServiceBuilder::new().layer(layer).service(proxy);
     let options = ServeOptions {
         header_read_timeout: HEADER_TIMEOUT,

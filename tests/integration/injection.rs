@@ -23,6 +23,7 @@ use scraper::{ElementRef, Html, Selector};
 use tower::{ServiceBuilder, service_fn};
 
 use crate::support::{call, demo_upstream, layer, raw_exchange, read_body, serve_gateway};
+use gateway_errors::render::Bodies;
 
 /// Request ids that are valid header values and printable ASCII, built to break out of HTML text,
 /// HTML attributes, JSON strings and templates.
@@ -200,7 +201,7 @@ async fn custom_templates_escape_in_attributes_and_json_too() {
         r#"{{"id":"{request_id}","nested":{{"again":"{request_id}"}},"status":{status}}}"#,
     )
     .expect("a valid template");
-    let custom = || layer().template(page.clone()).template(json.clone());
+    let custom = || layer().bodies(Bodies::new().template(page.clone()).template(json.clone()));
     let a = Selector::parse("a").unwrap();
 
     for id in HOSTILE_IDS {

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use gateway_errors::body::GatewayBody;
+use gateway_errors::retry::RetryHints;
 use gateway_errors::retry::{ReplayBody, RetryAfter, RetryFacts, RetryPolicy};
 use gateway_errors::{GatewayErrorLayer, ProxyError, ProxyErrorKind, RequestSent};
 use http::header::{self, HeaderValue};
@@ -285,8 +286,10 @@ async fn a_request_whose_body_cannot_be_replayed_is_sent_once() {
 #[tokio::test]
 async fn a_retry_after_beyond_the_cap_means_no_retry() {
     let closed = demo_upstream::closed_port();
-    let layer = GatewayErrorLayer::new()
-        .retry_after_for_kind(ProxyErrorKind::ConnectionRefused, Duration::from_secs(30));
+    let layer = GatewayErrorLayer::new().retry_hints(
+        RetryHints::new()
+            .retry_after_for_kind(ProxyErrorKind::ConnectionRefused, Duration::from_secs(30)),
+    );
     let gw = gateway(closed, layer, Some(quick_policy()));
 
     let response = gw.send(request(Method::GET, "/items", "")).await;
@@ -300,8 +303,10 @@ async fn a_retry_after_beyond_the_cap_means_no_retry() {
 async fn a_retry_after_within_the_cap_is_waited_for() {
     let closed = demo_upstream::closed_port();
     // 30 ms: longer than the 1 ms backoff, shorter than the 50 ms cap.
-    let layer = GatewayErrorLayer::new()
-        .retry_after_for_kind(ProxyErrorKind::ConnectionRefused, Duration::from_millis(30));
+    let layer = GatewayErrorLayer::new().retry_hints(
+        RetryHints::new()
+            .retry_after_for_kind(ProxyErrorKind::ConnectionRefused, Duration::from_millis(30)),
+    );
     let gw = gateway(closed, layer, Some(quick_policy()));
 
     let started = Instant::now();
@@ -416,7 +421,8 @@ async fn the_method_set_and_the_rule_can_be_replaced() {
     let demo = demo_upstream::spawn().await.expect("demo upstream");
 
     // PUT is no longer taken as idempotent.
-    let layer = GatewayErrorLayer::new().idempotent_methods([Method::GET, Method::HEAD]);
+    let layer = GatewayErrorLayer::new()
+        .retry_hints(RetryHints::new().idempotent_methods([Method::GET, Method::HEAD]));
     let gw = gateway(demo.addr, layer, None);
     let put = gw.send(request(Method::PUT, "/close", "x")).await;
     assert!(!proxy_error(&put).is_retryable());
@@ -424,8 +430,9 @@ async fn the_method_set_and_the_rule_can_be_replaced() {
     assert!(proxy_error(&get).is_retryable());
 
     // Stricter: only what never left the gateway.
-    let layer = GatewayErrorLayer::new()
-        .retry_rule(|facts: &RetryFacts| facts.request_sent == RequestSent::NotSent);
+    let layer = GatewayErrorLayer::new().retry_hints(
+        RetryHints::new().rule(|facts: &RetryFacts| facts.request_sent == RequestSent::NotSent),
+    );
     let gw = gateway(demo.addr, layer, Some(quick_policy()));
     let get = gw.send(request(Method::GET, "/close", "")).await;
     assert!(!proxy_error(&get).is_retryable());
@@ -436,8 +443,9 @@ async fn the_method_set_and_the_rule_can_be_replaced() {
 #[tokio::test]
 async fn retry_after_in_seconds_reaches_header_body_and_extension() {
     let closed = demo_upstream::closed_port();
-    let layer = GatewayErrorLayer::new()
-        .retry_after_for_status(StatusCode::BAD_GATEWAY, Duration::from_secs(5));
+    let layer = GatewayErrorLayer::new().retry_hints(
+        RetryHints::new().retry_after_for_status(StatusCode::BAD_GATEWAY, Duration::from_secs(5)),
+    );
     let gw = gateway(closed, layer, None);
 
     let response = gw.send(request(Method::GET, "/items", "")).await;
@@ -456,8 +464,11 @@ async fn retry_after_as_an_http_date() {
     let at = UNIX_EPOCH + Duration::from_secs(4_102_444_800); // 2100-01-01T00:00:00Z
     let layer = GatewayErrorLayer::new()
         // The kind's setting wins over the status's.
-        .retry_after_for_status(StatusCode::BAD_GATEWAY, Duration::from_secs(5))
-        .retry_after_for_kind(ProxyErrorKind::ConnectionRefused, at);
+        .retry_hints(
+            RetryHints::new()
+                .retry_after_for_status(StatusCode::BAD_GATEWAY, Duration::from_secs(5))
+                .retry_after_for_kind(ProxyErrorKind::ConnectionRefused, at),
+        );
     let gw = gateway(closed, layer, None);
 
     let response = gw.send(request(Method::GET, "/items", "")).await;
@@ -485,8 +496,10 @@ async fn an_origins_retry_after_is_always_preserved() {
     let demo = demo_upstream::spawn().await.expect("demo upstream");
 
     // Forwarded untouched, even with a Retry-After configured for 503.
-    let layer = GatewayErrorLayer::new()
-        .retry_after_for_status(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(1));
+    let layer = GatewayErrorLayer::new().retry_hints(
+        RetryHints::new()
+            .retry_after_for_status(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(1)),
+    );
     let gw = gateway(demo.addr, layer.clone(), None);
     let response = gw.send(request(Method::GET, "/origin-503", "")).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -496,7 +509,7 @@ async fn an_origins_retry_after_is_always_preserved() {
     // generated body states the same delay.
     let gw = gateway(
         demo.addr,
-        layer.intercept_origin_errors([StatusCode::from_u16(503).unwrap()]),
+        layer.failure_statuses([StatusCode::from_u16(503).unwrap()]),
         None,
     );
     let response = gw.send(request(Method::GET, "/origin-503", "")).await;

@@ -49,6 +49,7 @@ use tower::{ServiceBuilder, service_fn};
 use crate::support::demo_upstream::{
     self, OK_BODY, ORIGIN_500_BODY, ORIGIN_502_BODY, ORIGIN_503_BODY, large_body,
 };
+use gateway_errors::TimeLimits;
 
 /// Concurrent clients.
 const CLIENTS: usize = 64;
@@ -335,7 +336,7 @@ fn layer_with_timeout(timeout: Duration) -> GatewayErrorLayer {
     // As examples/gateway.rs configures it (the read timeout follows the upstream timeout).
     GatewayErrorLayer::new()
         .proxy_name(ProxyName::from_static("edge-1"))
-        .upstream_timeout(timeout)
+        .time_limits(TimeLimits::new().upstream_timeout(timeout))
 }
 
 /// The example's gateway (its proxy, its server loop) in front of `upstream`.

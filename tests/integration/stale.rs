@@ -26,6 +26,7 @@ use tokio::sync::Notify;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 use crate::support::{self, GatewayService, call, gateway_to, read_body, serve, within};
+use gateway_errors::TimeLimits;
 
 // ---------------------------------------------------------------------------------------------
 // An origin whose answers the test sets, and which can stop listening
@@ -289,7 +290,7 @@ fn store() -> StaleIfError {
 }
 
 fn layer(store: &StaleIfError) -> GatewayErrorLayer {
-    support::layer().stale_if_error(store.clone())
+    support::layer().serve_stale(store.clone())
 }
 
 fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> Request<Body> {
@@ -974,7 +975,8 @@ async fn a_body_that_stalls_past_the_read_timeout_is_never_stored() {
         },
     );
     let store = store();
-    let layer = layer(&store).upstream_read_timeout(Duration::from_millis(200));
+    let layer =
+        layer(&store).time_limits(TimeLimits::new().read_timeout(Duration::from_millis(200)));
     let gateway = gateway_to(layer, origin.addr);
     let response = call(gateway.clone(), request("GET", "/stalls", &[])).await;
     let body = within("the stalled body", response.into_body().collect()).await;
@@ -1120,7 +1122,8 @@ async fn a_timeout_is_hidden_too() {
     let origin = Origin::start().await;
     origin.set("/page", Reply::page("max-age=1", "patient"));
     let store = store();
-    let layer = layer(&store).upstream_timeout(Duration::from_millis(300));
+    let layer =
+        layer(&store).time_limits(TimeLimits::new().upstream_timeout(Duration::from_millis(300)));
     let gateway = gateway_to(layer, origin.addr);
     get(&gateway, "/page").await;
     origin.set("/page", Reply::Silent);
@@ -1169,7 +1172,7 @@ async fn an_intercepted_origin_error_is_answered_from_the_copy() {
     let origin = Origin::start().await;
     origin.set("/page", Reply::page("max-age=60", "good"));
     let store = store();
-    let layer = layer(&store).intercept_origin_errors([StatusCode::BAD_GATEWAY]);
+    let layer = layer(&store).failure_statuses([StatusCode::BAD_GATEWAY]);
     let gateway = gateway_to(layer, origin.addr);
     get(&gateway, "/page").await;
     origin.set("/page", Reply::with(502, &[], "upstream proxy failed\n"));
