@@ -27,13 +27,13 @@ mod proxy;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use gateway_errors::TimeLimits;
 use gateway_errors::{GatewayErrorLayer, ProxyName};
 use http::Uri;
 use tokio::net::TcpListener;
 use tonic::Code;
 use tower::ServiceBuilder;
 
-use gateway_errors::TimeLimits;
 use proxy::{BoxError, Proxy, ServeOptions};
 
 struct Options {

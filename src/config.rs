@@ -217,6 +217,91 @@ impl StatusSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::grpc::GrpcCode;
+    use crate::kind::ProxyErrorKind;
+
+    #[test]
+    fn failure_statuses_replace_the_set_given_before() {
+        let mut settings = Settings::default();
+        settings.set_failure_statuses([StatusCode::BAD_GATEWAY, StatusCode::NOT_FOUND]);
+        settings.set_failure_statuses([StatusCode::SERVICE_UNAVAILABLE]);
+        assert!(settings.intercept.contains(StatusCode::SERVICE_UNAVAILABLE));
+        assert!(!settings.intercept.contains(StatusCode::BAD_GATEWAY));
+        assert!(!settings.intercept.contains(StatusCode::NOT_FOUND));
+    }
+
+    #[test]
+    fn every_time_limit_is_turned_off_with_none() {
+        let second = Duration::from_secs(1);
+        let mut settings = Settings::default();
+        // The defaults: the read timeout follows the upstream timeout; 60 s for an upload.
+        assert_eq!(settings.client_body_timeout, Some(Duration::from_secs(60)));
+        settings.set_time_limits(TimeLimits::new().upstream_timeout(second));
+        assert_eq!(settings.body_read_timeout(), Some(second));
+        settings.set_time_limits(
+            TimeLimits::new()
+                .upstream_timeout(second)
+                .read_timeout(None)
+                .response_deadline(second)
+                .client_body_timeout(None),
+        );
+        assert_eq!(settings.upstream_timeout, Some(second));
+        assert_eq!(settings.body_read_timeout(), None);
+        assert_eq!(settings.response_deadline, Some(second));
+        assert_eq!(settings.client_body_timeout, None);
+        // A new value replaces the whole group: what it leaves alone is back to its default.
+        settings.set_time_limits(TimeLimits::new().response_deadline(None));
+        assert_eq!(settings.upstream_timeout, None);
+        assert_eq!(settings.response_deadline, None);
+        assert_eq!(settings.client_body_timeout, Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn loop_detection_is_on_by_default_and_counts_zero_as_one() {
+        let mut settings = Settings::default();
+        assert_eq!(settings.loop_threshold, Some(1));
+        settings.set_loop_detection(LoopDetection::after(0));
+        assert_eq!(settings.loop_threshold, Some(1));
+        settings.set_loop_detection(LoopDetection::after(3));
+        assert_eq!(settings.loop_threshold, Some(3));
+        settings.set_loop_detection(LoopDetection::off());
+        assert_eq!(settings.loop_threshold, None);
+    }
+
+    #[test]
+    fn a_grpc_code_set_for_one_kind_leaves_the_others() {
+        let codes = GrpcCodes::new().code_for_kind(
+            ProxyErrorKind::ConnectionLimitReached,
+            GrpcCode::ResourceExhausted,
+        );
+        let code = |kind: ProxyErrorKind| codes.code(Some(kind), kind.status());
+        assert_eq!(
+            code(ProxyErrorKind::ConnectionLimitReached),
+            GrpcCode::ResourceExhausted
+        );
+        assert_eq!(
+            code(ProxyErrorKind::ConnectionRefused),
+            GrpcCode::for_kind(ProxyErrorKind::ConnectionRefused)
+        );
+        assert_eq!(
+            format!("{codes:?}"),
+            r#"{"connection_limit_reached": ResourceExhausted}"#
+        );
+    }
+
+    #[test]
+    fn bodies_keep_the_default_origin_headers_and_add_others_once() {
+        let name = HeaderName::from_static("ratelimit-policy");
+        let mut settings = Settings::default();
+        settings.set_bodies(
+            Bodies::new()
+                .keep_origin_header(name.clone())
+                .keep_origin_header(name.clone()),
+        );
+        assert_eq!(settings.keep_on_rewrite.len(), 5);
+        assert_eq!(settings.keep_on_rewrite[0], http::header::RETRY_AFTER);
+        assert_eq!(settings.keep_on_rewrite[4], name);
+    }
 
     #[test]
     fn a_status_set_holds_client_and_server_errors_only() {

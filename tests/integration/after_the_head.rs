@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use bytes::Bytes;
+use gateway_errors::TimeLimits;
 use gateway_errors::retry::RetryPolicy;
 use gateway_errors::{ProxyError, ProxyErrorKind, RequestSent};
 use http::{Request, Response, StatusCode, header};
@@ -23,7 +24,6 @@ use crate::support::{
     Expected, assert_problem, call, gateway_to, layer, raw_exchange, read_body, request,
     serve_gateway, start_upstream, within,
 };
-use gateway_errors::TimeLimits;
 
 const TIMEOUT: Duration = Duration::from_millis(400);
 

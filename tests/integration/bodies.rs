@@ -15,8 +15,11 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use gateway_errors::TimeLimits;
 use gateway_errors::classify::Classification;
+use gateway_errors::render::Bodies;
 use gateway_errors::render::{ErrorView, Format, Template, negotiate};
+use gateway_errors::retry::RetryHints;
 use gateway_errors::{GatewayErrorLayer, ProxyErrorKind, ProxyName};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -38,10 +41,7 @@ const HTML: &str = "text/html; charset=utf-8";
 const TEXT: &str = "text/plain; charset=utf-8";
 
 type ReqBody = Empty<Bytes>;
-use gateway_errors::TimeLimits;
 use gateway_errors::body::UploadBody;
-use gateway_errors::render::Bodies;
-use gateway_errors::retry::RetryHints;
 
 /// How the upstream fails.
 #[derive(Debug, Clone, Copy)]

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use gateway_errors::TimeLimits;
 use gateway_errors::fault::Fault;
 use gateway_errors::health::UpstreamHealthLayer;
 use gateway_errors::stale::StaleIfError;
@@ -33,7 +34,6 @@ use tower::ServiceBuilder;
 use crate::proxy::{self, ClientBody, Proxy, ServeOptions};
 use crate::support::raw::{self, Ending};
 use crate::support::{self, within};
-use gateway_errors::TimeLimits;
 
 /// How long the gateways here let a client's upload stay silent.
 const CLIENT_BODY_TIMEOUT: Duration = Duration::from_millis(400);

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use gateway_errors::TimeLimits;
 use gateway_errors::{GatewayErrorLayer, ProxyName};
 use http::{HeaderMap, Request, Response};
 use http_body_util::{BodyExt, Full};
@@ -33,7 +34,6 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 
-use gateway_errors::TimeLimits;
 use proxy::{Proxy, ServeOptions};
 use raw::Ending;
 

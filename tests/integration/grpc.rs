@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use bytes::{BufMut, Bytes, BytesMut};
+use gateway_errors::TimeLimits;
 use gateway_errors::grpc::GrpcCode;
+use gateway_errors::grpc::GrpcCodes;
+use gateway_errors::retry::RetryHints;
 use gateway_errors::{GatewayErrorLayer, ProxyError, ProxyErrorKind};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -30,9 +33,6 @@ use tonic::Code;
 use tower::ServiceExt;
 
 use crate::support::{self, GatewayService, PROXY_NAME, statuses, within};
-use gateway_errors::TimeLimits;
-use gateway_errors::grpc::GrpcCodes;
-use gateway_errors::retry::RetryHints;
 use grpc_demo::{DemoClient, Ping};
 
 // ---------------------------------------------------------------------------------------------

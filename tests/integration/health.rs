@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use bytes::Bytes;
+use gateway_errors::Telemetry;
+use gateway_errors::TimeLimits;
 use gateway_errors::body::GatewayBody;
 use gateway_errors::health::UpstreamHealthLayer;
 use gateway_errors::health::body::HealthBody;
@@ -27,8 +29,6 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use crate::support::{
     self, Expected, PROXY_NAME, assert_problem, call, read_body, request, start_upstream, within,
 };
-use gateway_errors::Telemetry;
-use gateway_errors::TimeLimits;
 
 // ---------------------------------------------------------------------------------------------
 // Upstreams that refuse, stay silent, answer, and come back, counting their connections

@@ -14,6 +14,7 @@ use std::io;
 use axum::body::Body;
 use bytes::Bytes;
 use gateway_errors::headers::PROXY_STATUS;
+use gateway_errors::render::Bodies;
 use gateway_errors::render::Template;
 use gateway_errors::{GatewayErrorLayer, ProxyName};
 use http::header::{self, HeaderValue};
@@ -23,7 +24,6 @@ use scraper::{ElementRef, Html, Selector};
 use tower::{ServiceBuilder, service_fn};
 
 use crate::support::{call, demo_upstream, layer, raw_exchange, read_body, serve_gateway};
-use gateway_errors::render::Bodies;
 
 /// Request ids that are valid header values and printable ASCII, built to break out of HTML text,
 /// HTML attributes, JSON strings and templates.

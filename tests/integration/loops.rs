@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use bytes::Bytes;
+use gateway_errors::LoopDetection;
 use gateway_errors::headers::{CDN_LOOP, PROXY_STATUS};
 use gateway_errors::{GatewayErrorLayer, ProxyError, ProxyErrorKind, ProxyName};
 use http::{Request, Response, StatusCode, Uri, header};
@@ -21,7 +22,6 @@ use crate::proxy::{self, Proxy, ServeOptions};
 use crate::support::{
     self, RunningServer, call, gateway_to, http_client, read_body, request, within,
 };
-use gateway_errors::LoopDetection;
 
 /// Binds a loopback port first, so that a gateway can be pointed at an address before it serves.
 async fn bind() -> (TcpListener, SocketAddr) {

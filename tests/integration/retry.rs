@@ -7,6 +7,7 @@
 
 use crate::support::demo_upstream;
 use gateway_errors::body::UploadBody;
+use gateway_errors::retry::RetryHints;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,7 +18,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use gateway_errors::body::GatewayBody;
-use gateway_errors::retry::RetryHints;
 use gateway_errors::retry::{ReplayBody, RetryAfter, RetryFacts, RetryPolicy};
 use gateway_errors::{GatewayErrorLayer, ProxyError, ProxyErrorKind, RequestSent};
 use http::header::{self, HeaderValue};

@@ -34,6 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use gateway_errors::TimeLimits;
 use gateway_errors::{GatewayErrorLayer, ProxyName};
 use http::{Method, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full};
@@ -49,7 +50,6 @@ use tower::{ServiceBuilder, service_fn};
 use crate::support::demo_upstream::{
     self, OK_BODY, ORIGIN_500_BODY, ORIGIN_502_BODY, ORIGIN_503_BODY, large_body,
 };
-use gateway_errors::TimeLimits;
 
 /// Concurrent clients.
 const CLIENTS: usize = 64;

@@ -6,6 +6,8 @@
 //! (`set_default`; each test runs on its own current-thread runtime).
 
 use crate::support::demo_upstream;
+use gateway_errors::Telemetry;
+use gateway_errors::TimeLimits;
 use gateway_errors::body::UploadBody;
 
 use std::collections::BTreeMap;
@@ -18,8 +20,6 @@ use std::time::Duration;
 
 use axum::body::Body;
 use gateway_errors::GatewayErrorLayer;
-use gateway_errors::Telemetry;
-use gateway_errors::TimeLimits;
 use gateway_errors::body::GatewayBody;
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;

@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use bytes::Bytes;
+use gateway_errors::TimeLimits;
 use gateway_errors::stale::{FromCopy, StaleIfError};
 use gateway_errors::{GatewayErrorLayer, ProxyError, ProxyErrorKind};
 use http::header::{self, HeaderMap};
@@ -26,7 +27,6 @@ use tokio::sync::Notify;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 use crate::support::{self, GatewayService, call, gateway_to, read_body, serve, within};
-use gateway_errors::TimeLimits;
 
 // ---------------------------------------------------------------------------------------------
 // An origin whose answers the test sets, and which can stop listening

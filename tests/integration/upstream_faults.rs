@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use gateway_errors::TimeLimits;
 use gateway_errors::retry::IDEMPOTENCY_KEY;
 use gateway_errors::{ProxyError, ProxyErrorKind};
 use http::{Request, Response, StatusCode, Uri, header};
@@ -29,7 +30,6 @@ use crate::support::{
     gateway, gateway_to, layer, raw_exchange, read_body, request, serve_gateway, start_upstream,
     within,
 };
-use gateway_errors::TimeLimits;
 
 /// Upper bound for an answer that a short timeout produces: the timeout plus generous slack for a
 /// loaded CI machine, far below what a hang would take.

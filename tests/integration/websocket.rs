@@ -15,12 +15,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use gateway_errors::TimeLimits;
 use gateway_errors::{GatewayErrorLayer, ProxyName};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tower::ServiceBuilder;
 
-use gateway_errors::TimeLimits;
 use proxy::{Proxy, ServeOptions};
 
 const STEP: Duration = Duration::from_secs(5);
