@@ -15,9 +15,10 @@ pub(crate) const DEFAULT_CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60)
 ///
 /// A limit on the upstream answers `504 Gateway Timeout` (`http_response_timeout`) while the
 /// head has not arrived, and cuts the body once it has; a limit on the client answers `408
-/// Request Timeout`, the client's [fault](crate::fault). Each clock counts only the waiting of its
-/// own side: a slow upload never uses up the upstream's time, and a client that reads slowly never
-/// uses up the origin's.
+/// Request Timeout`, the client's [fault](crate::fault). The upstream and read timeouts count only
+/// the time spent waiting on the upstream: a slow upload never uses up the upstream's time, and a
+/// client that reads slowly never uses up the origin's. The response deadline counts from the
+/// request's arrival, whatever either side does.
 ///
 /// ```
 /// use std::time::Duration;
