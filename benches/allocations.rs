@@ -32,7 +32,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use gateway_errors::body::UploadBody;
 use gateway_errors::health::UpstreamHealthLayer;
-use gateway_errors::{GatewayErrorLayer, ProxyName};
+use gateway_errors::{GatewayErrorLayer, LoopDetection, ProxyName, TimeLimits};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tower::{Layer, Service, ServiceExt};
@@ -414,7 +414,8 @@ fn main() {
         .build()
         .expect("runtime");
     let layer = GatewayErrorLayer::new().proxy_name(ProxyName::from_static("edge-1"));
-    let timed = layer.clone().upstream_timeout(Duration::from_secs(30));
+    let limits = TimeLimits::new().upstream_timeout(Duration::from_secs(30));
+    let timed = layer.clone().time_limits(limits);
     // Kept alive for the whole run: dropping the provider would shut its instruments down.
     #[cfg(feature = "metrics")]
     let (metered, _provider) = {
@@ -427,7 +428,9 @@ fn main() {
             .with_interval(Duration::from_secs(3600))
             .build();
         let provider = SdkMeterProvider::builder().with_reader(reader).build();
-        let metered = layer.clone().metrics(&provider.meter("gateway-errors"));
+        let metered = layer
+            .clone()
+            .telemetry(gateway_errors::Telemetry::new().metrics(&provider.meter("gateway-errors")));
         (metered, provider)
     };
 
@@ -465,7 +468,10 @@ fn main() {
         row(
             "success: layered, loop detection off",
             measure(
-                layer.clone().loop_detection(false).layer(ok_service()),
+                layer
+                    .clone()
+                    .loop_detection(LoopDetection::off())
+                    .layer(ok_service()),
                 requests(None),
             )
             .await,
@@ -481,7 +487,10 @@ fn main() {
         row(
             "success: layered, map full, loop detection off",
             measure(
-                layer.clone().loop_detection(false).layer(ok_service()),
+                layer
+                    .clone()
+                    .loop_detection(LoopDetection::off())
+                    .layer(ok_service()),
                 full_requests(),
             )
             .await,
@@ -505,9 +514,9 @@ fn main() {
         row(
             "streamed: + read timeout + response_deadline",
             measure(
-                timed
+                layer
                     .clone()
-                    .response_deadline(Duration::from_secs(60))
+                    .time_limits(limits.response_deadline(Duration::from_secs(60)))
                     .layer(streamed_service()),
                 requests(None),
             )
@@ -580,7 +589,7 @@ fn main() {
 
         // The last-good-copy store: what a request that cannot use it costs (nothing), what a
         // stored response costs, and what an answer from a copy costs.
-        let stale = layer.clone().stale_if_error(
+        let stale = layer.clone().serve_stale(
             gateway_errors::stale::Store::new().default_window(Duration::from_secs(3600)),
         );
         let page = Bytes::from(vec![b'x'; 4096]);

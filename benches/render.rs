@@ -6,8 +6,10 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use gateway_errors::render::{DEFAULT_HTML, DEFAULT_PROBLEM_JSON, ErrorView, negotiate};
-use gateway_errors::{Format, ProxyErrorKind, Template};
+use gateway_errors::ProxyErrorKind;
+use gateway_errors::render::{
+    DEFAULT_HTML, DEFAULT_PROBLEM_JSON, ErrorView, Format, Template, negotiate,
+};
 use http::HeaderValue;
 
 /// Chrome's `Accept` for a page load.

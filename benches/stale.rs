@@ -125,7 +125,7 @@ fn cases(runtime: &Rc<tokio::runtime::Runtime>) -> Vec<Case> {
     }
     let layer = GatewayErrorLayer::new().proxy_name(ProxyName::from_static("edge-1"));
     let store = || Store::new().default_window(Duration::from_secs(3600));
-    let with_store = |store: &Store| layer.clone().stale_if_error(store.clone());
+    let with_store = |store: &Store| layer.clone().serve_stale(store.clone());
     let page = |bytes: usize| Bytes::from(vec![b'x'; bytes]);
 
     let mut cases = Vec::new();

@@ -15,9 +15,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use gateway_errors::TimeLimits;
 use gateway_errors::body::UploadBody;
+use gateway_errors::render::Bodies;
 use gateway_errors::render::ErrorView;
-use gateway_errors::{Format, GatewayErrorLayer, ProxyErrorKind, ProxyName, Template};
+use gateway_errors::render::{Format, Template};
+use gateway_errors::{GatewayErrorLayer, ProxyErrorKind, ProxyName};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::ServiceBuilder;
@@ -58,31 +61,34 @@ pub fn layer() -> Result<GatewayErrorLayer, Box<dyn std::error::Error>> {
     env.add_template("problem.json", PROBLEM)?;
     Ok(GatewayErrorLayer::new()
         .proxy_name(ProxyName::from_static("edge-1"))
-        .upstream_timeout(Duration::from_secs(2))
-        .template(Template::html(PAGE)?)
-        .template_for_kind(
-            ProxyErrorKind::HttpResponseTimeout,
-            Template::text(SLOW_TEXT)?,
-        )
-        .renderer(move |view: &ErrorView<'_>, format: Format| {
-            if format != Format::ProblemJson {
-                return None; // the templates above (or the built-in ones) apply
-            }
-            let context = minijinja::context! {
-                status => view.status().as_u16(),
-                title => view.title(),
-                detail => view.detail(),
-                error_type => view.error_type(),
-                retryable => view.retryable(),
-                request_id => view.request_id(),
-            };
-            let body = env
-                .get_template("problem.json")
-                .ok()?
-                .render(context)
-                .ok()?;
-            Some(Bytes::from(body))
-        }))
+        .time_limits(TimeLimits::new().upstream_timeout(Duration::from_secs(2)))
+        .bodies(
+            Bodies::new()
+                .template(Template::html(PAGE)?)
+                .template_for_kind(
+                    ProxyErrorKind::HttpResponseTimeout,
+                    Template::text(SLOW_TEXT)?,
+                )
+                .renderer(move |view: &ErrorView<'_>, format: Format| {
+                    if format != Format::ProblemJson {
+                        return None; // the templates above (or the built-in ones) apply
+                    }
+                    let context = minijinja::context! {
+                        status => view.status().as_u16(),
+                        title => view.title(),
+                        detail => view.detail(),
+                        error_type => view.error_type(),
+                        retryable => view.retryable(),
+                        request_id => view.request_id(),
+                    };
+                    let body = env
+                        .get_template("problem.json")
+                        .ok()?
+                        .render(context)
+                        .ok()?;
+                    Some(Bytes::from(body))
+                }),
+        ))
 }
 
 #[tokio::main]

@@ -75,7 +75,7 @@ use std::time::Duration;
 
 use gateway_errors::health::{AdaptiveLimit, UpstreamHealthLayer};
 use gateway_errors::stale::Store;
-use gateway_errors::{GatewayErrorLayer, ProxyName};
+use gateway_errors::{GatewayErrorLayer, ProxyName, TimeLimits};
 use http::{Request, Uri};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
@@ -307,20 +307,20 @@ async fn main() -> Result<(), BoxError> {
         );
         serve(listener, service, ServeOptions::default(), ctrl_c()).await;
     } else {
-        let mut layer = GatewayErrorLayer::new()
-            .proxy_name(options.name.clone())
-            .upstream_timeout(options.timeout);
+        let mut limits = TimeLimits::new()
+            .upstream_timeout(options.timeout)
+            .response_deadline(options.deadline);
         if let Some(read_timeout) = options.read_timeout {
-            layer = layer.upstream_read_timeout(read_timeout);
-        }
-        if let Some(deadline) = options.deadline {
-            layer = layer.response_deadline(deadline);
+            limits = limits.read_timeout(read_timeout);
         }
         if let Some(timeout) = options.client_body_timeout {
-            layer = layer.client_body_timeout(timeout);
+            limits = limits.client_body_timeout(timeout);
         }
+        let mut layer = GatewayErrorLayer::new()
+            .proxy_name(options.name.clone())
+            .time_limits(limits);
         if let Some(window) = options.stale {
-            layer = layer.stale_if_error(Store::new().default_window(window));
+            layer = layer.serve_stale(Store::new().default_window(window));
         }
         // Held until the server is done: dropping it exports the metrics a last time.
         let (layer, meters) = metrics::with_metrics(layer, options.metrics);
@@ -369,8 +369,8 @@ async fn main() -> Result<(), BoxError> {
 /// `--metrics`: the layer's metrics, exported to stdout.
 #[cfg(feature = "metrics")]
 mod metrics {
-    use gateway_errors::GatewayErrorLayer;
     use gateway_errors::health::UpstreamHealthLayer;
+    use gateway_errors::{GatewayErrorLayer, Telemetry};
     use opentelemetry::metrics::MeterProvider;
     use opentelemetry_sdk::metrics::SdkMeterProvider;
 
@@ -390,7 +390,7 @@ mod metrics {
         let provider = SdkMeterProvider::builder()
             .with_periodic_exporter(opentelemetry_stdout::MetricExporter::default())
             .build();
-        let layer = layer.metrics(&provider.meter("gateway-errors"));
+        let layer = layer.telemetry(Telemetry::new().metrics(&provider.meter("gateway-errors")));
         (layer, Some(Meters(provider)))
     }
 

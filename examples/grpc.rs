@@ -27,6 +27,7 @@ mod proxy;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use gateway_errors::TimeLimits;
 use gateway_errors::{GatewayErrorLayer, ProxyName};
 use http::Uri;
 use tokio::net::TcpListener;
@@ -106,10 +107,8 @@ async fn main() -> Result<(), BoxError> {
     let demo = grpc_demo::spawn().await?;
     let layer = GatewayErrorLayer::new()
         .proxy_name(ProxyName::from_static("edge-1"))
-        .upstream_timeout(options.timeout)
-        .intercept_origin_errors(
-            (500..600).filter_map(|code| http::StatusCode::from_u16(code).ok()),
-        );
+        .time_limits(TimeLimits::new().upstream_timeout(options.timeout))
+        .failure_statuses((500..600).filter_map(|code| http::StatusCode::from_u16(code).ok()));
 
     let listener = TcpListener::bind(options.listen).await?;
     let gateway = listener.local_addr()?;

@@ -28,7 +28,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use gateway_errors::Telemetry;
+use gateway_errors::TimeLimits;
 use gateway_errors::body::UploadBody;
+use gateway_errors::retry::RetryHints;
 use gateway_errors::{GatewayErrorLayer, ProxyErrorKind, ProxyName};
 use http::{Method, Request, Uri};
 use http_body_util::{BodyExt, Empty};
@@ -239,9 +242,12 @@ async fn main() -> Result<(), BoxError> {
 
     let layer = GatewayErrorLayer::new()
         .proxy_name(ProxyName::from_static("edge-1"))
-        .upstream_timeout(Duration::from_millis(300))
-        .retry_after_for_kind(ProxyErrorKind::ConnectionRefused, Duration::from_secs(2))
-        .metrics(&meters.meter("gateway-errors"));
+        .time_limits(TimeLimits::new().upstream_timeout(Duration::from_millis(300)))
+        .retry_hints(
+            RetryHints::new()
+                .retry_after_for_kind(ProxyErrorKind::ConnectionRefused, Duration::from_secs(2)),
+        )
+        .telemetry(Telemetry::new().metrics(&meters.meter("gateway-errors")));
     // The layer hands the client the request body it watches.
     let client = Client::builder(TokioExecutor::new()).build_http::<UploadBody<Incoming>>();
     let gateway = ServiceBuilder::new()

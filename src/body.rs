@@ -26,8 +26,8 @@ pin_project! {
     /// The response body of [`GatewayErrorService`](crate::GatewayErrorService).
     ///
     /// An origin's body passes through frame by frame, trailers included, unchanged. If it fails
-    /// mid-stream, or stalls past the [read timeout](crate::GatewayErrorLayer::upstream_read_timeout)
-    /// or the [response deadline](crate::GatewayErrorLayer::response_deadline), the body ends with
+    /// mid-stream, or stalls past the [read timeout](crate::TimeLimits::read_timeout)
+    /// or the [response deadline](crate::TimeLimits::response_deadline), the body ends with
     /// an error, which the server answers by breaking the connection (HTTP/1.1) or resetting the
     /// stream (HTTP/2): a client never sees a cut body as a complete one. A timeout's error is a
     /// [`ProxyError`] of kind `connection_read_timeout` (or `http_response_timeout` for the

@@ -11,19 +11,22 @@ use tracing::Level;
 
 use crate::cache::AnswerCache;
 use crate::classify::Classify;
-use crate::grpc::answer::GrpcCodes;
+use crate::grpc::GrpcCodes;
 use crate::grpc::call::FRAMINGS;
 use crate::headers::{ProxyName, ProxyStatusValues};
-use crate::negotiate::Format;
+use crate::loop_detection::LoopDetection;
 use crate::render::Templates;
+use crate::render::bodies::Bodies;
+use crate::render::negotiate::Format;
 use crate::retry::hint::RetryRules;
+use crate::retry::hints::RetryHints;
 use crate::stale::Store;
+use crate::telemetry::Telemetry;
+use crate::time_limits::TimeLimits;
 
-/// nginx's `client_body_timeout`: a client whose upload is silent this long is answered 408.
-pub(crate) const DEFAULT_CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Everything the builder sets. A builder method copies the settings, changes one, and freezes
-/// the copy into a new [`Config`].
+/// Everything the builder sets. A builder method copies the settings, changes one group, and
+/// freezes the copy into a new [`Config`]. The defaults are those of the builder's values
+/// ([`TimeLimits::new`], [`Bodies::new`], ...), so that each default is written once.
 #[derive(Clone)]
 pub(crate) struct Settings {
     pub(crate) proxy_name: ProxyName,
@@ -55,12 +58,12 @@ pub(crate) struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings {
+        let mut settings = Settings {
             proxy_name: ProxyName::default(),
             upstream_timeout: None,
             read_timeout: None,
             response_deadline: None,
-            client_body_timeout: Some(DEFAULT_CLIENT_BODY_TIMEOUT),
+            client_body_timeout: None,
             classifiers: Vec::new(),
             default_format: Format::ProblemJson,
             templates: Templates::default(),
@@ -68,24 +71,80 @@ impl Default for Settings {
             span_level: Level::INFO,
             retry: RetryRules::default(),
             intercept: StatusSet::default(),
-            keep_on_rewrite: [
-                http::header::RETRY_AFTER,
-                http::header::WWW_AUTHENTICATE,
-                http::header::PROXY_AUTHENTICATE,
-                http::header::ALLOW,
-            ]
-            .into(),
+            keep_on_rewrite: Vec::new(),
             details: false,
             grpc_codes: GrpcCodes::default(),
-            loop_threshold: Some(1),
+            loop_threshold: None,
             stale: None,
             #[cfg(feature = "metrics")]
             metrics: None,
-        }
+        };
+        settings.set_time_limits(TimeLimits::new());
+        settings.set_bodies(Bodies::new());
+        settings.set_retry_hints(RetryHints::new());
+        settings.set_loop_detection(LoopDetection::default());
+        settings.set_telemetry(Telemetry::new());
+        settings
     }
 }
 
 impl Settings {
+    pub(crate) fn set_time_limits(&mut self, limits: TimeLimits) {
+        let TimeLimits {
+            upstream_timeout,
+            read_timeout,
+            response_deadline,
+            client_body_timeout,
+        } = limits;
+        self.upstream_timeout = upstream_timeout;
+        self.read_timeout = read_timeout;
+        self.response_deadline = response_deadline;
+        self.client_body_timeout = client_body_timeout;
+    }
+
+    pub(crate) fn set_bodies(&mut self, bodies: Bodies) {
+        let Bodies {
+            default_format,
+            templates,
+            keep_on_rewrite,
+        } = bodies;
+        self.default_format = default_format;
+        self.templates = templates;
+        self.keep_on_rewrite = keep_on_rewrite;
+    }
+
+    pub(crate) fn set_retry_hints(&mut self, hints: RetryHints) {
+        self.retry = hints.rules;
+    }
+
+    pub(crate) fn set_loop_detection(&mut self, detection: LoopDetection) {
+        self.loop_threshold = detection.threshold;
+    }
+
+    pub(crate) fn set_telemetry(&mut self, telemetry: Telemetry) {
+        let Telemetry {
+            span_level,
+            request_id_header,
+            #[cfg(feature = "metrics")]
+            metrics,
+        } = telemetry;
+        self.span_level = span_level;
+        self.request_id_header = request_id_header;
+        #[cfg(feature = "metrics")]
+        {
+            self.metrics = metrics;
+        }
+    }
+
+    /// The origin statuses whose responses the layer replaces: exactly `statuses` (those in
+    /// 400–599).
+    pub(crate) fn set_failure_statuses(&mut self, statuses: impl IntoIterator<Item = StatusCode>) {
+        self.intercept = StatusSet::default();
+        statuses
+            .into_iter()
+            .for_each(|status| self.intercept.insert(status));
+    }
+
     /// The read timeout in force: the one set, else the upstream timeout.
     pub(crate) fn body_read_timeout(&self) -> Option<Duration> {
         self.read_timeout.unwrap_or(self.upstream_timeout)
@@ -158,6 +217,91 @@ impl StatusSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::grpc::GrpcCode;
+    use crate::kind::ProxyErrorKind;
+
+    #[test]
+    fn failure_statuses_replace_the_set_given_before() {
+        let mut settings = Settings::default();
+        settings.set_failure_statuses([StatusCode::BAD_GATEWAY, StatusCode::NOT_FOUND]);
+        settings.set_failure_statuses([StatusCode::SERVICE_UNAVAILABLE]);
+        assert!(settings.intercept.contains(StatusCode::SERVICE_UNAVAILABLE));
+        assert!(!settings.intercept.contains(StatusCode::BAD_GATEWAY));
+        assert!(!settings.intercept.contains(StatusCode::NOT_FOUND));
+    }
+
+    #[test]
+    fn every_time_limit_is_turned_off_with_none() {
+        let second = Duration::from_secs(1);
+        let mut settings = Settings::default();
+        // The defaults: the read timeout follows the upstream timeout; 60 s for an upload.
+        assert_eq!(settings.client_body_timeout, Some(Duration::from_secs(60)));
+        settings.set_time_limits(TimeLimits::new().upstream_timeout(second));
+        assert_eq!(settings.body_read_timeout(), Some(second));
+        settings.set_time_limits(
+            TimeLimits::new()
+                .upstream_timeout(second)
+                .read_timeout(None)
+                .response_deadline(second)
+                .client_body_timeout(None),
+        );
+        assert_eq!(settings.upstream_timeout, Some(second));
+        assert_eq!(settings.body_read_timeout(), None);
+        assert_eq!(settings.response_deadline, Some(second));
+        assert_eq!(settings.client_body_timeout, None);
+        // A new value replaces the whole group: what it leaves alone is back to its default.
+        settings.set_time_limits(TimeLimits::new().response_deadline(None));
+        assert_eq!(settings.upstream_timeout, None);
+        assert_eq!(settings.response_deadline, None);
+        assert_eq!(settings.client_body_timeout, Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn loop_detection_is_on_by_default_and_counts_zero_as_one() {
+        let mut settings = Settings::default();
+        assert_eq!(settings.loop_threshold, Some(1));
+        settings.set_loop_detection(LoopDetection::after(0));
+        assert_eq!(settings.loop_threshold, Some(1));
+        settings.set_loop_detection(LoopDetection::after(3));
+        assert_eq!(settings.loop_threshold, Some(3));
+        settings.set_loop_detection(LoopDetection::off());
+        assert_eq!(settings.loop_threshold, None);
+    }
+
+    #[test]
+    fn a_grpc_code_set_for_one_kind_leaves_the_others() {
+        let codes = GrpcCodes::new().code_for_kind(
+            ProxyErrorKind::ConnectionLimitReached,
+            GrpcCode::ResourceExhausted,
+        );
+        let code = |kind: ProxyErrorKind| codes.code(Some(kind), kind.status());
+        assert_eq!(
+            code(ProxyErrorKind::ConnectionLimitReached),
+            GrpcCode::ResourceExhausted
+        );
+        assert_eq!(
+            code(ProxyErrorKind::ConnectionRefused),
+            GrpcCode::for_kind(ProxyErrorKind::ConnectionRefused)
+        );
+        assert_eq!(
+            format!("{codes:?}"),
+            r#"{"connection_limit_reached": ResourceExhausted}"#
+        );
+    }
+
+    #[test]
+    fn bodies_keep_the_default_origin_headers_and_add_others_once() {
+        let name = HeaderName::from_static("ratelimit-policy");
+        let mut settings = Settings::default();
+        settings.set_bodies(
+            Bodies::new()
+                .keep_origin_header(name.clone())
+                .keep_origin_header(name.clone()),
+        );
+        assert_eq!(settings.keep_on_rewrite.len(), 5);
+        assert_eq!(settings.keep_on_rewrite[0], http::header::RETRY_AFTER);
+        assert_eq!(settings.keep_on_rewrite[4], name);
+    }
 
     #[test]
     fn a_status_set_holds_client_and_server_errors_only() {

@@ -6,9 +6,10 @@ use std::fmt;
 use http::{Response, StatusCode};
 
 use crate::classify::classification::Classification;
+use crate::classify::default::{DefaultClassifier, MAX_CHAIN_DEPTH};
 use crate::fault::Fault;
-use crate::headers::retry_after::RetryAfter;
-use crate::kind::{Phase, ProxyErrorKind};
+use crate::kind::{ProxyErrorKind, RequestSent};
+use crate::retry::after::RetryAfter;
 pub use crate::upload::UploadError;
 
 pub use crate::kind::UnknownProxyErrorKind;
@@ -129,7 +130,7 @@ impl StdError for CopiedError {
 }
 
 impl ProxyError {
-    /// A failure of a known kind, with the kind's status and phase.
+    /// A failure of a known kind, with the kind's status and its [`RequestSent`].
     pub fn new(kind: ProxyErrorKind) -> Self {
         ProxyError::from_classification(Classification::new(kind))
     }
@@ -138,10 +139,37 @@ impl ProxyError {
     pub fn from_classification(classification: Classification) -> Self {
         ProxyError {
             classification,
-            retryable: classification.phase() == Phase::NotSent,
+            retryable: classification.request_sent() == RequestSent::NotSent,
             retry_after: None,
             source: None,
         }
+    }
+
+    /// Classifies `error` with the [`DefaultClassifier`] and keeps it as the source.
+    ///
+    /// ```
+    /// use gateway_errors::{ProxyError, ProxyErrorKind};
+    ///
+    /// let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+    /// let error = ProxyError::from_error(refused);
+    /// assert_eq!(error.kind(), Some(ProxyErrorKind::ConnectionRefused));
+    /// ```
+    pub fn from_error<E>(error: E) -> Self
+    where
+        E: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        let error = error.into();
+        let classification = DefaultClassifier::walk(&*error, ProxyError::carried)
+            .unwrap_or(Classification::unrecognized());
+        ProxyError::from_classification(classification).with_source_boxed(error)
+    }
+
+    /// The classification `error` carries, if it is a `ProxyError`: an inner service that knows
+    /// exactly what went wrong says so with one, and the default classifier takes its word.
+    pub(crate) fn carried(error: &(dyn StdError + 'static)) -> Option<Classification> {
+        error
+            .downcast_ref::<ProxyError>()
+            .map(ProxyError::classification)
     }
 
     /// Keeps `source` as the cause, for spans and logs.
@@ -178,8 +206,8 @@ impl ProxyError {
     }
 
     /// Whether the request may have reached the origin.
-    pub fn phase(&self) -> Phase {
-        self.classification.phase()
+    pub fn request_sent(&self) -> RequestSent {
+        self.classification.request_sent()
     }
 
     /// Whose fault the failure is (see [`fault`](crate::fault)).
@@ -196,13 +224,13 @@ impl ProxyError {
     /// idempotent, or it carries an `Idempotency-Key`.
     ///
     /// Set by the layer from the request; on an error made by hand it is true only for
-    /// [`Phase::NotSent`].
+    /// [`RequestSent::NotSent`].
     pub fn is_retryable(&self) -> bool {
         self.retryable
     }
 
     /// The advised delay before a retry, where one is known: configured with
-    /// [`retry_after_for_kind`](crate::GatewayErrorLayer::retry_after_for_kind), or set on the
+    /// [`retry_after_for_kind`](crate::retry::RetryHints::retry_after_for_kind), or set on the
     /// error by the service that made it ([`with_retry_after`](ProxyError::with_retry_after)).
     pub fn retry_after(&self) -> Option<RetryAfter> {
         self.retry_after
@@ -263,7 +291,7 @@ impl fmt::Debug for ProxyError {
         f.debug_struct("ProxyError")
             .field("kind", &self.kind())
             .field("status", &self.status())
-            .field("phase", &self.phase())
+            .field("request_sent", &self.request_sent())
             .field("retryable", &self.retryable)
             .field("retry_after", &self.retry_after)
             .field("source", &self.source)
@@ -300,10 +328,6 @@ impl axum_core::response::IntoResponse for ProxyError {
         self.into()
     }
 }
-
-/// The most sources below an error that the layer reads: a `source()` chain that loops (a
-/// buggy error type) must still end.
-pub(crate) const MAX_CHAIN_DEPTH: usize = 32;
 
 /// `error`, then its sources, at most [`MAX_CHAIN_DEPTH`] of them.
 pub(crate) fn chain<'a>(

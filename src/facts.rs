@@ -11,7 +11,7 @@ use crate::deadline::Limit;
 use crate::grpc::call::{GRPC_TIMEOUT, GrpcCall};
 use crate::headers::cdn_loop::CDN_LOOP;
 use crate::headers::connection::{KEEP_ALIVE, PROXY_CONNECTION};
-use crate::negotiate::{Format, negotiate, negotiate_line};
+use crate::render::negotiate::{Format, negotiate, negotiate_line};
 use crate::retry::IDEMPOTENCY_KEY;
 use crate::retry::hint::IdempotencyKey;
 use crate::stale::request::CapturedRequest;

@@ -13,7 +13,7 @@
 //! |---|---|---|---|---|---|
 //! | the upstream refused, reset, stalled, lied, timed out | 502 / 503 / 504 | its RFC 9209 type | connection failures and timeouts | when the hint allows | `upstream` |
 //! | the origin's own 5xx | the origin's | (untouched) | only with `failure_statuses` | no | `upstream` |
-//! | the upload stalled past the [client body timeout](crate::GatewayErrorLayer::client_body_timeout) | 408, `Connection: close` | none | no | when the hint allows | `client` |
+//! | the upload stalled past the [client body timeout](crate::TimeLimits::client_body_timeout) | 408, `Connection: close` | none | no | when the hint allows | `client` |
 //! | the client broke its upload off | 400 (when it can still read) | none | no | when the hint allows | `client` |
 //! | a gRPC caller's own deadline (`grpc-timeout`) ran out | `DEADLINE_EXCEEDED` | `http_response_timeout` | no | no | `client` |
 //! | the response deadline ran out while the gateway waited on the client (its upload, or its reading) | 408 before the head; a cut body after | none before the head | no | no | `client` |

@@ -17,7 +17,7 @@ use crate::classify::classification::Classification;
 use crate::deadline::{self, HeadClock};
 use crate::error::ProxyError;
 use crate::fault::Fault;
-use crate::kind::Phase;
+use crate::kind::RequestSent;
 use crate::respond::{self, Outcome, Pending};
 use crate::upload::{UploadError, UploadWatch};
 
@@ -210,7 +210,7 @@ fn poll_limits<B>(
 fn client_fault(status: StatusCode, error: BoxError) -> BoxError {
     let classification = Classification::unrecognized()
         .with_status(status)
-        .with_phase(Phase::MaybeSent)
+        .with_request_sent(RequestSent::MaybeSent)
         .with_fault(Fault::Client);
     Box::new(ProxyError::from_classification(classification).with_source_boxed(error))
 }
@@ -232,7 +232,7 @@ mod tests {
     use tower::{ServiceBuilder, ServiceExt, service_fn};
 
     use crate::body::UploadBody;
-    use crate::{GatewayErrorLayer, ProxyError, ProxyErrorKind};
+    use crate::{GatewayErrorLayer, ProxyError, ProxyErrorKind, TimeLimits};
 
     type Answer = Result<http::Response<Empty<bytes::Bytes>>, std::io::Error>;
 
@@ -265,7 +265,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_upstream_gets_a_504_at_the_timeout_and_not_before() {
-        let layer = GatewayErrorLayer::new().upstream_timeout(Duration::from_secs(1));
+        let layer = GatewayErrorLayer::new()
+            .time_limits(TimeLimits::new().upstream_timeout(Duration::from_secs(1)));
         let started = Instant::now();
         let response = ServiceBuilder::new()
             .layer(layer)
@@ -285,7 +286,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_answer_just_inside_the_timeout_passes() {
-        let layer = GatewayErrorLayer::new().upstream_timeout(Duration::from_secs(1));
+        let layer = GatewayErrorLayer::new()
+            .time_limits(TimeLimits::new().upstream_timeout(Duration::from_secs(1)));
         let response = ServiceBuilder::new()
             .layer(layer)
             .service(upstream(Some(Duration::from_millis(999))))
@@ -298,9 +300,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_response_deadline_fires_first_when_it_is_sooner() {
-        let layer = GatewayErrorLayer::new()
-            .upstream_timeout(Duration::from_secs(5))
-            .response_deadline(Duration::from_millis(500));
+        let layer = GatewayErrorLayer::new().time_limits(
+            TimeLimits::new()
+                .upstream_timeout(Duration::from_secs(5))
+                .response_deadline(Duration::from_millis(500)),
+        );
         let started = Instant::now();
         let response = ServiceBuilder::new()
             .layer(layer)
@@ -425,7 +429,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_slow_steady_upload_never_uses_the_upstreams_time() {
         // Ten chunks 300 ms apart: 3 s of upload against a 1 s upstream timeout.
-        let layer = GatewayErrorLayer::new().upstream_timeout(Duration::from_secs(1));
+        let layer = GatewayErrorLayer::new()
+            .time_limits(TimeLimits::new().upstream_timeout(Duration::from_secs(1)));
         let response = upload(
             layer,
             vec![Duration::from_millis(300); 10],
@@ -439,7 +444,8 @@ mod tests {
     async fn the_upstreams_clock_runs_again_when_the_clients_wait_ends() {
         // The client pauses 5 s in the middle of its upload (well within the 60 s client body
         // timeout); the upstream then takes 1.5 s: a 504, one second after the upload ended.
-        let layer = GatewayErrorLayer::new().upstream_timeout(Duration::from_secs(1));
+        let layer = GatewayErrorLayer::new()
+            .time_limits(TimeLimits::new().upstream_timeout(Duration::from_secs(1)));
         let started = Instant::now();
         let response = upload(
             layer,
@@ -458,9 +464,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_stalled_upload_is_the_clients_408_at_the_client_body_timeout() {
-        let layer = GatewayErrorLayer::new()
-            .upstream_timeout(Duration::from_secs(30))
-            .client_body_timeout(Duration::from_secs(2));
+        let layer = GatewayErrorLayer::new().time_limits(
+            TimeLimits::new()
+                .upstream_timeout(Duration::from_secs(30))
+                .client_body_timeout(Duration::from_secs(2)),
+        );
         let started = Instant::now();
         let response = upload(
             layer,
@@ -482,9 +490,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_response_deadline_spent_on_the_clients_upload_is_the_clients() {
-        let layer = GatewayErrorLayer::new()
-            .response_deadline(Duration::from_secs(5))
-            .client_body_timeout(Duration::from_secs(60));
+        let layer = GatewayErrorLayer::new().time_limits(
+            TimeLimits::new()
+                .response_deadline(Duration::from_secs(5))
+                .client_body_timeout(Duration::from_secs(60)),
+        );
         let response = upload(
             layer,
             vec![Duration::ZERO, Duration::from_secs(3600)],

@@ -5,12 +5,13 @@ use std::str::FromStr;
 
 use http::StatusCode;
 
-/// When a failure happened, relative to sending the request upstream.
+/// Whether a failed request may have reached the upstream: [`NotSent`](RequestSent::NotSent) or
+/// [`MaybeSent`](RequestSent::MaybeSent).
 ///
 /// This is what decides whether a retry is safe for a non-idempotent method: a request that never
 /// left the gateway cannot have had an effect on the origin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Phase {
+pub enum RequestSent {
     /// The failure happened before any byte of the request could reach the upstream: DNS, a refused
     /// or timed-out connect, a full pool, a load-shedding refusal, an HTTP/2 `REFUSED_STREAM`.
     NotSent,
@@ -18,17 +19,17 @@ pub enum Phase {
     MaybeSent,
 }
 
-impl Phase {
+impl RequestSent {
     /// The value recorded in spans: `not_sent` or `maybe_sent`.
     pub const fn as_str(self) -> &'static str {
         match self {
-            Phase::NotSent => "not_sent",
-            Phase::MaybeSent => "maybe_sent",
+            RequestSent::NotSent => "not_sent",
+            RequestSent::MaybeSent => "maybe_sent",
         }
     }
 }
 
-impl fmt::Display for Phase {
+impl fmt::Display for RequestSent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -46,13 +47,13 @@ macro_rules! proxy_error_kinds {
         /// that is safe to show a client.
         ///
         /// ```
-        /// use gateway_errors::{Phase, ProxyErrorKind};
+        /// use gateway_errors::{RequestSent, ProxyErrorKind};
         /// use http::StatusCode;
         ///
         /// let kind: ProxyErrorKind = "connection_refused".parse().unwrap();
         /// assert_eq!(kind, ProxyErrorKind::ConnectionRefused);
         /// assert_eq!(kind.status(), StatusCode::BAD_GATEWAY);
-        /// assert_eq!(kind.phase(), Phase::NotSent);
+        /// assert_eq!(kind.request_sent(), RequestSent::NotSent);
         /// assert_eq!(ProxyErrorKind::HttpResponseTimeout.to_string(), "http_response_timeout");
         /// ```
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -82,8 +83,8 @@ macro_rules! proxy_error_kinds {
             /// Whether a failure of this kind happens before the request reaches the upstream.
             ///
             /// A classifier can still say otherwise for a particular error.
-            pub const fn phase(self) -> Phase {
-                match self { $(ProxyErrorKind::$variant => Phase::$phase,)+ }
+            pub const fn request_sent(self) -> RequestSent {
+                match self { $(ProxyErrorKind::$variant => RequestSent::$phase,)+ }
             }
 
             /// A sentence for the client that says what went wrong without naming anything internal.

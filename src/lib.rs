@@ -17,7 +17,7 @@
 //! - every request gets a span with OpenTelemetry field names; the error's internals go to the
 //!   span, never to the client;
 //! - the clock does not stop at the head: an origin whose body stalls is cut at the
-//!   [read timeout](GatewayErrorLayer::upstream_read_timeout), and the client sees a broken
+//!   [read timeout](TimeLimits::read_timeout), and the client sees a broken
 //!   transfer, never a hang or a body that looks complete;
 //! - a gateway that reaches itself, or a loop of gateways, is told so: the layer appends its name
 //!   to `CDN-Loop` (RFC 8586) and answers a request that comes back with `502
@@ -31,7 +31,7 @@
 //! use axum::body::Body;
 //! use axum::http::Request;
 //! use gateway_errors::body::UploadBody;
-//! use gateway_errors::{GatewayErrorLayer, ProxyName};
+//! use gateway_errors::{GatewayErrorLayer, ProxyName, TimeLimits};
 //! use hyper_util::client::legacy::Client;
 //! use hyper_util::rt::TokioExecutor;
 //! use tower::ServiceBuilder;
@@ -43,7 +43,7 @@
 //!         .layer(
 //!             GatewayErrorLayer::new()
 //!                 .proxy_name(ProxyName::from_static("edge-1"))
-//!                 .upstream_timeout(Duration::from_secs(30)),
+//!                 .time_limits(TimeLimits::new().upstream_timeout(Duration::from_secs(30))),
 //!         )
 //!         .map_request(|mut request: Request<UploadBody<Body>>| {
 //!             // Point the request at the upstream (a real proxy also strips hop-by-hop
@@ -116,8 +116,8 @@
 //! 1. [`GatewayErrorService::call`](tower_service::Service::call) reads what the response may need, once and
 //!    without allocating: the body format from `Accept`, whether the method is idempotent, whether
 //!    an `Idempotency-Key` is present, the request id. It opens the request's span.
-//! 2. The inner service runs, raced against the [upstream timeout](GatewayErrorLayer::upstream_timeout)
-//!    (and the [response deadline](GatewayErrorLayer::response_deadline), if set).
+//! 2. The inner service runs, raced against the [upstream timeout](TimeLimits::upstream_timeout)
+//!    (and the [response deadline](TimeLimits::response_deadline), if set).
 //! 3. One decision point:
 //!    - a response from the origin is forwarded unchanged; its body is observed and timed, so
 //!      that a failure or a stall mid-stream breaks the client's connection (never a short body
@@ -142,17 +142,17 @@
 //!
 //! - HTTP 200 (gRPC requires it), `Content-Type` the caller's gRPC type, `grpc-status` the
 //!   [`GrpcCode`](grpc::GrpcCode) of the error's kind ([`GrpcCode::for_kind`](grpc::GrpcCode::for_kind), changed per kind with
-//!   [`GatewayErrorLayer::grpc_code_for_kind`]) and `grpc-message` the kind's client-safe
+//!   [`GrpcCodes::code_for_kind`](grpc::GrpcCodes::code_for_kind)) and `grpc-message` the kind's client-safe
 //!   sentence, percent-encoded; no body (a trailers-only response);
 //! - gRPC-Web callers get the same fields in a trailer frame as the body (base64 for
 //!   `grpc-web-text`);
 //! - `Proxy-Status`, `Retry-After` and the [`ProxyError`] extension as for any generated error,
 //!   plus `grpc-retry-pushback-ms` where a retry delay is configured;
-//! - the upstream timeout is the sooner of [`upstream_timeout`](GatewayErrorLayer::upstream_timeout)
+//! - the upstream timeout is the sooner of [`upstream_timeout`](TimeLimits::upstream_timeout)
 //!   and the caller's `grpc-timeout`; when it passes, the caller gets `DEADLINE_EXCEEDED`.
 //!
 //! The origin's own gRPC answers pass through untouched, trailers included, and are never
-//! [intercepted](GatewayErrorLayer::intercept_origin_errors). An origin's plain HTTP error (an
+//! [intercepted](GatewayErrorLayer::failure_statuses). An origin's plain HTTP error (an
 //! HTML 503 page) passes through too unless its status is intercepted; it then becomes the code
 //! of [`GrpcCode::from_http_status`](grpc::GrpcCode::from_http_status). The span gets `rpc.system`, `rpc.service`, `rpc.method` and
 //! `rpc.grpc.status_code`, and records `http.response.status_code` as the 200 that was sent.
@@ -168,7 +168,7 @@
 //!
 //! # While the origin is down
 //!
-//! With a [`stale::Store`] ([`GatewayErrorLayer::stale_if_error`]),
+//! With a [`StaleIfError`](stale::StaleIfError) store ([`GatewayErrorLayer::serve_stale`]),
 //! the layer keeps the last good copy of the GET responses a shared cache may store, and where it
 //! would answer a GET or HEAD with a 500, 502, 503 or 504, a copy within its `stale-if-error`
 //! window (RFC 5861; the origin's, else the operator's) answers instead: the stored page byte for
@@ -188,17 +188,18 @@
 //! # Modules
 //!
 //! The root holds what every user types: the layer and its service, [`ProxyError`] and its
-//! [`ProxyErrorKind`], and the types the builder takes. The rest is grouped by concern, as the
-//! request meets it:
+//! [`ProxyErrorKind`] and [`RequestSent`], and the builder's values that belong to no module:
+//! [`ProxyName`], [`TimeLimits`], [`LoopDetection`], [`Telemetry`]. The rest is grouped by
+//! concern, as the request meets it:
 //!
 //! | module | what it holds |
 //! |---|---|
 //! | [`classify`] | the [`Classify`](classify::Classify) trait and the [`DefaultClassifier`](classify::DefaultClassifier) |
-//! | [`render`] | the body: [`ErrorView`](render::ErrorView), renderers, the built-in templates, [`negotiate`](render::negotiate) |
+//! | [`render`] | the body: [`Bodies`](render::Bodies) (the builder's value), [`Format`](render::Format), [`Template`](render::Template), [`ErrorView`](render::ErrorView), renderers, the built-in templates, [`negotiate`](fn@render::negotiate) |
 //! | [`headers`] | `Proxy-Status`, [`ProxyName`]'s error |
-//! | [`retry`] | the retry hint's facts, [`RetryAfter`](retry::RetryAfter), [`RetryLayer`](retry::RetryLayer) and its [`RetryPolicy`](retry::RetryPolicy) |
-//! | [`grpc`] | [`GrpcCode`](grpc::GrpcCode) |
-//! | [`stale`] | [`Store`](stale::Store): the last good copy answers while the origin is down |
+//! | [`retry`] | [`RetryHints`](retry::RetryHints) (the builder's value), the retry hint's facts, [`RetryAfter`](retry::RetryAfter), [`RetryPolicy`](retry::RetryPolicy) |
+//! | [`grpc`] | [`GrpcCode`](grpc::GrpcCode), [`GrpcCodes`](grpc::GrpcCodes) (the builder's value) |
+//! | [`stale`] | [`StaleIfError`](stale::StaleIfError): the last good copy answers while the origin is down |
 //! | [`health`] | [`UpstreamHealthLayer`](health::UpstreamHealthLayer): remember a failing upstream, 503 `destination_unavailable` while it is down, one probe at a time |
 //! | [`future`], [`body`] | the service's future and response body |
 //! | [`error`] | the crate's other error types |
@@ -207,10 +208,10 @@
 //! # Features
 //!
 //! - `axum` (default): `impl IntoResponse for ProxyError`, and `axum::body::Body` as a
-//!   [`TryCloneBody`](retry::TryCloneBody).
+//!   [`ReplayBody`](retry::ReplayBody).
 //! - `hyper`, `hyper-util`, `tower` (default): the default classifier recognises the errors of
 //!   hyper, of hyper-util's legacy client, and of tower's timeout, load-shed and buffer; `tower`
-//!   also brings [`RetryLayer`](retry::RetryLayer).
+//!   also brings [`RetryPolicy`](retry::RetryPolicy).
 //! - `tower-http` (default): the request id comes from tower-http's `RequestId` extension when it
 //!   is there.
 //! - `reqwest`: the default classifier recognises `reqwest::Error`.
@@ -223,7 +224,7 @@
 //!   and `alert-message`, any other TLS failure `tls_protocol_error`. It brings rustls's error
 //!   types only, no crypto provider. See
 //!   [`DefaultClassifier`](classify::DefaultClassifier#tls-feature-rustls).
-//! - `metrics`: `GatewayErrorLayer::metrics` records OpenTelemetry's `http.server.request.duration`
+//! - `metrics`: `Telemetry::metrics` records OpenTelemetry's `http.server.request.duration`
 //!   and a counter of generated errors by type and retry hint, through the `opentelemetry` metrics
 //!   API (see the `metrics` module, present with the feature).
 #![deny(missing_docs, unreachable_pub)]
@@ -245,27 +246,30 @@ pub mod health;
 mod interim;
 mod kind;
 mod layer;
+mod loop_detection;
 #[cfg(feature = "metrics")]
 pub mod metrics;
-mod negotiate;
 mod random;
 pub mod render;
 mod respond;
 pub mod retry;
 mod service;
 pub mod stale;
+mod telemetry;
 #[cfg(test)]
 mod testing;
+mod time_limits;
 mod trace;
 mod upload;
 
 pub use error::ProxyError;
 pub use headers::ProxyName;
-pub use kind::{Phase, ProxyErrorKind};
+pub use kind::{ProxyErrorKind, RequestSent};
 pub use layer::GatewayErrorLayer;
-pub use negotiate::Format;
-pub use render::template::Template;
+pub use loop_detection::LoopDetection;
 pub use service::GatewayErrorService;
+pub use telemetry::Telemetry;
+pub use time_limits::TimeLimits;
 
 /// The error type the layer accepts from inner services and bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

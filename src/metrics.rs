@@ -1,7 +1,7 @@
 //! OpenTelemetry metrics (feature `metrics`): request durations and generated errors, as rates an
 //! operator can alert on.
 //!
-//! Turned on with [`GatewayErrorLayer::metrics`](crate::GatewayErrorLayer::metrics), which creates
+//! Turned on with [`Telemetry::metrics`](crate::Telemetry::metrics), which creates
 //! three instruments on the [`Meter`] it is given:
 //!
 //! | instrument | kind, unit | attributes |
@@ -37,7 +37,7 @@
 //!   DELETE, CONNECT, OPTIONS, TRACE, PATCH), otherwise `_OTHER`. A client can send any token as a
 //!   method; folding keeps the number of series bounded. The environment variable
 //!   `OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS` (a comma-separated, case-sensitive list) replaces the
-//!   known set, read once when [`GatewayErrorLayer::metrics`](crate::GatewayErrorLayer::metrics) is
+//!   known set, read once when [`Telemetry::metrics`](crate::Telemetry::metrics) is
 //!   called.
 //! - `http.response.status_code`: the status the client got, as an integer (200 for a gRPC
 //!   caller's generated error, as gRPC requires; `error.type` still names the failure).

@@ -48,7 +48,7 @@ use tracing::{Level, Span};
 
 use crate::error::ErrorChain;
 use crate::fault::Fault;
-use crate::kind::{Phase, ProxyErrorKind};
+use crate::kind::{ProxyErrorKind, RequestSent};
 
 /// The tracing target of the span and events.
 pub(crate) const TARGET: &str = "gateway_errors";
@@ -163,7 +163,7 @@ pub(crate) struct Generated<'a> {
     /// The status the client got: the error's, or 200 for a gRPC caller.
     pub(crate) sent: StatusCode,
     pub(crate) retryable: bool,
-    pub(crate) phase: Phase,
+    pub(crate) phase: RequestSent,
     /// The code a gRPC caller got.
     pub(crate) grpc_code: Option<i32>,
     /// The error the layer answered for, with its sources: for the event, never the client.

@@ -6,11 +6,11 @@
 //!
 //! - the upstream is timed only while the gateway waits on it: every moment the gateway spends
 //!   waiting on the client for more of its body is left off the [upstream
-//!   timeout](crate::GatewayErrorLayer::upstream_timeout) (for an upload, the upstream's time
+//!   timeout](crate::TimeLimits::upstream_timeout) (for an upload, the upstream's time
 //!   then in effect starts when the request has been sent in full, as Envoy's route timeout
 //!   does, while an upstream that never takes the request still times out);
 //! - an upload that stalls past the [client body
-//!   timeout](crate::GatewayErrorLayer::client_body_timeout) is answered `408 Request Timeout`
+//!   timeout](crate::TimeLimits::client_body_timeout) is answered `408 Request Timeout`
 //!   at once, and one the client breaks off `400 Bad Request`: both are the client's
 //!   [fault](crate::fault), never counted against the upstream.
 //!
@@ -214,7 +214,7 @@ pin_project! {
     /// frame, unchanged (its size hint included), and watched. See the [module docs](self).
     ///
     /// If the client stalls past the [client body
-    /// timeout](crate::GatewayErrorLayer::client_body_timeout), or its body fails, the body ends
+    /// timeout](crate::TimeLimits::client_body_timeout), or its body fails, the body ends
     /// with an [`UploadError`]: the inner service's request fails, and the layer answers the
     /// client with 408 or 400 as its own fault.
     ///
@@ -375,7 +375,7 @@ impl<B> fmt::Debug for UploadBody<B> {
 }
 
 /// The client's upload failed: it stalled past the [client body
-/// timeout](crate::GatewayErrorLayer::client_body_timeout), or its body broke off. The client's
+/// timeout](crate::TimeLimits::client_body_timeout), or its body broke off. The client's
 /// fault, answered 408 or 400, never the upstream's.
 ///
 /// It is the error [`UploadBody`] ends with, so the inner service's own error carries it in its

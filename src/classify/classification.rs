@@ -3,19 +3,19 @@
 use http::StatusCode;
 
 use crate::fault::Fault;
-use crate::kind::{Phase, ProxyErrorKind};
+use crate::kind::{ProxyErrorKind, RequestSent};
 
-/// The outcome of classifying one error: its kind (if known), its phase, the status to send, and
+/// The outcome of classifying one error: its kind (if known), whether the request may have been sent, the status to send, and
 /// whose [fault](crate::fault) it is.
 ///
 /// ```
 /// use gateway_errors::classify::Classification;
-/// use gateway_errors::{Phase, ProxyErrorKind};
+/// use gateway_errors::{RequestSent, ProxyErrorKind};
 /// use http::StatusCode;
 ///
 /// let c = Classification::from(ProxyErrorKind::ConnectionRefused);
 /// assert_eq!(c.status(), StatusCode::BAD_GATEWAY);
-/// assert_eq!(c.phase(), Phase::NotSent);
+/// assert_eq!(c.request_sent(), RequestSent::NotSent);
 ///
 /// // A request rejected by a policy engine: a specific 4xx, nothing was sent.
 /// let c = Classification::new(ProxyErrorKind::HttpRequestError)
@@ -31,7 +31,7 @@ use crate::kind::{Phase, ProxyErrorKind};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Classification {
     kind: Option<ProxyErrorKind>,
-    phase: Phase,
+    request_sent: RequestSent,
     status: StatusCode,
     fault: Fault,
     /// The TLS alert the upstream sent, for `tls_alert_received`.
@@ -39,11 +39,11 @@ pub struct Classification {
 }
 
 impl Classification {
-    /// A classification with the kind's recommended status and usual phase.
+    /// A classification with the kind's recommended status and whether such a failure usually comes after the request was sent.
     pub const fn new(kind: ProxyErrorKind) -> Self {
         Classification {
             kind: Some(kind),
-            phase: kind.phase(),
+            request_sent: kind.request_sent(),
             status: kind.status(),
             fault: Fault::of_kind(Some(kind)),
             tls_alert: None,
@@ -54,16 +54,16 @@ impl Classification {
     pub const fn unrecognized() -> Self {
         Classification {
             kind: None,
-            phase: Phase::MaybeSent,
+            request_sent: RequestSent::MaybeSent,
             status: StatusCode::BAD_GATEWAY,
             fault: Fault::Upstream,
             tls_alert: None,
         }
     }
 
-    /// Overrides the phase, for an error that tells more than its kind does.
-    pub const fn with_phase(mut self, phase: Phase) -> Self {
-        self.phase = phase;
+    /// Overrides whether the request may have been sent, for an error that tells more than its kind does.
+    pub const fn with_request_sent(mut self, request_sent: RequestSent) -> Self {
+        self.request_sent = request_sent;
         self
     }
 
@@ -121,8 +121,8 @@ impl Classification {
     }
 
     /// Whether the request may have reached the origin.
-    pub const fn phase(&self) -> Phase {
-        self.phase
+    pub const fn request_sent(&self) -> RequestSent {
+        self.request_sent
     }
 
     /// The status code the generated response will carry.

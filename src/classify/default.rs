@@ -3,11 +3,9 @@
 use std::error::Error as StdError;
 use std::io;
 
-use super::Classify;
 use super::classification::Classification;
-use crate::error::{MAX_CHAIN_DEPTH, ProxyError};
 use crate::fault::Fault;
-use crate::kind::{Phase, ProxyErrorKind};
+use crate::kind::{ProxyErrorKind, RequestSent};
 use crate::upload::UploadError;
 
 /// The built-in classifier: walks the error and its `source()` chain, and recognises the errors of
@@ -40,9 +38,9 @@ use crate::upload::UploadError;
 /// | an [`UploadError`](crate::error::UploadError): the client's upload stalled or broke off | no kind, 408 or 400, the [client's fault](crate::fault::Fault::Client), whatever lies below it |
 ///
 /// Any failure inside hyper-util's connect step (its error says `is_connect()`) counts as
-/// [`Phase::NotSent`], whatever its kind, because no byte of the request was written.
+/// [`RequestSent::NotSent`], whatever its kind, because no byte of the request was written.
 ///
-/// With the `http2` feature, two HTTP/2 errors count as [`Phase::NotSent`] too, because the
+/// With the `http2` feature, two HTTP/2 errors count as [`RequestSent::NotSent`] too, because the
 /// protocol guarantees that the server did not process the stream (RFC 9113 §8.7): a reset with
 /// `REFUSED_STREAM`, and a stream whose id is above the last stream id of a GOAWAY the server sent.
 /// h2 reports the second case to each such stream as a GOAWAY error received from the peer; a
@@ -67,7 +65,7 @@ use crate::upload::UploadError;
 /// host the certificate was checked against.
 ///
 /// - The retry hint: a handshake that fails inside hyper-util's connect step is
-///   [`Phase::NotSent`], and `tls_certificate_error` is too wherever it is found (a client checks
+///   [`RequestSent::NotSent`], and `tls_certificate_error` is too wherever it is found (a client checks
 ///   the certificate before it sends a byte of the request), so the answer says a retry is safe
 ///   for every method: `"retryable": true` in problem+json, and the generic advice of a
 ///   retryable 502 in the text and HTML bodies ("the request can safely be sent again"). Safe,
@@ -76,7 +74,7 @@ use crate::upload::UploadError;
 ///   attempts on it reads the kind. An
 ///   alert after the handshake, as TLS 1.3 has it for a missing client certificate (the client's
 ///   side of the handshake is over before the server checks it), may follow the request: it is
-///   the kind's [`Phase::MaybeSent`] there.
+///   the kind's [`RequestSent::MaybeSent`] there.
 /// - All three are the [upstream's fault](crate::fault::Fault::Upstream), and
 ///   [`UpstreamHealthLayer`](crate::health::UpstreamHealthLayer) counts each of them by default
 ///   ([`Attempt::counts_by_default`](crate::health::Attempt::counts_by_default)): an upstream
@@ -86,16 +84,30 @@ use crate::upload::UploadError;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DefaultClassifier;
 
-impl Classify for DefaultClassifier {
-    fn classify(&self, error: &(dyn StdError + 'static)) -> Option<Classification> {
+/// The most sources below an error that the layer reads: a `source()` chain that loops (a
+/// buggy error type) must still end.
+pub(crate) const MAX_CHAIN_DEPTH: usize = 32;
+
+/// An error that carries its own classification, found on the walk: a
+/// [`ProxyError`](crate::ProxyError).
+pub(crate) type Decided = fn(&(dyn StdError + 'static)) -> Option<Classification>;
+
+impl DefaultClassifier {
+    /// The default rules, over `error` and its sources. `decided` recognises an error that carries
+    /// its own classification: it is passed in because [`ProxyError`](crate::ProxyError) is made
+    /// by this walk (`ProxyError::from_error`) and so cannot be named here.
+    pub(crate) fn walk(
+        error: &(dyn StdError + 'static),
+        decided: Decided,
+    ) -> Option<Classification> {
         let mut walk = Walk::default();
         let mut next = Some(error);
         // Bounded: a chain that loops (a buggy `source()`) must not hang the gateway.
         for _ in 0..=MAX_CHAIN_DEPTH {
             let Some(err) = next else { break };
             // An inner service that knows exactly what went wrong says so with a ProxyError.
-            if let Some(decided) = err.downcast_ref::<ProxyError>() {
-                return Some(decided.classification());
+            if let Some(decided) = decided(err) {
+                return Some(decided);
             }
             // The client's own body failed the request: what its failure looks like below (a
             // reset, an early end) says nothing about the upstream.
@@ -140,7 +152,7 @@ impl<'a> Walk<'a> {
             classification = classification.with_tls_alert(alert);
         }
         if self.connecting || self.refused_by_protocol || self.unsent_by_client {
-            classification.with_phase(Phase::NotSent)
+            classification.with_request_sent(RequestSent::NotSent)
         } else {
             classification
         }
@@ -304,6 +316,7 @@ mod tests {
     use std::fmt;
 
     use super::*;
+    use crate::classify::Classify;
 
     fn default(err: &(dyn StdError + 'static)) -> Option<ProxyErrorKind> {
         DefaultClassifier.classify(err).and_then(|c| c.kind())
@@ -336,7 +349,7 @@ mod tests {
         let c = DefaultClassifier.classify(&refused).unwrap();
         assert_eq!(c.kind(), Some(ProxyErrorKind::DestinationUnavailable));
         assert_eq!(c.status(), http::StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(c.phase(), Phase::NotSent);
+        assert_eq!(c.request_sent(), RequestSent::NotSent);
         // Any other reset may have been processed: not recognised here.
         let cancel = h2::Error::from(h2::Reason::CANCEL);
         assert_eq!(DefaultClassifier.classify(&cancel), None);
@@ -354,7 +367,7 @@ mod tests {
         );
         let c = DefaultClassifier.classify(&expired).unwrap();
         assert_eq!(c.kind(), Some(ProxyErrorKind::TlsCertificateError));
-        assert_eq!(c.phase(), Phase::NotSent);
+        assert_eq!(c.request_sent(), RequestSent::NotSent);
         assert_eq!(c.fault(), Fault::Upstream);
         assert_eq!(c.tls_alert(), None);
 

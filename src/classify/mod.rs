@@ -6,7 +6,7 @@
 //! becomes a 502 without an error type: the layer never guesses a type it cannot stand behind.
 
 pub(crate) mod classification;
-mod default;
+pub(crate) mod default;
 #[cfg(feature = "rustls")]
 mod tls;
 
@@ -70,22 +70,10 @@ pub(crate) fn classify(
         .unwrap_or(Classification::unrecognized())
 }
 
-impl ProxyError {
-    /// Classifies `error` with the [`DefaultClassifier`] and keeps it as the source.
-    ///
-    /// ```
-    /// use gateway_errors::{ProxyError, ProxyErrorKind};
-    ///
-    /// let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-    /// let error = ProxyError::from_error(refused);
-    /// assert_eq!(error.kind(), Some(ProxyErrorKind::ConnectionRefused));
-    /// ```
-    pub fn from_error<E>(error: E) -> Self
-    where
-        E: Into<Box<dyn StdError + Send + Sync>>,
-    {
-        let error = error.into();
-        let classification = classify(&[], &*error);
-        ProxyError::from_classification(classification).with_source_boxed(error)
+// Here rather than beside the walk: the walk recognises a `ProxyError` in the chain, and
+// `ProxyError::from_error` runs the walk, so `error` uses `default` and only this module uses both.
+impl Classify for DefaultClassifier {
+    fn classify(&self, error: &(dyn StdError + 'static)) -> Option<Classification> {
+        DefaultClassifier::walk(error, ProxyError::carried)
     }
 }

@@ -3,45 +3,14 @@
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::StatusCode;
 use http::header::{HeaderName, HeaderValue};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
 use super::call::{Framing, GRPC_STATUS, GrpcCall};
 use super::code::GrpcCode;
-use crate::kind::ProxyErrorKind;
 
 static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 static GRPC_RETRY_PUSHBACK_MS: HeaderName = HeaderName::from_static("grpc-retry-pushback-ms");
-
-/// The gRPC code for each kind: [`GrpcCode::for_kind`], changed where the layer is told to.
-#[derive(Clone)]
-pub(crate) struct GrpcCodes {
-    codes: [GrpcCode; ProxyErrorKind::ALL.len()],
-}
-
-impl Default for GrpcCodes {
-    fn default() -> Self {
-        GrpcCodes {
-            codes: std::array::from_fn(|i| GrpcCode::for_kind(ProxyErrorKind::ALL[i])),
-        }
-    }
-}
-
-impl GrpcCodes {
-    pub(crate) fn set(&mut self, kind: ProxyErrorKind, code: GrpcCode) {
-        self.codes[kind.index()] = code;
-    }
-
-    /// The code of a generated error: its kind's, or for an unrecognised error (or an
-    /// intercepted origin error) the mapping of its HTTP status.
-    pub(crate) fn code(&self, kind: Option<ProxyErrorKind>, status: StatusCode) -> GrpcCode {
-        match kind {
-            Some(kind) => self.codes[kind.index()],
-            None => GrpcCode::from_http_status(status),
-        }
-    }
-}
 
 /// gRPC's own fields of an error answer: `grpc-status`, `grpc-message` (percent-encoded, as the
 /// gRPC HTTP/2 protocol requires) and, where a retry delay is advised, `grpc-retry-pushback-ms`,
@@ -142,6 +111,9 @@ fn base64(bytes: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::grpc::code::GrpcCodes;
+    use crate::kind::ProxyErrorKind;
+    use http::StatusCode;
 
     #[test]
     fn messages_are_percent_encoded() {

@@ -10,8 +10,7 @@ use crate::kind::ProxyErrorKind;
 ///
 /// The layer answers a gRPC caller's generated errors with one of these instead of an HTTP error
 /// status. [`GrpcCode::for_kind`] is the default mapping from RFC 9209 kinds;
-/// [`GatewayErrorLayer::grpc_code_for_kind`](crate::GatewayErrorLayer::grpc_code_for_kind)
-/// changes it per kind.
+/// [`GrpcCodes::code_for_kind`] changes it per kind.
 ///
 /// ```
 /// use gateway_errors::grpc::GrpcCode;
@@ -162,7 +161,7 @@ impl GrpcCode {
     /// `UNIMPLEMENTED`, 429, 502, 503, 504 → `UNAVAILABLE`, any other → `UNKNOWN`.
     ///
     /// The layer uses it for an origin's error response that it
-    /// [intercepts](crate::GatewayErrorLayer::intercept_origin_errors) on a gRPC call, and for an
+    /// [replaces](crate::GatewayErrorLayer::failure_statuses) on a gRPC call, and for an
     /// error no classifier recognised (its status is 502: `UNAVAILABLE`). A gRPC client given the
     /// bare HTTP response would arrive at the same code.
     pub const fn from_http_status(status: StatusCode) -> GrpcCode {
@@ -180,6 +179,93 @@ impl GrpcCode {
 impl fmt::Display for GrpcCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// The gRPC code each kind of generated error is answered with, for
+/// [`GatewayErrorLayer::grpc_codes`](crate::GatewayErrorLayer::grpc_codes): [`GrpcCode::for_kind`]
+/// unless changed here.
+///
+/// A request whose `Content-Type` is `application/grpc`, `application/grpc-web` or
+/// `application/grpc-web-text` (with any `+suffix` and parameters) is a gRPC call: its generated
+/// errors are HTTP 200 with `grpc-status` and `grpc-message` (for gRPC-Web, in a trailer frame in
+/// the body), not a body in a negotiated format. See the [crate docs](crate#grpc-callers). An
+/// error of no known kind (or an origin error the layer replaces) gets
+/// [`GrpcCode::from_http_status`] of its status.
+///
+/// ```
+/// use gateway_errors::grpc::{GrpcCode, GrpcCodes};
+/// use gateway_errors::{GatewayErrorLayer, ProxyErrorKind};
+///
+/// // A full pool means "back off", which gRPC says with RESOURCE_EXHAUSTED.
+/// let codes = GrpcCodes::new()
+///     .code_for_kind(ProxyErrorKind::ConnectionLimitReached, GrpcCode::ResourceExhausted);
+/// let layer = GatewayErrorLayer::new().grpc_codes(codes);
+/// # let _ = layer;
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct GrpcCodes {
+    codes: [GrpcCode; ProxyErrorKind::ALL.len()],
+}
+
+impl Default for GrpcCodes {
+    fn default() -> Self {
+        GrpcCodes::new()
+    }
+}
+
+impl GrpcCodes {
+    /// The defaults: every kind answered with [`GrpcCode::for_kind`].
+    ///
+    /// ```
+    /// use gateway_errors::grpc::GrpcCodes;
+    /// use gateway_errors::GatewayErrorLayer;
+    ///
+    /// // The same as not calling `grpc_codes` at all.
+    /// let layer = GatewayErrorLayer::new().grpc_codes(GrpcCodes::new());
+    /// # let _ = layer;
+    /// ```
+    pub fn new() -> Self {
+        GrpcCodes {
+            codes: std::array::from_fn(|i| GrpcCode::for_kind(ProxyErrorKind::ALL[i])),
+        }
+    }
+
+    /// Answers a gRPC caller's errors of this kind with `code` instead of the default from
+    /// [`GrpcCode::for_kind`].
+    ///
+    /// ```
+    /// use gateway_errors::ProxyErrorKind;
+    /// use gateway_errors::grpc::{GrpcCode, GrpcCodes};
+    ///
+    /// // Callers of this API should not retry a refused certificate on their own.
+    /// let codes = GrpcCodes::new()
+    ///     .code_for_kind(ProxyErrorKind::TlsCertificateError, GrpcCode::FailedPrecondition);
+    /// # let _ = codes;
+    /// ```
+    pub fn code_for_kind(mut self, kind: ProxyErrorKind, code: GrpcCode) -> Self {
+        self.codes[kind.index()] = code;
+        self
+    }
+
+    /// The code of a generated error: its kind's, or for an unrecognised error (or an
+    /// intercepted origin error) the mapping of its HTTP status.
+    pub(crate) fn code(&self, kind: Option<ProxyErrorKind>, status: StatusCode) -> GrpcCode {
+        match kind {
+            Some(kind) => self.codes[kind.index()],
+            None => GrpcCode::from_http_status(status),
+        }
+    }
+}
+
+impl fmt::Debug for GrpcCodes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Only what differs from the defaults: the full table is dozens of lines.
+        let changed = ProxyErrorKind::ALL
+            .iter()
+            .filter(|kind| self.codes[kind.index()] != GrpcCode::for_kind(**kind))
+            .map(|kind| (kind.token(), self.codes[kind.index()]));
+        f.debug_map().entries(changed).finish()
     }
 }
 

@@ -12,4 +12,4 @@ pub(crate) mod answer;
 pub(crate) mod call;
 mod code;
 
-pub use code::GrpcCode;
+pub use code::{GrpcCode, GrpcCodes};

@@ -1,12 +1,11 @@
 //! The header fields the layer reads and writes: `Proxy-Status` (RFC 9209), `CDN-Loop` (RFC
-//! 8586), `Cache-Status` (RFC 9211), `Retry-After` (RFC 9110 §10.2.3), and the Structured Field
-//! syntax (RFC 9651) under them; and the hop-by-hop fields (RFC 9110 §7.6.1) it removes before
-//! reading any of them.
+//! 8586), `Cache-Status` (RFC 9211), and the Structured Field syntax (RFC 9651) under them; and
+//! the hop-by-hop fields (RFC 9110 §7.6.1) it removes before reading any of them. `Retry-After`
+//! belongs with the retry hint: [`RetryAfter`](crate::retry::RetryAfter).
 
 pub(crate) mod cdn_loop;
 pub(crate) mod connection;
 mod proxy_status;
-pub(crate) mod retry_after;
 pub(crate) mod sf;
 
 use http::header::HeaderName;

@@ -111,6 +111,7 @@ mod tests {
     //! Every way a response body (a probe's too) can end: read to its end, broken off, stalled,
     //! dropped by its client, cut by the response deadline.
 
+    use crate::TimeLimits;
     use std::time::Duration;
 
     use http::StatusCode;
@@ -128,9 +129,11 @@ mod tests {
         let health = health();
         let gateway = ServiceBuilder::new()
             .layer(
-                GatewayErrorLayer::new()
-                    .upstream_timeout(Duration::from_secs(1))
-                    .upstream_read_timeout(None),
+                GatewayErrorLayer::new().time_limits(
+                    TimeLimits::new()
+                        .upstream_timeout(Duration::from_secs(1))
+                        .read_timeout(None),
+                ),
             )
             .layer(health)
             .service(upstream.clone());
@@ -182,10 +185,12 @@ mod tests {
         let gateway = |upstream: &Upstream| {
             ServiceBuilder::new()
                 .layer(
-                    GatewayErrorLayer::new()
-                        .upstream_timeout(Duration::from_secs(1))
-                        .upstream_read_timeout(None)
-                        .response_deadline(Duration::from_secs(2)),
+                    GatewayErrorLayer::new().time_limits(
+                        TimeLimits::new()
+                            .upstream_timeout(Duration::from_secs(1))
+                            .read_timeout(None)
+                            .response_deadline(Duration::from_secs(2)),
+                    ),
                 )
                 .layer(health())
                 .service(upstream.clone())

@@ -2,6 +2,7 @@
 //! behaviour a test switches, and the gateway as one has it (`GatewayErrorLayer` around
 //! `UpstreamHealthLayer` around the upstream), on paused time.
 
+use crate::TimeLimits;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -128,7 +129,10 @@ pub(super) fn gateway(
     Future: Send,
 > + Clone {
     ServiceBuilder::new()
-        .layer(GatewayErrorLayer::new().upstream_timeout(Duration::from_secs(1)))
+        .layer(
+            GatewayErrorLayer::new()
+                .time_limits(TimeLimits::new().upstream_timeout(Duration::from_secs(1))),
+        )
         .layer(health)
         .service(upstream)
 }

@@ -136,7 +136,7 @@ impl<K> UpstreamHealthLayer<K> {
 
     /// How long a probe may go unanswered before it counts as a failed probe (default 30 s): the
     /// safety net for an inner service without a timeout. With
-    /// [`GatewayErrorLayer::upstream_timeout`](crate::GatewayErrorLayer::upstream_timeout)
+    /// [`TimeLimits::upstream_timeout`](crate::TimeLimits::upstream_timeout)
     /// shorter than this, the probe fails at that timeout instead.
     pub fn probe_timeout(self, timeout: Duration) -> Self {
         self.set(|s| s.probe_timeout = timeout)

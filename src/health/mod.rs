@@ -110,8 +110,8 @@
 //! [`DefaultClassifier`](crate::classify::DefaultClassifier) reports them
 //! ([`Attempt::counts_by_default`] lists them): a refused or timed-out connect, DNS, a connection
 //! closed or reset before a response, no response head within `GatewayErrorLayer`'s
-//! [upstream timeout](crate::GatewayErrorLayer::upstream_timeout), and a body that breaks off or
-//! stalls past its [read timeout](crate::GatewayErrorLayer::upstream_read_timeout) after the head.
+//! [upstream timeout](crate::TimeLimits::upstream_timeout), and a body that breaks off or
+//! stalls past its [read timeout](crate::TimeLimits::read_timeout) after the head.
 //!
 //! Never, by default or by any rule: what a client controls. A memory shared by every client
 //! must not be moved by one of them, so these count as nothing:
@@ -120,7 +120,7 @@
 //! - a gRPC caller's own deadline (`grpc-timeout`) that ran out before the operator's limits: the
 //!   caller is answered `DEADLINE_EXCEEDED` as always, but the upstream was not slow by the
 //!   operator's measure;
-//! - the [response deadline](crate::GatewayErrorLayer::response_deadline) when it ran out while
+//! - the [response deadline](crate::TimeLimits::response_deadline) when it ran out while
 //!   the gateway was waiting on its client to read the body (the client read so slowly that the
 //!   deadline had passed before the gateway next had to wait on the origin). When it runs out
 //!   while the gateway waits on the origin, it is the upstream's, as before.

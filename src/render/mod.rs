@@ -2,6 +2,8 @@
 //! your own [`Template`]s and renderers, and how the format is chosen from
 //! `Accept` ([`negotiate`]).
 
+pub(crate) mod bodies;
+pub(crate) mod negotiate;
 pub(crate) mod template;
 
 use std::sync::{Arc, LazyLock};
@@ -9,13 +11,12 @@ use std::sync::{Arc, LazyLock};
 use bytes::Bytes;
 use http::StatusCode;
 
-pub use crate::negotiate::negotiate;
-pub use template::TemplateError;
+pub use bodies::Bodies;
+pub use negotiate::{Format, negotiate};
+pub use template::{Template, TemplateError};
 
 use crate::headers::DEFAULT_NAME;
 use crate::kind::ProxyErrorKind;
-use crate::negotiate::Format;
-use template::Template;
 
 /// Everything a body template or renderer may show about one generated error.
 ///
@@ -39,8 +40,8 @@ impl ErrorView<'static> {
     /// template outside the layer, e.g. to test it:
     ///
     /// ```
-    /// use gateway_errors::render::ErrorView;
-    /// use gateway_errors::{ProxyErrorKind, Template};
+    /// use gateway_errors::ProxyErrorKind;
+    /// use gateway_errors::render::{ErrorView, Template};
     ///
     /// let page = Template::text("{status} {title}: {detail}").unwrap();
     /// let view = ErrorView::new(Some(ProxyErrorKind::HttpResponseTimeout)).with_retryable(true);
@@ -201,12 +202,12 @@ pub(crate) const UNRECOGNIZED_DETAIL: &str =
 ///
 /// ```
 /// use bytes::Bytes;
-/// use gateway_errors::render::ErrorView;
-/// use gateway_errors::{Format, GatewayErrorLayer};
+/// use gateway_errors::GatewayErrorLayer;
+/// use gateway_errors::render::{Bodies, ErrorView, Format};
 ///
-/// let layer = GatewayErrorLayer::new().renderer(|view: &ErrorView<'_>, format: Format| {
+/// let layer = GatewayErrorLayer::new().bodies(Bodies::new().renderer(|view: &ErrorView<'_>, format: Format| {
 ///     (format == Format::Text).then(|| Bytes::from(format!("{} — try later\n", view.status())))
-/// });
+/// }));
 /// # let _ = layer;
 /// ```
 pub trait RenderBody: Send + Sync + 'static {

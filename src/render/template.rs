@@ -4,7 +4,7 @@ use std::fmt;
 use std::ops::Range;
 
 use super::ErrorView;
-use crate::negotiate::Format;
+use crate::render::negotiate::Format;
 
 /// A compiled body template for one [`Format`].
 ///
@@ -35,7 +35,7 @@ use crate::negotiate::Format;
 /// Mistakes are errors when the template is made, with the byte offset, line and column:
 ///
 /// ```
-/// use gateway_errors::Template;
+/// use gateway_errors::render::Template;
 ///
 /// let page = Template::html("<h1>{status} {title}</h1><p>{detail}</p>").unwrap();
 /// # let _ = page;

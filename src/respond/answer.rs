@@ -13,10 +13,10 @@ use crate::cache::{Answer, MAX_KEPT_DELAY};
 use crate::grpc::GrpcCode;
 use crate::grpc::answer::{self as grpc_answer, GrpcStatus};
 use crate::grpc::call::GrpcCall;
-use crate::headers::retry_after::RetryAfter;
 use crate::kind::ProxyErrorKind;
-use crate::negotiate::Format;
 use crate::render::ErrorView;
+use crate::render::negotiate::Format;
+use crate::retry::after::RetryAfter;
 
 /// The body in the negotiated format, and its head; `detailed` is our `Proxy-Status` member with
 /// its details, if any.

@@ -10,7 +10,7 @@ use super::head::{self, Generated, detailed_member, plain_member};
 use crate::body::GatewayBody;
 use crate::classify::classification::Classification;
 use crate::error::ProxyError;
-use crate::kind::Phase;
+use crate::kind::RequestSent;
 use crate::stale::{Hides, StaleCopy, Store};
 use crate::trace;
 
@@ -30,7 +30,7 @@ pub(super) fn origin_error_from_copy<B>(
     let error = ProxyError::from_classification(
         Classification::unrecognized()
             .with_status(status)
-            .with_phase(Phase::MaybeSent),
+            .with_request_sent(RequestSent::MaybeSent),
     );
     from_copy(pending, error, Some(status), Hides::OriginError(status)).ok()
 }

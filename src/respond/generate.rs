@@ -15,10 +15,10 @@ use super::head::{ErrorHead, Generated, carries_no_content, detailed_member};
 use crate::body::GatewayBody;
 use crate::error::{ProxyError, chain};
 use crate::fault::Fault;
-use crate::headers::retry_after::RetryAfter;
 use crate::health::{LimitReached, UpstreamUnavailable};
 use crate::render::{ErrorView, UNRECOGNIZED_DETAIL};
 use crate::retry::RetryFacts;
+use crate::retry::after::RetryAfter;
 use crate::stale::Hides;
 use crate::trace;
 
@@ -45,7 +45,7 @@ pub(super) fn generate<B>(
     let kind = error.kind();
 
     let retry_facts = RetryFacts {
-        phase: error.phase(),
+        request_sent: error.request_sent(),
         kind,
         idempotent_method: facts.idempotent_method,
         idempotency_key: facts.idempotency_key.is_valid(),
@@ -118,7 +118,7 @@ pub(super) fn generate<B>(
             status,
             sent,
             retryable,
-            phase: error.phase(),
+            phase: error.request_sent(),
             grpc_code,
             cause: StdError::source(&error),
             intercepted: received.is_some(),
@@ -181,7 +181,7 @@ fn retried<B>(
     };
     let config = &pending.config;
     let retryable = config.retry.retryable(&RetryFacts {
-        phase: error.phase(),
+        request_sent: error.request_sent(),
         kind: error.kind(),
         idempotent_method: pending.facts.idempotent_method,
         idempotency_key: pending.facts.idempotency_key.is_valid(),

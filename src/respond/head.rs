@@ -12,10 +12,10 @@ use crate::config::Config;
 use crate::error::{ProxyError, chain};
 use crate::grpc::answer::GrpcStatus;
 use crate::grpc::call::GrpcCall;
-use crate::headers::retry_after::RetryAfter;
 use crate::headers::{CACHE_STATUS, PROXY_STATUS, append_member, with_details, with_tls_alert};
 use crate::kind::ProxyErrorKind;
-use crate::negotiate::Format;
+use crate::render::negotiate::Format;
+use crate::retry::after::RetryAfter;
 
 /// Marks a response this crate generated, so that an outer layer that intercepts origin errors
 /// leaves it alone instead of rendering it a second time.

@@ -31,7 +31,7 @@ use crate::facts::RequestFacts;
 use crate::fault::Fault;
 use crate::grpc::call::GRPC_STATUS;
 use crate::interim::check_final_interim;
-use crate::kind::Phase;
+use crate::kind::RequestSent;
 use crate::retry::attempt::Attempt;
 use crate::trace;
 use copy::origin_error_from_copy;
@@ -120,7 +120,7 @@ pub(crate) fn finish<B: Body>(pending: Pending, outcome: Outcome<B>) -> Response
                 let error = ProxyError::from_classification(
                     Classification::unrecognized()
                         .with_status(status)
-                        .with_phase(Phase::MaybeSent),
+                        .with_request_sent(RequestSent::MaybeSent),
                 );
                 return generate(&pending, error, Some(&parts.headers), Some(status));
             }

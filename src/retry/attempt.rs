@@ -23,9 +23,9 @@ mod with_retry {
     use crate::config::Config;
     use crate::error::{ProxyError, chain};
     use crate::facts::RequestFacts;
-    use crate::headers::retry_after::RetryAfter;
     use crate::health::error::UpstreamUnavailable;
     use crate::health::limit::LimitReached;
+    use crate::retry::after::RetryAfter;
     use crate::retry::policy::RetryPolicy;
     use crate::trace::{self, TARGET};
 
@@ -228,7 +228,7 @@ mod without_retry {
     use crate::config::Config;
     use crate::error::ProxyError;
     use crate::facts::RequestFacts;
-    use crate::headers::retry_after::RetryAfter;
+    use crate::retry::after::RetryAfter;
 
     /// Without the `tower` feature there is no retry service: no request has an attempt, and the
     /// layer's lookup is a constant `None`.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use http::{HeaderValue, Method, StatusCode};
 
 use super::RetryFacts;
-use crate::headers::retry_after::RetryAfter;
+use super::after::RetryAfter;
 use crate::headers::sf::{BareItemType, item_type};
 use crate::kind::ProxyErrorKind;
 

@@ -45,7 +45,7 @@ use super::service::RetryService;
 ///    `Retry-After` (see [`retry_after_for_kind`](crate::GatewayErrorLayer::retry_after_for_kind)),
 ///    the wait is the longer of the two; a `Retry-After` longer than `max_delay` means no retry,
 ///    and the client gets the error with its `Retry-After`.
-/// 6. **The deadline.** The layer's [upstream timeout](crate::GatewayErrorLayer::upstream_timeout)
+/// 6. **The deadline.** The layer's [upstream timeout](crate::TimeLimits::upstream_timeout)
 ///    and [response deadline](crate::GatewayErrorLayer::response_deadline) count from the start of
 ///    the first attempt: they bound the whole request, waits included. A retry that would begin
 ///    after the sooner of them is not made.
@@ -141,6 +141,7 @@ impl<S> Layer<S> for RetryLayer {
 
 #[cfg(test)]
 mod tests {
+    use crate::TimeLimits;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
@@ -254,7 +255,10 @@ mod tests {
         let started = Instant::now();
         let response = ServiceBuilder::new()
             .layer(RetryLayer::new(quick()))
-            .layer(GatewayErrorLayer::new().upstream_timeout(Duration::from_secs(1)))
+            .layer(
+                GatewayErrorLayer::new()
+                    .time_limits(TimeLimits::new().upstream_timeout(Duration::from_secs(1))),
+            )
             .service(service)
             .oneshot(get())
             .await
@@ -284,7 +288,10 @@ mod tests {
         let started = Instant::now();
         let response = ServiceBuilder::new()
             .layer(RetryLayer::new(policy))
-            .layer(GatewayErrorLayer::new().upstream_timeout(Duration::from_secs(1)))
+            .layer(
+                GatewayErrorLayer::new()
+                    .time_limits(TimeLimits::new().upstream_timeout(Duration::from_secs(1))),
+            )
             .service(service)
             .oneshot(get())
             .await
@@ -305,7 +312,10 @@ mod tests {
         let started = Instant::now();
         let response = ServiceBuilder::new()
             .layer(RetryLayer::new(policy))
-            .layer(GatewayErrorLayer::new().upstream_timeout(Duration::from_secs(1)))
+            .layer(
+                GatewayErrorLayer::new()
+                    .time_limits(TimeLimits::new().upstream_timeout(Duration::from_secs(1))),
+            )
             .service(service)
             .oneshot(get())
             .await

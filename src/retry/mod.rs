@@ -4,7 +4,7 @@
 //! RFC 9110 §9.2.2: a proxy "MUST NOT automatically retry non-idempotent requests". What the layer
 //! knows and no client can is whether the request ever left the gateway. The default rule:
 //!
-//! - a failure before the request was sent ([`Phase::NotSent`]) is safe to retry for every method;
+//! - a failure before the request was sent ([`RequestSent::NotSent`]) is safe to retry for every method;
 //! - after it may have reached the origin, only an idempotent method (GET, HEAD, OPTIONS, TRACE,
 //!   PUT, DELETE) or a request with a valid [`Idempotency-Key`](IDEMPOTENCY_KEY) is;
 //! - a forwarding loop (`proxy_loop_detected`) never is: it was not sent, but another attempt
@@ -70,12 +70,14 @@
 //! [`ProxyError`]: crate::ProxyError
 //! [`ProxyError::is_retryable`]: crate::ProxyError::is_retryable
 
+pub(crate) mod after;
 pub(crate) mod attempt;
 #[cfg(feature = "tower")]
 mod body;
 #[cfg(feature = "tower")]
 pub mod future;
 pub(crate) mod hint;
+pub(crate) mod hints;
 #[cfg(feature = "tower")]
 mod layer;
 #[cfg(feature = "tower")]
@@ -85,9 +87,10 @@ mod service;
 
 use http::HeaderName;
 
-pub use crate::headers::retry_after::RetryAfter;
+pub use after::RetryAfter;
 #[cfg(feature = "tower")]
 pub use body::TryCloneBody;
+pub use hints::RetryHints;
 #[cfg(feature = "tower")]
 pub use layer::RetryLayer;
 #[cfg(feature = "tower")]
@@ -95,7 +98,7 @@ pub use policy::RetryPolicy;
 #[cfg(feature = "tower")]
 pub use service::RetryService;
 
-use crate::kind::{Phase, ProxyErrorKind};
+use crate::kind::{ProxyErrorKind, RequestSent};
 
 /// The `Idempotency-Key` header name (draft-ietf-httpapi-idempotency-key-header).
 ///
@@ -110,7 +113,7 @@ pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-ke
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryFacts {
     /// Whether the request may have reached the origin.
-    pub phase: Phase,
+    pub request_sent: RequestSent,
     /// The kind of the failure, if recognised.
     pub kind: Option<ProxyErrorKind>,
     /// Whether the request's method is in the idempotent set.
@@ -126,6 +129,6 @@ impl RetryFacts {
         if self.kind == Some(ProxyErrorKind::ProxyLoopDetected) {
             return false;
         }
-        self.phase == Phase::NotSent || self.idempotent_method || self.idempotency_key
+        self.request_sent == RequestSent::NotSent || self.idempotent_method || self.idempotency_key
     }
 }

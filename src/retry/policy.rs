@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use tower::retry::budget::{Budget, TpsBudget};
 
-use crate::headers::retry_after::RetryAfter;
 use crate::random::random_unit;
+use crate::retry::after::RetryAfter;
 
 /// The settings of a [`RetryLayer`](super::RetryLayer): attempts, backoff, jitter and the budget
 /// shared across requests.

@@ -43,7 +43,7 @@
 //! let store = Store::new().default_window(Duration::from_secs(3600));
 //! let layer = GatewayErrorLayer::new()
 //!     .proxy_name(ProxyName::from_static("edge-1"))
-//!     .stale_if_error(store.clone());
+//!     .serve_stale(store.clone());
 //! let gateway = layer.layer(origin);
 //!
 //! let get = || {
@@ -142,7 +142,7 @@
 //! When the layer would itself answer a GET or a HEAD with a 500, 502, 503 or 504 (RFC 5861's
 //! errors): a refused or reset connection, a timeout, a protocol error, an upstream that a health
 //! check or a breaker marked down (`destination_unavailable`, answered at once), an origin error
-//! the layer [intercepts](crate::GatewayErrorLayer::intercept_origin_errors). Never a 4xx the
+//! the layer [intercepts](crate::GatewayErrorLayer::failure_statuses). Never a 4xx the
 //! layer makes (a bad or refused request), never a forwarding loop (`proxy_loop_detected`: the
 //! gateway's own configuration, which a copy would hide), and never a gRPC call.
 //!
@@ -257,7 +257,7 @@ pub(crate) use serve::Hides;
 pub use serve::StaleCopy;
 
 /// A bounded store of last good copies, and when they may answer: give it to
-/// [`GatewayErrorLayer::stale_if_error`](crate::GatewayErrorLayer::stale_if_error). See the
+/// [`GatewayErrorLayer::serve_stale`](crate::GatewayErrorLayer::serve_stale). See the
 /// [module docs](self).
 ///
 /// A cheap handle: clones share one store. Each builder method returns a handle to a new, empty

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use bytes::Bytes;
+use gateway_errors::TimeLimits;
 use gateway_errors::retry::{RetryLayer, RetryPolicy};
-use gateway_errors::{Phase, ProxyError, ProxyErrorKind};
+use gateway_errors::{ProxyError, ProxyErrorKind, RequestSent};
 use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -31,7 +32,11 @@ const TIMEOUT: Duration = Duration::from_millis(400);
 #[tokio::test]
 async fn a_sized_body_that_stalls_is_cut_at_the_read_timeout() {
     let demo = start_upstream().await;
-    let server = serve_gateway(layer().upstream_timeout(TIMEOUT), demo.addr).await;
+    let server = serve_gateway(
+        layer().time_limits(TimeLimits::new().upstream_timeout(TIMEOUT)),
+        demo.addr,
+    )
+    .await;
 
     let started = Instant::now();
     let response = raw_exchange(server.addr, "GET", "/stall-body", &[]).await;
@@ -53,7 +58,11 @@ async fn a_sized_body_that_stalls_is_cut_at_the_read_timeout() {
 #[tokio::test]
 async fn a_chunked_body_that_stalls_ends_without_its_last_chunk() {
     let demo = start_upstream().await;
-    let server = serve_gateway(layer().upstream_timeout(TIMEOUT), demo.addr).await;
+    let server = serve_gateway(
+        layer().time_limits(TimeLimits::new().upstream_timeout(TIMEOUT)),
+        demo.addr,
+    )
+    .await;
 
     let started = Instant::now();
     let response = raw_exchange(server.addr, "GET", "/stall-chunked", &[]).await;
@@ -80,7 +89,7 @@ async fn a_chunked_body_that_stalls_ends_without_its_last_chunk() {
 async fn the_body_error_names_the_read_timeout() {
     let demo = start_upstream().await;
     let gateway = gateway_to(
-        layer().upstream_read_timeout(Duration::from_millis(200)),
+        layer().time_limits(TimeLimits::new().read_timeout(Duration::from_millis(200))),
         demo.addr,
     );
     let response = call(gateway, request("GET", "/stall-body", None)).await;
@@ -113,7 +122,7 @@ async fn the_body_error_names_the_read_timeout() {
 async fn a_slow_but_steady_body_arrives_whole() {
     let demo = start_upstream().await;
     let gateway = gateway_to(
-        layer().upstream_read_timeout(Duration::from_millis(300)),
+        layer().time_limits(TimeLimits::new().read_timeout(Duration::from_millis(300))),
         demo.addr,
     );
     let started = Instant::now();
@@ -130,9 +139,11 @@ async fn a_slow_but_steady_body_arrives_whole() {
 #[tokio::test]
 async fn a_read_timeout_turned_off_leaves_a_stalled_body_open() {
     let demo = start_upstream().await;
-    let off = layer()
-        .upstream_timeout(Duration::from_millis(200))
-        .upstream_read_timeout(None);
+    let off = layer().time_limits(
+        TimeLimits::new()
+            .upstream_timeout(Duration::from_millis(200))
+            .read_timeout(None),
+    );
     let server = serve_gateway(off, demo.addr).await;
 
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");
@@ -163,7 +174,7 @@ async fn a_read_timeout_turned_off_leaves_a_stalled_body_open() {
 async fn the_response_deadline_answers_504_before_the_head() {
     let demo = start_upstream().await;
     let gateway = gateway_to(
-        layer().response_deadline(Duration::from_millis(300)),
+        layer().time_limits(TimeLimits::new().response_deadline(Duration::from_millis(300))),
         demo.addr,
     );
     let started = Instant::now();
@@ -183,9 +194,11 @@ async fn the_response_deadline_cuts_a_body_that_trickles_too_long() {
     let demo = start_upstream().await;
     // Each gap (100 ms) is well within the read timeout; the whole body (1 s) is not within
     // the deadline.
-    let layer = layer()
-        .upstream_read_timeout(Duration::from_secs(2))
-        .response_deadline(Duration::from_millis(450));
+    let layer = layer().time_limits(
+        TimeLimits::new()
+            .read_timeout(Duration::from_secs(2))
+            .response_deadline(Duration::from_millis(450)),
+    );
     let server = serve_gateway(layer, demo.addr).await;
 
     let started = Instant::now();
@@ -208,7 +221,10 @@ async fn the_response_deadline_cuts_a_body_that_trickles_too_long() {
 #[tokio::test]
 async fn over_http2_a_stalled_body_resets_the_stream() {
     let demo = start_upstream().await;
-    let gateway = gateway_to(layer().upstream_timeout(TIMEOUT), demo.addr);
+    let gateway = gateway_to(
+        layer().time_limits(TimeLimits::new().upstream_timeout(TIMEOUT)),
+        demo.addr,
+    );
 
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -253,7 +269,10 @@ async fn over_http2_a_stalled_body_resets_the_stream() {
 #[tokio::test]
 async fn a_slowly_dripped_head_within_the_timeout_is_answered() {
     let demo = start_upstream().await;
-    let gateway = gateway_to(layer().upstream_timeout(Duration::from_secs(1)), demo.addr);
+    let gateway = gateway_to(
+        layer().time_limits(TimeLimits::new().upstream_timeout(Duration::from_secs(1))),
+        demo.addr,
+    );
     let response = call(gateway, request("GET", "/drip?ms=300", None)).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["x-dripped"], "yes");
@@ -265,7 +284,7 @@ async fn a_slowly_dripped_head_within_the_timeout_is_answered() {
 async fn a_head_dripped_past_the_timeout_is_504() {
     let demo = start_upstream().await;
     let gateway = gateway_to(
-        layer().upstream_timeout(Duration::from_millis(300)),
+        layer().time_limits(TimeLimits::new().upstream_timeout(Duration::from_millis(300))),
         demo.addr,
     );
     let started = Instant::now();
@@ -286,7 +305,10 @@ async fn a_head_dripped_past_the_timeout_is_504() {
 #[tokio::test]
 async fn early_hints_are_not_the_final_response() {
     let demo = start_upstream().await;
-    let gateway = gateway_to(layer().upstream_timeout(TIMEOUT), demo.addr);
+    let gateway = gateway_to(
+        layer().time_limits(TimeLimits::new().upstream_timeout(TIMEOUT)),
+        demo.addr,
+    );
     let response = call(gateway, request("GET", "/early-hints", None)).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert!(response.extensions().get::<ProxyError>().is_none());
@@ -297,7 +319,10 @@ async fn early_hints_are_not_the_final_response() {
 #[tokio::test]
 async fn early_hints_then_silence_is_still_a_504() {
     let demo = start_upstream().await;
-    let gateway = gateway_to(layer().upstream_timeout(TIMEOUT), demo.addr);
+    let gateway = gateway_to(
+        layer().time_limits(TimeLimits::new().upstream_timeout(TIMEOUT)),
+        demo.addr,
+    );
     let started = Instant::now();
     let response = call(gateway, request("GET", "/hints-then-stall", None)).await;
     let expected = Expected::kind(
@@ -317,7 +342,11 @@ async fn early_hints_then_silence_is_still_a_504() {
 #[tokio::test]
 async fn a_post_expecting_100_continue_to_a_silent_origin_gets_504_at_the_timeout() {
     let demo = start_upstream().await;
-    let server = serve_gateway(layer().upstream_timeout(TIMEOUT), demo.addr).await;
+    let server = serve_gateway(
+        layer().time_limits(TimeLimits::new().upstream_timeout(TIMEOUT)),
+        demo.addr,
+    )
+    .await;
 
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");
     let started = Instant::now();
@@ -423,7 +452,7 @@ async fn a_101_to_a_protocol_the_client_did_not_offer_is_a_502_upgrade_failed() 
 
 /// The origin answers once on a kept-alive connection, then drops it with the next request
 /// unanswered. That request was written: a GET is marked retryable (idempotent), a POST is not,
-/// and `RetryLayer` retries the one and not the other.
+/// and `RetryPolicy` retries the one and not the other.
 #[tokio::test]
 async fn a_request_lost_on_a_stale_pooled_connection_is_retried_only_if_idempotent() {
     let demo = start_upstream().await;
@@ -444,7 +473,11 @@ async fn a_request_lost_on_a_stale_pooled_connection_is_retried_only_if_idempote
             .get::<ProxyError>()
             .expect("generated")
             .clone();
-        assert_eq!(error.phase(), Phase::MaybeSent, "{method}: it was written");
+        assert_eq!(
+            error.request_sent(),
+            RequestSent::MaybeSent,
+            "{method}: it was written"
+        );
         assert_problem(second, &expected).await;
 
         // The same, with a retry policy in front: the GET is sent again on a new connection.
@@ -499,7 +532,7 @@ async fn a_request_hyper_never_wrote_on_a_dead_connection_is_not_sent() {
         .expect("generated")
         .clone();
     assert_eq!(error.kind(), Some(ProxyErrorKind::ConnectionTerminated));
-    assert_eq!(error.phase(), Phase::NotSent);
+    assert_eq!(error.request_sent(), RequestSent::NotSent);
     assert!(
         error.is_retryable(),
         "a POST that was never sent is safe to send"

@@ -201,7 +201,7 @@ async fn outer_intercepting_layer_leaves_an_inner_generated_error_alone() {
     let app = Router::new().route_service("/api/{*rest}", gateway).layer(
         GatewayErrorLayer::new()
             .proxy_name(ProxyName::from_static("edge-outer"))
-            .intercept_origin_errors(statuses(500..=599)),
+            .failure_statuses(statuses(500..=599)),
     );
 
     let response = call(app, request("GET", "/api/orders", None)).await;
@@ -257,7 +257,7 @@ async fn fallback_service_gateway_serves_over_a_real_socket() {
 /// A router whose fallback is the gateway in front of the demo upstream.
 fn intercepting_app(upstream: std::net::SocketAddr, intercept: bool) -> Router {
     let layer = if intercept {
-        layer().intercept_origin_errors(statuses(500..=599))
+        layer().failure_statuses(statuses(500..=599))
     } else {
         layer()
     };

@@ -15,9 +15,12 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use gateway_errors::TimeLimits;
 use gateway_errors::classify::Classification;
-use gateway_errors::render::{ErrorView, negotiate};
-use gateway_errors::{Format, GatewayErrorLayer, ProxyErrorKind, ProxyName, Template};
+use gateway_errors::render::Bodies;
+use gateway_errors::render::{ErrorView, Format, Template, negotiate};
+use gateway_errors::retry::RetryHints;
+use gateway_errors::{GatewayErrorLayer, ProxyErrorKind, ProxyName};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
@@ -120,7 +123,7 @@ async fn send(
                     std::future::pending::<Result<Response<ReqBody>, io::Error>>()
                 });
                 layer
-                    .upstream_timeout(Duration::from_millis(50))
+                    .time_limits(TimeLimits::new().upstream_timeout(Duration::from_millis(50)))
                     .layer(stalled)
                     .oneshot(request)
                     .await
@@ -355,7 +358,7 @@ async fn every_accept_gets_the_right_format_and_the_errors_status() {
 
 #[tokio::test]
 async fn the_default_format_is_configurable() {
-    let layer = GatewayErrorLayer::new().default_format(Format::Html);
+    let layer = GatewayErrorLayer::new().bodies(Bodies::new().default_format(Format::Html));
     for (accept, expect) in [
         (None, HTML),
         (Some("*/*"), HTML),
@@ -486,7 +489,10 @@ fn assert_no_internals(body: &[u8]) {
 async fn html_json_and_text_say_the_same_for_502_503_504() {
     let layer = GatewayErrorLayer::new()
         .proxy_name(ProxyName::from_static("edge-1"))
-        .retry_after_for_status(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(30));
+        .retry_hints(
+            RetryHints::new()
+                .retry_after_for_status(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(30)),
+        );
     for failure in Failure::ALL {
         let status = failure.status();
         let title = status.canonical_reason().unwrap();
@@ -807,24 +813,26 @@ fn template_mistakes_are_errors_with_their_position() {
 
 #[tokio::test]
 async fn kind_templates_beat_status_templates_beat_format_templates() {
-    let layer = GatewayErrorLayer::new()
-        .template(Template::text("any: {status}\n").unwrap())
-        .template_for_status(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Template::text("status 503: {error_type}\n").unwrap(),
-        )
-        .template_for_status(
-            StatusCode::BAD_GATEWAY,
-            Template::text("status 502\n").unwrap(),
-        )
-        .template_for_kind(
-            ProxyErrorKind::ConnectionRefused,
-            Template::text("refused{#request_id} [{request_id}]{/request_id}\n").unwrap(),
-        )
-        .template_for_kind(
-            ProxyErrorKind::ConnectionRefused,
-            Template::html("<!DOCTYPE html><title>x</title><p>refused page</p>").unwrap(),
-        );
+    let layer = GatewayErrorLayer::new().bodies(
+        Bodies::new()
+            .template(Template::text("any: {status}\n").unwrap())
+            .template_for_status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Template::text("status 503: {error_type}\n").unwrap(),
+            )
+            .template_for_status(
+                StatusCode::BAD_GATEWAY,
+                Template::text("status 502\n").unwrap(),
+            )
+            .template_for_kind(
+                ProxyErrorKind::ConnectionRefused,
+                Template::text("refused{#request_id} [{request_id}]{/request_id}\n").unwrap(),
+            )
+            .template_for_kind(
+                ProxyErrorKind::ConnectionRefused,
+                Template::html("<!DOCTYPE html><title>x</title><p>refused page</p>").unwrap(),
+            ),
+    );
     let text = |failure| {
         send(
             layer.clone(),
@@ -877,15 +885,17 @@ async fn kind_templates_beat_status_templates_beat_format_templates() {
 
 #[tokio::test]
 async fn a_renderer_closure_renders_what_it_wants_and_leaves_the_rest() {
-    let layer = GatewayErrorLayer::new().renderer(|view: &ErrorView<'_>, format: Format| {
-        (format == Format::Text && view.status() == StatusCode::GATEWAY_TIMEOUT).then(|| {
-            Bytes::from(format!(
-                "slow upstream, retry: {} ({})\n",
-                view.retryable(),
-                view.error_type().unwrap_or("-")
-            ))
-        })
-    });
+    let layer = GatewayErrorLayer::new().bodies(Bodies::new().renderer(
+        |view: &ErrorView<'_>, format: Format| {
+            (format == Format::Text && view.status() == StatusCode::GATEWAY_TIMEOUT).then(|| {
+                Bytes::from(format!(
+                    "slow upstream, retry: {} ({})\n",
+                    view.retryable(),
+                    view.error_type().unwrap_or("-")
+                ))
+            })
+        },
+    ));
     let slow = send(layer.clone(), Failure::Timeout, get("text/plain")).await;
     assert_eq!(
         slow.body(),

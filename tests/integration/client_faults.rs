@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use gateway_errors::TimeLimits;
 use gateway_errors::fault::Fault;
 use gateway_errors::health::UpstreamHealthLayer;
 use gateway_errors::stale::Store;
@@ -251,9 +252,11 @@ impl Gateway {
 /// The layer the gateways here use (before a store is added): the example's `--timeout 1s` and
 /// `--client-body-timeout`, shortened.
 fn layer() -> GatewayErrorLayer {
-    support::layer()
-        .upstream_timeout(UPSTREAM_TIMEOUT)
-        .client_body_timeout(CLIENT_BODY_TIMEOUT)
+    support::layer().time_limits(
+        TimeLimits::new()
+            .upstream_timeout(UPSTREAM_TIMEOUT)
+            .client_body_timeout(CLIENT_BODY_TIMEOUT),
+    )
 }
 
 /// Keeps the fault of each error response.
@@ -568,7 +571,7 @@ fn store() -> Store {
 async fn stalled_and_cut_uploads_neither_change_nor_get_a_stored_copy() {
     let mut origin = Origin::start().await;
     let store = store();
-    let gateway = example_gateway(origin.addr, layer().stale_if_error(store.clone()), 3).await;
+    let gateway = example_gateway(origin.addr, layer().serve_stale(store.clone()), 3).await;
 
     let honest = get(gateway.addr, "/page/a", &[]).await;
     assert_eq!(honest.status, 200);
@@ -798,7 +801,7 @@ async fn a_thousand_hostile_requests_from_one_client_leave_the_breaker_closed_an
     let started = Instant::now();
     let mut origin = Origin::start().await;
     let store = store();
-    let gateway = example_gateway(origin.addr, layer().stale_if_error(store.clone()), 3).await;
+    let gateway = example_gateway(origin.addr, layer().serve_stale(store.clone()), 3).await;
 
     // What the origin serves honest requests: each page in the default language and in French,
     // and `/big`; each is stored.

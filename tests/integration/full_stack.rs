@@ -25,7 +25,7 @@ use gateway_errors::health::UpstreamHealthLayer;
 use gateway_errors::health::body::HealthBody;
 use gateway_errors::retry::{RetryLayer, RetryPolicy};
 use gateway_errors::stale;
-use gateway_errors::{GatewayErrorLayer, ProxyError, ProxyErrorKind};
+use gateway_errors::{GatewayErrorLayer, ProxyError, ProxyErrorKind, Telemetry, TimeLimits};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::io::AsyncReadExt;
@@ -251,7 +251,7 @@ fn policy() -> RetryPolicy {
 }
 
 fn layer() -> GatewayErrorLayer {
-    support::layer().stale_if_error(stale::Store::new())
+    support::layer().serve_stale(stale::Store::new())
 }
 
 /// The stack in the order it belongs.
@@ -368,7 +368,7 @@ async fn a_get_retried_three_times_is_one_request_to_spans_logs_and_metrics() {
     #[cfg(feature = "metrics")]
     let pipeline = counted::Pipeline::new();
     #[cfg(feature = "metrics")]
-    let layer = layer().metrics(&pipeline.meter());
+    let layer = layer().telemetry(Telemetry::new().metrics(&pipeline.meter()));
     #[cfg(not(feature = "metrics"))]
     let layer = layer();
     let gateway = stack(layer, &routes);
@@ -421,7 +421,7 @@ async fn one_deadline_bounds_every_attempt_of_a_request() {
     let stall = stalling().await;
     let routes = Routes::new(demo_upstream::closed_port(), stall.addr);
     let gateway = stack(
-        layer().upstream_timeout(Duration::from_millis(300)),
+        layer().time_limits(TimeLimits::new().upstream_timeout(Duration::from_millis(300))),
         &routes,
     );
 
@@ -462,7 +462,7 @@ async fn a_later_attempt_gets_what_is_left_of_the_upstream_timeout() {
                 .max_delay(Duration::from_millis(100))
                 .jitter(0.0),
         ))
-        .layer(layer().upstream_timeout(Duration::from_millis(300)))
+        .layer(layer().time_limits(TimeLimits::new().upstream_timeout(Duration::from_millis(300))))
         .map_request(move |request: Request<Upload>| {
             let attempt = counted.fetch_add(1, Ordering::SeqCst);
             let upstream = if attempt < 2 { refusing } else { stalling_at };

@@ -26,9 +26,9 @@ use std::time::{Duration, Instant, SystemTime};
 use axum::body::Body;
 use bytes::Bytes;
 use gateway_errors::headers::{CDN_LOOP, PROXY_STATUS};
-use gateway_errors::render::{ErrorView, negotiate};
+use gateway_errors::render::{ErrorView, Format, Template, negotiate};
 use gateway_errors::retry::{IDEMPOTENCY_KEY, RetryAfter};
-use gateway_errors::{Format, GatewayErrorLayer, ProxyError, ProxyErrorKind, ProxyName, Template};
+use gateway_errors::{GatewayErrorLayer, ProxyError, ProxyErrorKind, ProxyName};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use proptest::prelude::*;
@@ -984,7 +984,7 @@ fn intercepted_proxy_status(status: u16, lines: &[Vec<u8>]) -> HeaderValue {
         .layer(
             GatewayErrorLayer::new()
                 .proxy_name(ProxyName::from_static("edge-1"))
-                .intercept_origin_errors(statuses(400..=599)),
+                .failure_statuses(statuses(400..=599)),
         )
         .service(origin);
     RUNTIME.block_on(async {

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use gateway_errors::TimeLimits;
 use gateway_errors::{GatewayErrorLayer, ProxyName};
 use http::{HeaderMap, Request, Response};
 use http_body_util::{BodyExt, Full};
@@ -200,7 +201,7 @@ async fn start_gateway() -> Gateway {
     let proxy = Proxy::new(&uri, "edge-1", MAX_BODY).expect("a proxy");
     let layer = GatewayErrorLayer::new()
         .proxy_name(ProxyName::from_static("edge-1"))
-        .upstream_timeout(Duration::from_secs(5));
+        .time_limits(TimeLimits::new().upstream_timeout(Duration::from_secs(5)));
     let service = ServiceBuilder::new().layer(layer).service(proxy);
     let options = ServeOptions {
         header_read_timeout: HEADER_TIMEOUT,

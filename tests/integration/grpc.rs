@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use bytes::{BufMut, Bytes, BytesMut};
+use gateway_errors::TimeLimits;
 use gateway_errors::grpc::GrpcCode;
+use gateway_errors::grpc::GrpcCodes;
+use gateway_errors::retry::RetryHints;
 use gateway_errors::{GatewayErrorLayer, ProxyError, ProxyErrorKind};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -167,7 +170,8 @@ async fn an_unreachable_upstream_is_unavailable_with_the_client_safe_message() {
 #[tokio::test]
 async fn a_stalled_upstream_is_deadline_exceeded_at_the_gateways_timeout() {
     let demo = within("demo", grpc_demo::spawn()).await.unwrap();
-    let layer = support::layer().upstream_timeout(Duration::from_millis(300));
+    let layer = support::layer()
+        .time_limits(TimeLimits::new().upstream_timeout(Duration::from_millis(300)));
     let served = serve(gateway(layer, demo.addr)).await;
     let mut client = client(&served).await;
     let started = Instant::now();
@@ -193,7 +197,7 @@ async fn the_callers_grpc_timeout_ends_a_stalled_call_when_it_is_sooner() {
     // Without a configured timeout, and with one far later than the caller's deadline.
     for layer in [
         support::layer(),
-        support::layer().upstream_timeout(Duration::from_secs(20)),
+        support::layer().time_limits(TimeLimits::new().upstream_timeout(Duration::from_secs(20))),
     ] {
         let served = serve(gateway(layer, demo.addr)).await;
         // tonic's own channel would end the call itself at the same moment (as `Cancelled`,
@@ -241,7 +245,7 @@ async fn a_malformed_grpc_timeout_is_ignored_not_taken_as_a_deadline() {
 async fn the_origins_own_status_arrives_unchanged() {
     let demo = within("demo", grpc_demo::spawn()).await.unwrap();
     // Even with interception on for every error status: a gRPC answer is not an HTTP error.
-    let layer = support::layer().intercept_origin_errors(statuses(400..=599));
+    let layer = support::layer().failure_statuses(statuses(400..=599));
     let served = serve(gateway(layer, demo.addr)).await;
     let mut client = client(&served).await;
     let status = within("NotFound", client.unary(grpc_demo::NOT_FOUND, "x", None))
@@ -277,7 +281,7 @@ async fn an_error_in_the_origins_trailers_arrives_after_its_messages() {
 #[tokio::test]
 async fn an_intercepted_http_error_page_becomes_the_mapped_grpc_status() {
     let demo = within("demo", grpc_demo::spawn()).await.unwrap();
-    let layer = support::layer().intercept_origin_errors([StatusCode::from_u16(503).unwrap()]);
+    let layer = support::layer().failure_statuses([StatusCode::from_u16(503).unwrap()]);
     let served = serve(gateway(layer, demo.addr)).await;
     let mut client = client(&served).await;
     let status = within("Html503", client.unary(grpc_demo::HTML_503, "x", None))
@@ -313,7 +317,7 @@ async fn an_http_error_page_passes_through_when_not_intercepted() {
 #[tokio::test]
 async fn a_grpc_status_on_an_http_error_is_the_origins_answer_and_not_intercepted() {
     let demo = within("demo", grpc_demo::spawn()).await.unwrap();
-    let layer = support::layer().intercept_origin_errors([StatusCode::from_u16(503).unwrap()]);
+    let layer = support::layer().failure_statuses([StatusCode::from_u16(503).unwrap()]);
     let served = serve(gateway(layer, demo.addr)).await;
     let mut client = client(&served).await;
     let status = within("Grpc503", client.unary(grpc_demo::GRPC_503, "x", None))
@@ -331,7 +335,10 @@ async fn the_example_proxy_carries_grpc_over_h2c() {
         .unwrap()
         .http2_only();
     let service = tower::ServiceBuilder::new()
-        .layer(support::layer().upstream_timeout(Duration::from_millis(300)))
+        .layer(
+            support::layer()
+                .time_limits(TimeLimits::new().upstream_timeout(Duration::from_millis(300))),
+        )
         .service(example);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -388,8 +395,10 @@ fn grpc_frame(message: &Ping) -> Bytes {
 
 #[tokio::test]
 async fn a_generated_grpc_error_is_a_trailers_only_200_that_keeps_proxy_status_and_retry_hints() {
-    let layer = support::layer()
-        .retry_after_for_kind(ProxyErrorKind::ConnectionRefused, Duration::from_secs(3));
+    let layer = support::layer().retry_hints(
+        RetryHints::new()
+            .retry_after_for_kind(ProxyErrorKind::ConnectionRefused, Duration::from_secs(3)),
+    );
     let service = gateway(layer, refusing_addr().await);
     // The answers after the first come from the layer's cache, with the caller's own type.
     let content_types = [
@@ -431,10 +440,10 @@ async fn a_generated_grpc_error_is_a_trailers_only_200_that_keeps_proxy_status_a
 
 #[tokio::test]
 async fn the_code_per_kind_can_be_overridden() {
-    let layer = support::layer().grpc_code_for_kind(
+    let layer = support::layer().grpc_codes(GrpcCodes::new().code_for_kind(
         ProxyErrorKind::ConnectionRefused,
         GrpcCode::ResourceExhausted,
-    );
+    ));
     let served = serve(gateway(layer, refusing_addr().await)).await;
     let mut client = client(&served).await;
     let status = within("Ok", client.unary(grpc_demo::OK, "hi", None))
@@ -851,7 +860,10 @@ async fn a_callers_own_deadline_never_marks_a_healthy_upstream_unavailable() {
     let origin = slow_origin(Duration::from_millis(300)).await;
     let authority = origin.addr.to_string();
     let gateway = tower::ServiceBuilder::new()
-        .layer(support::layer().upstream_timeout(Duration::from_secs(1)))
+        .layer(
+            support::layer()
+                .time_limits(TimeLimits::new().upstream_timeout(Duration::from_secs(1))),
+        )
         .map_request(move |request| support::to_upstream(&authority, request))
         .layer(
             gateway_errors::health::UpstreamHealthLayer::new()

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use bytes::Bytes;
+use gateway_errors::Telemetry;
+use gateway_errors::TimeLimits;
 use gateway_errors::body::GatewayBody;
 use gateway_errors::health::UpstreamHealthLayer;
 use gateway_errors::health::body::HealthBody;
@@ -212,7 +214,7 @@ where
         "the body states the header's delay"
     );
     let error = error.expect("the extension");
-    assert_eq!(error.phase(), gateway_errors::Phase::NotSent);
+    assert_eq!(error.request_sent(), gateway_errors::RequestSent::NotSent);
     seconds
 }
 
@@ -257,7 +259,7 @@ async fn a_silent_upstream_costs_the_timeout_n_times_then_answers_at_once() {
     let silent = Origin::on(port, Answer::Never).await;
     let timeout = Duration::from_millis(500);
     let gateway = gateway(
-        support::layer().upstream_timeout(timeout),
+        support::layer().time_limits(TimeLimits::new().upstream_timeout(timeout)),
         UpstreamHealthLayer::new().consecutive_failures(3),
         port,
     );
@@ -302,7 +304,8 @@ async fn the_origins_own_errors_never_mark_it_unavailable() {
 async fn a_body_that_breaks_after_the_head_counts_as_a_failure() {
     let upstream = start_upstream().await;
     let gateway = gateway(
-        support::layer().upstream_timeout(Duration::from_millis(300)),
+        support::layer()
+            .time_limits(TimeLimits::new().upstream_timeout(Duration::from_millis(300))),
         UpstreamHealthLayer::new().consecutive_failures(3),
         upstream.addr,
     );
@@ -893,7 +896,7 @@ async fn metrics_count_transitions_and_unavailable_upstreams() {
 
     let port = refusing_port().await;
     let gateway = gateway(
-        support::layer().metrics(&meter),
+        support::layer().telemetry(Telemetry::new().metrics(&meter)),
         health().metrics(&meter),
         port,
     );
@@ -995,7 +998,7 @@ async fn an_unavailable_upstream_is_answered_from_the_last_good_copy_at_once() {
         .build_http();
     let authority = port.to_string();
     let gateway = ServiceBuilder::new()
-        .layer(support::layer().stale_if_error(store.clone()))
+        .layer(support::layer().serve_stale(store.clone()))
         .map_request(move |request| support::to_upstream(&authority, request))
         .layer(health())
         .service(client);
@@ -1065,7 +1068,7 @@ fn grpc_call(grpc_timeout: &str) -> Request<Body> {
 async fn a_half_open_probe_ended_by_its_callers_deadline_does_not_keep_it_unavailable() {
     let port = refusing_port().await;
     let gateway = gateway(
-        support::layer().upstream_timeout(Duration::from_secs(1)),
+        support::layer().time_limits(TimeLimits::new().upstream_timeout(Duration::from_secs(1))),
         health(),
         port,
     );
@@ -1096,9 +1099,11 @@ async fn a_half_open_probe_ended_by_its_callers_deadline_does_not_keep_it_unavai
 async fn a_slow_reader_with_a_response_deadline_never_marks_it_unavailable() {
     let upstream = start_upstream().await;
     let layer = || {
-        support::layer()
-            .upstream_read_timeout(None)
-            .response_deadline(Duration::from_millis(300))
+        support::layer().time_limits(
+            TimeLimits::new()
+                .read_timeout(None)
+                .response_deadline(Duration::from_millis(300)),
+        )
     };
     let health = || UpstreamHealthLayer::new().consecutive_failures(3);
     let slow_reader = gateway(layer(), health(), upstream.addr);
@@ -1260,10 +1265,12 @@ async fn every_duration_may_be_duration_max() {
 /// A gateway whose every limit is `Duration::MAX`, to `upstream`.
 fn gateway_for_max(upstream: SocketAddr) -> impl HealthGateway {
     gateway(
-        support::layer()
-            .upstream_timeout(Duration::MAX)
-            .upstream_read_timeout(Duration::MAX)
-            .response_deadline(Duration::MAX),
+        support::layer().time_limits(
+            TimeLimits::new()
+                .upstream_timeout(Duration::MAX)
+                .read_timeout(Duration::MAX)
+                .response_deadline(Duration::MAX),
+        ),
         UpstreamHealthLayer::new()
             .open_time(Duration::MAX)
             .max_open_time(Duration::MAX)

@@ -204,7 +204,7 @@ async fn a_language_the_client_named_in_connection_never_keys_the_stored_page() 
     let (_arrived, _task) = example_gateway(
         listener,
         origin.addr,
-        support::layer().stale_if_error(store.clone()),
+        support::layer().serve_stale(store.clone()),
     );
 
     let french = get(gateway, "/", "", &["accept-language: fr"]).await;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use gateway_errors::headers::PROXY_STATUS;
 use gateway_errors::retry::{RetryLayer, RetryPolicy};
-use gateway_errors::{GatewayErrorLayer, Phase, ProxyError, ProxyErrorKind, ProxyName};
+use gateway_errors::{GatewayErrorLayer, ProxyError, ProxyErrorKind, ProxyName, RequestSent};
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
@@ -191,7 +191,7 @@ fn assert_refused_not_sent<B>(response: &http::Response<B>) {
     );
     let error = response.extensions().get::<ProxyError>().expect("hint");
     assert_eq!(error.kind(), Some(ProxyErrorKind::DestinationUnavailable));
-    assert_eq!(error.phase(), Phase::NotSent);
+    assert_eq!(error.request_sent(), RequestSent::NotSent);
     assert!(error.is_retryable(), "a POST that was never processed");
 }
 
@@ -231,7 +231,7 @@ async fn a_stream_the_goaway_covers_may_have_been_processed() {
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     let error = response.extensions().get::<ProxyError>().expect("hint");
     assert_eq!(error.kind(), Some(ProxyErrorKind::ConnectionTerminated));
-    assert_eq!(error.phase(), Phase::MaybeSent);
+    assert_eq!(error.request_sent(), RequestSent::MaybeSent);
     assert!(!error.is_retryable());
     assert_eq!(upstream.streams(), 1, "never retried");
 }

@@ -14,7 +14,9 @@ use std::io;
 use axum::body::Body;
 use bytes::Bytes;
 use gateway_errors::headers::PROXY_STATUS;
-use gateway_errors::{GatewayErrorLayer, ProxyName, Template};
+use gateway_errors::render::Bodies;
+use gateway_errors::render::Template;
+use gateway_errors::{GatewayErrorLayer, ProxyName};
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
@@ -199,7 +201,7 @@ async fn custom_templates_escape_in_attributes_and_json_too() {
         r#"{{"id":"{request_id}","nested":{{"again":"{request_id}"}},"status":{status}}}"#,
     )
     .expect("a valid template");
-    let custom = || layer().template(page.clone()).template(json.clone());
+    let custom = || layer().bodies(Bodies::new().template(page.clone()).template(json.clone()));
     let a = Selector::parse("a").unwrap();
 
     for id in HOSTILE_IDS {

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use bytes::Bytes;
+use gateway_errors::LoopDetection;
 use gateway_errors::headers::{CDN_LOOP, PROXY_STATUS};
 use gateway_errors::{GatewayErrorLayer, ProxyError, ProxyErrorKind, ProxyName};
 use http::{Request, Response, StatusCode, Uri, header};
@@ -214,7 +215,10 @@ async fn a_loop_is_answered_without_calling_the_inner_service() {
 #[tokio::test]
 async fn with_loop_detection_off_cdn_loop_is_neither_read_nor_written() {
     let (upstream, seen) = recording_upstream().await;
-    let gateway = gateway_to(support::layer().loop_detection(false), upstream.addr);
+    let gateway = gateway_to(
+        support::layer().loop_detection(LoopDetection::off()),
+        upstream.addr,
+    );
 
     assert_eq!(
         call(gateway.clone(), request("GET", "/", None))
@@ -234,7 +238,10 @@ async fn with_loop_detection_off_cdn_loop_is_neither_read_nor_written() {
 #[tokio::test]
 async fn a_raised_threshold_lets_a_request_come_back_once() {
     let (upstream, seen) = recording_upstream().await;
-    let gateway = gateway_to(support::layer().loop_threshold(2), upstream.addr);
+    let gateway = gateway_to(
+        support::layer().loop_detection(LoopDetection::after(2)),
+        upstream.addr,
+    );
 
     let mut once = request("GET", "/", None);
     once.headers_mut()
@@ -288,10 +295,7 @@ async fn a_stored_copy_never_hides_a_loop() {
     let (upstream, seen) = recording_upstream().await;
     let store =
         gateway_errors::stale::Store::new().default_window(std::time::Duration::from_secs(3600));
-    let gateway = gateway_to(
-        support::layer().stale_if_error(store.clone()),
-        upstream.addr,
-    );
+    let gateway = gateway_to(support::layer().serve_stale(store.clone()), upstream.addr);
     let get = || {
         let mut request = request("GET", "/orders", None);
         request

@@ -15,6 +15,8 @@ use crate::support::{
     self, call, demo_upstream, gateway_to, read_body, request, start_upstream, within,
 };
 use gateway_errors::GatewayErrorLayer;
+use gateway_errors::Telemetry;
+use gateway_errors::TimeLimits;
 use gateway_errors::metrics::{DURATION_BOUNDARIES, ERRORS_GENERATED, REQUEST_DURATION};
 use http::StatusCode;
 use opentelemetry::metrics::MeterProvider;
@@ -45,7 +47,7 @@ impl Pipeline {
 
     /// The layer every test gateway uses, recording into this pipeline.
     fn layer(&self) -> GatewayErrorLayer {
-        support::layer().metrics(&self.provider.meter("gateway-errors"))
+        support::layer().telemetry(Telemetry::new().metrics(&self.provider.meter("gateway-errors")))
     }
 
     /// Exports what was recorded so far and reads the named metric as the exporter got it; `None`
@@ -181,7 +183,7 @@ async fn every_failure_kind_is_counted_with_exact_attributes() {
     let pipeline = Pipeline::new();
     let layer = pipeline
         .layer()
-        .upstream_timeout(Duration::from_millis(300));
+        .time_limits(TimeLimits::new().upstream_timeout(Duration::from_millis(300)));
     let to_upstream = gateway_to(layer.clone(), upstream.addr);
     let to_closed_port = gateway_to(layer, demo_upstream::closed_port());
 
@@ -434,7 +436,7 @@ async fn an_intercepted_origin_error_counts_under_its_status() {
     let pipeline = Pipeline::new();
     let layer = pipeline
         .layer()
-        .intercept_origin_errors([StatusCode::from_u16(500).unwrap()]);
+        .failure_statuses([StatusCode::from_u16(500).unwrap()]);
     let gateway = gateway_to(layer, upstream.addr);
 
     for _ in 0..N {
@@ -646,7 +648,9 @@ async fn a_body_cut_by_the_read_timeout_counts_as_connection_read_timeout() {
     let pipeline = Pipeline::new();
     let read_timeout = Duration::from_millis(200);
     let gateway = gateway_to(
-        pipeline.layer().upstream_read_timeout(read_timeout),
+        pipeline
+            .layer()
+            .time_limits(TimeLimits::new().read_timeout(read_timeout)),
         upstream.addr,
     );
     for _ in 0..N {
@@ -747,7 +751,7 @@ async fn a_stale_answer_counts_the_hidden_failure_and_times_the_answer_the_clien
     let upstream = start_upstream().await;
     let pipeline = Pipeline::new();
     let store = Store::new().default_window(Duration::from_secs(60));
-    let layer = pipeline.layer().stale_if_error(store.clone());
+    let layer = pipeline.layer().serve_stale(store.clone());
     // One store: the page is stored through the working upstream, then answers for the
     // refused one.
     let to_upstream = gateway_to(layer.clone(), upstream.addr);

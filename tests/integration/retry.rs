@@ -7,6 +7,7 @@
 
 use crate::support::demo_upstream;
 use gateway_errors::body::UploadBody;
+use gateway_errors::retry::RetryHints;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use gateway_errors::body::GatewayBody;
 use gateway_errors::retry::{RetryAfter, RetryFacts, RetryLayer, RetryPolicy, TryCloneBody};
-use gateway_errors::{GatewayErrorLayer, Phase, ProxyError, ProxyErrorKind};
+use gateway_errors::{GatewayErrorLayer, ProxyError, ProxyErrorKind, RequestSent};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
@@ -182,7 +183,7 @@ async fn a_post_that_may_have_reached_the_origin_is_never_retried() {
 
         assert_eq!(response.status(), StatusCode::BAD_GATEWAY, "{route}");
         let error = proxy_error(&response);
-        assert_eq!(error.phase(), Phase::MaybeSent, "{route}");
+        assert_eq!(error.request_sent(), RequestSent::MaybeSent, "{route}");
         assert!(!error.is_retryable(), "{route}");
         assert_eq!(gw.calls(), 1, "{route}: attempts sent");
         assert_eq!(relay.accepts(), 1, "{route}: connections the upstream saw");
@@ -206,7 +207,7 @@ async fn a_connect_refused_post_is_retried_up_to_the_limit() {
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     let error = proxy_error(&response);
     assert_eq!(error.kind(), Some(ProxyErrorKind::ConnectionRefused));
-    assert_eq!(error.phase(), Phase::NotSent);
+    assert_eq!(error.request_sent(), RequestSent::NotSent);
     assert!(error.is_retryable());
     assert_eq!(gw.calls(), 4);
 }
@@ -222,7 +223,7 @@ async fn a_get_that_may_have_reached_the_origin_is_retried() {
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     let error = proxy_error(&response);
     assert_eq!(error.kind(), Some(ProxyErrorKind::ConnectionTerminated));
-    assert_eq!(error.phase(), Phase::MaybeSent);
+    assert_eq!(error.request_sent(), RequestSent::MaybeSent);
     assert!(error.is_retryable());
     assert_eq!(gw.calls(), 3);
     assert_eq!(relay.accepts(), 3);
@@ -285,8 +286,10 @@ async fn a_request_whose_body_cannot_be_replayed_is_sent_once() {
 #[tokio::test]
 async fn a_retry_after_beyond_the_cap_means_no_retry() {
     let closed = demo_upstream::closed_port();
-    let layer = GatewayErrorLayer::new()
-        .retry_after_for_kind(ProxyErrorKind::ConnectionRefused, Duration::from_secs(30));
+    let layer = GatewayErrorLayer::new().retry_hints(
+        RetryHints::new()
+            .retry_after_for_kind(ProxyErrorKind::ConnectionRefused, Duration::from_secs(30)),
+    );
     let gw = gateway(closed, layer, Some(quick_policy()));
 
     let response = gw.send(request(Method::GET, "/items", "")).await;
@@ -300,8 +303,10 @@ async fn a_retry_after_beyond_the_cap_means_no_retry() {
 async fn a_retry_after_within_the_cap_is_waited_for() {
     let closed = demo_upstream::closed_port();
     // 30 ms: longer than the 1 ms backoff, shorter than the 50 ms cap.
-    let layer = GatewayErrorLayer::new()
-        .retry_after_for_kind(ProxyErrorKind::ConnectionRefused, Duration::from_millis(30));
+    let layer = GatewayErrorLayer::new().retry_hints(
+        RetryHints::new()
+            .retry_after_for_kind(ProxyErrorKind::ConnectionRefused, Duration::from_millis(30)),
+    );
     let gw = gateway(closed, layer, Some(quick_policy()));
 
     let started = Instant::now();
@@ -361,19 +366,49 @@ async fn the_hint_is_the_same_in_the_body_and_the_extension() {
     let demo = demo_upstream::spawn().await.expect("demo upstream");
     let closed = demo_upstream::closed_port();
     let cases = [
-        (closed, Method::POST, "/orders", true, Phase::NotSent),
-        (demo.addr, Method::POST, "/close", false, Phase::MaybeSent),
-        (demo.addr, Method::PATCH, "/close", false, Phase::MaybeSent),
-        (demo.addr, Method::GET, "/close", true, Phase::MaybeSent),
-        (demo.addr, Method::PUT, "/close", true, Phase::MaybeSent),
-        (demo.addr, Method::DELETE, "/close", true, Phase::MaybeSent),
+        (closed, Method::POST, "/orders", true, RequestSent::NotSent),
+        (
+            demo.addr,
+            Method::POST,
+            "/close",
+            false,
+            RequestSent::MaybeSent,
+        ),
+        (
+            demo.addr,
+            Method::PATCH,
+            "/close",
+            false,
+            RequestSent::MaybeSent,
+        ),
+        (
+            demo.addr,
+            Method::GET,
+            "/close",
+            true,
+            RequestSent::MaybeSent,
+        ),
+        (
+            demo.addr,
+            Method::PUT,
+            "/close",
+            true,
+            RequestSent::MaybeSent,
+        ),
+        (
+            demo.addr,
+            Method::DELETE,
+            "/close",
+            true,
+            RequestSent::MaybeSent,
+        ),
     ];
-    for (upstream, method, path, retryable, phase) in cases {
+    for (upstream, method, path, retryable, request_sent) in cases {
         let gw = gateway(upstream, GatewayErrorLayer::new(), None);
         let response = gw.send(request(method.clone(), path, "x")).await;
         let error = proxy_error(&response);
         assert_eq!(error.is_retryable(), retryable, "{method} {path}");
-        assert_eq!(error.phase(), phase, "{method} {path}");
+        assert_eq!(error.request_sent(), request_sent, "{method} {path}");
         assert!(response.headers().get(header::RETRY_AFTER).is_none());
         let body = json_body(response).await;
         assert_eq!(body["retryable"], retryable, "{method} {path}: {body}");
@@ -386,7 +421,8 @@ async fn the_method_set_and_the_rule_can_be_replaced() {
     let demo = demo_upstream::spawn().await.expect("demo upstream");
 
     // PUT is no longer taken as idempotent.
-    let layer = GatewayErrorLayer::new().idempotent_methods([Method::GET, Method::HEAD]);
+    let layer = GatewayErrorLayer::new()
+        .retry_hints(RetryHints::new().idempotent_methods([Method::GET, Method::HEAD]));
     let gw = gateway(demo.addr, layer, None);
     let put = gw.send(request(Method::PUT, "/close", "x")).await;
     assert!(!proxy_error(&put).is_retryable());
@@ -394,8 +430,9 @@ async fn the_method_set_and_the_rule_can_be_replaced() {
     assert!(proxy_error(&get).is_retryable());
 
     // Stricter: only what never left the gateway.
-    let layer =
-        GatewayErrorLayer::new().retry_rule(|facts: &RetryFacts| facts.phase == Phase::NotSent);
+    let layer = GatewayErrorLayer::new().retry_hints(
+        RetryHints::new().rule(|facts: &RetryFacts| facts.request_sent == RequestSent::NotSent),
+    );
     let gw = gateway(demo.addr, layer, Some(quick_policy()));
     let get = gw.send(request(Method::GET, "/close", "")).await;
     assert!(!proxy_error(&get).is_retryable());
@@ -406,8 +443,9 @@ async fn the_method_set_and_the_rule_can_be_replaced() {
 #[tokio::test]
 async fn retry_after_in_seconds_reaches_header_body_and_extension() {
     let closed = demo_upstream::closed_port();
-    let layer = GatewayErrorLayer::new()
-        .retry_after_for_status(StatusCode::BAD_GATEWAY, Duration::from_secs(5));
+    let layer = GatewayErrorLayer::new().retry_hints(
+        RetryHints::new().retry_after_for_status(StatusCode::BAD_GATEWAY, Duration::from_secs(5)),
+    );
     let gw = gateway(closed, layer, None);
 
     let response = gw.send(request(Method::GET, "/items", "")).await;
@@ -426,8 +464,11 @@ async fn retry_after_as_an_http_date() {
     let at = UNIX_EPOCH + Duration::from_secs(4_102_444_800); // 2100-01-01T00:00:00Z
     let layer = GatewayErrorLayer::new()
         // The kind's setting wins over the status's.
-        .retry_after_for_status(StatusCode::BAD_GATEWAY, Duration::from_secs(5))
-        .retry_after_for_kind(ProxyErrorKind::ConnectionRefused, at);
+        .retry_hints(
+            RetryHints::new()
+                .retry_after_for_status(StatusCode::BAD_GATEWAY, Duration::from_secs(5))
+                .retry_after_for_kind(ProxyErrorKind::ConnectionRefused, at),
+        );
     let gw = gateway(closed, layer, None);
 
     let response = gw.send(request(Method::GET, "/items", "")).await;
@@ -455,8 +496,10 @@ async fn an_origins_retry_after_is_always_preserved() {
     let demo = demo_upstream::spawn().await.expect("demo upstream");
 
     // Forwarded untouched, even with a Retry-After configured for 503.
-    let layer = GatewayErrorLayer::new()
-        .retry_after_for_status(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(1));
+    let layer = GatewayErrorLayer::new().retry_hints(
+        RetryHints::new()
+            .retry_after_for_status(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(1)),
+    );
     let gw = gateway(demo.addr, layer.clone(), None);
     let response = gw.send(request(Method::GET, "/origin-503", "")).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -466,7 +509,7 @@ async fn an_origins_retry_after_is_always_preserved() {
     // generated body states the same delay.
     let gw = gateway(
         demo.addr,
-        layer.intercept_origin_errors([StatusCode::from_u16(503).unwrap()]),
+        layer.failure_statuses([StatusCode::from_u16(503).unwrap()]),
         None,
     );
     let response = gw.send(request(Method::GET, "/origin-503", "")).await;

@@ -34,6 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use gateway_errors::TimeLimits;
 use gateway_errors::{GatewayErrorLayer, ProxyName};
 use http::{Method, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full};
@@ -335,7 +336,7 @@ fn layer_with_timeout(timeout: Duration) -> GatewayErrorLayer {
     // As examples/gateway.rs configures it (the read timeout follows the upstream timeout).
     GatewayErrorLayer::new()
         .proxy_name(ProxyName::from_static("edge-1"))
-        .upstream_timeout(timeout)
+        .time_limits(TimeLimits::new().upstream_timeout(timeout))
 }
 
 /// The example's gateway (its proxy, its server loop) in front of `upstream`.

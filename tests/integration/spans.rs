@@ -6,6 +6,8 @@
 //! (`set_default`; each test runs on its own current-thread runtime).
 
 use crate::support::demo_upstream;
+use gateway_errors::Telemetry;
+use gateway_errors::TimeLimits;
 use gateway_errors::body::UploadBody;
 
 use std::collections::BTreeMap;
@@ -336,7 +338,8 @@ async fn an_upstream_timeout_is_a_504_span() {
     let capture = Captured::default();
     let _guard = capture.install();
     let demo = demo_upstream::spawn().await.expect("demo upstream");
-    let layer = GatewayErrorLayer::new().upstream_timeout(Duration::from_millis(50));
+    let layer = GatewayErrorLayer::new()
+        .time_limits(TimeLimits::new().upstream_timeout(Duration::from_millis(50)));
 
     let response = send(gateway(demo.addr, layer), get("/slow")).await;
     assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
@@ -389,7 +392,7 @@ async fn a_stale_answer_is_no_error_span_but_names_the_hidden_failure_and_warns(
     let demo = demo_upstream::spawn().await.expect("demo upstream");
     // One store, two gateways: one whose upstream answers, then one whose upstream refuses.
     let store = stale::Store::new().default_window(Duration::from_secs(60));
-    let layer = GatewayErrorLayer::new().stale_if_error(store.clone());
+    let layer = GatewayErrorLayer::new().serve_stale(store.clone());
     let response = send(gateway(demo.addr, layer.clone()), get("/ok")).await;
     within("body", response.into_body().collect())
         .await
@@ -519,7 +522,8 @@ async fn a_body_that_stalls_is_recorded_as_a_read_timeout_after_the_head() {
     let _guard = capture.install();
     let demo = demo_upstream::spawn().await.expect("demo upstream");
 
-    let layer = GatewayErrorLayer::new().upstream_read_timeout(Duration::from_millis(200));
+    let layer = GatewayErrorLayer::new()
+        .time_limits(TimeLimits::new().read_timeout(Duration::from_millis(200)));
     let response = send(gateway(demo.addr, layer), get("/stall-body")).await;
     assert_eq!(response.status(), StatusCode::OK);
     let result = within("body", response.into_body().collect()).await;
@@ -711,7 +715,7 @@ async fn a_response_served_in_full_by_hyper_is_not_cancelled() {
 #[tokio::test]
 async fn the_span_level_is_configurable_and_the_warn_event_survives_a_filter() {
     let closed = demo_upstream::closed_port();
-    let layer = GatewayErrorLayer::new().span_level(Level::DEBUG);
+    let layer = GatewayErrorLayer::new().telemetry(Telemetry::new().span_level(Level::DEBUG));
 
     let capture = Captured::default();
     {
@@ -783,7 +787,8 @@ async fn opentelemetry_exports_the_attributes_and_error_status() {
 
     let demo = demo_upstream::spawn().await.expect("demo upstream");
     let closed = demo_upstream::closed_port();
-    let layer = GatewayErrorLayer::new().upstream_timeout(Duration::from_millis(50));
+    let layer = GatewayErrorLayer::new()
+        .time_limits(TimeLimits::new().upstream_timeout(Duration::from_millis(50)));
 
     let refused = send(gateway(closed, layer.clone()), get("/refused")).await;
     assert_eq!(refused.status(), StatusCode::BAD_GATEWAY);

@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use bytes::Bytes;
+use gateway_errors::TimeLimits;
 use gateway_errors::stale::{StaleCopy, Store};
 use gateway_errors::{GatewayErrorLayer, ProxyError, ProxyErrorKind};
 use http::header::{self, HeaderMap};
@@ -289,7 +290,7 @@ fn store() -> Store {
 }
 
 fn layer(store: &Store) -> GatewayErrorLayer {
-    support::layer().stale_if_error(store.clone())
+    support::layer().serve_stale(store.clone())
 }
 
 fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> Request<Body> {
@@ -308,7 +309,7 @@ struct Got {
     status: StatusCode,
     headers: HeaderMap,
     body: Bytes,
-    stale_copy: Option<StaleCopy>,
+    from_copy: Option<StaleCopy>,
 }
 
 impl Got {
@@ -344,13 +345,13 @@ impl Got {
         );
         assert_eq!(self.header("proxy-status"), Some(proxy_status));
         assert!(self.headers.get("warning").is_none());
-        assert!(self.stale_copy.is_some());
+        assert!(self.from_copy.is_some());
     }
 
     /// Checks that no copy answered: the layer's own error.
     fn assert_generated(&self, status: StatusCode) {
         assert_eq!(self.status, status, "{:?} {:?}", self.headers, self.body);
-        assert!(self.stale_copy.is_none());
+        assert!(self.from_copy.is_none());
         assert!(self.headers.get("cache-status").is_none());
         assert_eq!(self.header("cache-control"), Some("no-store"));
     }
@@ -358,13 +359,13 @@ impl Got {
 
 async fn fetch(gateway: impl GatewayService, request: Request<Body>) -> Got {
     let response = call(gateway, request).await;
-    let stale_copy = response.extensions().get::<StaleCopy>().cloned();
+    let from_copy = response.extensions().get::<StaleCopy>().cloned();
     let (parts, body) = response.into_parts();
     Got {
         status: parts.status,
         headers: parts.headers,
         body: read_body(body).await,
-        stale_copy,
+        from_copy,
     }
 }
 
@@ -425,10 +426,10 @@ async fn the_last_good_copy_answers_byte_for_byte_when_the_origin_stops_listenin
         60 - stale.age() as i64,
         "ttl is what freshness is left"
     );
-    let stale_copy = stale.stale_copy.as_ref().unwrap();
-    assert_eq!(stale_copy.age(), Duration::from_secs(stale.age()));
+    let from_copy = stale.from_copy.as_ref().unwrap();
+    assert_eq!(from_copy.age(), Duration::from_secs(stale.age()));
     assert_eq!(
-        stale_copy.error().kind(),
+        from_copy.error().kind(),
         Some(ProxyErrorKind::ConnectionRefused)
     );
 
@@ -974,7 +975,8 @@ async fn a_body_that_stalls_past_the_read_timeout_is_never_stored() {
         },
     );
     let store = store();
-    let layer = layer(&store).upstream_read_timeout(Duration::from_millis(200));
+    let layer =
+        layer(&store).time_limits(TimeLimits::new().read_timeout(Duration::from_millis(200)));
     let gateway = gateway_to(layer, origin.addr);
     let response = call(gateway.clone(), request("GET", "/stalls", &[])).await;
     let body = within("the stalled body", response.into_body().collect()).await;
@@ -1120,14 +1122,15 @@ async fn a_timeout_is_hidden_too() {
     let origin = Origin::start().await;
     origin.set("/page", Reply::page("max-age=1", "patient"));
     let store = store();
-    let layer = layer(&store).upstream_timeout(Duration::from_millis(300));
+    let layer =
+        layer(&store).time_limits(TimeLimits::new().upstream_timeout(Duration::from_millis(300)));
     let gateway = gateway_to(layer, origin.addr);
     get(&gateway, "/page").await;
     origin.set("/page", Reply::Silent);
     let got = get(&gateway, "/page").await;
     got.assert_stale("patient", "edge-1; error=http_response_timeout", 504);
     assert_eq!(
-        got.stale_copy.unwrap().error().kind(),
+        got.from_copy.unwrap().error().kind(),
         Some(ProxyErrorKind::HttpResponseTimeout)
     );
 }
@@ -1155,7 +1158,7 @@ async fn origin_errors_pass_through_unless_the_store_answers_them() {
     assert_eq!(passed.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(passed.body, "origin maintenance\n");
     assert_eq!(passed.header("retry-after"), Some("7"));
-    assert!(passed.stale_copy.is_none());
+    assert!(passed.from_copy.is_none());
     // Opted in: the copy, naming the status it hides.
     let answered = get(&answers, "/page").await;
     answered.assert_stale("good", "edge-1; received-status=503", 503);
@@ -1169,7 +1172,7 @@ async fn an_intercepted_origin_error_is_answered_from_the_copy() {
     let origin = Origin::start().await;
     origin.set("/page", Reply::page("max-age=60", "good"));
     let store = store();
-    let layer = layer(&store).intercept_origin_errors([StatusCode::BAD_GATEWAY]);
+    let layer = layer(&store).failure_statuses([StatusCode::BAD_GATEWAY]);
     let gateway = gateway_to(layer, origin.addr);
     get(&gateway, "/page").await;
     origin.set("/page", Reply::with(502, &[], "upstream proxy failed\n"));
@@ -1589,13 +1592,13 @@ async fn an_origin_error_is_answered_from_a_copy_whose_origin_sent_stale_if_erro
         assert_eq!(passed.status.as_u16(), status);
         assert_eq!(passed.body, "origin maintenance\n");
         assert_eq!(passed.header("retry-after"), Some("7"));
-        assert!(passed.stale_copy.is_none());
+        assert!(passed.from_copy.is_none());
     }
     // Not an error RFC 5861 names: it passes.
     origin.set("/asked", failing(501));
     let passed = get(&gateway, "/asked").await;
     assert_eq!(passed.status, StatusCode::NOT_IMPLEMENTED);
-    assert!(passed.stale_copy.is_none());
+    assert!(passed.from_copy.is_none());
 }
 
 #[tokio::test]

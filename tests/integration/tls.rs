@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use bytes::Bytes;
+use gateway_errors::TimeLimits;
 use gateway_errors::headers::PROXY_STATUS;
 use gateway_errors::health::UpstreamHealthLayer;
 use gateway_errors::{GatewayErrorLayer, ProxyErrorKind};
@@ -294,7 +295,7 @@ async fn gateway(upstream: &str, ca: Option<&TempFile>, details: bool) -> Gatewa
         proxy = proxy.upstream_ca(&ca.0).expect("the CA file loads");
     }
     let layer = support::layer()
-        .upstream_timeout(Duration::from_secs(3))
+        .time_limits(TimeLimits::new().upstream_timeout(Duration::from_secs(3)))
         .proxy_status_details(details);
     gateway_with(proxy, layer).await
 }

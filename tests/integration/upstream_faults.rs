@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use gateway_errors::TimeLimits;
 use gateway_errors::retry::IDEMPOTENCY_KEY;
 use gateway_errors::{ProxyError, ProxyErrorKind};
 use http::{Request, Response, StatusCode, Uri, header};
@@ -57,7 +58,10 @@ async fn closed_port_is_502_connection_refused_and_retryable_even_for_post() {
 async fn slow_upstream_get_is_504_http_response_timeout_and_retryable() {
     let upstream = start_upstream().await;
     let timeout = Duration::from_millis(300);
-    let gateway = gateway_to(layer().upstream_timeout(timeout), upstream.addr);
+    let gateway = gateway_to(
+        layer().time_limits(TimeLimits::new().upstream_timeout(timeout)),
+        upstream.addr,
+    );
 
     let started = Instant::now();
     let response = call(gateway, request("GET", "/slow", None)).await;
@@ -84,7 +88,10 @@ async fn slow_upstream_get_is_504_http_response_timeout_and_retryable() {
 async fn slow_upstream_post_is_504_and_not_retryable() {
     let upstream = start_upstream().await;
     let timeout = Duration::from_millis(300);
-    let gateway = gateway_to(layer().upstream_timeout(timeout), upstream.addr);
+    let gateway = gateway_to(
+        layer().time_limits(TimeLimits::new().upstream_timeout(timeout)),
+        upstream.addr,
+    );
 
     let started = Instant::now();
     let response = call(gateway, request("POST", "/slow", None)).await;
@@ -103,7 +110,7 @@ async fn slow_upstream_post_is_504_and_not_retryable() {
 async fn slow_upstream_post_with_idempotency_key_is_retryable() {
     let upstream = start_upstream().await;
     let gateway = gateway_to(
-        layer().upstream_timeout(Duration::from_millis(300)),
+        layer().time_limits(TimeLimits::new().upstream_timeout(Duration::from_millis(300))),
         upstream.addr,
     );
     let mut post = request("POST", "/slow", None);

@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use gateway_errors::TimeLimits;
 use gateway_errors::{GatewayErrorLayer, ProxyName};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -52,7 +53,7 @@ async fn start() -> Running {
     let proxy = Proxy::new(&uri, "edge-1", 1024).expect("a proxy");
     let layer = GatewayErrorLayer::new()
         .proxy_name(ProxyName::from_static("edge-1"))
-        .upstream_timeout(Duration::from_millis(300));
+        .time_limits(TimeLimits::new().upstream_timeout(Duration::from_millis(300)));
     let service = ServiceBuilder::new().layer(layer).service(proxy);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let gateway = listener.local_addr().expect("address");

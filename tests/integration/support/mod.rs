@@ -60,7 +60,7 @@ pub fn layer() -> GatewayErrorLayer {
     GatewayErrorLayer::new().proxy_name(ProxyName::from_static(PROXY_NAME))
 }
 
-/// The statuses of `range` (e.g. `500..=599`), for `intercept_origin_errors`.
+/// The statuses of `range` (e.g. `500..=599`), for `failure_statuses`.
 pub fn statuses(range: std::ops::RangeInclusive<u16>) -> impl Iterator<Item = StatusCode> {
     range.filter_map(|code| StatusCode::from_u16(code).ok())
 }

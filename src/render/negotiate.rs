@@ -55,7 +55,7 @@ impl Format {
 ///
 /// ```
 /// use gateway_errors::render::negotiate;
-/// use gateway_errors::Format;
+/// use gateway_errors::render::Format;
 /// use http::HeaderValue;
 ///
 /// let browser = HeaderValue::from_static(
