@@ -1,123 +1,16 @@
-//! Tower middleware that makes every failure of an upstream a correct, consistent, observable HTTP
-//! response.
+#![doc = include_str!("../README.md")]
 //!
-//! Wrap any proxying service (a hyper-util `Client`, a reqwest client, an axum reverse-proxy
-//! handler) with [`GatewayErrorLayer`]:
+//! # Reference
 //!
-//! - an upstream failure becomes the status RFC 9209 recommends for it (502, 503 or 504), named in a
-//!   `Proxy-Status` header by its error type (`connection_refused`, `http_response_timeout`, ...);
-//! - an error status the origin sent itself (500, 503, 404, an upstream proxy's 502) passes through
-//!   unchanged: status, headers and body bytes;
-//! - a generated error has one body in the form the client asked for: RFC 9457 problem+json, an
-//!   HTML page or plain text, from templates you can replace;
-//! - every generated error says whether a retry is safe and, where configured, when;
-//! - with [`UpstreamHealthLayer`](health::UpstreamHealthLayer) next to the client, an upstream that
-//!   keeps failing is marked unavailable: its requests get a 503 `destination_unavailable` with
-//!   `Retry-After` at once, without a connection, until one probe finds it back ([`health`]);
-//! - every request gets a span with OpenTelemetry field names; the error's internals go to the
-//!   span, never to the client;
-//! - the clock does not stop at the head: an origin whose body stalls is cut at the
-//!   [read timeout](TimeLimits::read_timeout), and the client sees a broken
-//!   transfer, never a hang or a body that looks complete;
-//! - a gateway that reaches itself, or a loop of gateways, is told so: the layer appends its name
-//!   to `CDN-Loop` (RFC 8586) and answers a request that comes back with `502
-//!   proxy_loop_detected` ([`loop_detection`](GatewayErrorLayer::loop_detection)).
+//! ## How a request flows
 //!
-//! # Quick start
-//!
-//! ```no_run
-//! use std::time::Duration;
-//!
-//! use axum::body::Body;
-//! use axum::http::Request;
-//! use gateway_errors::body::UploadBody;
-//! use gateway_errors::{GatewayErrorLayer, ProxyName, TimeLimits};
-//! use hyper_util::client::legacy::Client;
-//! use hyper_util::rt::TokioExecutor;
-//! use tower::ServiceBuilder;
-//!
-//! #[tokio::main]
-//! async fn main() -> std::io::Result<()> {
-//!     let client = Client::builder(TokioExecutor::new()).build_http::<UploadBody<Body>>(); // the body the layer watches
-//!     let gateway = ServiceBuilder::new()
-//!         .layer(
-//!             GatewayErrorLayer::new()
-//!                 .proxy_name(ProxyName::from_static("edge-1"))
-//!                 .time_limits(TimeLimits::new().upstream_timeout(Duration::from_secs(30))),
-//!         )
-//!         .map_request(|mut request: Request<UploadBody<Body>>| {
-//!             // Point the request at the upstream (a real proxy also strips hop-by-hop
-//!             // headers: see examples/gateway.rs).
-//!             let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
-//!             *request.uri_mut() = format!("http://127.0.0.1:3000{path}").parse().unwrap();
-//!             request
-//!         })
-//!         .service(client);
-//!     let app = axum::Router::new().fallback_service(gateway);
-//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-//!     axum::serve(listener, app).await
-//! }
-//! ```
-//!
-//! A refused connection then reaches the client as:
-//!
-//! ```text
-//! HTTP/1.1 502 Bad Gateway
-//! content-type: application/problem+json
-//! proxy-status: edge-1; error=connection_refused
-//! cache-control: no-store
-//! vary: accept
-//!
-//! {"type":"about:blank","title":"Bad Gateway","status":502,
-//!  "detail":"The upstream server refused the connection.",
-//!  "error_type":"connection_refused","retryable":true}
-//! ```
-//!
-//! The same, checked: any tower service that fails as a refused connect does, wrapped in the
-//! layer, answers the client so.
-//!
-//! ```
-//! use std::io;
-//!
-//! use bytes::Bytes;
-//! use gateway_errors::body::UploadBody;
-//! use gateway_errors::headers::PROXY_STATUS;
-//! use gateway_errors::{GatewayErrorLayer, ProxyError, ProxyErrorKind, ProxyName};
-//! use http::{Request, Response, StatusCode};
-//! use http_body_util::{BodyExt, Full};
-//! use tower::{ServiceBuilder, ServiceExt, service_fn};
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() {
-//! let refusing = service_fn(|_request: Request<UploadBody<Full<Bytes>>>| async {
-//!     Err::<Response<Full<Bytes>>, _>(io::Error::from(io::ErrorKind::ConnectionRefused))
-//! });
-//! let gateway = ServiceBuilder::new()
-//!     .layer(GatewayErrorLayer::new().proxy_name(ProxyName::from_static("edge-1")))
-//!     .service(refusing);
-//!
-//! let request = Request::post("/orders").body(Full::new(Bytes::new())).unwrap();
-//! let response = gateway.oneshot(request).await.unwrap();
-//! assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
-//! assert_eq!(response.headers()[&PROXY_STATUS], "edge-1; error=connection_refused");
-//! // For whoever is outside: what failed, and that a retry is safe (it was never sent).
-//! let error = response.extensions().get::<ProxyError>().unwrap();
-//! assert_eq!(error.kind(), Some(ProxyErrorKind::ConnectionRefused));
-//! assert!(error.is_retryable());
-//! let body = response.into_body().collect().await.unwrap().to_bytes();
-//! let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
-//! assert_eq!(problem["error_type"], "connection_refused");
-//! assert_eq!(problem["retryable"], true);
-//! # }
-//! ```
-//!
-//! # How a request flows
-//!
-//! 1. [`GatewayErrorService::call`](tower_service::Service::call) reads what the response may need, once and
-//!    without allocating: the body format from `Accept`, whether the method is idempotent, whether
-//!    an `Idempotency-Key` is present, the request id. It opens the request's span.
-//! 2. The inner service runs, raced against the [upstream timeout](TimeLimits::upstream_timeout)
-//!    (and the [response deadline](TimeLimits::response_deadline), if set).
+//! 1. [`GatewayErrorService::call`](tower_service::Service::call) reads what the response may need,
+//!    in one pass over the request's fields and without allocating: the body form from `Accept`,
+//!    whether the method is idempotent, whether an `Idempotency-Key` is present, the request id,
+//!    `CDN-Loop`, gRPC. It removes hop-by-hop fields and opens the request's span (or takes the one
+//!    a [`RetryLayer`](retry::RetryLayer) outside opened for an earlier attempt).
+//! 2. The inner service runs, raced against the [time limits](TimeLimits), measured from the first
+//!    attempt.
 //! 3. One decision point:
 //!    - a response from the origin is forwarded unchanged; its body is observed and timed, so
 //!      that a failure or a stall mid-stream breaks the client's connection (never a short body
@@ -125,108 +18,222 @@
 //!    - an interim status handed over as final, or a `101` the request did not ask for, is an
 //!      error (`http_protocol_error`, `http_upgrade_failed`); a `101` that answers the request's
 //!      `Upgrade` passes;
-//!    - an error is [classified](classify::Classify) into a [`ProxyErrorKind`], whose status is final; the
-//!      body, `Proxy-Status`, `Retry-After`, the [`ProxyError`] extension and the span all read it.
+//!    - an error is [classified](classify::Classify) into a [`ProxyErrorKind`], and decided to be
+//!      the upstream's, the client's or the gateway's own ([`fault`]); its status is final, and the
+//!      body, `Proxy-Status`, `Retry-After`, the [`ProxyError`] extension, the span and the
+//!      metrics all read it.
 //!
-//! # Errors from axum handlers
+//! ## Every status
 //!
-//! A handler that proxies by hand returns [`ProxyError`]; the layer around the router renders it
-//! exactly as it renders an inner service's error.
+//! The layer follows RFC 9209's error types and the status each recommends.
 //!
-//! # gRPC callers
+//! | what happened upstream | error type | status |
+//! |---|---|---|
+//! | connection refused | `connection_refused` | 502 |
+//! | closed or reset before a response | `connection_terminated` | 502 |
+//! | connect timed out | `connection_timeout` | 504 |
+//! | name did not resolve / resolver timed out | `dns_error` / `dns_timeout` | 502 / 504 |
+//! | host or network unreachable | `destination_ip_unroutable` | 502 |
+//! | not HTTP | `http_protocol_error` | 502 |
+//! | response head too large | `http_response_header_section_size` | 502 |
+//! | no response head within the upstream timeout (a 103 Early Hints does not count as one) | `http_response_timeout` | 504 |
+//! | no response head within the response deadline | `http_response_timeout` | 504 |
+//! | a 1xx handed over as the final response, or a 101 to a request that sent no `Upgrade` | `http_protocol_error` | 502 |
+//! | a 101 to a protocol the request did not offer in `Upgrade` | `http_upgrade_failed` | 502 |
+//! | a request hyper never wrote (its pooled connection was already closed) | `connection_terminated` (not sent) | 502 |
+//! | pool full, load shed (`tower::load_shed`), the adaptive limit reached | `connection_limit_reached` | 503 |
+//! | `tower::buffer` worker gone | `destination_unavailable` | 503 |
+//! | an upstream the [health layer](health) marked unavailable | `destination_unavailable` (not sent) | 503 |
+//! | HTTP/2 `REFUSED_STREAM`, or a stream above a GOAWAY's last id (feature `http2`) | `destination_unavailable` (not sent) | 503 |
+//! | the request already came through this gateway (its name in `CDN-Loop`) | `proxy_loop_detected` (not retryable) | 502 |
+//! | TLS (feature `rustls`): a certificate not accepted / an alert / any other handshake failure | `tls_certificate_error` / `tls_alert_received` / `tls_protocol_error` | 502 |
+//! | an error nobody recognises | (none) | 502 |
+//! | the origin's own 500, 503, 404, ... | (untouched) | the origin's |
 //!
-//! A gRPC client reads `grpc-status` and `grpc-message`; a 502 page is an opaque protocol error to
-//! it. A request whose `Content-Type` is `application/grpc`, `application/grpc-web` or
-//! `application/grpc-web-text` (with any `+proto`, `+json`, ... and parameters) is a gRPC call,
-//! and its generated errors are answered in gRPC's terms:
+//! After the head the status cannot change any more. A body that fails, or stalls, is ended with an
+//! error instead: the client's connection is broken off (HTTP/1.1: fewer bytes than
+//! `Content-Length`, or no last chunk, then a close; HTTP/2: `RST_STREAM`), and the span says why:
+//! `http_response_incomplete` (the body broke off), `connection_read_timeout` (no body data within
+//! the read timeout), `http_response_timeout` (the body not over within the response deadline).
 //!
-//! - HTTP 200 (gRPC requires it), `Content-Type` the caller's gRPC type, `grpc-status` the
-//!   [`GrpcCode`](grpc::GrpcCode) of the error's kind ([`GrpcCode::for_kind`](grpc::GrpcCode::for_kind), changed per kind with
-//!   [`GrpcCodes::code_for_kind`](grpc::GrpcCodes::code_for_kind)) and `grpc-message` the kind's client-safe
-//!   sentence, percent-encoded; no body (a trailers-only response);
-//! - gRPC-Web callers get the same fields in a trailer frame as the body (base64 for
-//!   `grpc-web-text`);
-//! - `Proxy-Status`, `Retry-After` and the [`ProxyError`] extension as for any generated error,
-//!   plus `grpc-retry-pushback-ms` where a retry delay is configured;
-//! - the upstream timeout is the sooner of [`upstream_timeout`](TimeLimits::upstream_timeout)
-//!   and the caller's `grpc-timeout`; when it passes, the caller gets `DEADLINE_EXCEEDED`.
+//! Peers disagree here, which is why the crate follows the RFC: nginx maps every timeout to 504 and
+//! the rest to 502; Envoy sends 503 for a refused or timed-out connect; tower-http's
+//! `TimeoutLayer` answers 408 with an empty body. Use [`TimeLimits::upstream_timeout`] instead of
+//! `TimeoutLayer`. The client's own faults (408, 400) are in [`fault`].
 //!
-//! The origin's own gRPC answers pass through untouched, trailers included, and are never
-//! [intercepted](GatewayErrorLayer::failure_statuses). An origin's plain HTTP error (an
-//! HTML 503 page) passes through too unless its status is intercepted; it then becomes the code
-//! of [`GrpcCode::from_http_status`](grpc::GrpcCode::from_http_status). The span gets `rpc.system`, `rpc.service`, `rpc.method` and
-//! `rpc.grpc.status_code`, and records `http.response.status_code` as the 200 that was sent.
+//! ## After the head: read timeouts, deadlines, upgrades
 //!
-//! ```text
-//! HTTP/2 200
-//! content-type: application/grpc
-//! grpc-status: 14
-//! grpc-message: The upstream server refused the connection.
-//! proxy-status: edge-1; error=connection_refused
-//! cache-control: no-store
-//! ```
-//!
-//! # While the origin is down
-//!
-//! With a [`StaleIfError`](stale::StaleIfError) store ([`GatewayErrorLayer::serve_stale`]),
-//! the layer keeps the last good copy of the GET responses a shared cache may store, and where it
-//! would answer a GET or HEAD with a 500, 502, 503 or 504, a copy within its `stale-if-error`
-//! window (RFC 5861; the origin's, else the operator's) answers instead: the stored page byte for
-//! byte, with `Age`, `Cache-Status: <name>; fwd=stale; ...` and a `Proxy-Status` naming the
-//! failure it hides. The span, a `WARN` event and the `gateway.stale.served` counter keep the
-//! outage visible. See [`stale`].
+//! The clock does not stop at the response head. Against an origin that sends `200` with
+//! `Content-Length: 1000`, 10 bytes, and then nothing, `cargo run --example gateway -- --timeout 1s`
+//! cuts the transfer after one second of silence:
 //!
 //! ```text
-//! HTTP/1.1 200 OK
-//! content-type: text/plain
-//! cache-control: max-age=60
-//! age: 4
-//! cache-status: edge-1; fwd=stale; fwd-status=502; ttl=56
-//! proxy-status: edge-1; error=connection_refused
+//! $ time curl -sS -o /dev/null -w '%{http_code} %{size_download} bytes\n' http://127.0.0.1:8080/stall-body
+//! curl: (18) transfer closed with 990 bytes remaining to read
+//! 200 10 bytes
+//! real    0m1.01s
 //! ```
 //!
-//! # Modules
+//! - **Read timeout** ([`TimeLimits::read_timeout`], in the manner of nginx's
+//!   `proxy_read_timeout`): the longest the origin may keep the gateway waiting for the next body
+//!   frame. It defaults to the upstream timeout; `None` turns it off (long polling, server-sent
+//!   events). It counts only time spent waiting on the origin: a client that reads slowly does not
+//!   use it up. One timer per body, inline; nothing allocates.
+//! - **Response deadline** ([`TimeLimits::response_deadline`], off by default): head and body
+//!   together. Before the head it answers 504 `http_response_timeout`; after it, it cuts the body.
+//! - A cut body drops the origin's connection too, and the body's error is a [`ProxyError`] of the
+//!   kind above, for an outer layer to read. The span records `error.type`,
+//!   `http.response.body.size` (the bytes forwarded) and `gateway.head_sent = true`.
+//! - **Interim responses.** hyper reads 100 Continue and 103 Early Hints and waits on for the final
+//!   response; the upstream timeout keeps running meanwhile.
+//! - **Upgrades.** A 101 passes only as the answer to a request that asked for it in `Upgrade`, and
+//!   only to a protocol it offered (RFC 9110 §7.8, §15.2.2). The example gateway joins WebSocket
+//!   connections end to end.
+//! - **Stale pooled connections.** When the origin closes a kept-alive connection as the next
+//!   request goes out, hyper says whether it wrote the request. If it did not, the error is not
+//!   sent and safe to retry for any method; if it did, a GET is retryable and a POST is not.
+//!
+//! ## Loops
+//!
+//! A gateway whose upstream is, by mistake, itself (or two gateways pointed at each other) would
+//! forward each request round and round. The layer follows RFC 8586: it appends its proxy name to
+//! `CDN-Loop` on every request it forwards (keeping the members already there), and a request that
+//! arrives already carrying that name is answered at once, without calling the inner service:
+//! 502 `proxy_loop_detected`, not retryable whatever the method (another attempt loops again), and
+//! `INTERNAL` for a gRPC caller. [`LoopDetection`] sets how many times a request may come back, or
+//! turns it off.
+//!
+//! - **Names must be unique per deployment.** The name is the loop's only evidence: two gateways
+//!   that share one take each other's requests for loops. [`ProxyName`] admits token characters
+//!   and `:`, so a host name or `host:port` works, and names compare case-insensitively.
+//! - **Hostile values** are read in one pass without allocating; a member that does not parse (an
+//!   unterminated quote, a broken parameter, a quoted name) is never taken for ours.
+//! - Appending the header adds no allocation when the request's header map has room, which it has
+//!   on every request after the first of a kept-alive hyper connection.
+//!
+//! ## Origin errors
+//!
+//! By default an error the origin sends itself (its 500, its 503 with `Retry-After`, an upstream
+//! proxy's 502) passes through untouched: status, headers, body bytes. To give clients one
+//! consistent error body instead, in the manner of nginx's `proxy_intercept_errors`, name the
+//! statuses that count as the upstream failing:
+//!
+//! ```
+//! use gateway_errors::GatewayErrorLayer;
+//! use http::StatusCode;
+//!
+//! let layer = GatewayErrorLayer::new()
+//!     .failure_statuses((500..600).filter_map(|code| StatusCode::from_u16(code).ok()));
+//! ```
+//!
+//! The origin's status is kept and its body replaced by a generated one in the negotiated form. Its
+//! `Retry-After`, `WWW-Authenticate`, `Proxy-Authenticate` and `Allow` are kept
+//! ([`Bodies::keep_origin_header`](render::Bodies::keep_origin_header) adds more), its own
+//! `Proxy-Status` members too, and ours is appended with the status it received
+//! (`proxy-status: edge-1; received-status=503`). Statuses outside 400–599 are never replaced, and
+//! neither is a gRPC answer. The same name, `failure_statuses`, tells the
+//! [store](stale::Store::failure_statuses) which origin errors a copy may answer for, and the
+//! [health layer](health::UpstreamHealthLayer::failure_statuses) which to count.
+//!
+//! ## Errors from axum handlers
+//!
+//! A gateway written as axum handlers, each proxying by hand, returns [`ProxyError`] from the
+//! handler; one layer around the router answers for all of them:
+//!
+//! ```no_run
+//! use axum::Router;
+//! use axum::body::Body;
+//! use axum::extract::{Request, State};
+//! use axum::response::Response;
+//! use axum::routing::any;
+//! use gateway_errors::{GatewayErrorLayer, ProxyError, ProxyName};
+//! use hyper_util::client::legacy::Client;
+//! use hyper_util::client::legacy::connect::HttpConnector;
+//! use hyper_util::rt::TokioExecutor;
+//!
+//! type HttpClient = Client<HttpConnector, Body>;
+//!
+//! /// Forwards /orders/... to the orders service.
+//! async fn orders(State(client): State<HttpClient>, mut request: Request) -> Result<Response, ProxyError> {
+//!     let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+//!     *request.uri_mut() = format!("http://127.0.0.1:3001{path}").parse().expect("a valid URI");
+//!     // A refused connection, a reset, a timeout: classified here, rendered by the layer.
+//!     let response = client.request(request).await.map_err(ProxyError::from_error)?;
+//!     Ok(response.map(Body::new))
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> std::io::Result<()> {
+//!     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+//!     let app = Router::new()
+//!         .route("/orders/{*rest}", any(orders))
+//!         .with_state(client)
+//!         .layer(GatewayErrorLayer::new().proxy_name(ProxyName::from_static("edge-1")));
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//!     axum::serve(listener, app).await
+//! }
+//! ```
+//!
+//! Layers nest: an outer layer leaves what an inner one generated alone.
+//!
+//! ## Span fields and events
+//!
+//! Each client request gets one span named `gateway.request` (target `gateway_errors`, level
+//! `INFO`; [`Telemetry::span_level`] changes it), however many attempts it took. It lives until the
+//! response body ends, nests under tower-http's `TraceLayer` span when that layer is outside, and
+//! tracing-opentelemetry exports its fields as attributes and `otel.status_code` as the span's
+//! status.
+//!
+//! | field | value |
+//! |---|---|
+//! | `http.request.method`, `url.path` | the request's (the path is a field only; the span name never holds it) |
+//! | `http.response.status_code` | the status the client got |
+//! | `http.request.resend_count` | the attempts after the first, when a [`RetryLayer`](retry::RetryLayer) made any |
+//! | `error.type` | the RFC 9209 type of a generated error; the status (`"503"`) of a forwarded 5xx; `http_response_incomplete`, `connection_read_timeout` or `http_response_timeout` for a body cut after its head |
+//! | `otel.status_code` | `ERROR` for any 5xx and for a body that failed mid-stream |
+//! | `gateway.fault` | `upstream`, `client`, `client_gone` or `gateway` ([`fault`]) |
+//! | `gateway.generated` | whether the layer made the response |
+//! | `gateway.retryable`, `gateway.phase` | the retry hint of a generated error |
+//! | `gateway.upstream_ms` | time until the response head, or the failure |
+//! | `gateway.cancelled` | the client went away first: recorded, and not an error |
+//! | `gateway.stale`, `gateway.stale.age_s` | a [stored copy](stale) answered, and its age; `error.type` then names the failure it hid |
+//! | `gateway.upstream_state` | with the [health layer](health): `open` or `half_open` for a refused request, `probe` for the request that probes |
+//!
+//! The events, each at its level whatever the span's level (a subscriber at `warn` still gets
+//! every `WARN`):
+//!
+//! | event | level | fields |
+//! |---|---|---|
+//! | `upstream request failed` (`client request failed` for a client's fault) | `WARN` for a 5xx, `INFO` otherwise | `gateway.fault`, `error.type`, `http.response.status_code`, `gateway.retryable`, and `error`: the whole error chain, every `source()` |
+//! | `origin error replaced by a generated body` | the same | as above |
+//! | `upstream response body failed after the head was sent` | `WARN` | `error.type`, `http.response.body.size`, `error` |
+//! | `upstream request failed; answered with a stale copy` | `WARN` | `error.type`, `http.response.status_code` (the copy's), `gateway.stale.age_s`, `error` |
+//! | `upstream marked unavailable`, `upstream open time over: probing`, `upstream available again` | `WARN` | `gateway.upstream`, `gateway.upstream_state`, `reason`, `gateway.open_ms` |
+//! | a request refused while its upstream is marked unavailable or at its concurrency limit | `DEBUG` | as a generated error |
+//! | `retrying the upstream request`, `not retrying: ...` | `DEBUG` | `error.type`, `http.request.resend_count`, `gateway.wait_ms` |
+//!
+//! A failed attempt that is retried logs at `DEBUG` only; the request's last answer is the one
+//! `WARN`, and the one count in the metrics (feature `metrics`), however many attempts it took.
+//!
+//! ## Modules
 //!
 //! The root holds what every user types: the layer and its service, [`ProxyError`] and its
-//! [`ProxyErrorKind`] and [`RequestSent`], and the builder's values that belong to no module:
-//! [`ProxyName`], [`TimeLimits`], [`LoopDetection`], [`Telemetry`]. The rest is grouped by
-//! concern, as the request meets it:
+//! [`ProxyErrorKind`], and the values the builder takes ([`TimeLimits`], [`LoopDetection`],
+//! [`Telemetry`], [`ProxyName`]). The rest is grouped by concern, as the request meets it:
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | [`classify`] | the [`Classify`](classify::Classify) trait and the [`DefaultClassifier`](classify::DefaultClassifier) |
-//! | [`render`] | the body: [`Bodies`](render::Bodies) (the builder's value), [`Format`](render::Format), [`Template`](render::Template), [`ErrorView`](render::ErrorView), renderers, the built-in templates, [`negotiate`](fn@render::negotiate) |
-//! | [`headers`] | `Proxy-Status`, [`ProxyName`]'s error |
-//! | [`retry`] | [`RetryHints`](retry::RetryHints) (the builder's value), the retry hint's facts, [`RetryAfter`](retry::RetryAfter), [`RetryPolicy`](retry::RetryPolicy) |
-//! | [`grpc`] | [`GrpcCode`](grpc::GrpcCode), [`GrpcCodes`](grpc::GrpcCodes) (the builder's value) |
-//! | [`stale`] | [`StaleIfError`](stale::StaleIfError): the last good copy answers while the origin is down |
-//! | [`health`] | [`UpstreamHealthLayer`](health::UpstreamHealthLayer): remember a failing upstream, 503 `destination_unavailable` while it is down, one probe at a time |
-//! | [`future`], [`body`] | the service's future and response body |
+//! | [`classify`] | the [`Classify`](classify::Classify) trait, the [`DefaultClassifier`](classify::DefaultClassifier), TLS errors |
+//! | [`fault`] | whose fault an outcome is |
+//! | [`render`] | the body: [`Bodies`](render::Bodies), templates, renderers, content negotiation |
+//! | [`headers`] | `Proxy-Status`, hop-by-hop fields |
+//! | [`retry`] | the retry hint, [`RetryAfter`](retry::RetryAfter), [`RetryLayer`](retry::RetryLayer) |
+//! | [`grpc`] | gRPC answers and [`GrpcCode`](grpc::GrpcCode)s |
+//! | [`stale`] | the [`Store`](stale::Store) of last good copies |
+//! | [`health`] | [`UpstreamHealthLayer`](health::UpstreamHealthLayer): outages and brownouts |
+//! | [`future`], [`body`] | the service's future, the response body, the watched upload |
 //! | [`error`] | the crate's other error types |
 //! | `metrics` | the OpenTelemetry instruments (feature `metrics`) |
-//!
-//! # Features
-//!
-//! - `axum` (default): `impl IntoResponse for ProxyError`, and `axum::body::Body` as a
-//!   [`ReplayBody`](retry::ReplayBody).
-//! - `hyper`, `hyper-util`, `tower` (default): the default classifier recognises the errors of
-//!   hyper, of hyper-util's legacy client, and of tower's timeout, load-shed and buffer; `tower`
-//!   also brings [`RetryPolicy`](retry::RetryPolicy).
-//! - `tower-http` (default): the request id comes from tower-http's `RequestId` extension when it
-//!   is there.
-//! - `reqwest`: the default classifier recognises `reqwest::Error`.
-//! - `http2`: the default classifier recognises `h2::Error`: a stream the upstream refused
-//!   (`REFUSED_STREAM`) or left unprocessed by a GOAWAY is `destination_unavailable`, not sent, and
-//!   so safe to retry for every method.
-//! - `rustls`: the default classifier recognises `rustls::Error` of rustls 0.23 (hyper-rustls,
-//!   tokio-rustls, reqwest with rustls): a certificate the gateway did not accept is
-//!   `tls_certificate_error`, an alert from the upstream `tls_alert_received` with its `alert-id`
-//!   and `alert-message`, any other TLS failure `tls_protocol_error`. It brings rustls's error
-//!   types only, no crypto provider. See
-//!   [`DefaultClassifier`](classify::DefaultClassifier#tls-feature-rustls).
-//! - `metrics`: `Telemetry::metrics` records OpenTelemetry's `http.server.request.duration`
-//!   and a counter of generated errors by type and retry hint, through the `opentelemetry` metrics
-//!   API (see the `metrics` module, present with the feature).
 #![deny(missing_docs, unreachable_pub)]
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -273,9 +280,3 @@ pub use time_limits::TimeLimits;
 
 /// The error type the layer accepts from inner services and bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-// Every Rust snippet of the README compiles (and runs, where it can) with the doctests: with every
-// feature the README shows on, as `cargo test --all-features` has them.
-#[cfg(all(doctest, feature = "metrics", feature = "axum", feature = "tower"))]
-#[doc = include_str!("../README.md")]
-struct ReadmeDoctests;

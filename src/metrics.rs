@@ -1,8 +1,16 @@
 //! OpenTelemetry metrics (feature `metrics`): request durations and generated errors, as rates an
 //! operator can alert on.
 //!
-//! Turned on with [`Telemetry::metrics`](crate::Telemetry::metrics), which creates
-//! three instruments on the [`Meter`] it is given:
+//! Turned on with [`Telemetry::metrics`](crate::Telemetry::metrics), which creates three
+//! instruments on the [`Meter`] it is given:
+//!
+//! ```
+//! use gateway_errors::{GatewayErrorLayer, Telemetry};
+//!
+//! // After the application has set its meter provider (a meter taken before records nothing):
+//! let meter = opentelemetry::global::meter("gateway-errors");
+//! let layer = GatewayErrorLayer::new().telemetry(Telemetry::new().metrics(&meter));
+//! ```
 //!
 //! | instrument | kind, unit | attributes |
 //! |---|---|---|
@@ -65,6 +73,17 @@
 //! The conventions also ask for `url.scheme` on the duration. The layer leaves it out: behind a
 //! TLS terminator, or on an HTTP/1.1 connection (whose request target carries no scheme), it
 //! cannot tell `http` from `https`.
+//!
+//! # Queries
+//!
+//! Through the Prometheus naming rules these become `http_server_request_duration_seconds`,
+//! `gateway_errors_generated_total` and `gateway_stale_served_total`, so "502s per second, by
+//! type" is
+//! `sum by (error_type) (rate(gateway_errors_generated_total{http_response_status_code="502"}[5m]))`
+//! and "origin down, users served from copies" is
+//! `sum by (error_type) (rate(gateway_stale_served_total[5m]))`.
+//! `cargo run --example observability --features metrics -- --once` exports them to stdout (or,
+//! with `--otlp http://127.0.0.1:4318`, to a collector).
 //!
 //! # What the duration measures
 //!

@@ -1,6 +1,126 @@
 //! The bodies of generated errors: what they may say ([`ErrorView`]), the built-in templates,
-//! your own [`Template`]s and renderers, and how the format is chosen from
-//! `Accept` ([`negotiate`]).
+//! your own [`Template`]s and renderers, and how the form is chosen from `Accept` ([`negotiate`]).
+//!
+//! # The form
+//!
+//! A generated error has one body, in the form the request's `Accept` asks for (RFC 9110
+//! §12.5.1):
+//!
+//! | the client accepts | it gets |
+//! |---|---|
+//! | `application/problem+json` or `application/json` | RFC 9457 problem details, `application/problem+json` |
+//! | `text/html` (every browser's navigation) | an HTML page, `text/html; charset=utf-8` |
+//! | `text/plain` | plain text, `text/plain; charset=utf-8` |
+//! | no `Accept`, `*/*` (curl, `fetch()`), or a tie | the default form: problem+json unless [`Bodies::default_format`] says otherwise |
+//! | none of them (`image/png`, `*/*;q=0`) | still the error's status, in the default form: never a 406 |
+//!
+//! - Each form takes the q-value of the most specific range that matches it (`text/html` over
+//!   `text/*` over `*/*`), so `text/html;q=0, text/*` gets plain text.
+//! - `q=0` means "not this"; several `Accept` lines count as one list; names and `q` are
+//!   case-insensitive.
+//! - A range with parameters matches only if they hold for the body: `text/plain;charset=utf-8`
+//!   does, `text/html;level=1` does not.
+//! - `application/json` asks for problem+json, unless `application/problem+json` is named as well
+//!   (its q-value then wins).
+//! - A malformed range (`text/`, `q=abc`, an unclosed quote) is skipped and the rest still counts.
+//!   The parser makes one pass over the header and allocates nothing, so a hostile `Accept` costs
+//!   what a long one does.
+//!
+//! A gRPC call is answered in gRPC's terms instead, whatever its `Accept` (see [`crate::grpc`]).
+//!
+//! # What every form says
+//!
+//! The status and its reason phrase, a sentence on what failed, and whether waiting or a retry will
+//! help (after a POST that may have reached the origin: "check whether it took effect before
+//! sending it again"). problem+json carries `error_type` (the RFC 9209 token), `retryable`,
+//! `retry_after` (where known) and `request_id` as extension members, and its `status` is always
+//! the response's status. The upstream's address and the error's own text never appear in a body:
+//! they go to the span.
+//!
+//! ```text
+//! HTTP/1.1 504 Gateway Timeout
+//! content-type: text/plain; charset=utf-8
+//! cache-control: no-store
+//! vary: accept
+//! proxy-status: edge-1; error=http_response_timeout
+//!
+//! 504 Gateway Timeout
+//!
+//! The upstream server did not respond in time.
+//! This is usually temporary: the request can safely be sent again in a moment.
+//! Error type: http_response_timeout
+//! Request ID: 0f9c2e41
+//! ```
+//!
+//! The HTML page ([`DEFAULT_HTML`]) is a centred card, light, and dark when the system asks for it;
+//! it loads nothing else (no script, font, stylesheet or image). `scripts/screenshot.sh` in the
+//! repository takes screenshots of it with headless Chromium and checks the DOM it built.
+//!
+//! The request id comes from tower-http's `RequestId` extension (`SetRequestIdLayer`), else from the
+//! `x-request-id` header ([`Telemetry::request_id_header`](crate::Telemetry::request_id_header)
+//! names another). It is shown only if it is visible ASCII of at most 200 bytes; anything else is
+//! dropped, not reflected.
+//!
+//! Every generated error has `Content-Type` (with `charset=utf-8` for HTML and text),
+//! `Content-Length`, `Vary: accept` and `Cache-Control: no-store`; a HEAD gets the same headers,
+//! including the `Content-Length` of the GET body, and no body; a status without content (1xx, 204,
+//! 304, should a classifier pick one) gets neither a body nor `Content-Length`.
+//!
+//! # Your own bodies
+//!
+//! [`Bodies`] gathers them, for [`GatewayErrorLayer::bodies`](crate::GatewayErrorLayer::bodies). A
+//! [`Template`] is compiled when it is made; a mistake is a [`TemplateError`] then, with its place.
+//! For each form, the first that applies wins: the renderer, the kind's template, the status's
+//! template, the form's template, the built-in one ([`DEFAULT_HTML`], [`DEFAULT_TEXT`],
+//! [`DEFAULT_PROBLEM_JSON`]).
+//!
+//! ```
+//! use gateway_errors::render::{Bodies, Template, TemplateError};
+//! use gateway_errors::{GatewayErrorLayer, ProxyErrorKind};
+//! use http::StatusCode;
+//!
+//! const PAGE: &str = r#"<!DOCTYPE html>
+//! <html lang="en"><meta charset="utf-8"><title>{title}</title>
+//! <style>body {{ font-family: sans-serif }}</style>
+//! <h1>{status} {title}</h1>
+//! <p>{detail} {advice}</p>
+//! {#request_id}<p>Reference: {request_id}</p>{/request_id}"#;
+//!
+//! fn layer() -> Result<GatewayErrorLayer, TemplateError> {
+//!     let bodies = Bodies::new()
+//!         // every HTML error
+//!         .template(Template::html(PAGE)?)
+//!         // plain text for every 503
+//!         .template_for_status(
+//!             StatusCode::SERVICE_UNAVAILABLE,
+//!             Template::text("{status} {title}: down for maintenance.\n")?,
+//!         )
+//!         // plain text for timeouts only
+//!         .template_for_kind(
+//!             ProxyErrorKind::HttpResponseTimeout,
+//!             Template::text("{status} {title}: the upstream is slow. {advice}\n")?,
+//!         );
+//!     Ok(GatewayErrorLayer::new().bodies(bodies))
+//! }
+//! # layer().unwrap();
+//! ```
+//!
+//! To render with your own engine (askama, minijinja, tera, ...), give [`Bodies::renderer`] a
+//! closure or a [`RenderBody`]. It gets the [`ErrorView`] and the negotiated [`Format`]; `None`
+//! leaves that body to the templates. The layer still sets the status and every header.
+//! `examples/custom_templates.rs` renders problem+json through minijinja.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use gateway_errors::GatewayErrorLayer;
+//! use gateway_errors::render::{Bodies, ErrorView, Format};
+//!
+//! let bodies = Bodies::new().renderer(|view: &ErrorView<'_>, format: Format| {
+//!     let text = format!("{} {}: please try again later\n", view.status().as_u16(), view.title());
+//!     (format == Format::Text).then(|| Bytes::from(text))
+//! });
+//! let layer = GatewayErrorLayer::new().bodies(bodies);
+//! ```
 
 pub(crate) mod bodies;
 pub(crate) mod negotiate;

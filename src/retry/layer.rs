@@ -29,7 +29,7 @@ use super::service::RetryService;
 /// 1. **The hint, never the status.** Only an error the layer generated can be retried, and only
 ///    if its retry hint ([`ProxyError::is_retryable`](crate::ProxyError::is_retryable)) says so:
 ///    the request never left the gateway, or its method is idempotent, or it has an
-///    `Idempotency-Key` (the layer's [retry rule](crate::GatewayErrorLayer::retry_rule) decides).
+///    `Idempotency-Key` (the layer's [retry rule](crate::retry::RetryHints::rule) decides).
 ///    A response the origin sent, 503 included, is the origin's answer and is passed on, not
 ///    retried.
 /// 2. **The body.** A request whose body cannot be sent again ([`TryCloneBody::try_clone`] is
@@ -42,11 +42,11 @@ use super::service::RetryService;
 /// 5. **The wait.** A capped, jittered exponential backoff: retry *n* waits up to
 ///    `base_delay × 2^(n-1)`, never more than [`max_delay`](RetryPolicy::max_delay), less a
 ///    random share of up to [`jitter`](RetryPolicy::jitter) of it. If the error carries a
-///    `Retry-After` (see [`retry_after_for_kind`](crate::GatewayErrorLayer::retry_after_for_kind)),
+///    `Retry-After` (see [`retry_after_for_kind`](crate::retry::RetryHints::retry_after_for_kind)),
 ///    the wait is the longer of the two; a `Retry-After` longer than `max_delay` means no retry,
 ///    and the client gets the error with its `Retry-After`.
 /// 6. **The deadline.** The layer's [upstream timeout](crate::TimeLimits::upstream_timeout)
-///    and [response deadline](crate::GatewayErrorLayer::response_deadline) count from the start of
+///    and [response deadline](crate::TimeLimits::response_deadline) count from the start of
 ///    the first attempt: they bound the whole request, waits included. A retry that would begin
 ///    after the sooner of them is not made.
 /// 7. **The budget.** Every request deposits into a shared [`Budget`] (by default tower's
