@@ -104,6 +104,72 @@
 //! # }
 //! ```
 //!
+//! # Trying it
+//!
+//! The demo upstream on its own port, and the example gateway in front of it with
+//! `--breaker-failures 5` (off without the flag; `--breaker-open` sets the first open time, 10 s by
+//! default):
+//!
+//! ```text
+//! $ cargo run --release --example upstream -- --listen 127.0.0.1:3000 &
+//! $ cargo run --release --example gateway -- --upstream http://127.0.0.1:3000 --breaker-failures 5
+//! listening on http://127.0.0.1:8080 (with gateway-errors; upstream http://127.0.0.1:3000/, timeout 5s, read timeout 5s, unavailable after 5 failures for 10s)
+//! $ curl -s -o /dev/null -w '%{http_code}\n' http://127.0.0.1:8080/ok
+//! 200
+//! ```
+//!
+//! Stop the upstream (`kill %1`). Five requests reach the closed port and get their 502; the sixth
+//! is answered at once, and so is every request for the next 10 seconds:
+//!
+//! ```text
+//! $ for i in 1 2 3 4 5; do curl -s -o /dev/null -w '%{http_code} %header{proxy-status}\n' http://127.0.0.1:8080/ok; done
+//! 502 edge-1; error=connection_refused
+//! 502 edge-1; error=connection_refused
+//! 502 edge-1; error=connection_refused
+//! 502 edge-1; error=connection_refused
+//! 502 edge-1; error=connection_refused
+//! $ curl -i -H 'Accept: text/plain' http://127.0.0.1:8080/ok
+//! HTTP/1.1 503 Service Unavailable
+//! content-type: text/plain; charset=utf-8
+//! content-length: 208
+//! cache-control: no-store
+//! vary: accept
+//! proxy-status: edge-1; error=destination_unavailable
+//! retry-after: 10
+//!
+//! 503 Service Unavailable
+//!
+//! The upstream server is currently unavailable.
+//! This is usually temporary: the request can safely be sent again in a moment.
+//! Retry after: 10 seconds
+//! Error type: destination_unavailable
+//! ```
+//!
+//! The gateway's log (stderr) says why, once:
+//!
+//! ```text
+//! WARN gateway_errors: upstream marked unavailable gateway.upstream="http://127.0.0.1:3000" gateway.upstream_state="open" reason=5 consecutive failures, the last connection_refused gateway.open_ms=9959
+//! ```
+//!
+//! Start the upstream again. Until the open time is over, requests are still answered 503, with
+//! the seconds left; then one request goes through as the probe, it gets its answer, and traffic
+//! flows:
+//!
+//! ```text
+//! $ cargo run --release --example upstream -- --listen 127.0.0.1:3000 &
+//! $ curl -s -o /dev/null -w '%{http_code} retry-after: %header{retry-after}\n' http://127.0.0.1:8080/ok
+//! 503 retry-after: 7
+//! $ sleep 10; for i in 1 2 3; do curl -s -o /dev/null -w '%{http_code}\n' http://127.0.0.1:8080/ok; done
+//! 200
+//! 200
+//! 200
+//! ```
+//!
+//! ```text
+//! WARN gateway_errors: upstream open time over: probing gateway.upstream="http://127.0.0.1:3000" gateway.upstream_state="half_open" reason=the open time is over: one request goes through as a probe
+//! WARN gateway_errors: upstream available again gateway.upstream="http://127.0.0.1:3000" gateway.upstream_state="closed" reason=the probe succeeded
+//! ```
+//!
 //! # What counts as a failure
 //!
 //! By default, failures of the upstream's connection and timeouts, as the

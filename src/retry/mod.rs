@@ -67,6 +67,30 @@
 //! again, so a `RetryLayer` directly inside `GatewayErrorLayer` does not compile; one that sees
 //! the caller's own body there (a router that unwraps it) compiles, forwards, and warns.
 //!
+//! # When: `Retry-After`
+//!
+//! `Retry-After` is sent on generated errors where it is configured, per status or per error type
+//! (a type's setting wins), as seconds or, given a `SystemTime`, as an HTTP-date; the health
+//! layer's refusals carry their own. The body states the same delay (`retry_after`), and a gRPC
+//! caller gets it as `grpc-retry-pushback-ms`.
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! use gateway_errors::retry::RetryHints;
+//! use gateway_errors::{GatewayErrorLayer, ProxyErrorKind};
+//! use http::StatusCode;
+//!
+//! let hints = RetryHints::new()
+//!     .retry_after_for_status(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(5))
+//!     .retry_after_for_kind(ProxyErrorKind::ConnectionRefused, Duration::from_secs(2));
+//! let layer = GatewayErrorLayer::new().retry_hints(hints);
+//! ```
+//!
+//! An origin's own `Retry-After` is never touched: a forwarded response keeps it, and when the
+//! layer replaces an origin error's body ([`failure_statuses`](crate::GatewayErrorLayer::failure_statuses)),
+//! the header stays the origin's and the generated body states the same delay.
+//!
 //! [`ProxyError`]: crate::ProxyError
 //! [`ProxyError::is_retryable`]: crate::ProxyError::is_retryable
 

@@ -220,6 +220,71 @@
 //! `ProxyError::new(ProxyErrorKind::DestinationUnavailable)` answers at once; the store turns
 //! that refusal into the copy at once too (`error=destination_unavailable`).
 //!
+//! # `robots.txt` through an outage
+//!
+//! The demo upstream serves a `robots.txt` a crawler may cache for a minute. Run it on its own, and
+//! the example gateway in front of it with a one-hour window:
+//!
+//! ```text
+//! $ cargo run --example upstream -- --listen 127.0.0.1:3000
+//! $ cargo run --example gateway -- --upstream http://127.0.0.1:3000 --stale 1h
+//! listening on http://127.0.0.1:8080 (with gateway-errors; upstream http://127.0.0.1:3000/, timeout 5s, read timeout 5s)
+//! stale-if-error: last good copies answer up to 3600s past their freshness
+//! $ curl -i http://127.0.0.1:8080/robots.txt
+//! HTTP/1.1 200 OK
+//! content-type: text/plain
+//! cache-control: max-age=60
+//! last-modified: Mon, 01 Dec 2025 00:00:00 GMT
+//! date: Sat, 05 Dec 2026 12:33:54 GMT
+//! content-length: 34
+//!
+//! User-agent: *
+//! Disallow: /private/
+//! ```
+//!
+//! Stop the upstream (Ctrl-C). Every new connection to it is now refused, and `robots.txt` is still
+//! there, four seconds old, saying why it is a copy:
+//!
+//! ```text
+//! $ curl -i http://127.0.0.1:8080/robots.txt
+//! HTTP/1.1 200 OK
+//! content-type: text/plain
+//! cache-control: max-age=60
+//! last-modified: Mon, 01 Dec 2025 00:00:00 GMT
+//! date: Sat, 05 Dec 2026 12:33:54 GMT
+//! content-length: 34
+//! age: 4
+//! cache-status: edge-1; fwd=stale; fwd-status=502; ttl=56
+//! proxy-status: edge-1; error=connection_refused
+//!
+//! User-agent: *
+//! Disallow: /private/
+//! $ curl -i http://127.0.0.1:8080/private/page     # never fetched: no copy, the usual 502
+//! HTTP/1.1 502 Bad Gateway
+//! content-type: application/problem+json
+//! content-length: 163
+//! cache-control: no-store
+//! vary: accept
+//! proxy-status: edge-1; error=connection_refused
+//! date: Sat, 05 Dec 2026 12:33:58 GMT
+//!
+//! {"type":"about:blank","title":"Bad Gateway","status":502,"detail":"The upstream server refused the connection.","error_type":"connection_refused","retryable":true}
+//! ```
+//!
+//! and the gateway's log still shows the outage:
+//!
+//! ```text
+//! WARN gateway_errors: upstream request failed; answered with a stale copy error.type="connection_refused" http.response.status_code=200 gateway.stale.age_s=4 error=client error (Connect): tcp connect error: Connection refused (os error 111)
+//! ```
+//!
+//! **Why an error must never become a 404 for `robots.txt`.** A fallback that turns every upstream
+//! failure into a "not found" page looks harmless, and for `robots.txt` it is the worst answer there
+//! is: RFC 9309 §2.3.1, "Unavailable" status lets a crawler that gets a 4xx for `robots.txt` crawl everything, so during
+//! the outage `Disallow: /private/` is gone, and whatever the crawler fetches once the site is back
+//! may be indexed. A 5xx is the honest answer without a copy (the crawler then assumes it may crawl
+//! nothing, and retries), and the last good copy is the right one: the crawler keeps the rules it had,
+//! keeps crawling what it may, and never sees the outage.
+//!
 //! # Cost
 //!
 //! No Cargo feature: the store needs no dependency. What a request brings to it lives in every
