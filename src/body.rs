@@ -105,7 +105,16 @@ impl Watch {
 }
 
 impl<B> GatewayBody<B> {
-    pub(crate) fn origin(body: B, limits: BodyLimits, trace: Option<BodyTrace>) -> Self {
+    /// The origin's `body`, timed by `limits`, told to `trace`, and copied into `tee` for the
+    /// last-good-copy store when it is being stored. Made whole in one go: the body is larger
+    /// than a move the compiler makes in registers, and each extra move is a `memcpy`.
+    #[inline]
+    pub(crate) fn origin(
+        body: B,
+        limits: BodyLimits,
+        trace: Option<BodyTrace>,
+        tee: Option<Box<Tee>>,
+    ) -> Self {
         GatewayBody {
             inner: Inner::Origin { body },
             clock: BodyClock::new(limits),
@@ -113,7 +122,7 @@ impl<B> GatewayBody<B> {
                 trace,
                 #[cfg(feature = "metrics")]
                 timer: None,
-                tee: None,
+                tee,
             },
         }
     }
@@ -122,12 +131,6 @@ impl<B> GatewayBody<B> {
     #[cfg(feature = "metrics")]
     pub(crate) fn timed(mut self, timer: Option<ResponseTimer>) -> Self {
         self.watch.timer = timer;
-        self
-    }
-
-    /// Has the body copied for the last-good-copy store as it passes.
-    pub(crate) fn teed(mut self, tee: Option<Box<Tee>>) -> Self {
-        self.watch.tee = tee;
         self
     }
 
@@ -258,7 +261,7 @@ mod tests {
 
     fn scripted(limits: BodyLimits) -> (Frames, Pin<Box<GatewayBody<Scripted>>>) {
         let (tx, body) = Scripted::channel();
-        (tx, Box::pin(GatewayBody::origin(body, limits, None)))
+        (tx, Box::pin(GatewayBody::origin(body, limits, None, None)))
     }
 
     fn read_timeout(after: Duration) -> BodyLimits {
@@ -377,7 +380,7 @@ mod tests {
             false,
         );
         assert!(tee.is_some(), "the response is admitted");
-        let body = GatewayBody::origin(body, BodyLimits::default(), None).teed(tee);
+        let body = GatewayBody::origin(body, BodyLimits::default(), None, tee);
         body.collect().await.unwrap().to_bytes()
     }
 

@@ -103,7 +103,12 @@ pub(crate) fn finish<B: Body>(pending: Pending, outcome: Outcome<B>) -> Response
                     return generate(&pending, error, None, None);
                 }
             }
-            let generated_inside = response.extensions().get::<Generated>().is_some();
+            // Looked up only when the answer could be replaced: a status to intercept, or a
+            // store that may answer in its place.
+            let may_replace = pending.config.intercept.contains(status)
+                || (pending.config.stale.is_some() && pending.facts.stale.is_some());
+            let generated_inside =
+                may_replace && response.extensions().get::<Generated>().is_some();
             // A gRPC status from the origin is its answer to a gRPC caller, whatever the HTTP
             // status: never replaced.
             let grpc_answer =
@@ -213,7 +218,7 @@ fn forward<B: Body>(pending: Pending, response: Response<B>) -> Response<Gateway
         no_body,
     );
     response.map(|body| {
-        let body = GatewayBody::origin(body, limits, trace).teed(tee);
+        let body = GatewayBody::origin(body, limits, trace, tee);
         #[cfg(feature = "metrics")]
         let body = body.timed(timer);
         body

@@ -165,11 +165,6 @@ where
             let _entered = span.enter();
             self.inner.call(request)
         };
-        ResponseFuture::new(
-            future,
-            head,
-            Pending::new(config, facts, span, response_deadline),
-            upload,
-        )
+        ResponseFuture::new(future, head, config, facts, span, response_deadline, upload)
     }
 }
