@@ -286,7 +286,7 @@ pub(crate) struct BodyLimits {
 }
 
 impl BodyLimits {
-    fn is_off(&self) -> bool {
+    pub(crate) fn is_off(&self) -> bool {
         self.read_timeout.is_none() && self.response_deadline.is_none()
     }
 

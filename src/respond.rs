@@ -107,8 +107,10 @@ pub(crate) fn finish<B: Body>(pending: Pending, outcome: Outcome<B>) -> Response
             // store that may answer in its place.
             let may_replace = pending.config.intercept.contains(status)
                 || (pending.config.stale.is_some() && pending.facts.stale.is_some());
-            let generated_inside =
-                may_replace && response.extensions().get::<Generated>().is_some();
+            let generated_inside = may_replace && {
+                let extensions = response.extensions();
+                extensions.get::<Generated>().is_some() || extensions.get::<ProxyError>().is_some()
+            };
             // A gRPC status from the origin is its answer to a gRPC caller, whatever the HTTP
             // status: never replaced.
             let grpc_answer =
@@ -362,10 +364,12 @@ fn generate<B>(
     *response.status_mut() = sent;
     *response.headers_mut() = headers;
     if received.is_none() {
+        // Marks it as generated too: one entry in the map, not two.
         response.extensions_mut().insert(error);
+    } else {
+        // Zero-sized: costs no allocation once the map exists.
+        response.extensions_mut().insert(Generated);
     }
-    // Zero-sized: costs no allocation once the map exists.
-    response.extensions_mut().insert(Generated);
     response
 }
 
@@ -559,7 +563,8 @@ fn with_member(mut headers: HeaderMap, detailed: Option<HeaderValue>) -> HeaderM
 }
 
 /// Marks a response this crate generated, so that an outer layer that intercepts origin errors
-/// leaves it alone instead of rendering it a second time.
+/// leaves it alone instead of rendering it a second time. A generated error's [`ProxyError`]
+/// extension marks it as well.
 #[derive(Clone, Copy)]
 struct Generated;
 
