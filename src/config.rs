@@ -11,7 +11,6 @@ use tracing::Level;
 
 use crate::cache::AnswerCache;
 use crate::classify::Classify;
-use crate::facts::CapturePool;
 use crate::grpc::answer::GrpcCodes;
 use crate::grpc::call::FRAMINGS;
 use crate::headers::{ProxyName, ProxyStatusValues};
@@ -104,8 +103,6 @@ pub(crate) struct Config {
     /// Our `CDN-Loop` member: the proxy name, shared by every request that carries it on.
     pub(crate) cdn_loop_member: HeaderValue,
     pub(crate) answers: AnswerCache,
-    /// The boxes the store's per-request captures live in, used again request after request.
-    pub(crate) captures: CapturePool,
 }
 
 impl Config {
@@ -117,7 +114,6 @@ impl Config {
             ))
             .expect("a proxy name is visible ASCII"),
             answers: AnswerCache::new(ANSWER_FORMS),
-            captures: CapturePool::default(),
             settings,
         }
     }

@@ -2,7 +2,6 @@
 //! allocating: the answer is decided after the request itself has gone to the inner service.
 
 use std::ops::Deref;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -179,9 +178,7 @@ impl RequestFacts {
             .content_type
             .and_then(|content_type| GrpcCall::detect(content_type, fields.grpc_timeout));
         let stale = match (&config.stale, grpc) {
-            (Some(store), None) => store
-                .capture(request)
-                .map(|captured| config.captures.keep(captured)),
+            (Some(store), None) => store.capture(request).map(Captured::new),
             _ => None,
         };
         RequestFacts {
@@ -238,21 +235,39 @@ impl RequestFacts {
     }
 }
 
-/// The boxes the store's captures are kept in, used again from one request to the next: a
-/// request's capture lives out of its future without a heap allocation per request (a box is
-/// allocated only when more requests are in flight than ever before, up to [`Self::KEPT`]).
-#[derive(Default)]
-pub(crate) struct CapturePool {
-    free: Arc<Mutex<Vec<Box<Option<CapturedRequest>>>>>,
+/// The most spare boxes for the store's captures a thread keeps; one given back beyond that is
+/// freed.
+const SPARE_CAPTURES: usize = 1024;
+
+thread_local! {
+    /// The boxes the store's captures live in, used again from one request to the next: a
+    /// request's capture lives out of its future without a heap allocation per request (a box is
+    /// allocated only when a thread has more requests in flight than it has had before).
+    #[allow(clippy::vec_box)]
+    static SPARE: std::cell::RefCell<Vec<Box<Option<CapturedRequest>>>> = const {
+        std::cell::RefCell::new(Vec::new())
+    };
 }
 
-impl CapturePool {
-    /// The most empty boxes kept for later requests; a box given back beyond that is freed.
-    const KEPT: usize = 1024;
+/// A request's capture for the store, in a box that goes back to its thread's spare ones when the
+/// request is over.
+pub(crate) struct Captured {
+    /// Always `Some(Some(_))` until dropped; the box goes back emptied, so that a spare box holds
+    /// none of an old request's bytes.
+    slot: Option<Box<Option<CapturedRequest>>>,
+}
 
-    /// `captured`, in a box of the pool.
-    pub(crate) fn keep(&self, captured: CapturedRequest) -> Captured {
-        let spare = self.free.lock().ok().and_then(|mut free| free.pop());
+impl Captured {
+    fn new(captured: CapturedRequest) -> Self {
+        let spare = SPARE
+            .try_with(|spare| {
+                spare
+                    .try_borrow_mut()
+                    .ok()
+                    .and_then(|mut spare| spare.pop())
+            })
+            .ok()
+            .flatten();
         let slot = match spare {
             Some(mut slot) => {
                 *slot = Some(captured);
@@ -260,20 +275,8 @@ impl CapturePool {
             }
             None => Box::new(Some(captured)),
         };
-        Captured {
-            slot: Some(slot),
-            pool: self.free.clone(),
-        }
+        Captured { slot: Some(slot) }
     }
-}
-
-/// A request's capture for the store, in a box that goes back to its pool when the request is
-/// over.
-pub(crate) struct Captured {
-    /// Always `Some(Some(_))` until dropped; the box goes back emptied, so that a spare box holds
-    /// none of an old request's bytes.
-    slot: Option<Box<Option<CapturedRequest>>>,
-    pool: Arc<Mutex<Vec<Box<Option<CapturedRequest>>>>>,
 }
 
 impl Deref for Captured {
@@ -292,13 +295,16 @@ impl Drop for Captured {
         let Some(mut slot) = self.slot.take() else {
             return;
         };
-        // Emptied outside the lock: this lets go of the request's bytes.
+        // This lets go of the request's bytes.
         *slot = None;
-        if let Ok(mut free) = self.pool.lock() {
-            if free.len() < CapturePool::KEPT {
-                free.push(slot);
+        // At the thread's exit, or if the list is in use, the box is simply freed.
+        let _ = SPARE.try_with(|spare| {
+            if let Ok(mut spare) = spare.try_borrow_mut() {
+                if spare.len() < SPARE_CAPTURES {
+                    spare.push(slot);
+                }
             }
-        }
+        });
     }
 }
 

@@ -339,7 +339,9 @@ fn generate<B>(
             fault,
             // The breaker logged the outage when it marked the upstream, and the limit its fall:
             // their refusals are not news.
-            known: chain(&error).any(|e| e.is::<UpstreamUnavailable>() || e.is::<LimitReached>()),
+            known: &|| {
+                chain(&error).any(|e| e.is::<UpstreamUnavailable>() || e.is::<LimitReached>())
+            },
         },
     );
     #[cfg(feature = "metrics")]

@@ -164,7 +164,8 @@ pub(crate) struct Generated<'a> {
     pub(crate) fault: Fault,
     /// An answer from what the gateway already knows (an upstream marked unavailable): the
     /// failure was logged when it was learnt, so each answer is an `INFO` event, not a `WARN`.
-    pub(crate) known: bool,
+    /// Asked only when the event may be wanted: it walks the error's chain.
+    pub(crate) known: &'a dyn Fn() -> bool,
 }
 
 /// The client went away before its answer was complete: not an error, and no one's failure.
@@ -178,13 +179,13 @@ pub(crate) fn record_client_gone(span: &Span) {
 /// Records the decision on the span, and one event with the whole error chain for operators.
 pub(crate) fn record_generated(span: &Span, generated: &Generated<'_>) {
     let sent = i64::from(generated.sent.as_u16());
+    // Nothing wanted at `WARN` is nothing wanted at `INFO` either: then the chain is not walked.
+    if span.is_disabled() && !tracing::event_enabled!(target: TARGET, Level::WARN) {
+        return;
+    }
+    let known = (generated.known)();
     if span.is_disabled() {
-        let wanted = if generated.known {
-            tracing::event_enabled!(target: TARGET, Level::INFO)
-        } else {
-            tracing::event_enabled!(target: TARGET, Level::WARN)
-        };
-        if !wanted {
+        if known && !tracing::event_enabled!(target: TARGET, Level::INFO) {
             return;
         }
     } else {
@@ -225,7 +226,7 @@ pub(crate) fn record_generated(span: &Span, generated: &Generated<'_>) {
             )
         };
     }
-    if generated.status.is_server_error() && !generated.known {
+    if generated.status.is_server_error() && !known {
         event_at!(Level::WARN);
     } else {
         event_at!(Level::INFO);
