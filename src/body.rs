@@ -33,8 +33,9 @@ pin_project! {
     /// [`ProxyError`] of kind `connection_read_timeout` (or `http_response_timeout` for the
     /// deadline), so an outer layer can tell what happened; the span records it too.
     ///
-    /// The timer lives inline, so the body is `!Unpin` (as tower-http's `TimeoutBody` is): hyper
-    /// and axum pin it themselves; to poll it by hand, pin it first (`std::pin::pin!`, `Box::pin`).
+    /// The timer and what watches the body live out of line, in a box that the thread's next body
+    /// uses again (no allocation per response): the body is a few words more than the origin's,
+    /// and it is `Unpin` when the origin's body is.
     pub struct GatewayBody<B> {
         #[pin]
         inner: Inner<B>,
@@ -419,6 +420,37 @@ mod tests {
         assert!(body.is_end_stream());
         assert!(body.frame().await.is_none());
         drop(tx);
+    }
+
+    /// Where a body's clock and watch live, if it has them.
+    fn parts_address(body: &GatewayBody<Scripted>) -> Option<*const Parts> {
+        body.extras.0.as_ref().map(|parts| &**parts as *const Parts)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bodys_parts_are_used_again_by_the_next_body_and_its_clock_starts_afresh() {
+        let (tx, mut body) = scripted(read_timeout(Duration::from_secs(1)));
+        let first = parts_address(&body).expect("a timed body has its parts");
+        // The first body's clock runs out.
+        let error = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(kind_of(&error), Some(ProxyErrorKind::ConnectionReadTimeout));
+        drop(body);
+        drop(tx);
+
+        // The next body on this thread gets the same box: no allocation.
+        let (tx, mut body) = scripted(read_timeout(Duration::from_secs(1)));
+        assert_eq!(parts_address(&body), Some(first));
+        // Its clock is its own: a frame 900 ms on is within its limit.
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(900)).await;
+            tx.send(Ok(Bytes::from_static(b"a"))).unwrap();
+        });
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "a");
+
+        // A body that nothing times or watches has no parts at all.
+        let (_tx, untimed) = scripted(BodyLimits::default());
+        assert_eq!(parts_address(&untimed), None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -304,7 +304,8 @@ pin_project! {
     ///
     /// One timer per body, created the first time the body makes the gateway wait and moved
     /// forward only when it fires early: a frame costs a store, a wait costs one clock read, and
-    /// nothing allocates (the timer lives inline in the body).
+    /// nothing allocates (the timer lives inline in the box of the body's parts, which is used
+    /// again by the next body).
     pub(crate) struct BodyClock {
         limits: BodyLimits,
         // When the gateway began waiting on the origin for the next frame; `None` while it is
