@@ -33,14 +33,95 @@ pin_project! {
     /// [`ProxyError`] of kind `connection_read_timeout` (or `http_response_timeout` for the
     /// deadline), so an outer layer can tell what happened; the span records it too.
     ///
-    /// The timer lives inline, so the body is `!Unpin` (as tower-http's `TimeoutBody` is): hyper
-    /// and axum pin it themselves; to poll it by hand, pin it first (`std::pin::pin!`, `Box::pin`).
+    /// The timer and what watches the body live out of line, in a box that the thread's next body
+    /// uses again (no allocation per response): the body is a few words more than the origin's,
+    /// and it is `Unpin` when the origin's body is.
     pub struct GatewayBody<B> {
         #[pin]
         inner: Inner<B>,
+        // The clock and the watch of an origin's body; none for a generated body, nor for an
+        // origin's body that nothing times or watches.
+        extras: Extras,
+    }
+}
+
+pin_project! {
+    /// What an origin's body carries besides itself.
+    #[project = PartsProj]
+    struct Parts {
         #[pin]
         clock: BodyClock,
         watch: Watch,
+    }
+}
+
+/// The [`Parts`] of a body, out of line: a body is moved several times on its way to the client,
+/// and one this small is moved in registers rather than copied by `memcpy` each time. The box is
+/// not allocated per body: it comes from, and goes back to, a list of spare ones kept per thread.
+/// The parts are dropped as the body is (the timer leaves the runtime's wheel, the watch says
+/// what a dropped body says), before their box is kept for another body.
+struct Extras(Option<Pin<Box<Parts>>>);
+
+/// The most spare boxes a thread keeps; one given back beyond that is freed.
+const SPARE_PARTS: usize = 1024;
+
+thread_local! {
+    static SPARE: std::cell::RefCell<Vec<Pin<Box<Parts>>>> = const {
+        std::cell::RefCell::new(Vec::new())
+    };
+}
+
+impl Extras {
+    const NONE: Extras = Extras(None);
+
+    fn new(limits: BodyLimits, watch: Watch) -> Self {
+        let spare = SPARE
+            .try_with(|spare| {
+                spare
+                    .try_borrow_mut()
+                    .ok()
+                    .and_then(|mut spare| spare.pop())
+            })
+            .ok()
+            .flatten();
+        let parts = match spare {
+            Some(mut parts) => {
+                let mut this = parts.as_mut().project();
+                this.clock.set(BodyClock::new(limits));
+                *this.watch = watch;
+                parts
+            }
+            None => Box::pin(Parts {
+                clock: BodyClock::new(limits),
+                watch,
+            }),
+        };
+        Extras(Some(parts))
+    }
+
+    fn project(&mut self) -> Option<PartsProj<'_>> {
+        self.0.as_mut().map(|parts| parts.as_mut().project())
+    }
+}
+
+impl Drop for Extras {
+    fn drop(&mut self) {
+        let Some(mut parts) = self.0.take() else {
+            return;
+        };
+        {
+            let mut this = parts.as_mut().project();
+            this.clock.set(BodyClock::new(BodyLimits::default()));
+            *this.watch = Watch::default();
+        }
+        // At the thread's exit, or if the list is in use, the box is simply freed.
+        let _ = SPARE.try_with(|spare| {
+            if let Ok(mut spare) = spare.try_borrow_mut() {
+                if spare.len() < SPARE_PARTS {
+                    spare.push(parts);
+                }
+            }
+        });
     }
 }
 
@@ -66,6 +147,15 @@ struct Watch {
 }
 
 impl Watch {
+    /// Whether no one is to be told anything.
+    fn is_idle(&self) -> bool {
+        #[cfg(feature = "metrics")]
+        if self.timer.is_some() {
+            return false;
+        }
+        self.trace.is_none() && self.tee.is_none()
+    }
+
     /// The body ended: well, or badly with `failure` (why, and the error).
     /// `failure` says why, whose fault it was, and the error.
     fn ended(&mut self, failure: Option<(ProxyErrorKind, Fault, &(dyn StdError + 'static))>) {
@@ -105,29 +195,48 @@ impl Watch {
 }
 
 impl<B> GatewayBody<B> {
-    pub(crate) fn origin(body: B, limits: BodyLimits, trace: Option<BodyTrace>) -> Self {
+    /// The origin's `body`, timed by `limits`, told to `trace`, and copied into `tee` for the
+    /// last-good-copy store when it is being stored. Made whole in one go: the body is larger
+    /// than a move the compiler makes in registers, and each extra move is a `memcpy`.
+    #[inline]
+    pub(crate) fn origin(
+        body: B,
+        limits: BodyLimits,
+        trace: Option<BodyTrace>,
+        tee: Option<Box<Tee>>,
+    ) -> Self {
+        let watch = Watch {
+            trace,
+            #[cfg(feature = "metrics")]
+            timer: None,
+            tee,
+        };
+        let extras = if limits.is_off() && watch.is_idle() {
+            Extras::NONE
+        } else {
+            Extras::new(limits, watch)
+        };
         GatewayBody {
             inner: Inner::Origin { body },
-            clock: BodyClock::new(limits),
-            watch: Watch {
-                trace,
-                #[cfg(feature = "metrics")]
-                timer: None,
-                tee: None,
-            },
+            extras,
         }
     }
 
     /// Has the body record the request's duration when it ends.
     #[cfg(feature = "metrics")]
     pub(crate) fn timed(mut self, timer: Option<ResponseTimer>) -> Self {
-        self.watch.timer = timer;
-        self
-    }
-
-    /// Has the body copied for the last-good-copy store as it passes.
-    pub(crate) fn teed(mut self, tee: Option<Box<Tee>>) -> Self {
-        self.watch.tee = tee;
+        if timer.is_some() {
+            match self.extras.project() {
+                Some(parts) => parts.watch.timer = timer,
+                None => {
+                    let watch = Watch {
+                        timer,
+                        ..Watch::default()
+                    };
+                    self.extras = Extras::new(BodyLimits::default(), watch);
+                }
+            }
+        }
         self
     }
 
@@ -136,8 +245,7 @@ impl<B> GatewayBody<B> {
             inner: Inner::Generated {
                 data: (!data.is_empty()).then_some(data),
             },
-            clock: BodyClock::new(BodyLimits::default()),
-            watch: Watch::default(),
+            extras: Extras::NONE,
         }
     }
 
@@ -166,34 +274,43 @@ where
             }
             InnerProj::Cut => return Poll::Ready(None),
             InnerProj::Origin { mut body } => match body.as_mut().poll_frame(cx) {
-                Poll::Pending => match this.clock.poll_expired(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(timed_out) => timed_out,
+                Poll::Pending => match this.extras.project() {
+                    None => return Poll::Pending,
+                    Some(parts) => match parts.clock.poll_expired(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(timed_out) => timed_out,
+                    },
                 },
                 Poll::Ready(Some(Ok(frame))) => {
-                    this.clock.frame_arrived();
-                    if let Some(trace) = this.watch.trace.as_mut() {
-                        trace.forwarded(&frame);
-                    }
-                    this.watch.copy(&frame);
-                    // A server stops polling once `is_end_stream` says the body is done, so the
-                    // end may never be seen as `None`.
-                    if body.is_end_stream() {
-                        this.watch.ended(None);
+                    if let Some(parts) = this.extras.project() {
+                        parts.clock.frame_arrived();
+                        if let Some(trace) = parts.watch.trace.as_mut() {
+                            trace.forwarded(&frame);
+                        }
+                        parts.watch.copy(&frame);
+                        // A server stops polling once `is_end_stream` says the body is done, so
+                        // the end may never be seen as `None`.
+                        if body.is_end_stream() {
+                            parts.watch.ended(None);
+                        }
                     }
                     return Poll::Ready(Some(Ok(frame)));
                 }
                 Poll::Ready(Some(Err(error))) => {
                     let error: BoxError = error.into();
-                    this.watch.ended(Some((
-                        ProxyErrorKind::HttpResponseIncomplete,
-                        Fault::Upstream,
-                        &*error,
-                    )));
+                    if let Some(parts) = this.extras.project() {
+                        parts.watch.ended(Some((
+                            ProxyErrorKind::HttpResponseIncomplete,
+                            Fault::Upstream,
+                            &*error,
+                        )));
+                    }
                     return Poll::Ready(Some(Err(error)));
                 }
                 Poll::Ready(None) => {
-                    this.watch.ended(None);
+                    if let Some(parts) = this.extras.project() {
+                        parts.watch.ended(None);
+                    }
                     return Poll::Ready(None);
                 }
             },
@@ -207,8 +324,11 @@ where
         } else {
             Fault::Client
         };
-        this.watch
-            .ended(Some((timed_out.kind(), fault, &timed_out)));
+        if let Some(parts) = this.extras.project() {
+            parts
+                .watch
+                .ended(Some((timed_out.kind(), fault, &timed_out)));
+        }
         let error = ProxyError::new(timed_out.kind()).with_source(timed_out);
         Poll::Ready(Some(Err(Box::new(error))))
     }
@@ -258,7 +378,7 @@ mod tests {
 
     fn scripted(limits: BodyLimits) -> (Frames, Pin<Box<GatewayBody<Scripted>>>) {
         let (tx, body) = Scripted::channel();
-        (tx, Box::pin(GatewayBody::origin(body, limits, None)))
+        (tx, Box::pin(GatewayBody::origin(body, limits, None, None)))
     }
 
     fn read_timeout(after: Duration) -> BodyLimits {
@@ -300,6 +420,37 @@ mod tests {
         assert!(body.is_end_stream());
         assert!(body.frame().await.is_none());
         drop(tx);
+    }
+
+    /// Where a body's clock and watch live, if it has them.
+    fn parts_address(body: &GatewayBody<Scripted>) -> Option<*const Parts> {
+        body.extras.0.as_ref().map(|parts| &**parts as *const Parts)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bodys_parts_are_used_again_by_the_next_body_and_its_clock_starts_afresh() {
+        let (tx, mut body) = scripted(read_timeout(Duration::from_secs(1)));
+        let first = parts_address(&body).expect("a timed body has its parts");
+        // The first body's clock runs out.
+        let error = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(kind_of(&error), Some(ProxyErrorKind::ConnectionReadTimeout));
+        drop(body);
+        drop(tx);
+
+        // The next body on this thread gets the same box: no allocation.
+        let (tx, mut body) = scripted(read_timeout(Duration::from_secs(1)));
+        assert_eq!(parts_address(&body), Some(first));
+        // Its clock is its own: a frame 900 ms on is within its limit.
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(900)).await;
+            tx.send(Ok(Bytes::from_static(b"a"))).unwrap();
+        });
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "a");
+
+        // A body that nothing times or watches has no parts at all.
+        let (_tx, untimed) = scripted(BodyLimits::default());
+        assert_eq!(parts_address(&untimed), None);
     }
 
     #[tokio::test(start_paused = true)]
@@ -377,7 +528,7 @@ mod tests {
             false,
         );
         assert!(tee.is_some(), "the response is admitted");
-        let body = GatewayBody::origin(body, BodyLimits::default(), None).teed(tee);
+        let body = GatewayBody::origin(body, BodyLimits::default(), None, tee);
         body.collect().await.unwrap().to_bytes()
     }
 

@@ -202,13 +202,12 @@ pub(crate) fn dropped_for() -> Option<TimedOut> {
 
 pin_project! {
     /// The clock on the response head: one timer, set for the sooner of the upstream timeout and
-    /// the response deadline.
+    /// the response deadline. The deadline itself is not kept here (the request's future holds it
+    /// once, for the body too): `postpone` is given it.
     pub(crate) struct HeadClock {
         #[pin]
         timer: Option<Sleep>,
         limit: Limit,
-        // Kept for `postpone`: the upstream timeout may move, the response deadline never does.
-        deadline: Option<ResponseDeadline>,
     }
 }
 
@@ -227,19 +226,23 @@ impl HeadClock {
             Some((due, limit)) => HeadClock {
                 timer: Some(tokio::time::sleep_until(due)),
                 limit,
-                deadline,
             },
             None => HeadClock::off(),
         }
     }
 
     /// The upstream timeout of `after` now runs out at `due` (the time the gateway spent waiting
-    /// on the client is not the upstream's); the response deadline still fires first if it is
-    /// sooner.
-    pub(crate) fn postpone(self: Pin<&mut Self>, due: Instant, after: Duration) {
+    /// on the client is not the upstream's); the response `deadline` (the one the clock was made
+    /// with) still fires first if it is sooner.
+    pub(crate) fn postpone(
+        self: Pin<&mut Self>,
+        due: Instant,
+        after: Duration,
+        deadline: Option<ResponseDeadline>,
+    ) {
         let mut this = self.project();
         let head = Some((due, Limit::Head(after)));
-        let Some((due, limit)) = sooner(head, this.deadline.and_then(ResponseDeadline::due)) else {
+        let Some((due, limit)) = sooner(head, deadline.and_then(ResponseDeadline::due)) else {
             return;
         };
         *this.limit = limit;
@@ -254,7 +257,6 @@ impl HeadClock {
         HeadClock {
             timer: None,
             limit: Limit::Head(Duration::ZERO),
-            deadline: None,
         }
     }
 
@@ -284,7 +286,7 @@ pub(crate) struct BodyLimits {
 }
 
 impl BodyLimits {
-    fn is_off(&self) -> bool {
+    pub(crate) fn is_off(&self) -> bool {
         self.read_timeout.is_none() && self.response_deadline.is_none()
     }
 
@@ -302,7 +304,8 @@ pin_project! {
     ///
     /// One timer per body, created the first time the body makes the gateway wait and moved
     /// forward only when it fires early: a frame costs a store, a wait costs one clock read, and
-    /// nothing allocates (the timer lives inline in the body).
+    /// nothing allocates (the timer lives inline in the box of the body's parts, which is used
+    /// again by the next body).
     pub(crate) struct BodyClock {
         limits: BodyLimits,
         // When the gateway began waiting on the origin for the next frame; `None` while it is

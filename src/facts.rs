@@ -1,6 +1,7 @@
 //! What a request says that its answer may need, read once when the request arrives, without
 //! allocating: the answer is decided after the request itself has gone to the inner service.
 
+use std::ops::Deref;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -30,8 +31,9 @@ pub(crate) struct RequestFacts {
     /// A gRPC caller is answered in gRPC's terms; `None` for every other request.
     pub(crate) grpc: Option<GrpcCall>,
     /// What the last-good-copy store needs of the request; `None` without a store, and for a
-    /// request it has no use for.
-    pub(crate) stale: Option<CapturedRequest>,
+    /// request it has no use for. Out of line: a pointer for every request, not the capture's
+    /// size in every future.
+    pub(crate) stale: Option<Captured>,
     /// When the request arrived, and its method's attribute; only when metrics are recorded.
     #[cfg(feature = "metrics")]
     pub(crate) metrics: Option<crate::metrics::Started>,
@@ -52,6 +54,21 @@ pub(crate) struct Fields<'a> {
     connection: bool,
     /// `Keep-Alive` or `Proxy-Connection`.
     other_hop_by_hop: bool,
+}
+
+/// The bytes of a field name (lowercase, as every `HeaderName` is).
+#[inline]
+fn bytes(name: &HeaderName) -> &[u8] {
+    name.as_str().as_bytes()
+}
+
+/// The standard fields the layer reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    Accept,
+    ContentType,
+    Connection,
+    Upgrade,
 }
 
 /// The first line of a field, and whether there are more.
@@ -84,31 +101,45 @@ impl<'a> Fields<'a> {
             connection: false,
             other_hop_by_hop: false,
         };
+        let request_id = bytes(request_id);
         for (name, value) in headers {
-            if name == header::ACCEPT {
-                fields.accept.add(value);
-            } else if name == header::CONTENT_TYPE {
-                fields.content_type.get_or_insert(value);
-            } else if name == header::CONNECTION {
-                fields.connection = true;
-            } else if name == header::UPGRADE {
-                fields.upgrade.get_or_insert(value);
-            } else if name == request_id {
-                fields.request_id.get_or_insert(value);
-            } else {
-                // The names the layer reads that are not standard: compared as bytes.
-                if name == CDN_LOOP {
-                    fields.cdn_loop = true;
-                } else if name == IDEMPOTENCY_KEY {
-                    fields.idempotency_key.add(value);
-                } else if name == GRPC_TIMEOUT {
-                    fields.grpc_timeout.get_or_insert(value);
-                } else if name == KEEP_ALIVE || name == PROXY_CONNECTION {
-                    fields.other_hop_by_hop = true;
-                }
+            // Names are lowercase, standard or not: their length picks the one name each could
+            // be, and one comparison of a few bytes settles it. Most fields are none of these.
+            let name = bytes(name);
+            match Self::standard(name) {
+                Some(Read::Accept) => fields.accept.add(value),
+                Some(Read::ContentType) => _ = fields.content_type.get_or_insert(value),
+                Some(Read::Connection) => fields.connection = true,
+                Some(Read::Upgrade) => _ = fields.upgrade.get_or_insert(value),
+                _ if name == request_id => _ = fields.request_id.get_or_insert(value),
+                // The names the layer reads that are not standard, each compared only to a name
+                // of its length.
+                _ => match name.len() {
+                    8 if name == bytes(&CDN_LOOP) => fields.cdn_loop = true,
+                    15 if name == bytes(&IDEMPOTENCY_KEY) => fields.idempotency_key.add(value),
+                    12 if name == bytes(&GRPC_TIMEOUT) => {
+                        _ = fields.grpc_timeout.get_or_insert(value);
+                    }
+                    10 if name == bytes(&KEEP_ALIVE) => fields.other_hop_by_hop = true,
+                    16 if name == bytes(&PROXY_CONNECTION) => fields.other_hop_by_hop = true,
+                    _ => {}
+                },
             }
         }
         fields
+    }
+
+    /// Which of the standard fields the layer reads `name` is, if any. They come before the
+    /// configured request id field, which cannot stand for one of them.
+    #[inline]
+    fn standard(name: &[u8]) -> Option<Read> {
+        match name.len() {
+            6 if name == b"accept" => Some(Read::Accept),
+            12 if name == b"content-type" => Some(Read::ContentType),
+            10 if name == b"connection" => Some(Read::Connection),
+            7 if name == b"upgrade" => Some(Read::Upgrade),
+            _ => None,
+        }
     }
 
     /// Whether the request holds a field a proxy does not forward: `Connection` and what it
@@ -147,7 +178,7 @@ impl RequestFacts {
             .content_type
             .and_then(|content_type| GrpcCall::detect(content_type, fields.grpc_timeout));
         let stale = match (&config.stale, grpc) {
-            (Some(store), None) => store.capture(request),
+            (Some(store), None) => store.capture(request).map(Captured::new),
             _ => None,
         };
         RequestFacts {
@@ -204,6 +235,79 @@ impl RequestFacts {
     }
 }
 
+/// The most spare boxes for the store's captures a thread keeps; one given back beyond that is
+/// freed.
+const SPARE_CAPTURES: usize = 1024;
+
+thread_local! {
+    /// The boxes the store's captures live in, used again from one request to the next: a
+    /// request's capture lives out of its future without a heap allocation per request (a box is
+    /// allocated only when a thread has more requests in flight than it has had before).
+    #[allow(clippy::vec_box)]
+    static SPARE: std::cell::RefCell<Vec<Box<Option<CapturedRequest>>>> = const {
+        std::cell::RefCell::new(Vec::new())
+    };
+}
+
+/// A request's capture for the store, in a box that goes back to its thread's spare ones when the
+/// request is over.
+pub(crate) struct Captured {
+    /// Always `Some(Some(_))` until dropped; the box goes back emptied, so that a spare box holds
+    /// none of an old request's bytes.
+    slot: Option<Box<Option<CapturedRequest>>>,
+}
+
+impl Captured {
+    fn new(captured: CapturedRequest) -> Self {
+        let spare = SPARE
+            .try_with(|spare| {
+                spare
+                    .try_borrow_mut()
+                    .ok()
+                    .and_then(|mut spare| spare.pop())
+            })
+            .ok()
+            .flatten();
+        let slot = match spare {
+            Some(mut slot) => {
+                *slot = Some(captured);
+                slot
+            }
+            None => Box::new(Some(captured)),
+        };
+        Captured { slot: Some(slot) }
+    }
+}
+
+impl Deref for Captured {
+    type Target = CapturedRequest;
+
+    fn deref(&self) -> &CapturedRequest {
+        match self.slot.as_deref() {
+            Some(Some(captured)) => captured,
+            _ => unreachable!("a capture is emptied only when it is dropped"),
+        }
+    }
+}
+
+impl Drop for Captured {
+    fn drop(&mut self) {
+        let Some(mut slot) = self.slot.take() else {
+            return;
+        };
+        // This lets go of the request's bytes.
+        *slot = None;
+        // At the thread's exit, or if the list is in use, the box is simply freed.
+        let _ = SPARE.try_with(|spare| {
+            if let Ok(mut spare) = spare.try_borrow_mut() {
+                if spare.len() < SPARE_CAPTURES {
+                    spare.push(slot);
+                }
+            }
+        });
+    }
+}
+
 /// The request's `Accept`, kept so that a successful request never pays for negotiation.
 enum AcceptSnapshot {
     Absent,
@@ -237,6 +341,41 @@ mod tests {
         assert_eq!(fields.idempotency_key.first.unwrap(), "\"a\"");
         assert_eq!(fields.request_id.unwrap(), "r-1");
         assert!(fields.cdn_loop);
+        assert!(!fields.has_hop_by_hop());
+    }
+
+    #[test]
+    fn the_standard_names_are_http_crates_and_a_name_of_the_same_length_is_none_of_them() {
+        for (name, read) in [
+            (header::ACCEPT, Read::Accept),
+            (header::CONTENT_TYPE, Read::ContentType),
+            (header::CONNECTION, Read::Connection),
+            (header::UPGRADE, Read::Upgrade),
+        ] {
+            assert_eq!(Fields::standard(bytes(&name)), Some(read), "{name}");
+        }
+        let request_id = HeaderName::from_static("x-request-id");
+        // Each as long as a name the layer reads, and none of them.
+        let headers = map(&[
+            ("accepts", "text/html"),
+            ("content-typo", "application/grpc"),
+            ("connexion", "close"),
+            ("upgrades", "websocket"),
+            ("cdn-loops", "edge-1"),
+            ("x-forwarded-for", "\"a\""),
+            ("grpc-timeouts", "1m"),
+            ("keep-alivf", "x"),
+            ("proxy-connectiom", "x"),
+            ("x-request-ie", "r-1"),
+        ]);
+        let fields = Fields::scan(&headers, &request_id);
+        assert!(fields.accept.first.is_none());
+        assert!(fields.content_type.is_none());
+        assert!(fields.upgrade.is_none());
+        assert!(fields.grpc_timeout.is_none());
+        assert!(fields.idempotency_key.first.is_none());
+        assert!(fields.request_id.is_none());
+        assert!(!fields.cdn_loop);
         assert!(!fields.has_hop_by_hop());
     }
 

@@ -10,15 +10,19 @@ use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body::Body;
 use pin_project_lite::pin_project;
+use tracing::Span;
 
 use crate::BoxError;
 use crate::body::GatewayBody;
 use crate::classify::classification::Classification;
-use crate::deadline::{self, HeadClock};
+use crate::config::Config;
+use crate::deadline::{self, HeadClock, ResponseDeadline};
 use crate::error::ProxyError;
+use crate::facts::RequestFacts;
 use crate::fault::Fault;
 use crate::kind::RequestSent;
 use crate::respond::{self, Outcome, Pending};
+use crate::retry::attempt::Attempt;
 use crate::upload::{UploadError, UploadWatch};
 
 pin_project! {
@@ -57,16 +61,33 @@ pin_project! {
 }
 
 impl<F> ResponseFuture<F> {
+    /// The future of a call made: `facts` and the rest go straight into it, each moved once (a
+    /// `Pending` made first, then moved in, is one more copy of its bytes per request).
+    #[inline(always)]
+    // The parts are taken one by one so that `Pending` is built in its place in the future,
+    // not built first and then moved in.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         future: F,
         clock: HeadClock,
-        pending: Pending,
+        config: Arc<Config>,
+        facts: RequestFacts,
+        span: Span,
+        response_deadline: Option<ResponseDeadline>,
+        attempt: Option<Attempt>,
         upload: Option<Arc<UploadWatch>>,
     ) -> Self {
         ResponseFuture {
             state: State::Waiting { future },
             clock,
-            pending: Some(pending),
+            pending: Some(Pending {
+                attempt,
+                started: (!span.is_disabled()).then(std::time::Instant::now),
+                config,
+                facts,
+                span,
+                response_deadline,
+            }),
             upload,
         }
     }
@@ -118,7 +139,9 @@ where
                         if let Some(upload) = this.upload.as_ref() {
                             upload.wake_on_fault(cx.waker());
                         }
-                        match poll_limits(this.clock.as_mut(), this.upload.as_deref(), cx) {
+                        let deadline = pending.response_deadline;
+                        match poll_limits(this.clock.as_mut(), deadline, this.upload.as_deref(), cx)
+                        {
                             Poll::Pending => return Poll::Pending,
                             Poll::Ready(outcome) => outcome,
                         }
@@ -158,6 +181,7 @@ impl<F> State<F> {
 /// with the outcome once one of them decides it.
 fn poll_limits<B>(
     mut clock: Pin<&mut HeadClock>,
+    deadline: Option<ResponseDeadline>,
     upload: Option<&UploadWatch>,
     cx: &mut Context<'_>,
 ) -> Poll<Outcome<B>> {
@@ -171,7 +195,7 @@ fn poll_limits<B>(
         // The client's wait that held the upstream's clock is over: it runs again from here.
         let now = tokio::time::Instant::now();
         let due = upload.arrived() + after.saturating_add(upload.client_time(now));
-        clock.as_mut().postpone(due, after);
+        clock.as_mut().postpone(due, after, deadline);
     }
     loop {
         let timed_out = std::task::ready!(clock.as_mut().poll_expired(cx));
@@ -184,7 +208,7 @@ fn poll_limits<B>(
             // waits on the client, the upstream's clock is stopped: the body wakes this future
             // when that wait ends (the timer is set a whole timeout on, as a bound).
             if upload.park_while_waiting(now, after) {
-                clock.as_mut().postpone(now + after, after);
+                clock.as_mut().postpone(now + after, after, deadline);
                 continue;
             }
             let upstream_time = now
@@ -193,7 +217,7 @@ fn poll_limits<B>(
             if upstream_time < after {
                 clock
                     .as_mut()
-                    .postpone(now + (after - upstream_time), after);
+                    .postpone(now + (after - upstream_time), after, deadline);
                 continue;
             }
         }
@@ -535,5 +559,38 @@ mod tests {
             warnings[0].contains("body failed after the head"),
             "{warnings:?}"
         );
+    }
+}
+
+#[cfg(test)]
+mod size {
+    use std::mem::size_of;
+
+    use bytes::Bytes;
+    use http_body_util::Empty;
+
+    use super::ResponseFuture;
+    use crate::body::GatewayBody;
+
+    type Trivial = std::future::Ready<Result<http::Response<Empty<Bytes>>, std::io::Error>>;
+
+    /// The future and the response body are each moved several times on their way through a
+    /// server: every byte of them is copied each time, and a value larger than a few registers'
+    /// worth is copied by a call to `memcpy`.
+    #[test]
+    fn the_response_future_and_body_are_small() {
+        let future = size_of::<ResponseFuture<Trivial>>();
+        let body = size_of::<GatewayBody<Empty<Bytes>>>();
+        eprintln!(
+            "ResponseFuture<trivial> {future} (inner {}; Pending {}, RequestFacts {}, HeadClock {}), GatewayBody<Empty> {body}",
+            size_of::<Trivial>(),
+            size_of::<crate::respond::Pending>(),
+            size_of::<crate::facts::RequestFacts>(),
+            size_of::<crate::deadline::HeadClock>(),
+        );
+        // The origin's body with one pointer to what times and watches it.
+        assert!(body <= 64, "GatewayBody<Empty> is {body} bytes");
+        // The store's capture, and a second copy of the response deadline, are not inline.
+        assert!(future <= 640, "ResponseFuture<trivial> is {future} bytes");
     }
 }

@@ -79,8 +79,14 @@ impl<S: Clone> Clone for GatewayErrorService<S> {
     /// A clone for another request: the same inner service and configuration. An error the
     /// inner service gave in `poll_ready` belongs to the call that follows it on this value, so
     /// the clone does not carry it (it polls readiness again itself).
+    #[inline]
     fn clone(&self) -> Self {
-        GatewayErrorService::from_config(self.inner.clone(), self.config.clone())
+        // Written in place: a server clones the service for every request.
+        GatewayErrorService {
+            inner: self.inner.clone(),
+            config: self.config.clone(),
+            ready_error: None,
+        }
     }
 }
 
@@ -183,7 +189,11 @@ where
         ResponseFuture::new(
             future,
             head,
-            Pending::new(config, facts, span, response_deadline, attempt),
+            config,
+            facts,
+            span,
+            response_deadline,
+            attempt,
             upload,
         )
     }

@@ -174,8 +174,9 @@ pub(crate) struct Generated<'a> {
     pub(crate) fault: Fault,
     /// An answer from what the gateway already knows (an upstream marked unavailable, or at its
     /// concurrency limit): the failure was logged when it was learnt, so each answer is a `DEBUG`
-    /// event, not a `WARN` or an `INFO` per request for as long as the outage lasts.
-    pub(crate) known: bool,
+    /// event, not a `WARN` or an `INFO` per request for as long as the outage lasts. Asked only
+    /// when the event may be wanted: it walks the error's chain.
+    pub(crate) known: &'a dyn Fn() -> bool,
 }
 
 /// The client went away before its answer was complete: not an error, and no one's failure.
@@ -189,13 +190,14 @@ pub(crate) fn record_client_gone(span: &Span) {
 /// Records the decision on the span, and one event with the whole error chain for operators.
 pub(crate) fn record_generated(span: &Span, generated: &Generated<'_>) {
     let sent = i64::from(generated.sent.as_u16());
+    // Nothing wanted at `WARN` is nothing wanted at `INFO` or `DEBUG` either: then the chain is
+    // not walked.
+    if span.is_disabled() && !tracing::event_enabled!(target: TARGET, Level::WARN) {
+        return;
+    }
+    let known = (generated.known)();
     if span.is_disabled() {
-        let wanted = if generated.known {
-            tracing::event_enabled!(target: TARGET, Level::DEBUG)
-        } else {
-            tracing::event_enabled!(target: TARGET, Level::WARN)
-        };
-        if !wanted {
+        if known && !tracing::event_enabled!(target: TARGET, Level::DEBUG) {
             return;
         }
     } else {
@@ -236,7 +238,7 @@ pub(crate) fn record_generated(span: &Span, generated: &Generated<'_>) {
             )
         };
     }
-    if generated.known {
+    if known {
         event_at!(Level::DEBUG);
     } else if generated.status.is_server_error() {
         event_at!(Level::WARN);

@@ -52,7 +52,7 @@ pub(super) fn forward<B: Body>(
         no_body,
     );
     response.map(|body| {
-        let body = GatewayBody::origin(body, limits, trace).teed(tee);
+        let body = GatewayBody::origin(body, limits, trace, tee);
         #[cfg(feature = "metrics")]
         let body = body.timed(timer);
         body

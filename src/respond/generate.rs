@@ -125,7 +125,9 @@ pub(super) fn generate<B>(
             fault,
             // The breaker logged the outage when it marked the upstream, and the limit its fall:
             // their refusals are not news.
-            known: chain(&error).any(|e| e.is::<UpstreamUnavailable>() || e.is::<LimitReached>()),
+            known: &|| {
+                chain(&error).any(|e| e.is::<UpstreamUnavailable>() || e.is::<LimitReached>())
+            },
         },
     );
     #[cfg(feature = "metrics")]
@@ -150,10 +152,12 @@ pub(super) fn generate<B>(
     *response.status_mut() = sent;
     *response.headers_mut() = headers;
     if received.is_none() {
+        // Marks it as generated too: one entry in the map, not two.
         response.extensions_mut().insert(error);
+    } else {
+        // Zero-sized: costs no allocation once the map exists.
+        response.extensions_mut().insert(Generated);
     }
-    // Zero-sized: costs no allocation once the map exists.
-    response.extensions_mut().insert(Generated);
     response
 }
 

@@ -18,7 +18,9 @@ use crate::render::negotiate::Format;
 use crate::retry::after::RetryAfter;
 
 /// Marks a response this crate generated, so that an outer layer that intercepts origin errors
-/// leaves it alone instead of rendering it a second time.
+/// leaves it alone instead of rendering it a second time. A generated error's [`ProxyError`]
+/// extension marks it as well, so this one goes on the answers that carry none (an origin error
+/// replaced, a stored copy).
 #[derive(Clone, Copy)]
 pub(super) struct Generated;
 

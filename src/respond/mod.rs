@@ -110,7 +110,15 @@ pub(crate) fn finish<B: Body>(pending: Pending, outcome: Outcome<B>) -> Response
                     return generate(&pending, error, None, None);
                 }
             }
-            let generated_inside = response.extensions().get::<Generated>().is_some();
+            // An answer made inside (by another layer of this crate, or a handler's ProxyError)
+            // is left alone; looked up only when something could replace it: interception, or a
+            // store that may answer in its place.
+            let may_replace = pending.config.intercept.contains(status)
+                || (pending.config.stale.is_some() && pending.facts.stale.is_some());
+            let generated_inside = may_replace && {
+                let extensions = response.extensions();
+                extensions.get::<Generated>().is_some() || extensions.get::<ProxyError>().is_some()
+            };
             // A gRPC status from the origin is its answer to a gRPC caller, whatever the HTTP
             // status: never replaced.
             let grpc_answer =
