@@ -12,11 +12,9 @@
 //! Events and spans are captured for the test's thread only (`set_default`; each test runs on its
 //! own current-thread runtime, where hyper-util's connection tasks run too).
 
-use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -31,143 +29,14 @@ use hyper::body::Incoming;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
-use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::layer::{Context, SubscriberExt};
-use tracing_subscriber::registry::LookupSpan;
+use tracing::Level;
 
+use crate::support::capture::Captured;
 use crate::support::{self, Upload, demo_upstream, read_body, to_upstream, within};
 
 // ---------------------------------------------------------------------------------------------
 // What the test captures
 // ---------------------------------------------------------------------------------------------
-
-#[derive(Debug, Clone)]
-struct SpanRecord {
-    name: &'static str,
-    fields: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Clone)]
-struct EventRecord {
-    level: Level,
-    target: String,
-    message: String,
-    fields: BTreeMap<String, String>,
-}
-
-#[derive(Default)]
-struct Store {
-    spans: Vec<SpanRecord>,
-    events: Vec<EventRecord>,
-}
-
-/// Every span (with the fields recorded later) and every event on this thread.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Store>>);
-
-/// A span's number, kept in its extensions.
-struct Index(usize);
-
-struct Fields<'a>(&'a mut BTreeMap<String, String>);
-
-impl Visit for Fields<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().to_owned(), value.to_owned());
-    }
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.0.insert(field.name().to_owned(), format!("{value:?}"));
-    }
-}
-
-impl<S> tracing_subscriber::Layer<S> for Captured
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-{
-    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        let mut fields = BTreeMap::new();
-        attrs.record(&mut Fields(&mut fields));
-        let mut store = self.0.lock().unwrap();
-        store.spans.push(SpanRecord {
-            name: attrs.metadata().name(),
-            fields,
-        });
-        let index = store.spans.len() - 1;
-        drop(store);
-        if let Some(span) = ctx.span(id) {
-            span.extensions_mut().insert(Index(index));
-        }
-    }
-
-    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
-        let Some(index) = ctx
-            .span(id)
-            .and_then(|s| s.extensions().get::<Index>().map(|i| i.0))
-        else {
-            return;
-        };
-        let mut store = self.0.lock().unwrap();
-        values.record(&mut Fields(&mut store.spans[index].fields));
-    }
-
-    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        let mut fields = BTreeMap::new();
-        event.record(&mut Fields(&mut fields));
-        let message = fields.remove("message").unwrap_or_default();
-        self.0.lock().unwrap().events.push(EventRecord {
-            level: *event.metadata().level(),
-            target: event.metadata().target().to_owned(),
-            message,
-            fields,
-        });
-    }
-}
-
-/// Captures on this thread until dropped.
-struct Installed {
-    _guard: tracing::subscriber::DefaultGuard,
-    _second: tracing::Dispatch,
-}
-
-impl Captured {
-    fn install(&self) -> Installed {
-        let guard =
-            tracing::subscriber::set_default(tracing_subscriber::registry().with(self.clone()));
-        // With one dispatcher alive, tracing asks the registering thread's own (none, on another
-        // test's thread) whether a callsite is wanted, and caches the answer for every thread:
-        // a second one, kept alive, makes it ask each live dispatcher, this one included.
-        let second = tracing::Dispatch::new(tracing_subscriber::registry());
-        // Callsites first met on another thread while no subscriber was set may have cached
-        // "never": ask again now that this one is.
-        tracing::callsite::rebuild_interest_cache();
-        Installed {
-            _guard: guard,
-            _second: second,
-        }
-    }
-
-    fn gateway_spans(&self) -> Vec<SpanRecord> {
-        let store = self.0.lock().unwrap();
-        store
-            .spans
-            .iter()
-            .filter(|s| s.name == "gateway.request")
-            .cloned()
-            .collect()
-    }
-
-    /// The crate's own events at `level` (hyper-util logs too).
-    fn events_at(&self, level: Level) -> Vec<EventRecord> {
-        let store = self.0.lock().unwrap();
-        store
-            .events
-            .iter()
-            .filter(|e| e.level == level && e.target == "gateway_errors")
-            .cloned()
-            .collect()
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Upstreams and the stack
@@ -401,11 +270,11 @@ async fn a_get_retried_three_times_is_one_request_to_spans_logs_and_metrics() {
     // One WARN for the one failure the client saw; each retry a DEBUG event.
     let warnings = captured.events_at(Level::WARN);
     assert_eq!(warnings.len(), 1, "{warnings:#?}");
-    assert_eq!(warnings[0].message, "upstream request failed");
+    assert_eq!(warnings[0].message(), "upstream request failed");
     let retries: Vec<_> = captured
         .events_at(Level::DEBUG)
         .into_iter()
-        .filter(|e| e.message == "retrying the upstream request")
+        .filter(|e| e.message() == "retrying the upstream request")
         .collect();
     assert_eq!(retries.len(), 2, "{retries:#?}");
     assert_eq!(retries[0].fields["http.request.resend_count"], "1");
@@ -526,15 +395,15 @@ async fn retry_inside_the_layer_warns_once_and_the_request_is_still_answered() {
     let misplaced: Vec<_> = captured
         .events_at(Level::WARN)
         .into_iter()
-        .filter(|e| e.message.starts_with("RetryLayer sees requests"))
+        .filter(|e| e.message().starts_with("RetryLayer sees requests"))
         .collect();
     assert_eq!(misplaced.len(), 1, "{misplaced:#?}");
     assert!(
         misplaced[0]
-            .message
+            .message()
             .contains("Place it outside GatewayErrorLayer"),
         "{}",
-        misplaced[0].message
+        misplaced[0].message()
     );
 }
 
@@ -567,7 +436,7 @@ async fn health_outside_the_layer_warns_once_and_retries_still_work() {
         .events_at(Level::WARN)
         .into_iter()
         .filter(|e| {
-            e.message
+            e.message()
                 .starts_with("UpstreamHealthLayer is placed outside GatewayErrorLayer")
         })
         .collect();

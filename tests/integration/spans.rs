@@ -5,17 +5,15 @@
 //! recorded later, and whether it closed) and every event, for the test's thread only
 //! (`set_default`; each test runs on its own current-thread runtime).
 
+use crate::support::capture::{Captured, field};
 use crate::support::demo_upstream;
 use gateway_errors::Telemetry;
 use gateway_errors::TimeLimits;
 use gateway_errors::body::UploadBody;
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -28,13 +26,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
-use tracing::{Event, Level, Subscriber};
+use tracing::Level;
 use tracing_subscriber::Layer;
 use tracing_subscriber::filter::LevelFilter;
-use tracing_subscriber::layer::{Context, SubscriberExt};
-use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::layer::SubscriberExt;
 
 const STEP: Duration = Duration::from_secs(5);
 
@@ -48,155 +43,6 @@ async fn within<F: Future>(what: &str, future: F) -> F::Output {
 // ---------------------------------------------------------------------------------------------
 // A capturing layer
 // ---------------------------------------------------------------------------------------------
-
-#[derive(Debug, Clone)]
-struct SpanRecord {
-    name: &'static str,
-    target: String,
-    level: Level,
-    parent: Option<usize>,
-    fields: BTreeMap<String, String>,
-    closed: bool,
-}
-
-#[derive(Debug, Clone)]
-struct EventRecord {
-    level: Level,
-    target: String,
-    parent: Option<usize>,
-    fields: BTreeMap<String, String>,
-}
-
-#[derive(Default)]
-struct Store {
-    spans: Vec<SpanRecord>,
-    events: Vec<EventRecord>,
-}
-
-/// Spans are numbered in the order they open (tracing reuses span ids; these never are).
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Store>>);
-
-/// A span's number, kept in its extensions.
-struct Index(usize);
-
-struct Fields<'a>(&'a mut BTreeMap<String, String>);
-
-impl Visit for Fields<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().to_owned(), value.to_owned());
-    }
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.0.insert(field.name().to_owned(), format!("{value:?}"));
-    }
-}
-
-impl<S> Layer<S> for Captured
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-{
-    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        let span = ctx.span(id).expect("new span");
-        let parent = span
-            .parent()
-            .and_then(|p| p.extensions().get::<Index>().map(|i| i.0));
-        let mut fields = BTreeMap::new();
-        attrs.record(&mut Fields(&mut fields));
-        let mut store = self.0.lock().unwrap();
-        store.spans.push(SpanRecord {
-            name: attrs.metadata().name(),
-            target: attrs.metadata().target().to_owned(),
-            level: *attrs.metadata().level(),
-            parent,
-            fields,
-            closed: false,
-        });
-        let index = store.spans.len() - 1;
-        drop(store);
-        span.extensions_mut().insert(Index(index));
-    }
-
-    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
-        let Some(index) = ctx
-            .span(id)
-            .and_then(|s| s.extensions().get::<Index>().map(|i| i.0))
-        else {
-            return;
-        };
-        let mut store = self.0.lock().unwrap();
-        values.record(&mut Fields(&mut store.spans[index].fields));
-    }
-
-    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let parent = ctx
-            .event_span(event)
-            .and_then(|s| s.extensions().get::<Index>().map(|i| i.0));
-        let mut fields = BTreeMap::new();
-        event.record(&mut Fields(&mut fields));
-        self.0.lock().unwrap().events.push(EventRecord {
-            level: *event.metadata().level(),
-            target: event.metadata().target().to_owned(),
-            parent,
-            fields,
-        });
-    }
-
-    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
-        if let Some(index) = ctx
-            .span(&id)
-            .and_then(|s| s.extensions().get::<Index>().map(|i| i.0))
-        {
-            self.0.lock().unwrap().spans[index].closed = true;
-        }
-    }
-}
-
-impl Captured {
-    /// Captures everything on this thread until the guard drops.
-    fn install(&self) -> tracing::subscriber::DefaultGuard {
-        let guard =
-            tracing::subscriber::set_default(tracing_subscriber::registry().with(self.clone()));
-        // Callsites first met on another thread while no subscriber was set may have cached
-        // "never": ask again now that this one is.
-        tracing::callsite::rebuild_interest_cache();
-        guard
-    }
-
-    /// The only `gateway.request` span, and its number.
-    fn gateway_span(&self) -> (usize, SpanRecord) {
-        let store = self.0.lock().unwrap();
-        let mut found = store
-            .spans
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.name == "gateway.request");
-        let (index, span) = found.next().expect("a gateway.request span");
-        assert!(found.next().is_none(), "more than one gateway.request span");
-        (index, span.clone())
-    }
-
-    fn events_of(&self, span: usize) -> Vec<EventRecord> {
-        let store = self.0.lock().unwrap();
-        let events = store.events.iter();
-        // hyper-util logs too, inside our span; only the gateway's own events count here.
-        events
-            .filter(|e| e.parent == Some(span) && e.target == "gateway_errors")
-            .cloned()
-            .collect()
-    }
-
-    fn events(&self) -> Vec<EventRecord> {
-        self.0.lock().unwrap().events.clone()
-    }
-
-    fn span(&self, index: usize) -> SpanRecord {
-        self.0.lock().unwrap().spans[index].clone()
-    }
-}
-
-fn field<'a>(span: &'a SpanRecord, name: &str) -> Option<&'a str> {
-    span.fields.get(name).map(String::as_str)
-}
 
 // ---------------------------------------------------------------------------------------------
 // The gateway under test
@@ -327,8 +173,7 @@ async fn the_span_name_never_holds_the_path() {
         get("/users/12345/secret"),
     )
     .await;
-    let store = capture.0.lock().unwrap();
-    for span in &store.spans {
+    for span in &capture.spans() {
         assert!(!span.name.contains("/users"), "{}", span.name);
     }
 }
@@ -405,8 +250,8 @@ async fn a_stale_answer_is_no_error_span_but_names_the_hidden_failure_and_warns(
 
     // The stale answer's span is the last one.
     let index = {
-        let store = capture.0.lock().unwrap();
-        let spans = store.spans.iter().enumerate();
+        let spans = capture.spans();
+        let spans = spans.iter().enumerate();
         let mut gateway_spans = spans.filter(|(_, s)| s.name == "gateway.request");
         gateway_spans.next_back().expect("a gateway.request span").0
     };
@@ -680,8 +525,7 @@ async fn a_response_served_in_full_by_hyper_is_not_cancelled() {
         let index = within("span closed", async {
             loop {
                 let closed = {
-                    let store = capture.0.lock().unwrap();
-                    store.spans.iter().rposition(|s| {
+                    capture.spans().iter().rposition(|s| {
                         s.name == "gateway.request"
                             && s.closed
                             && s.fields.get("url.path").map(String::as_str)
@@ -736,7 +580,7 @@ async fn the_span_level_is_configurable_and_the_warn_event_survives_a_filter() {
         let response = send(gateway(closed, layer), get("/items")).await;
         assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     }
-    assert!(filtered.0.lock().unwrap().spans.is_empty());
+    assert!(filtered.spans().is_empty());
     let events = filtered.events();
     let warn: Vec<_> = events.iter().filter(|e| e.level == Level::WARN).collect();
     assert_eq!(warn.len(), 1, "{events:#?}");

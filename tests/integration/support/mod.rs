@@ -8,6 +8,7 @@
 // Each test crate uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod capture;
 #[path = "../../../examples/support/demo_upstream.rs"]
 pub mod demo_upstream;
 pub mod raw;
