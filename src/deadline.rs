@@ -13,7 +13,7 @@
 //! Not every limit that runs out is the upstream's fault ([`TimedOut::is_upstreams`]): a gRPC
 //! caller's own deadline is the caller's ([`Limit::Caller`]), and a response deadline that ran out
 //! while the gateway waited on its client to read, not on the origin, is the client's. Either is
-//! answered as any timeout is, but a memory across requests (the breaker) must not be moved by
+//! answered as any timeout is, but a memory across requests (the health layer) must not be moved by
 //! what one client controls.
 //!
 //! A limit too long to be reached (`Duration::MAX`) is no limit: no due time is computed that

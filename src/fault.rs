@@ -4,12 +4,12 @@
 //! The layer decides it once per request, with the status, and everything that answers, counts
 //! or remembers reads that one decision: the status and `Proxy-Status` of the answer, the span
 //! field `gateway.fault`, the metric attribute of the same name, the
-//! [upstream health](crate::health) breaker and the [stale store](crate::stale). Only the
+//! [health layer](crate::health) and the [store of copies](crate::stale). Only the
 //! upstream's faults move what the gateway remembers for everyone: nothing a single client sends
-//! (its deadline, the pace of its upload or of its reading, its leaving) can open a breaker or
+//! (its deadline, the pace of its upload or of its reading, its leaving) can mark an upstream unavailable or
 //! choose a stored copy.
 //!
-//! | cause | status | `Proxy-Status` error | counted by the breaker | retried by [`RetryLayer`](crate::retry::RetryLayer) | `gateway.fault` |
+//! | cause | status | `Proxy-Status` error | counted by the health layer | retried by [`RetryLayer`](crate::retry::RetryLayer) | `gateway.fault` |
 //! |---|---|---|---|---|---|
 //! | the upstream refused, reset, stalled, lied, timed out | 502 / 503 / 504 | its RFC 9209 type | connection failures and timeouts | when the hint allows | `upstream` |
 //! | the origin's own 5xx | the origin's | (untouched) | only with `failure_statuses` | no | `upstream` |
@@ -79,7 +79,7 @@ impl Fault {
         }
     }
 
-    /// Whether the fault is the upstream's: the only outcomes a breaker may count or a store
+    /// Whether the fault is the upstream's: the only outcomes the health layer may count or a store
     /// may answer for.
     pub const fn is_upstream(self) -> bool {
         matches!(self, Fault::Upstream)

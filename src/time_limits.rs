@@ -164,7 +164,7 @@ impl TimeLimits {
     /// abandoned. A client that breaks its upload off (it closes or resets before the body is
     /// complete) is answered `400 Bad Request`, if it can still read. Both are the client's
     /// [fault](crate::fault): no `Proxy-Status` error type (RFC 9209's types name failures of the
-    /// next hop), never counted by the [upstream health](crate::health) breaker, never answered
+    /// next hop), never counted by the [health layer](crate::health), never answered
     /// from a [stored copy](crate::stale). The time spent waiting on the client is never counted
     /// against the [upstream timeout](Self::upstream_timeout).
     ///

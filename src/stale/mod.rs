@@ -141,7 +141,7 @@
 //!
 //! When the layer would itself answer a GET or a HEAD with a 500, 502, 503 or 504 (RFC 5861's
 //! errors): a refused or reset connection, a timeout, a protocol error, an upstream that a health
-//! check or a breaker marked down (`destination_unavailable`, answered at once), an origin error
+//! check or an upstream the health layer marked unavailable (`destination_unavailable`, answered at once), an origin error
 //! the layer [intercepts](crate::GatewayErrorLayer::failure_statuses). Never a 4xx the
 //! layer makes (a bad or refused request), never a forwarding loop (`proxy_loop_detected`: the
 //! gateway's own configuration, which a copy would hide), and never a gRPC call.
@@ -214,7 +214,7 @@
 //!   as the semantic conventions have it for an answer the client got; the counter of generated
 //!   errors does not count a stale answer.
 //!
-//! # With a breaker
+//! # With the health layer
 //!
 //! A layer next to the client that refuses requests to an open upstream with
 //! `ProxyError::new(ProxyErrorKind::DestinationUnavailable)` answers at once; the store turns

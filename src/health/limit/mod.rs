@@ -70,8 +70,8 @@
 //! ```
 //!
 //! A gRPC caller gets `UNAVAILABLE` (14) with `grpc-retry-pushback-ms: 1000`. A refusal is the
-//! gateway's own decision about an overloaded upstream: it never counts as a failure for the
-//! breaker, and the request never reaches the breaker.
+//! gateway's own decision about an overloaded upstream: it never counts as a failure of the
+//! upstream, and the request never reaches the count of failures.
 //!
 //! # Observing it
 //!
