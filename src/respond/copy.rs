@@ -17,6 +17,8 @@ use crate::trace;
 /// An origin error a copy answers in place of, when one may: a copy whose origin sent
 /// `stale-if-error`, or any copy for a status the operator names (see
 /// [`Store::failure_statuses`](crate::stale::Store::failure_statuses)).
+// Inlined: without a store (or a capture) it is two tests, not a call.
+#[inline]
 pub(super) fn origin_error_from_copy<B>(
     pending: &Pending,
     status: StatusCode,

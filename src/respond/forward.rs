@@ -3,7 +3,6 @@
 
 use http::Response;
 use http_body::Body;
-use tracing::Span;
 
 use super::Pending;
 use super::head::carries_no_content;
@@ -38,8 +37,8 @@ pub(super) fn forward<B: Body>(
     let trace = if no_body {
         None
     } else {
-        // The span goes with the body; the request's `Pending` is dropped right after this.
-        BodyTrace::new(std::mem::replace(&mut pending.span, Span::none()))
+        // The span goes with the body, if it is wanted; `Pending` is dropped right after this.
+        BodyTrace::new(&mut pending.span)
     };
     let limits = BodyLimits {
         read_timeout: pending.config.body_read_timeout(),

@@ -153,8 +153,9 @@ pub(crate) fn from_response<B: Body>(
     // An answer made inside (by another layer of this crate, or a handler's ProxyError)
     // is left alone; looked up only when something could replace it: interception, or a
     // store that may answer in its place.
-    let may_replace = pending.config.intercept.contains(status)
-        || (pending.config.stale.is_some() && pending.facts.stale().is_some());
+    let intercepted = pending.config.intercept.contains(status);
+    let may_replace =
+        intercepted || (pending.config.stale.is_some() && pending.facts.stale().is_some());
     let generated_inside = may_replace && {
         let extensions = response.extensions();
         extensions.get::<Generated>().is_some() || extensions.get::<ProxyError>().is_some()
@@ -162,7 +163,7 @@ pub(crate) fn from_response<B: Body>(
     // A gRPC status from the origin is its answer to a gRPC caller, whatever the HTTP
     // status: never replaced.
     let grpc_answer = pending.facts.grpc.is_some() && response.headers().contains_key(&GRPC_STATUS);
-    if pending.config.intercept.contains(status) && !generated_inside && !grpc_answer {
+    if intercepted && !generated_inside && !grpc_answer {
         let (parts, _) = response.into_parts();
         let error = ProxyError::from_classification(
             Classification::unrecognized()
