@@ -11,6 +11,9 @@
 #                                            # then what the layer adds, by function (ROWS=20)
 #   METRICS=1 scripts/instructions.sh        # also the layer recording metrics (--features metrics)
 #   KEEP_PROFILES=DIR scripts/instructions.sh   # keeps the callgrind profiles in DIR
+#   VALGRIND_ARGS=--dump-instr=yes KEEP_PROFILES=DIR scripts/instructions.sh
+#                                            # counts by instruction too (callgrind_annotate
+#                                            # --auto=no, or the profile's addresses by objdump)
 #   BREAKER=1 scripts/instructions.sh        # also the gateway --breaker-failures 5: in the storm it
 #                                            # is marked unavailable by the warm-up and refuses every
 #                                            # request (503, no connection); with CASE=happy, closed
@@ -75,7 +78,8 @@ stop() { # pid
 # Runs one side under callgrind; prints "requests instructions", and keeps the profile.
 count() { # name, port, command...
   local name=$1 port=$2; shift 2
-  RUST_LOG=off TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --instr-atstart=no \
+  # shellcheck disable=SC2086 # VALGRIND_ARGS is a list of options
+  RUST_LOG=off TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --instr-atstart=no ${VALGRIND_ARGS:-} \
     --callgrind-out-file="$WORK/$name.out" "$@" >/dev/null 2>"$WORK/$name.log" &
   GATEWAY_PID=$!
   for _ in $(seq 1 200); do

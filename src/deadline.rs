@@ -207,7 +207,42 @@ pin_project! {
     pub(crate) struct HeadClock {
         #[pin]
         timer: Option<Sleep>,
-        limit: Limit,
+        limit: PackedLimit,
+    }
+}
+
+/// A [`Limit`] in 16 bytes rather than 24: with it, the head clock is small enough to be moved
+/// without a call to `memcpy` (it is moved on its way into the request's future).
+#[derive(Debug, Clone, Copy)]
+struct PackedLimit {
+    secs: u64,
+    nanos: u32,
+    kind: u8,
+}
+
+impl PackedLimit {
+    fn pack(limit: Limit) -> Self {
+        let (kind, after) = match limit {
+            Limit::Head(after) => (0, after),
+            Limit::Caller(after) => (1, after),
+            Limit::Read(after) => (2, after),
+            Limit::Response(after) => (3, after),
+        };
+        PackedLimit {
+            secs: after.as_secs(),
+            nanos: after.subsec_nanos(),
+            kind,
+        }
+    }
+
+    fn unpack(self) -> Limit {
+        let after = Duration::new(self.secs, self.nanos);
+        match self.kind {
+            0 => Limit::Head(after),
+            1 => Limit::Caller(after),
+            2 => Limit::Read(after),
+            _ => Limit::Response(after),
+        }
     }
 }
 
@@ -225,7 +260,7 @@ impl HeadClock {
         match sooner(head, deadline.and_then(ResponseDeadline::due)) {
             Some((due, limit)) => HeadClock {
                 timer: Some(tokio::time::sleep_until(due)),
-                limit,
+                limit: PackedLimit::pack(limit),
             },
             None => HeadClock::off(),
         }
@@ -245,7 +280,7 @@ impl HeadClock {
         let Some((due, limit)) = sooner(head, deadline.and_then(ResponseDeadline::due)) else {
             return;
         };
-        *this.limit = limit;
+        *this.limit = PackedLimit::pack(limit);
         match this.timer.as_mut().as_pin_mut() {
             Some(timer) => timer.reset(due),
             None => this.timer.set(Some(tokio::time::sleep_until(due))),
@@ -256,7 +291,7 @@ impl HeadClock {
     pub(crate) fn off() -> Self {
         HeadClock {
             timer: None,
-            limit: Limit::Head(Duration::ZERO),
+            limit: PackedLimit::pack(Limit::Head(Duration::ZERO)),
         }
     }
 
@@ -267,7 +302,7 @@ impl HeadClock {
             // The gateway waits on the origin for the whole head: whatever ran out, the client
             // had no part in it.
             Some(timer) => timer.poll(cx).map(|()| TimedOut {
-                limit: *this.limit,
+                limit: this.limit.unpack(),
                 after_head: false,
                 waiting_on_client: false,
             }),

@@ -9,34 +9,41 @@ use http::{Method, Request};
 
 use crate::config::Config;
 use crate::deadline::Limit;
-use crate::grpc::call::{GRPC_TIMEOUT, GrpcCall};
-use crate::headers::cdn_loop::CDN_LOOP;
-use crate::headers::connection::{KEEP_ALIVE, PROXY_CONNECTION};
+use crate::grpc::call::GrpcCall;
 use crate::render::negotiate::{Format, negotiate, negotiate_line};
-use crate::retry::IDEMPOTENCY_KEY;
 use crate::retry::hint::IdempotencyKey;
 use crate::stale::request::CapturedRequest;
 
 /// What the answer may need from the request. Header values are kept as the request held them:
 /// cloning a parsed header value shares its bytes, it does not copy them.
+///
+/// Small enough to be moved without a call to `memcpy` (see the size test): what most requests
+/// lack (the request id, `Idempotency-Key`, `Upgrade`, the store's capture) is out of line, in
+/// one box that a request without any of them does not take.
 pub(crate) struct RequestFacts {
     accept: AcceptSnapshot,
     pub(crate) is_head: bool,
     pub(crate) idempotent_method: bool,
-    /// Parsed only if an error needs the retry hint.
-    pub(crate) idempotency_key: IdempotencyKey,
-    request_id: Option<HeaderValue>,
-    /// The protocols the client asked to switch to (`Upgrade`), if any.
-    pub(crate) upgrade: Option<HeaderValue>,
     /// A gRPC caller is answered in gRPC's terms; `None` for every other request.
     pub(crate) grpc: Option<GrpcCall>,
-    /// What the last-good-copy store needs of the request; `None` without a store, and for a
-    /// request it has no use for. Out of line: a pointer for every request, not the capture's
-    /// size in every future.
-    pub(crate) stale: Option<Captured>,
+    /// The rarely present parts; `None` for a request with none of them.
+    rare: Option<OutOfLine>,
     /// When the request arrived, and its method's attribute; only when metrics are recorded.
     #[cfg(feature = "metrics")]
     pub(crate) metrics: Option<crate::metrics::Started>,
+}
+
+/// What few requests have, kept out of line.
+#[derive(Default)]
+struct Rare {
+    /// Parsed only if an error needs the retry hint.
+    idempotency_key: IdempotencyKey,
+    request_id: Option<HeaderValue>,
+    /// The protocols the client asked to switch to (`Upgrade`), if any.
+    upgrade: Option<HeaderValue>,
+    /// What the last-good-copy store needs of the request; `None` without a store, and for a
+    /// request it has no use for.
+    stale: Option<CapturedRequest>,
 }
 
 /// The fields the layer reads, found in one walk over the request's fields: a request costs a
@@ -115,13 +122,15 @@ impl<'a> Fields<'a> {
                 // The names the layer reads that are not standard, each compared only to a name
                 // of its length.
                 _ => match name.len() {
-                    8 if name == bytes(&CDN_LOOP) => fields.cdn_loop = true,
-                    15 if name == bytes(&IDEMPOTENCY_KEY) => fields.idempotency_key.add(value),
-                    12 if name == bytes(&GRPC_TIMEOUT) => {
+                    // Each compared to a literal of its length: a few loads, not a call to
+                    // compare bytes (a test checks each against its `HeaderName`).
+                    8 if name == b"cdn-loop" => fields.cdn_loop = true,
+                    15 if name == b"idempotency-key" => fields.idempotency_key.add(value),
+                    12 if name == b"grpc-timeout" => {
                         _ = fields.grpc_timeout.get_or_insert(value);
                     }
-                    10 if name == bytes(&KEEP_ALIVE) => fields.other_hop_by_hop = true,
-                    16 if name == bytes(&PROXY_CONNECTION) => fields.other_hop_by_hop = true,
+                    10 if name == b"keep-alive" => fields.other_hop_by_hop = true,
+                    16 if name == b"proxy-connection" => fields.other_hop_by_hop = true,
                     _ => {}
                 },
             }
@@ -178,27 +187,57 @@ impl RequestFacts {
             .content_type
             .and_then(|content_type| GrpcCall::detect(content_type, fields.grpc_timeout));
         let stale = match (&config.stale, grpc) {
-            (Some(store), None) => store.capture(request).map(Captured::new),
+            (Some(store), None) => store.capture(request),
             _ => None,
+        };
+        // Tested before anything is built: most requests have none of these.
+        let none_rare = fields.idempotency_key.first.is_none()
+            && request_id.is_none()
+            && fields.upgrade.is_none()
+            && stale.is_none();
+        let rare = if none_rare {
+            None
+        } else {
+            Some(OutOfLine::new(Rare {
+                idempotency_key: match fields.idempotency_key {
+                    Lines { first: None, .. } => IdempotencyKey::Absent,
+                    Lines {
+                        first: Some(line),
+                        more: false,
+                    } => IdempotencyKey::One(line.clone()),
+                    Lines { more: true, .. } => IdempotencyKey::Several,
+                },
+                request_id,
+                upgrade: fields.upgrade.cloned(),
+                stale,
+            }))
         };
         RequestFacts {
             accept,
             is_head: request.method() == Method::HEAD,
             idempotent_method: config.retry.is_idempotent(request.method()),
-            idempotency_key: match fields.idempotency_key {
-                Lines { first: None, .. } => IdempotencyKey::Absent,
-                Lines {
-                    first: Some(line),
-                    more: false,
-                } => IdempotencyKey::One(line.clone()),
-                Lines { more: true, .. } => IdempotencyKey::Several,
-            },
-            request_id,
-            upgrade: fields.upgrade.cloned(),
             grpc,
-            stale,
+            rare,
             #[cfg(feature = "metrics")]
             metrics: crate::metrics::Started::capture(config.metrics.as_ref(), request.method()),
+        }
+    }
+
+    /// What the last-good-copy store needs of the request, if it has a use for it.
+    pub(crate) fn stale(&self) -> Option<&CapturedRequest> {
+        self.rare.as_deref()?.stale.as_ref()
+    }
+
+    /// The protocols the client asked to switch to (`Upgrade`), if any.
+    pub(crate) fn upgrade(&self) -> Option<&HeaderValue> {
+        self.rare.as_deref()?.upgrade.as_ref()
+    }
+
+    /// The request's `Idempotency-Key`, as it came.
+    pub(crate) fn idempotency_key(&self) -> &IdempotencyKey {
+        match self.rare.as_deref() {
+            Some(rare) => &rare.idempotency_key,
+            None => &IdempotencyKey::Absent,
         }
     }
 
@@ -229,36 +268,35 @@ impl RequestFacts {
     /// The request id, if it is printable ASCII of a sane length. Anything else is dropped rather
     /// than reflected.
     pub(crate) fn request_id(&self) -> Option<&str> {
-        let id = self.request_id.as_ref()?.to_str().ok()?;
+        let id = self.rare.as_deref()?.request_id.as_ref()?.to_str().ok()?;
         let sane = !id.is_empty() && id.len() <= 200 && id.bytes().all(|b| b.is_ascii_graphic());
         sane.then_some(id)
     }
 }
 
-/// The most spare boxes for the store's captures a thread keeps; one given back beyond that is
-/// freed.
-const SPARE_CAPTURES: usize = 1024;
+/// The most spare boxes for the rare parts a thread keeps; one given back beyond that is freed.
+const SPARE_BOXES: usize = 1024;
 
 thread_local! {
-    /// The boxes the store's captures live in, used again from one request to the next: a
-    /// request's capture lives out of its future without a heap allocation per request (a box is
-    /// allocated only when a thread has more requests in flight than it has had before).
+    /// The boxes the rare parts live in, used again from one request to the next: they live out
+    /// of the future without a heap allocation per request (a box is allocated only when a thread
+    /// has more such requests in flight than it has had before).
     #[allow(clippy::vec_box)]
-    static SPARE: std::cell::RefCell<Vec<Box<Option<CapturedRequest>>>> = const {
+    static SPARE: std::cell::RefCell<Vec<Box<Rare>>> = const {
         std::cell::RefCell::new(Vec::new())
     };
 }
 
-/// A request's capture for the store, in a box that goes back to its thread's spare ones when the
-/// request is over.
-pub(crate) struct Captured {
-    /// Always `Some(Some(_))` until dropped; the box goes back emptied, so that a spare box holds
-    /// none of an old request's bytes.
-    slot: Option<Box<Option<CapturedRequest>>>,
+/// A request's rare parts, in a box that goes back to its thread's spare ones when the request
+/// is over.
+struct OutOfLine {
+    /// Always `Some` until dropped; the box goes back emptied, so that a spare box holds none of
+    /// an old request's bytes.
+    slot: Option<Box<Rare>>,
 }
 
-impl Captured {
-    fn new(captured: CapturedRequest) -> Self {
+impl OutOfLine {
+    fn new(rare: Rare) -> Self {
         let spare = SPARE
             .try_with(|spare| {
                 spare
@@ -270,37 +308,37 @@ impl Captured {
             .flatten();
         let slot = match spare {
             Some(mut slot) => {
-                *slot = Some(captured);
+                *slot = rare;
                 slot
             }
-            None => Box::new(Some(captured)),
+            None => Box::new(rare),
         };
-        Captured { slot: Some(slot) }
+        OutOfLine { slot: Some(slot) }
     }
 }
 
-impl Deref for Captured {
-    type Target = CapturedRequest;
+impl Deref for OutOfLine {
+    type Target = Rare;
 
-    fn deref(&self) -> &CapturedRequest {
+    fn deref(&self) -> &Rare {
         match self.slot.as_deref() {
-            Some(Some(captured)) => captured,
-            _ => unreachable!("a capture is emptied only when it is dropped"),
+            Some(rare) => rare,
+            None => unreachable!("a box is taken only when it is dropped"),
         }
     }
 }
 
-impl Drop for Captured {
+impl Drop for OutOfLine {
     fn drop(&mut self) {
         let Some(mut slot) = self.slot.take() else {
             return;
         };
         // This lets go of the request's bytes.
-        *slot = None;
+        *slot = Rare::default();
         // At the thread's exit, or if the list is in use, the box is simply freed.
         let _ = SPARE.try_with(|spare| {
             if let Ok(mut spare) = spare.try_borrow_mut() {
-                if spare.len() < SPARE_CAPTURES {
+                if spare.len() < SPARE_BOXES {
                     spare.push(slot);
                 }
             }
@@ -318,6 +356,11 @@ enum AcceptSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::grpc::call::GRPC_TIMEOUT;
+    use crate::headers::cdn_loop::CDN_LOOP;
+    use crate::headers::connection::{KEEP_ALIVE, PROXY_CONNECTION};
+    use crate::retry::IDEMPOTENCY_KEY;
 
     use crate::testing::header_map as map;
 
@@ -342,6 +385,19 @@ mod tests {
         assert_eq!(fields.request_id.unwrap(), "r-1");
         assert!(fields.cdn_loop);
         assert!(!fields.has_hop_by_hop());
+    }
+
+    #[test]
+    fn the_literals_the_walk_compares_are_the_names_of_the_fields() {
+        for (name, literal) in [
+            (&CDN_LOOP, "cdn-loop"),
+            (&IDEMPOTENCY_KEY, "idempotency-key"),
+            (&GRPC_TIMEOUT, "grpc-timeout"),
+            (&KEEP_ALIVE, "keep-alive"),
+            (&PROXY_CONNECTION, "proxy-connection"),
+        ] {
+            assert_eq!(name.as_str(), literal);
+        }
     }
 
     #[test]

@@ -295,11 +295,14 @@ pub(crate) struct BodyTrace {
 impl BodyTrace {
     /// `None` when no subscriber wants the span nor the `WARN` event of a body that fails (a
     /// subscriber at `warn` filters the span out, and still wants to hear of a broken body).
-    pub(crate) fn new(span: Span) -> Option<Self> {
+    ///
+    /// The span is taken from `span` only when it is wanted: otherwise it stays where it is, and
+    /// is dropped there, once.
+    pub(crate) fn new(span: &mut Span) -> Option<Self> {
         let wanted = !span.is_disabled() || tracing::event_enabled!(target: TARGET, Level::WARN);
         // Made only when wanted: one made and dropped at once would record a cancellation.
         wanted.then(|| BodyTrace {
-            span,
+            span: std::mem::replace(span, Span::none()),
             done: false,
             bytes: 0,
         })

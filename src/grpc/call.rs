@@ -11,6 +11,9 @@ use crate::headers::is_tchar;
 
 /// The `grpc-status` header name.
 pub(crate) static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+/// The `grpc-timeout` header name (the request walk compares names to a literal; a test checks
+/// it against this).
+#[cfg(test)]
 pub(crate) static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// How many framings a gRPC caller can use.

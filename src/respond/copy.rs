@@ -17,12 +17,14 @@ use crate::trace;
 /// An origin error a copy answers in place of, when one may: a copy whose origin sent
 /// `stale-if-error`, or any copy for a status the operator names (see
 /// [`Store::failure_statuses`](crate::stale::Store::failure_statuses)).
+// Inlined: without a store (or a capture) it is two tests, not a call.
+#[inline]
 pub(super) fn origin_error_from_copy<B>(
     pending: &Pending,
     status: StatusCode,
 ) -> Option<Response<GatewayBody<B>>> {
     if pending.config.stale.is_none()
-        || pending.facts.stale.is_none()
+        || pending.facts.stale().is_none()
         || !Store::may_hide(status, None)
     {
         return None;
@@ -44,7 +46,7 @@ pub(super) fn from_copy<B>(
     received: Option<StatusCode>,
     hides: Hides,
 ) -> Result<Response<GatewayBody<B>>, ProxyError> {
-    let (Some(store), Some(request)) = (&pending.config.stale, &pending.facts.stale) else {
+    let (Some(store), Some(request)) = (&pending.config.stale, pending.facts.stale()) else {
         return Err(error);
     };
     let hidden = error.status();
@@ -109,7 +111,7 @@ mod tests {
     use crate::config::Settings;
     use crate::kind::ProxyErrorKind;
     use crate::respond::tests::{body_of, get, origin, pending};
-    use crate::respond::{Outcome, finish};
+    use crate::respond::{Outcome, finish, from_response};
 
     /// Settings with a store that keeps a page for a minute past its freshness; and the store.
     fn storing() -> (Settings, Store) {
@@ -130,10 +132,7 @@ mod tests {
         let mut page = origin(StatusCode::OK, "the page");
         page.headers_mut()
             .insert("cache-control", HeaderValue::from_static(cache_control));
-        let answer = finish(
-            pending(settings.clone(), &request()),
-            Outcome::Response(page),
-        );
+        let answer = from_response(&mut pending(settings.clone(), &request()), page);
         assert_eq!(body_of(answer).await, "the page");
     }
 
@@ -146,7 +145,7 @@ mod tests {
 
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         let answer = finish::<http_body_util::Full<Bytes>>(
-            pending(settings, &request()),
+            &mut pending(settings, &request()),
             Outcome::Failed(Box::new(refused)),
         );
         assert_eq!(answer.status(), StatusCode::OK);
@@ -178,7 +177,7 @@ mod tests {
             store_page(&settings, cache_control).await;
             tokio::time::advance(Duration::from_secs(3)).await;
             let failed = origin(StatusCode::SERVICE_UNAVAILABLE, "origin error");
-            let answer = finish(pending(settings, &request()), Outcome::Response(failed));
+            let answer = from_response(&mut pending(settings, &request()), failed);
             if hidden {
                 assert_eq!(answer.status(), StatusCode::OK, "{cache_control}");
                 assert_eq!(

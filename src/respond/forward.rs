@@ -13,7 +13,7 @@ use crate::trace::{self, BodyTrace};
 
 /// An origin response: status, headers and body go on unchanged; the body is only observed.
 pub(super) fn forward<B: Body>(
-    pending: Pending,
+    pending: &mut Pending,
     response: Response<B>,
 ) -> Response<GatewayBody<B>> {
     let status = response.status();
@@ -28,7 +28,7 @@ pub(super) fn forward<B: Body>(
     let no_body =
         pending.facts.is_head || carries_no_content(status) || response.body().is_end_stream();
     // A response the store keeps gets its body copied as it passes (or is stored now, bodiless).
-    let tee = match (&pending.config.stale, &pending.facts.stale) {
+    let tee = match (&pending.config.stale, pending.facts.stale()) {
         (Some(store), Some(request)) => {
             store.on_response(request, status, response.headers(), no_body)
         }
@@ -37,7 +37,8 @@ pub(super) fn forward<B: Body>(
     let trace = if no_body {
         None
     } else {
-        BodyTrace::new(pending.span)
+        // The span goes with the body, if it is wanted; `Pending` is dropped right after this.
+        BodyTrace::new(&mut pending.span)
     };
     let limits = BodyLimits {
         read_timeout: pending.config.body_read_timeout(),
@@ -47,7 +48,7 @@ pub(super) fn forward<B: Body>(
     #[cfg(feature = "metrics")]
     let timer = crate::metrics::forwarded(
         pending.config.metrics.as_ref(),
-        pending.facts.metrics,
+        pending.facts.metrics.take(),
         status,
         no_body,
     );
@@ -80,7 +81,7 @@ mod tests {
         headers.append("x-trace", HeaderValue::from_static("b"));
         let sent = response.headers().clone();
 
-        let answer = forward(pending(Settings::default(), &get(&[])), response);
+        let answer = forward(&mut pending(Settings::default(), &get(&[])), response);
         assert_eq!(answer.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(answer.headers(), &sent);
         assert_eq!(body_of(answer).await, "{\"origin\":\"own words\"}");
@@ -94,7 +95,7 @@ mod tests {
         response
             .headers_mut()
             .insert("content-length", HeaderValue::from_static("120"));
-        let answer = forward(pending(Settings::default(), &request), response);
+        let answer = forward(&mut pending(Settings::default(), &request), response);
         assert_eq!(answer.headers()["content-length"], "120");
         assert!(answer.body().is_end_stream());
     }

@@ -48,7 +48,7 @@ pub(super) fn generate<B>(
         request_sent: error.request_sent(),
         kind,
         idempotent_method: facts.idempotent_method,
-        idempotency_key: facts.idempotency_key.is_valid(),
+        idempotency_key: facts.idempotency_key().is_valid(),
     };
     let retryable = config.retry.retryable(&retry_facts);
     // An origin's (or a handler's) own Retry-After is kept on a rewrite and wins over ours, so the
@@ -188,7 +188,7 @@ fn retried<B>(
         request_sent: error.request_sent(),
         kind: error.kind(),
         idempotent_method: pending.facts.idempotent_method,
-        idempotency_key: pending.facts.idempotency_key.is_valid(),
+        idempotency_key: pending.facts.idempotency_key().is_valid(),
     });
     // The delay the answer would state: a rewritten response's own, the error's, the configured.
     let retry_after = match rewritten

@@ -82,64 +82,19 @@ pub(crate) fn client_gone(pending: &Pending) {
     );
 }
 
-/// How the inner service ended.
-pub(crate) enum Outcome<B> {
-    Response(Response<B>),
+/// How the inner service ended, when it gave no response (see [`from_response`] for one that did).
+pub(crate) enum Outcome {
     Failed(BoxError),
     /// A limit on the head ran out first.
     TimedOut(TimedOut),
 }
 
-pub(crate) fn finish<B: Body>(pending: Pending, outcome: Outcome<B>) -> Response<GatewayBody<B>> {
-    if let Some(started) = pending.started {
-        let elapsed_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
-        pending.span.record("gateway.upstream_ms", elapsed_ms);
-    }
+/// The answer to `outcome`. `pending` is borrowed, not moved: it stays where the future keeps it
+/// (a move is a copy of all its bytes), and is dropped there; only its span may be taken.
+pub(crate) fn finish<B: Body>(pending: &mut Pending, outcome: Outcome) -> Response<GatewayBody<B>> {
     match outcome {
-        Outcome::Response(mut response) => {
-            if let Some(PendingProxyError(error)) =
-                response.extensions_mut().remove::<PendingProxyError>()
-            {
-                let (parts, _) = response.into_parts();
-                return generate(&pending, error, Some(&parts.headers), None);
-            }
-            let status = response.status();
-            if status.is_informational() {
-                let offered = pending.facts.upgrade.as_ref();
-                if let Some(error) = check_final_interim(status, offered, response.headers()) {
-                    return generate(&pending, error, None, None);
-                }
-            }
-            // An answer made inside (by another layer of this crate, or a handler's ProxyError)
-            // is left alone; looked up only when something could replace it: interception, or a
-            // store that may answer in its place.
-            let may_replace = pending.config.intercept.contains(status)
-                || (pending.config.stale.is_some() && pending.facts.stale.is_some());
-            let generated_inside = may_replace && {
-                let extensions = response.extensions();
-                extensions.get::<Generated>().is_some() || extensions.get::<ProxyError>().is_some()
-            };
-            // A gRPC status from the origin is its answer to a gRPC caller, whatever the HTTP
-            // status: never replaced.
-            let grpc_answer =
-                pending.facts.grpc.is_some() && response.headers().contains_key(&GRPC_STATUS);
-            if pending.config.intercept.contains(status) && !generated_inside && !grpc_answer {
-                let (parts, _) = response.into_parts();
-                let error = ProxyError::from_classification(
-                    Classification::unrecognized()
-                        .with_status(status)
-                        .with_request_sent(RequestSent::MaybeSent),
-                );
-                return generate(&pending, error, Some(&parts.headers), Some(status));
-            }
-            if !generated_inside {
-                if let Some(answer) = origin_error_from_copy(&pending, status) {
-                    return answer;
-                }
-            }
-            forward(pending, response)
-        }
         Outcome::Failed(error) => {
+            record_upstream_time(pending);
             // A ProxyError is an error already decided (by this layer, or by a service that knows
             // exactly what went wrong): it is answered as it is, its own source kept.
             let error = match error.downcast::<ProxyError>() {
@@ -158,9 +113,10 @@ pub(crate) fn finish<B: Body>(pending: Pending, outcome: Outcome<B>) -> Response
                     }
                 }
             };
-            generate(&pending, error, None, None)
+            generate(pending, error, None, None)
         }
         Outcome::TimedOut(timed_out) => {
+            record_upstream_time(pending);
             let classification = Classification::new(timed_out.kind());
             // A gRPC caller's own deadline is answered as any timeout, but it is the caller's.
             let classification = if timed_out.is_upstreams() {
@@ -169,8 +125,66 @@ pub(crate) fn finish<B: Body>(pending: Pending, outcome: Outcome<B>) -> Response
                 classification.with_fault(Fault::Client)
             };
             let error = ProxyError::from_classification(classification).with_source(timed_out);
-            generate(&pending, error, None, None)
+            generate(pending, error, None, None)
         }
+    }
+}
+
+/// The answer to the response the inner service gave: the origin's, passing through, or one
+/// made in its place. The future calls it directly (not through [`Outcome`]): the response is
+/// then not copied into an `Outcome` and out again.
+pub(crate) fn from_response<B: Body>(
+    pending: &mut Pending,
+    mut response: Response<B>,
+) -> Response<GatewayBody<B>> {
+    record_upstream_time(pending);
+    if let Some(PendingProxyError(error)) = response.extensions_mut().remove::<PendingProxyError>()
+    {
+        let (parts, _) = response.into_parts();
+        return generate(pending, error, Some(&parts.headers), None);
+    }
+    let status = response.status();
+    if status.is_informational() {
+        let offered = pending.facts.upgrade();
+        if let Some(error) = check_final_interim(status, offered, response.headers()) {
+            return generate(pending, error, None, None);
+        }
+    }
+    // An answer made inside (by another layer of this crate, or a handler's ProxyError)
+    // is left alone; looked up only when something could replace it: interception, or a
+    // store that may answer in its place.
+    let intercepted = pending.config.intercept.contains(status);
+    let may_replace =
+        intercepted || (pending.config.stale.is_some() && pending.facts.stale().is_some());
+    let generated_inside = may_replace && {
+        let extensions = response.extensions();
+        extensions.get::<Generated>().is_some() || extensions.get::<ProxyError>().is_some()
+    };
+    // A gRPC status from the origin is its answer to a gRPC caller, whatever the HTTP
+    // status: never replaced.
+    let grpc_answer = pending.facts.grpc.is_some() && response.headers().contains_key(&GRPC_STATUS);
+    if intercepted && !generated_inside && !grpc_answer {
+        let (parts, _) = response.into_parts();
+        let error = ProxyError::from_classification(
+            Classification::unrecognized()
+                .with_status(status)
+                .with_request_sent(RequestSent::MaybeSent),
+        );
+        return generate(pending, error, Some(&parts.headers), Some(status));
+    }
+    if !generated_inside {
+        if let Some(answer) = origin_error_from_copy(pending, status) {
+            return answer;
+        }
+    }
+    forward(pending, response)
+}
+
+/// `gateway.upstream_ms`, when the span is wanted.
+fn record_upstream_time(pending: &Pending) {
+    if let Some(started) = pending.started {
+        let elapsed_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        pending.span.record("gateway.upstream_ms", elapsed_ms);
     }
 }
 
@@ -233,9 +247,9 @@ pub(super) mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_intercepted_origin_status_is_answered_by_the_gateway_and_another_passes() {
         let settings = intercepting(StatusCode::SERVICE_UNAVAILABLE);
-        let answer = finish(
-            pending(settings.clone(), &get(&[])),
-            Outcome::Response(origin(StatusCode::SERVICE_UNAVAILABLE, "origin page")),
+        let answer = from_response(
+            &mut pending(settings.clone(), &get(&[])),
+            origin(StatusCode::SERVICE_UNAVAILABLE, "origin page"),
         );
         assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(
@@ -246,9 +260,9 @@ pub(super) mod tests {
         assert!(answer.extensions().get::<Generated>().is_some());
         assert_ne!(body_of(answer).await, "origin page");
 
-        let answer = finish(
-            pending(settings, &get(&[])),
-            Outcome::Response(origin(StatusCode::INTERNAL_SERVER_ERROR, "origin page")),
+        let answer = from_response(
+            &mut pending(settings, &get(&[])),
+            origin(StatusCode::INTERNAL_SERVER_ERROR, "origin page"),
         );
         assert_eq!(answer.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(answer.headers().get("proxy-status").is_none());
@@ -261,17 +275,14 @@ pub(super) mod tests {
         let settings = intercepting(StatusCode::SERVICE_UNAVAILABLE);
         let mut inner = origin(StatusCode::SERVICE_UNAVAILABLE, "inner answer");
         inner.extensions_mut().insert(Generated);
-        let answer = finish(
-            pending(settings.clone(), &get(&[])),
-            Outcome::Response(inner),
-        );
+        let answer = from_response(&mut pending(settings.clone(), &get(&[])), inner);
         assert_eq!(body_of(answer).await, "inner answer");
 
         let call = get(&[("content-type", "application/grpc")]);
         let mut grpc = origin(StatusCode::SERVICE_UNAVAILABLE, "");
         grpc.headers_mut()
             .insert("grpc-status", http::HeaderValue::from_static("8"));
-        let answer = finish(pending(settings, &call), Outcome::Response(grpc));
+        let answer = from_response(&mut pending(settings, &call), grpc);
         assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(answer.headers()["grpc-status"], "8");
         assert!(answer.headers().get("proxy-status").is_none());
@@ -281,7 +292,7 @@ pub(super) mod tests {
     async fn a_failure_or_a_marked_response_is_answered_with_its_error() {
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         let answer = finish::<Full<Bytes>>(
-            pending(Settings::default(), &get(&[])),
+            &mut pending(Settings::default(), &get(&[])),
             Outcome::Failed(Box::new(refused)),
         );
         assert_eq!(answer.status(), StatusCode::BAD_GATEWAY);
@@ -299,10 +310,7 @@ pub(super) mod tests {
             .insert(PendingProxyError(ProxyError::new(
                 ProxyErrorKind::DestinationUnavailable,
             )));
-        let answer = finish(
-            pending(Settings::default(), &get(&[])),
-            Outcome::Response(marked),
-        );
+        let answer = from_response(&mut pending(Settings::default(), &get(&[])), marked);
         assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(
             answer.headers()["proxy-status"],
