@@ -18,6 +18,7 @@ use crate::fault::Fault;
 use crate::kind::ProxyErrorKind;
 #[cfg(feature = "metrics")]
 use crate::metrics::ResponseTimer;
+use crate::spare::{self, Spare};
 use crate::stale::tee::Tee;
 use crate::trace::BodyTrace;
 pub use crate::upload::UploadBody;
@@ -62,29 +63,15 @@ pin_project! {
 /// what a dropped body says), before their box is kept for another body.
 struct Extras(Option<Pin<Box<Parts>>>);
 
-/// The most spare boxes a thread keeps; one given back beyond that is freed.
-const SPARE_PARTS: usize = 1024;
-
 thread_local! {
-    static SPARE: std::cell::RefCell<Vec<Pin<Box<Parts>>>> = const {
-        std::cell::RefCell::new(Vec::new())
-    };
+    static SPARE: Spare<Pin<Box<Parts>>> = const { Spare::new() };
 }
 
 impl Extras {
     const NONE: Extras = Extras(None);
 
     fn new(limits: BodyLimits, watch: Watch) -> Self {
-        let spare = SPARE
-            .try_with(|spare| {
-                spare
-                    .try_borrow_mut()
-                    .ok()
-                    .and_then(|mut spare| spare.pop())
-            })
-            .ok()
-            .flatten();
-        let parts = match spare {
+        let parts = match spare::take(&SPARE) {
             Some(mut parts) => {
                 let mut this = parts.as_mut().project();
                 this.clock.set(BodyClock::new(limits));
@@ -114,14 +101,7 @@ impl Drop for Extras {
             this.clock.set(BodyClock::new(BodyLimits::default()));
             *this.watch = Watch::default();
         }
-        // At the thread's exit, or if the list is in use, the box is simply freed.
-        let _ = SPARE.try_with(|spare| {
-            if let Ok(mut spare) = spare.try_borrow_mut() {
-                if spare.len() < SPARE_PARTS {
-                    spare.push(parts);
-                }
-            }
-        });
+        spare::give(&SPARE, parts);
     }
 }
 

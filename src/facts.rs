@@ -12,6 +12,7 @@ use crate::deadline::Limit;
 use crate::grpc::call::GrpcCall;
 use crate::render::negotiate::{Format, negotiate, negotiate_line};
 use crate::retry::hint::IdempotencyKey;
+use crate::spare::{self, Spare};
 use crate::stale::request::CapturedRequest;
 
 /// What the answer may need from the request. Header values are kept as the request held them:
@@ -274,17 +275,9 @@ impl RequestFacts {
     }
 }
 
-/// The most spare boxes for the rare parts a thread keeps; one given back beyond that is freed.
-const SPARE_BOXES: usize = 1024;
-
 thread_local! {
-    /// The boxes the rare parts live in, used again from one request to the next: they live out
-    /// of the future without a heap allocation per request (a box is allocated only when a thread
-    /// has more such requests in flight than it has had before).
-    #[allow(clippy::vec_box)]
-    static SPARE: std::cell::RefCell<Vec<Box<Rare>>> = const {
-        std::cell::RefCell::new(Vec::new())
-    };
+    /// The boxes the rare parts live in, used again from one request to the next.
+    static SPARE: Spare<Box<Rare>> = const { Spare::new() };
 }
 
 /// A request's rare parts, in a box that goes back to its thread's spare ones when the request
@@ -297,16 +290,7 @@ struct OutOfLine {
 
 impl OutOfLine {
     fn new(rare: Rare) -> Self {
-        let spare = SPARE
-            .try_with(|spare| {
-                spare
-                    .try_borrow_mut()
-                    .ok()
-                    .and_then(|mut spare| spare.pop())
-            })
-            .ok()
-            .flatten();
-        let slot = match spare {
+        let slot = match spare::take(&SPARE) {
             Some(mut slot) => {
                 *slot = rare;
                 slot
@@ -335,14 +319,7 @@ impl Drop for OutOfLine {
         };
         // This lets go of the request's bytes.
         *slot = Rare::default();
-        // At the thread's exit, or if the list is in use, the box is simply freed.
-        let _ = SPARE.try_with(|spare| {
-            if let Ok(mut spare) = spare.try_borrow_mut() {
-                if spare.len() < SPARE_BOXES {
-                    spare.push(slot);
-                }
-            }
-        });
+        spare::give(&SPARE, slot);
     }
 }
 

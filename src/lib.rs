@@ -261,6 +261,7 @@ pub mod render;
 mod respond;
 pub mod retry;
 mod service;
+mod spare;
 pub mod stale;
 mod telemetry;
 #[cfg(test)]
