@@ -248,13 +248,24 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 3);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn the_upstream_timeout_bounds_the_whole_request() {
-        // Never answers: one attempt, cut at the timeout; no retry begins after it.
-        let (service, calls) = upstream(|_| std::future::pending());
-        let started = Instant::now();
-        let response = ServiceBuilder::new()
-            .layer(RetryLayer::new(quick()))
+    /// The request through a retry with `policy`, outside a layer whose upstream timeout is 1 s.
+    async fn within_one_second<S, Fut>(
+        policy: RetryPolicy,
+        service: S,
+    ) -> Response<crate::body::GatewayBody<Empty<Bytes>>>
+    where
+        S: tower::Service<
+                Request<Upload>,
+                Response = Response<Empty<Bytes>>,
+                Error = crate::BoxError,
+                Future = Fut,
+            > + Clone
+            + Send
+            + 'static,
+        Fut: Future<Output = Answer> + Send + 'static,
+    {
+        ServiceBuilder::new()
+            .layer(RetryLayer::new(policy))
             .layer(
                 GatewayErrorLayer::new()
                     .time_limits(TimeLimits::new().upstream_timeout(Duration::from_secs(1))),
@@ -262,7 +273,15 @@ mod tests {
             .service(service)
             .oneshot(get())
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_upstream_timeout_bounds_the_whole_request() {
+        // Never answers: one attempt, cut at the timeout; no retry begins after it.
+        let (service, calls) = upstream(|_| std::future::pending());
+        let started = Instant::now();
+        let response = within_one_second(quick(), service).await;
         assert_eq!(started.elapsed(), Duration::from_secs(1));
         assert_eq!(
             kind_of(&response),
@@ -286,16 +305,7 @@ mod tests {
             }
         });
         let started = Instant::now();
-        let response = ServiceBuilder::new()
-            .layer(RetryLayer::new(policy))
-            .layer(
-                GatewayErrorLayer::new()
-                    .time_limits(TimeLimits::new().upstream_timeout(Duration::from_secs(1))),
-            )
-            .service(service)
-            .oneshot(get())
-            .await
-            .unwrap();
+        let response = within_one_second(policy, service).await;
         assert_eq!(started.elapsed(), Duration::from_secs(1));
         assert_eq!(
             kind_of(&response),
@@ -310,16 +320,7 @@ mod tests {
             .max_delay(Duration::from_millis(600));
         let (service, calls) = upstream(|_| async { refused() });
         let started = Instant::now();
-        let response = ServiceBuilder::new()
-            .layer(RetryLayer::new(policy))
-            .layer(
-                GatewayErrorLayer::new()
-                    .time_limits(TimeLimits::new().upstream_timeout(Duration::from_secs(1))),
-            )
-            .service(service)
-            .oneshot(get())
-            .await
-            .unwrap();
+        let response = within_one_second(policy, service).await;
         assert_eq!(started.elapsed(), Duration::from_millis(600));
         assert_eq!(kind_of(&response), Some(ProxyErrorKind::ConnectionRefused));
         assert_eq!(calls.load(Ordering::SeqCst), 2);
