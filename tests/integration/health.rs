@@ -26,6 +26,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
+use crate::support::capture::Captured;
 use crate::support::{
     self, Expected, PROXY_NAME, assert_problem, call, read_body, request, start_upstream, within,
 };
@@ -700,75 +701,10 @@ where
 // Events and span fields
 // ---------------------------------------------------------------------------------------------
 
-mod observed {
-    use std::collections::BTreeMap;
-    use std::fmt;
-    use std::sync::{Arc, Mutex};
-
-    use tracing::field::{Field, Visit};
-    use tracing::span::{Attributes, Id, Record};
-    use tracing::{Event, Level, Subscriber};
-    use tracing_subscriber::Layer;
-    use tracing_subscriber::layer::Context;
-    use tracing_subscriber::registry::LookupSpan;
-
-    /// An event as the test reads it.
-    #[derive(Debug, Clone)]
-    pub struct Seen {
-        pub level: Level,
-        pub fields: BTreeMap<String, String>,
-    }
-
-    /// Every event, and the `gateway.upstream_state` of every `gateway.request` span.
-    #[derive(Clone, Default)]
-    pub struct Captured {
-        pub events: Arc<Mutex<Vec<Seen>>>,
-        pub states: Arc<Mutex<Vec<String>>>,
-    }
-
-    struct Fields<'a>(&'a mut BTreeMap<String, String>);
-
-    impl Visit for Fields<'_> {
-        fn record_str(&mut self, field: &Field, value: &str) {
-            self.0.insert(field.name().to_owned(), value.to_owned());
-        }
-        fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-            self.0.insert(field.name().to_owned(), format!("{value:?}"));
-        }
-    }
-
-    impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Captured {
-        fn on_new_span(&self, _attrs: &Attributes<'_>, _id: &Id, _ctx: Context<'_, S>) {}
-
-        fn on_record(&self, _id: &Id, values: &Record<'_>, _ctx: Context<'_, S>) {
-            let mut fields = BTreeMap::new();
-            values.record(&mut Fields(&mut fields));
-            if let Some(state) = fields.remove("gateway.upstream_state") {
-                self.states.lock().unwrap().push(state);
-            }
-        }
-
-        fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-            let mut fields = BTreeMap::new();
-            event.record(&mut Fields(&mut fields));
-            self.events.lock().unwrap().push(Seen {
-                level: *event.metadata().level(),
-                fields,
-            });
-        }
-    }
-}
-
 #[tokio::test]
 async fn every_transition_is_a_warn_event_with_the_key_and_the_reason() {
-    use tracing_subscriber::layer::SubscriberExt;
-
-    let captured = observed::Captured::default();
-    let subscriber = tracing_subscriber::registry().with(captured.clone());
-    let _guard = tracing::subscriber::set_default(subscriber);
-    // Callsites first met on another thread while no subscriber was set may have cached
-    // "never": ask again now that this one is.
-    tracing::callsite::rebuild_interest_cache();
+    let captured = Captured::default();
+    let _guard = captured.install();
 
     let port = refusing_port().await;
     let gateway = gateway(support::layer(), health(), port);
@@ -781,9 +717,7 @@ async fn every_transition_is_a_warn_event_with_the_key_and_the_reason() {
 
     let key = format!("http://{port}");
     let transitions: Vec<(String, String, String)> = captured
-        .events
-        .lock()
-        .unwrap()
+        .events()
         .iter()
         .filter(|event| event.fields.contains_key("gateway.upstream_state"))
         .map(|event| {
@@ -815,18 +749,18 @@ async fn every_transition_is_a_warn_event_with_the_key_and_the_reason() {
         .collect();
     assert_eq!(transitions, expected);
     // The refused request's span says why; the probe's says what it was.
-    let states = captured.states.lock().unwrap().clone();
+    let states: Vec<String> = captured
+        .gateway_spans()
+        .iter()
+        .filter_map(|span| span.fields.get("gateway.upstream_state").cloned())
+        .collect();
     assert_eq!(states, ["open", "probe"]);
 }
 
 #[tokio::test]
 async fn while_unavailable_each_refusal_is_a_debug_event_and_only_the_opening_a_warning() {
-    use tracing_subscriber::layer::SubscriberExt;
-
-    let captured = observed::Captured::default();
-    let subscriber = tracing_subscriber::registry().with(captured.clone());
-    let _guard = tracing::subscriber::set_default(subscriber);
-    tracing::callsite::rebuild_interest_cache();
+    let captured = Captured::default();
+    let _guard = captured.install();
 
     let port = refusing_port().await;
     let gateway = gateway(support::layer(), health(), port);
@@ -834,7 +768,7 @@ async fn while_unavailable_each_refusal_is_a_debug_event_and_only_the_opening_a_
         let response = call(gateway.clone(), get("/orders")).await;
         assert_eq!(kind_of(&response), Some(ProxyErrorKind::ConnectionRefused));
     }
-    let failures = captured.events.lock().unwrap().len();
+    let failures = captured.events().len();
     for _ in 0..9 {
         // Other tests meet the same callsites on other threads, without a subscriber.
         tracing::callsite::rebuild_interest_cache();
@@ -842,7 +776,7 @@ async fn while_unavailable_each_refusal_is_a_debug_event_and_only_the_opening_a_
         assert_unavailable(response).await;
     }
 
-    let events = captured.events.lock().unwrap().clone();
+    let events = captured.events();
     let level_of = |message: &str| -> Vec<tracing::Level> {
         events
             .iter()
@@ -1156,21 +1090,13 @@ async fn a_slow_reader_with_a_response_deadline_never_marks_it_unavailable() {
 
 #[tokio::test]
 async fn placed_outside_the_gateway_layer_it_says_so_once_with_the_fix() {
-    use tracing_subscriber::layer::SubscriberExt;
-
-    let captured = observed::Captured::default();
-    let subscriber = tracing_subscriber::registry().with(captured.clone());
-    let _guard = tracing::subscriber::set_default(subscriber);
-    // Callsites first met on another thread while no subscriber was set may have cached
-    // "never": ask again now that this one is.
-    tracing::callsite::rebuild_interest_cache();
+    let captured = Captured::default();
+    let _guard = captured.install();
 
     let port = refusing_port().await;
     let warnings = || -> Vec<String> {
         captured
-            .events
-            .lock()
-            .unwrap()
+            .events()
             .iter()
             .filter(|event| event.level == tracing::Level::WARN)
             .map(|event| event.fields["message"].clone())
@@ -1213,7 +1139,7 @@ async fn placed_outside_the_gateway_layer_it_says_so_once_with_the_fix() {
     }
 
     // Placed right, it says nothing of the kind.
-    captured.events.lock().unwrap().clear();
+    let placed_right = captured.events().len();
     let gateway = gateway(
         support::layer(),
         UpstreamHealthLayer::new().consecutive_failures(3),
@@ -1221,10 +1147,9 @@ async fn placed_outside_the_gateway_layer_it_says_so_once_with_the_fix() {
     );
     assert_eq!(statuses(&gateway, "/orders", 4).await, [502, 502, 502, 503]);
     let misplaced_warnings = captured
-        .events
-        .lock()
-        .unwrap()
+        .events()
         .iter()
+        .skip(placed_right)
         .filter(|event| {
             event
                 .fields
