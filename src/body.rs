@@ -6,6 +6,7 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -61,16 +62,48 @@ pin_project! {
 /// not allocated per body: it comes from, and goes back to, a list of spare ones kept per thread.
 /// The parts are dropped as the body is (the timer leaves the runtime's wheel, the watch says
 /// what a dropped body says), before their box is kept for another body.
-struct Extras(Option<Pin<Box<Parts>>>);
+///
+/// A body that only a read timeout is on, with no one watching it, takes no box until the origin
+/// first makes the gateway wait: a short body that arrives with its head (most of them) never
+/// does, and costs nothing but its own frames. The clock starts at that first wait, as it would
+/// with the box (a read timeout counts the time the gateway waits on the origin).
+enum Extras {
+    /// Nothing times or watches the body.
+    None,
+    /// A read timeout, not yet running: the origin has not yet made the gateway wait.
+    ReadTimeout(Duration),
+    /// The clock and the watch.
+    Parts(PartsBox),
+}
+
+/// A box of [`Parts`], which goes back to its thread's spare ones when the body is dropped.
+/// Always `Some` until then.
+struct PartsBox(Option<Pin<Box<Parts>>>);
 
 thread_local! {
     static SPARE: Spare<Pin<Box<Parts>>> = const { Spare::new() };
 }
 
 impl Extras {
-    const NONE: Extras = Extras(None);
+    const NONE: Extras = Extras::None;
 
+    /// What a body with `limits` and `watch` carries: the parts at once when something watches
+    /// it or a deadline runs, else a read timeout to start at the first wait.
     fn new(limits: BodyLimits, watch: Watch) -> Self {
+        match limits {
+            BodyLimits {
+                read_timeout: None,
+                response_deadline: None,
+            } if watch.is_idle() => Extras::None,
+            BodyLimits {
+                read_timeout: Some(after),
+                response_deadline: None,
+            } if watch.is_idle() => Extras::ReadTimeout(after),
+            limits => Extras::parts(limits, watch),
+        }
+    }
+
+    fn parts(limits: BodyLimits, watch: Watch) -> Self {
         let parts = match spare::take(&SPARE) {
             Some(mut parts) => {
                 let mut this = parts.as_mut().project();
@@ -83,15 +116,30 @@ impl Extras {
                 watch,
             }),
         };
-        Extras(Some(parts))
+        Extras::Parts(PartsBox(Some(parts)))
     }
 
     fn project(&mut self) -> Option<PartsProj<'_>> {
-        self.0.as_mut().map(|parts| parts.as_mut().project())
+        match self {
+            Extras::Parts(PartsBox(parts)) => parts.as_mut().map(|parts| parts.as_mut().project()),
+            Extras::None | Extras::ReadTimeout(_) => None,
+        }
+    }
+
+    /// The origin made the gateway wait: the parts, made now for a read timeout not yet running.
+    fn waiting(&mut self) -> Option<PartsProj<'_>> {
+        if let Extras::ReadTimeout(after) = *self {
+            let limits = BodyLimits {
+                read_timeout: Some(after),
+                response_deadline: None,
+            };
+            *self = Extras::parts(limits, Watch::default());
+        }
+        self.project()
     }
 }
 
-impl Drop for Extras {
+impl Drop for PartsBox {
     fn drop(&mut self) {
         let Some(mut parts) = self.0.take() else {
             return;
@@ -191,14 +239,9 @@ impl<B> GatewayBody<B> {
             timer: None,
             tee,
         };
-        let extras = if limits.is_off() && watch.is_idle() {
-            Extras::NONE
-        } else {
-            Extras::new(limits, watch)
-        };
         GatewayBody {
             inner: Inner::Origin { body },
-            extras,
+            extras: Extras::new(limits, watch),
         }
     }
 
@@ -213,7 +256,14 @@ impl<B> GatewayBody<B> {
                         timer,
                         ..Watch::default()
                     };
-                    self.extras = Extras::new(BodyLimits::default(), watch);
+                    let limits = BodyLimits {
+                        read_timeout: match self.extras {
+                            Extras::ReadTimeout(after) => Some(after),
+                            _ => None,
+                        },
+                        response_deadline: None,
+                    };
+                    self.extras = Extras::parts(limits, watch);
                 }
             }
         }
@@ -254,7 +304,7 @@ where
             }
             InnerProj::Cut => return Poll::Ready(None),
             InnerProj::Origin { mut body } => match body.as_mut().poll_frame(cx) {
-                Poll::Pending => match this.extras.project() {
+                Poll::Pending => match this.extras.waiting() {
                     None => return Poll::Pending,
                     Some(parts) => match parts.clock.poll_expired(cx) {
                         Poll::Pending => return Poll::Pending,
@@ -404,21 +454,30 @@ mod tests {
 
     /// Where a body's clock and watch live, if it has them.
     fn parts_address(body: &GatewayBody<Scripted>) -> Option<*const Parts> {
-        body.extras.0.as_ref().map(|parts| &**parts as *const Parts)
+        match &body.extras {
+            Extras::Parts(PartsBox(parts)) => parts.as_deref().map(|parts| parts as *const Parts),
+            Extras::None | Extras::ReadTimeout(_) => None,
+        }
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_bodys_parts_are_used_again_by_the_next_body_and_its_clock_starts_afresh() {
         let (tx, mut body) = scripted(read_timeout(Duration::from_secs(1)));
-        let first = parts_address(&body).expect("a timed body has its parts");
+        // A body that only a read timeout is on takes its parts at its first wait, not before:
+        // one whose frames never keep the gateway waiting never takes them.
+        assert_eq!(parts_address(&body), None);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(body.as_mut().poll_frame(&mut cx).is_pending());
+        let first = parts_address(&body).expect("a body that waited has its parts");
         // The first body's clock runs out.
         let error = body.frame().await.unwrap().unwrap_err();
         assert_eq!(kind_of(&error), Some(ProxyErrorKind::ConnectionReadTimeout));
         drop(body);
         drop(tx);
 
-        // The next body on this thread gets the same box: no allocation.
+        // The next body on this thread gets the same box when it waits: no allocation.
         let (tx, mut body) = scripted(read_timeout(Duration::from_secs(1)));
+        assert!(body.as_mut().poll_frame(&mut cx).is_pending());
         assert_eq!(parts_address(&body), Some(first));
         // Its clock is its own: a frame 900 ms on is within its limit.
         tokio::spawn(async move {

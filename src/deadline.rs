@@ -251,10 +251,18 @@ impl HeadClock {
     /// caller's own deadline, [`Limit::Caller`]), under the whole response's `deadline`. The clock
     /// is read once (by the deadline's start, when there is one).
     pub(crate) fn new(head: Option<Limit>, deadline: Option<ResponseDeadline>) -> Self {
-        let started = match deadline {
-            Some(deadline) => deadline.started,
-            None if head.is_some() => Instant::now(),
-            None => return HeadClock::off(),
+        let started = match (deadline, head) {
+            (Some(deadline), _) => deadline.started,
+            // The usual case, the head's limit alone: no limits to compare, and the clock read
+            // by the timer itself. A limit too long for the clock to name is a timer tokio sets
+            // decades away: never reached.
+            (None, Some(limit)) => {
+                return HeadClock {
+                    timer: Some(tokio::time::sleep(limit.length())),
+                    limit: PackedLimit::pack(limit),
+                };
+            }
+            (None, None) => return HeadClock::off(),
         };
         let head = head.and_then(|limit| due(started, limit));
         match sooner(head, deadline.and_then(ResponseDeadline::due)) {

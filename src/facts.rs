@@ -70,15 +70,6 @@ fn bytes(name: &HeaderName) -> &[u8] {
     name.as_str().as_bytes()
 }
 
-/// The standard fields the layer reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Read {
-    Accept,
-    ContentType,
-    Connection,
-    Upgrade,
-}
-
 /// The first line of a field, and whether there are more.
 #[derive(Default, Clone, Copy)]
 struct Lines<'a> {
@@ -87,12 +78,26 @@ struct Lines<'a> {
 }
 
 impl<'a> Lines<'a> {
-    fn add(&mut self, line: &'a HeaderValue) {
+    /// Notes one more line; true, for [`Fields::scan`]'s match.
+    fn add(&mut self, line: &'a HeaderValue) -> bool {
         match self.first {
             None => self.first = Some(line),
             Some(_) => self.more = true,
         }
+        true
     }
+}
+
+/// Keeps the first line of a field; true, for [`Fields::scan`]'s match.
+fn set<'a>(slot: &mut Option<&'a HeaderValue>, line: &'a HeaderValue) -> bool {
+    slot.get_or_insert(line);
+    true
+}
+
+/// Notes that a field is present; true, for [`Fields::scan`]'s match.
+fn mark(present: &mut bool) -> bool {
+    *present = true;
+    true
 }
 
 impl<'a> Fields<'a> {
@@ -111,45 +116,36 @@ impl<'a> Fields<'a> {
         };
         let request_id = bytes(request_id);
         for (name, value) in headers {
-            // Names are lowercase, standard or not: their length picks the one name each could
-            // be, and one comparison of a few bytes settles it. Most fields are none of these.
+            // Names are lowercase, standard or not: their length picks the one or two names each
+            // could be, and a comparison with a literal of that length (a few loads, not a call)
+            // settles it. Most fields are none of these. A test checks each literal against its
+            // `HeaderName`.
             let name = bytes(name);
-            match Self::standard(name) {
-                Some(Read::Accept) => fields.accept.add(value),
-                Some(Read::ContentType) => _ = fields.content_type.get_or_insert(value),
-                Some(Read::Connection) => fields.connection = true,
-                Some(Read::Upgrade) => _ = fields.upgrade.get_or_insert(value),
-                _ if name == request_id => _ = fields.request_id.get_or_insert(value),
-                // The names the layer reads that are not standard, each compared only to a name
-                // of its length.
-                _ => match name.len() {
-                    // Each compared to a literal of its length: a few loads, not a call to
-                    // compare bytes (a test checks each against its `HeaderName`).
-                    8 if name == b"cdn-loop" => fields.cdn_loop = true,
-                    15 if name == b"idempotency-key" => fields.idempotency_key.add(value),
-                    12 if name == b"grpc-timeout" => {
-                        _ = fields.grpc_timeout.get_or_insert(value);
-                    }
-                    10 if name == b"keep-alive" => fields.other_hop_by_hop = true,
-                    16 if name == b"proxy-connection" => fields.other_hop_by_hop = true,
-                    _ => {}
+            let read = match name.len() {
+                6 => name == b"accept" && fields.accept.add(value),
+                7 => name == b"upgrade" && set(&mut fields.upgrade, value),
+                8 => name == b"cdn-loop" && mark(&mut fields.cdn_loop),
+                10 => match name {
+                    b"connection" => mark(&mut fields.connection),
+                    b"keep-alive" => mark(&mut fields.other_hop_by_hop),
+                    _ => false,
                 },
+                12 => match name {
+                    b"content-type" => set(&mut fields.content_type, value),
+                    b"grpc-timeout" => set(&mut fields.grpc_timeout, value),
+                    _ => false,
+                },
+                15 => name == b"idempotency-key" && fields.idempotency_key.add(value),
+                16 => name == b"proxy-connection" && mark(&mut fields.other_hop_by_hop),
+                _ => false,
+            };
+            // The configured request id field, when the name is none of the above (it cannot
+            // stand for one of them).
+            if !read && name.len() == request_id.len() && name == request_id {
+                set(&mut fields.request_id, value);
             }
         }
         fields
-    }
-
-    /// Which of the standard fields the layer reads `name` is, if any. They come before the
-    /// configured request id field, which cannot stand for one of them.
-    #[inline]
-    fn standard(name: &[u8]) -> Option<Read> {
-        match name.len() {
-            6 if name == b"accept" => Some(Read::Accept),
-            12 if name == b"content-type" => Some(Read::ContentType),
-            10 if name == b"connection" => Some(Read::Connection),
-            7 if name == b"upgrade" => Some(Read::Upgrade),
-            _ => None,
-        }
     }
 
     /// Whether the request holds a field a proxy does not forward: `Connection` and what it
@@ -367,6 +363,10 @@ mod tests {
     #[test]
     fn the_literals_the_walk_compares_are_the_names_of_the_fields() {
         for (name, literal) in [
+            (&header::ACCEPT, "accept"),
+            (&header::CONTENT_TYPE, "content-type"),
+            (&header::CONNECTION, "connection"),
+            (&header::UPGRADE, "upgrade"),
             (&CDN_LOOP, "cdn-loop"),
             (&IDEMPOTENCY_KEY, "idempotency-key"),
             (&GRPC_TIMEOUT, "grpc-timeout"),
@@ -378,15 +378,7 @@ mod tests {
     }
 
     #[test]
-    fn the_standard_names_are_http_crates_and_a_name_of_the_same_length_is_none_of_them() {
-        for (name, read) in [
-            (header::ACCEPT, Read::Accept),
-            (header::CONTENT_TYPE, Read::ContentType),
-            (header::CONNECTION, Read::Connection),
-            (header::UPGRADE, Read::Upgrade),
-        ] {
-            assert_eq!(Fields::standard(bytes(&name)), Some(read), "{name}");
-        }
+    fn a_name_as_long_as_one_the_layer_reads_is_none_of_them() {
         let request_id = HeaderName::from_static("x-request-id");
         // Each as long as a name the layer reads, and none of them.
         let headers = map(&[

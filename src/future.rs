@@ -23,30 +23,98 @@ use crate::fault::Fault;
 use crate::kind::RequestSent;
 use crate::respond::{self, Outcome, Pending};
 use crate::retry::attempt::Attempt;
+use crate::spare::{self, Spare};
 use crate::upload::{UploadError, UploadWatch};
 
 pin_project! {
     /// The future of [`GatewayErrorService`](crate::GatewayErrorService): waits for the inner
     /// service, under the upstream timeout and the response deadline, and watches the client's
     /// upload. Never fails: every outcome is a response.
+    ///
+    /// Two words beside the inner future: what the answer will need, and the clock, live in a
+    /// box that the thread's next request uses again (no allocation per request). A server
+    /// moves the future several times on its way to being polled; a future this small is moved
+    /// in registers.
     pub struct ResponseFuture<F> {
         #[pin]
         state: State<F>,
-        #[pin]
-        clock: HeadClock,
-        pending: Option<Pending>,
-        // The client's upload, while it may still keep the gateway waiting; `None` for a request
-        // without a body.
-        upload: Option<Arc<UploadWatch>>,
+        held: HeldBox,
     }
 
     impl<F> PinnedDrop for ResponseFuture<F> {
         fn drop(this: Pin<&mut Self>) {
             // Dropped before it finished: the client went away. Not an error of anyone's.
-            if let Some(pending) = this.project().pending.take() {
-                respond::client_gone(&pending);
+            if let Some(held) = this.project().held.project() {
+                if let Some(pending) = held.pending.take() {
+                    respond::client_gone(&pending);
+                }
             }
         }
+    }
+}
+
+pin_project! {
+    /// What the future keeps out of line until the answer is decided.
+    #[project = HeldProj]
+    struct Held {
+        #[pin]
+        clock: HeadClock,
+        // `None` once answered (and in a spare box).
+        pending: Option<Pending>,
+        // The client's upload, while it may still keep the gateway waiting; `None` for a request
+        // without a body.
+        upload: Option<Arc<UploadWatch>>,
+    }
+}
+
+thread_local! {
+    static SPARE: Spare<Pin<Box<Held>>> = const { Spare::new() };
+}
+
+/// A box of [`Held`], which goes back to its thread's spare ones, emptied, when the future is
+/// dropped. `None` only then.
+struct HeldBox(Option<Pin<Box<Held>>>);
+
+impl HeldBox {
+    #[inline(always)]
+    fn new(clock: HeadClock, pending: Pending, upload: Option<Arc<UploadWatch>>) -> Self {
+        let held = match spare::take(&SPARE) {
+            Some(mut held) => {
+                let mut this = held.as_mut().project();
+                this.clock.set(clock);
+                *this.pending = Some(pending);
+                *this.upload = upload;
+                held
+            }
+            None => Box::pin(Held {
+                clock,
+                pending: Some(pending),
+                upload,
+            }),
+        };
+        HeldBox(Some(held))
+    }
+
+    #[inline]
+    fn project(&mut self) -> Option<HeldProj<'_>> {
+        self.0.as_mut().map(|held| held.as_mut().project())
+    }
+}
+
+impl Drop for HeldBox {
+    fn drop(&mut self) {
+        let Some(mut held) = self.0.take() else {
+            return;
+        };
+        {
+            // The timer leaves the runtime's wheel and the request's parts are let go before the
+            // box is kept: a spare box holds nothing of an old request.
+            let mut this = held.as_mut().project();
+            this.clock.set(HeadClock::off());
+            *this.pending = None;
+            *this.upload = None;
+        }
+        spare::give(&SPARE, held);
     }
 }
 
@@ -61,11 +129,8 @@ pin_project! {
 }
 
 impl<F> ResponseFuture<F> {
-    /// The future of a call made: `facts` and the rest go straight into it, each moved once (a
-    /// `Pending` made first, then moved in, is one more copy of its bytes per request).
+    /// The future of a call made, its parts put in a box the thread keeps for requests.
     #[inline(always)]
-    // The parts are taken one by one so that `Pending` is built in its place in the future,
-    // not built first and then moved in.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         future: F,
@@ -77,18 +142,17 @@ impl<F> ResponseFuture<F> {
         attempt: Option<Attempt>,
         upload: Option<Arc<UploadWatch>>,
     ) -> Self {
+        let pending = Pending {
+            attempt,
+            started: (!span.is_disabled()).then(std::time::Instant::now),
+            config,
+            facts,
+            span,
+            response_deadline,
+        };
         ResponseFuture {
             state: State::Waiting { future },
-            clock,
-            pending: Some(Pending {
-                attempt,
-                started: (!span.is_disabled()).then(std::time::Instant::now),
-                config,
-                facts,
-                span,
-                response_deadline,
-            }),
-            upload,
+            held: HeldBox::new(clock, pending, upload),
         }
     }
 
@@ -96,9 +160,7 @@ impl<F> ResponseFuture<F> {
     pub(crate) fn failed(error: BoxError, pending: Pending) -> Self {
         ResponseFuture {
             state: State::Failed { error: Some(error) },
-            clock: HeadClock::off(),
-            pending: Some(pending),
-            upload: None,
+            held: HeldBox::new(HeadClock::off(), pending, None),
         }
     }
 }
@@ -114,8 +176,14 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let held = this
+            .held
+            .project()
+            .expect("the box is let go only when the future is dropped");
+        let mut clock = held.clock;
+        let upload = held.upload;
         // Answered where it lies, then dropped there: moving `Pending` out first would copy it.
-        let pending = this
+        let pending = held
             .pending
             .as_mut()
             .expect("ResponseFuture polled after completion");
@@ -130,24 +198,24 @@ where
                     // answer, not through an `Outcome` (each move is a copy of its bytes).
                     drop(entered);
                     let answer = respond::from_response(pending, response);
-                    *this.pending = None;
+                    *held.pending = None;
                     return Poll::Ready(Ok(answer));
                 }
                 Poll::Ready(Err(error)) => {
                     let error = error.into();
                     // The client's upload failed first: whatever the inner service made of
                     // it, the fault is the client's.
-                    match this.upload.as_ref().and_then(|upload| upload.fault()) {
+                    match upload.as_ref().and_then(|upload| upload.fault()) {
                         Some(fault) => Outcome::Failed(client_fault(fault.status(), error)),
                         None => Outcome::Failed(error),
                     }
                 }
                 Poll::Pending => {
-                    if let Some(upload) = this.upload.as_ref() {
+                    if let Some(upload) = upload.as_ref() {
                         upload.wake_on_fault(cx.waker());
                     }
                     let deadline = pending.response_deadline;
-                    match poll_limits(this.clock.as_mut(), deadline, this.upload.as_deref(), cx) {
+                    match poll_limits(clock.as_mut(), deadline, upload.as_deref(), cx) {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(outcome) => outcome,
                     }
@@ -172,7 +240,7 @@ where
         }
         drop(entered);
         let answer = respond::finish(pending, outcome);
-        *this.pending = None;
+        *held.pending = None;
         Poll::Ready(Ok(answer))
     }
 }
@@ -259,7 +327,7 @@ mod tests {
     use http::{Request, StatusCode};
     use http_body_util::Empty;
     use tokio::time::Instant;
-    use tower::{ServiceBuilder, ServiceExt, service_fn};
+    use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 
     use crate::body::UploadBody;
     use crate::{GatewayErrorLayer, ProxyError, ProxyErrorKind, TimeLimits};
@@ -312,6 +380,59 @@ mod tests {
             error.source().unwrap().to_string(),
             "upstream sent no response head within 1s"
         );
+    }
+
+    /// Where a future keeps what it holds out of line.
+    fn box_address<F>(future: &super::ResponseFuture<F>) -> *const super::Held {
+        let held = future.held.0.as_ref().expect("a live future has its box");
+        &**held as *const super::Held
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_requests_box_is_used_again_by_the_next_one_on_its_thread_with_a_clock_of_its_own() {
+        let layer = GatewayErrorLayer::new()
+            .time_limits(TimeLimits::new().upstream_timeout(Duration::from_secs(1)));
+        let mut service = ServiceBuilder::new()
+            .layer(layer)
+            .service(upstream(Some(Duration::from_millis(10))));
+
+        let future = service
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::new(Empty::<bytes::Bytes>::new()));
+        let first = box_address(&future);
+        assert_eq!(future.await.unwrap().status(), StatusCode::OK);
+
+        // The next request gets the same box, with a clock of its own: it is not cut at what
+        // was left of the first one's second.
+        tokio::time::advance(Duration::from_millis(900)).await;
+        let future = service
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::new(Empty::<bytes::Bytes>::new()));
+        assert_eq!(box_address(&future), first);
+        let started = Instant::now();
+        assert_eq!(future.await.unwrap().status(), StatusCode::OK);
+        assert_eq!(started.elapsed(), Duration::from_millis(10));
+
+        // A request that runs out of time in a box used before is cut at its own limit.
+        let mut silent = ServiceBuilder::new()
+            .layer(
+                GatewayErrorLayer::new()
+                    .time_limits(TimeLimits::new().upstream_timeout(Duration::from_secs(1))),
+            )
+            .service(upstream(None));
+        let future = silent
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::new(Empty::<bytes::Bytes>::new()));
+        assert_eq!(box_address(&future), first);
+        let started = Instant::now();
+        assert_eq!(future.await.unwrap().status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
     }
 
     #[tokio::test(start_paused = true)]
@@ -584,20 +705,23 @@ mod size {
     /// server: every byte of them is copied each time, and a value larger than a few registers'
     /// worth is copied by a call to `memcpy`.
     #[test]
-    fn the_response_future_and_body_are_small() {
+    fn the_response_future_is_the_inner_future_and_one_pointer() {
         let future = size_of::<ResponseFuture<Trivial>>();
         let body = size_of::<GatewayBody<Empty<Bytes>>>();
         eprintln!(
-            "ResponseFuture<trivial> {future} (inner {}; Pending {}, RequestFacts {}, HeadClock {}), GatewayBody<Empty> {body}",
+            "ResponseFuture<trivial> {future} (inner {}; in its box: Pending {}, RequestFacts {}, HeadClock {}), GatewayBody<Empty> {body}",
             size_of::<Trivial>(),
             size_of::<crate::respond::Pending>(),
             size_of::<crate::facts::RequestFacts>(),
             size_of::<crate::deadline::HeadClock>(),
         );
-        // The origin's body with one pointer to what times and watches it.
+        // The state's tag shares the inner future's spare bits or takes one word.
+        assert!(
+            future <= size_of::<Trivial>() + 16,
+            "ResponseFuture<trivial> is {future} bytes"
+        );
+        // The origin's body, a read timeout or one pointer to what times and watches it.
         assert!(body <= 64, "GatewayBody<Empty> is {body} bytes");
-        // The store's capture, and a second copy of the response deadline, are not inline.
-        assert!(future <= 512, "ResponseFuture<trivial> is {future} bytes");
     }
 
     /// A value of at most 128 bytes is moved with a few register-wide loads and stores; a larger

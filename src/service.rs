@@ -81,11 +81,13 @@ impl<S: Clone> Clone for GatewayErrorService<S> {
     /// the clone does not carry it (it polls readiness again itself).
     #[inline]
     fn clone(&self) -> Self {
-        // Written in place: a server clones the service for every request.
+        // A server clones the service for every request. The inner service is cloned last,
+        // straight into its place: an atomic increment (the configuration's count) between its
+        // clone and its move would have the compiler copy it there from a temporary.
         GatewayErrorService {
-            inner: self.inner.clone(),
             config: self.config.clone(),
             ready_error: None,
+            inner: self.inner.clone(),
         }
     }
 }

@@ -12,6 +12,7 @@ use crate::grpc::call::status_in_headers;
 use crate::trace::{self, BodyTrace};
 
 /// An origin response: status, headers and body go on unchanged; the body is only observed.
+#[inline]
 pub(super) fn forward<B: Body>(
     pending: &mut Pending,
     response: Response<B>,

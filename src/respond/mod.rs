@@ -133,17 +133,31 @@ pub(crate) fn finish<B: Body>(pending: &mut Pending, outcome: Outcome) -> Respon
 /// The answer to the response the inner service gave: the origin's, passing through, or one
 /// made in its place. The future calls it directly (not through [`Outcome`]): the response is
 /// then not copied into an `Outcome` and out again.
+#[inline]
 pub(crate) fn from_response<B: Body>(
     pending: &mut Pending,
-    mut response: Response<B>,
+    response: Response<B>,
 ) -> Response<GatewayBody<B>> {
     record_upstream_time(pending);
+    let status = response.status();
+    // A success or a redirection passes through as it is: only an error status can be a
+    // handler's error to render (see `From<ProxyError> for Response`), be intercepted, or be
+    // hidden by a stored copy, and only a 1xx can be a final interim response.
+    if status.is_success() || status.is_redirection() {
+        return forward(pending, response);
+    }
+    decide(pending, response)
+}
+
+/// [`from_response`] for a response that may not simply pass: an interim or error status.
+#[inline(never)]
+fn decide<B: Body>(pending: &mut Pending, mut response: Response<B>) -> Response<GatewayBody<B>> {
+    let status = response.status();
     if let Some(PendingProxyError(error)) = response.extensions_mut().remove::<PendingProxyError>()
     {
         let (parts, _) = response.into_parts();
         return generate(pending, error, Some(&parts.headers), None);
     }
-    let status = response.status();
     if status.is_informational() {
         let offered = pending.facts.upgrade();
         if let Some(error) = check_final_interim(status, offered, response.headers()) {
@@ -304,18 +318,34 @@ pub(super) mod tests {
         assert_eq!(error.kind(), Some(ProxyErrorKind::ConnectionRefused));
 
         // A handler's response marked with the error it stands for: its body is replaced.
-        let mut marked = origin(StatusCode::OK, "handler body");
-        marked
-            .extensions_mut()
-            .insert(PendingProxyError(ProxyError::new(
-                ProxyErrorKind::DestinationUnavailable,
-            )));
-        let answer = from_response(&mut pending(Settings::default(), &get(&[])), marked);
+        let marked = |status| {
+            let mut marked = origin(status, "handler body");
+            marked
+                .extensions_mut()
+                .insert(PendingProxyError(ProxyError::new(
+                    ProxyErrorKind::DestinationUnavailable,
+                )));
+            marked
+        };
+        let answer = from_response(
+            &mut pending(Settings::default(), &get(&[])),
+            marked(StatusCode::SERVICE_UNAVAILABLE),
+        );
         assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(
             answer.headers()["proxy-status"],
             "gateway; error=destination_unavailable"
         );
         assert_ne!(body_of(answer).await, "handler body");
+
+        // A mark on a success (a handler that set its own status after all) is not looked for:
+        // the response passes as it is.
+        let answer = from_response(
+            &mut pending(Settings::default(), &get(&[])),
+            marked(StatusCode::OK),
+        );
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert!(answer.headers().get("proxy-status").is_none());
+        assert_eq!(body_of(answer).await, "handler body");
     }
 }

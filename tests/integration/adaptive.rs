@@ -235,9 +235,11 @@ async fn a_brownout_origin_gets_the_load_it_serves_and_the_rest_a_fast_503() {
 }
 
 /// Every value recorded in a span's `gateway.concurrency_limit`.
+#[cfg(feature = "metrics")]
 #[derive(Clone, Default)]
 struct SpanLimits(Arc<std::sync::Mutex<Vec<i64>>>);
 
+#[cfg(feature = "metrics")]
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SpanLimits {
     fn on_record(
         &self,

@@ -18,12 +18,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
+#[cfg(feature = "metrics")]
+use gateway_errors::Telemetry;
 use gateway_errors::body::GatewayBody;
 use gateway_errors::health::UpstreamHealthLayer;
 use gateway_errors::health::body::HealthBody;
 use gateway_errors::retry::{RetryLayer, RetryPolicy};
 use gateway_errors::stale;
-use gateway_errors::{GatewayErrorLayer, ProxyError, ProxyErrorKind, Telemetry, TimeLimits};
+use gateway_errors::{GatewayErrorLayer, ProxyError, ProxyErrorKind, TimeLimits};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::io::AsyncReadExt;

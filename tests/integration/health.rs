@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use bytes::Bytes;
+#[cfg(feature = "metrics")]
 use gateway_errors::Telemetry;
 use gateway_errors::TimeLimits;
 use gateway_errors::body::GatewayBody;
