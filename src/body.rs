@@ -89,6 +89,7 @@ impl Extras {
 
     /// What a body with `limits` and `watch` carries: the parts at once when something watches
     /// it or a deadline runs, else a read timeout to start at the first wait.
+    #[inline]
     fn new(limits: BodyLimits, watch: Watch) -> Self {
         match limits {
             BodyLimits {

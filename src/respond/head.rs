@@ -25,6 +25,7 @@ use crate::retry::after::RetryAfter;
 pub(super) struct Generated;
 
 /// Whether a response with `status` has no content (RFC 9110 §6.4.1): 1xx, 204 and 304.
+#[inline]
 pub(super) fn carries_no_content(status: StatusCode) -> bool {
     status.is_informational()
         || status == StatusCode::NO_CONTENT

@@ -80,6 +80,7 @@ impl RetryRules {
         self.after_by_status.push((status, after));
     }
 
+    #[inline]
     pub(crate) fn is_idempotent(&self, method: &Method) -> bool {
         match standard_bit(method) {
             Some(bit) => self.idempotent_standard & bit != 0,
