@@ -36,8 +36,9 @@ pin_project! {
     /// deadline), so an outer layer can tell what happened; the span records it too.
     ///
     /// The timer and what watches the body live out of line, in a box that the thread's next body
-    /// uses again (no allocation per response): the body is a few words more than the origin's,
-    /// and it is `Unpin` when the origin's body is.
+    /// uses again (no allocation per response), taken only when the body needs it: a body with
+    /// just the read timeout on takes it the first time the origin keeps the gateway waiting. The
+    /// body is a few words more than the origin's, and it is `Unpin` when the origin's body is.
     pub struct GatewayBody<B> {
         #[pin]
         inner: Inner<B>,

@@ -259,7 +259,9 @@ impl ProxyError {
 /// A response with the error's status and an empty body, marked for the layer to render: what
 /// a handler returns to have [`GatewayErrorLayer`](crate::GatewayErrorLayer) answer with the
 /// error. Without the layer around it, a client gets the bare status, which is still the right
-/// one. (With the `axum` feature, `IntoResponse` does the same.)
+/// one. (With the `axum` feature, `IntoResponse` does the same.) The layer looks for the mark
+/// on a response with an error status only: one whose status was changed to a success passes
+/// as it is.
 ///
 /// ```
 /// use gateway_errors::{ProxyError, ProxyErrorKind};
