@@ -31,10 +31,10 @@ pin_project! {
     /// service, under the upstream timeout and the response deadline, and watches the client's
     /// upload. Never fails: every outcome is a response.
     ///
-    /// Two words beside the inner future: what the answer will need, and the clock, live in a
+    /// One pointer beside the inner future: what the answer will need, and the clock, live in a
     /// box that the thread's next request uses again (no allocation per request). A server
-    /// moves the future several times on its way to being polled; a future this small is moved
-    /// in registers.
+    /// moves the future several times on its way to being polled: each move copies the inner
+    /// future and that pointer, nothing more.
     pub struct ResponseFuture<F> {
         #[pin]
         state: State<F>,
@@ -390,49 +390,38 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn a_requests_box_is_used_again_by_the_next_one_on_its_thread_with_a_clock_of_its_own() {
-        let layer = GatewayErrorLayer::new()
-            .time_limits(TimeLimits::new().upstream_timeout(Duration::from_secs(1)));
-        let mut service = ServiceBuilder::new()
-            .layer(layer)
-            .service(upstream(Some(Duration::from_millis(10))));
+        // A layer with a one-second upstream timeout in front of `upstream(delay)`.
+        let gateway = |delay| {
+            let limits = TimeLimits::new().upstream_timeout(Duration::from_secs(1));
+            ServiceBuilder::new()
+                .layer(GatewayErrorLayer::new().time_limits(limits))
+                .service(upstream(delay))
+        };
+        let mut answering = gateway(Some(Duration::from_millis(10)));
+        let mut silent = gateway(None);
+        let get = || Request::new(Empty::<bytes::Bytes>::new());
 
-        let future = service
-            .ready()
-            .await
-            .unwrap()
-            .call(Request::new(Empty::<bytes::Bytes>::new()));
+        let future = answering.ready().await.unwrap().call(get());
         let first = box_address(&future);
         assert_eq!(future.await.unwrap().status(), StatusCode::OK);
 
         // The next request gets the same box, with a clock of its own: it is not cut at what
         // was left of the first one's second.
         tokio::time::advance(Duration::from_millis(900)).await;
-        let future = service
-            .ready()
-            .await
-            .unwrap()
-            .call(Request::new(Empty::<bytes::Bytes>::new()));
-        assert_eq!(box_address(&future), first);
-        let started = Instant::now();
-        assert_eq!(future.await.unwrap().status(), StatusCode::OK);
-        assert_eq!(started.elapsed(), Duration::from_millis(10));
-
-        // A request that runs out of time in a box used before is cut at its own limit.
-        let mut silent = ServiceBuilder::new()
-            .layer(
-                GatewayErrorLayer::new()
-                    .time_limits(TimeLimits::new().upstream_timeout(Duration::from_secs(1))),
-            )
-            .service(upstream(None));
-        let future = silent
-            .ready()
-            .await
-            .unwrap()
-            .call(Request::new(Empty::<bytes::Bytes>::new()));
-        assert_eq!(box_address(&future), first);
-        let started = Instant::now();
-        assert_eq!(future.await.unwrap().status(), StatusCode::GATEWAY_TIMEOUT);
-        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        for (service, status, after) in [
+            (&mut answering, StatusCode::OK, Duration::from_millis(10)),
+            (
+                &mut silent,
+                StatusCode::GATEWAY_TIMEOUT,
+                Duration::from_secs(1),
+            ),
+        ] {
+            let future = service.ready().await.unwrap().call(get());
+            assert_eq!(box_address(&future), first);
+            let started = Instant::now();
+            assert_eq!(future.await.unwrap().status(), status);
+            assert_eq!(started.elapsed(), after);
+        }
     }
 
     #[tokio::test(start_paused = true)]
