@@ -6,6 +6,7 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::thread::LocalKey;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,7 +20,7 @@ use crate::fault::Fault;
 use crate::kind::ProxyErrorKind;
 #[cfg(feature = "metrics")]
 use crate::metrics::ResponseTimer;
-use crate::spare::{self, Spare};
+use crate::spare::{Recycle, Recycled, Spare};
 use crate::stale::tee::Tee;
 use crate::trace::BodyTrace;
 pub use crate::upload::UploadBody;
@@ -74,15 +75,23 @@ enum Extras {
     /// A read timeout, not yet running: the origin has not yet made the gateway wait.
     ReadTimeout(Duration),
     /// The clock and the watch.
-    Parts(PartsBox),
+    Parts(Recycled<Parts>),
 }
 
-/// A box of [`Parts`], which goes back to its thread's spare ones when the body is dropped.
-/// Always `Some` until then.
-struct PartsBox(Option<Pin<Box<Parts>>>);
+impl Recycle for Parts {
+    fn spare() -> &'static LocalKey<Spare<Self>> {
+        thread_local! {
+            static SPARE: Spare<Parts> = const { Spare::new() };
+        }
+        &SPARE
+    }
 
-thread_local! {
-    static SPARE: Spare<Pin<Box<Parts>>> = const { Spare::new() };
+    /// No clock running, and no one to tell (a dropped watch says what a dropped body says).
+    fn empty(self: Pin<&mut Self>) {
+        let mut this = self.project();
+        this.clock.set(BodyClock::new(BodyLimits::default()));
+        *this.watch = Watch::default();
+    }
 }
 
 impl Extras {
@@ -106,52 +115,45 @@ impl Extras {
     }
 
     fn parts(limits: BodyLimits, watch: Watch) -> Self {
-        let parts = match spare::take(&SPARE) {
-            Some(mut parts) => {
-                let mut this = parts.as_mut().project();
-                this.clock.set(BodyClock::new(limits));
-                *this.watch = watch;
-                parts
-            }
-            None => Box::pin(Parts {
-                clock: BodyClock::new(limits),
-                watch,
-            }),
-        };
-        Extras::Parts(PartsBox(Some(parts)))
+        Extras::Parts(Recycled::new(Parts {
+            clock: BodyClock::new(limits),
+            watch,
+        }))
     }
 
     fn project(&mut self) -> Option<PartsProj<'_>> {
         match self {
-            Extras::Parts(PartsBox(parts)) => parts.as_mut().map(|parts| parts.as_mut().project()),
+            Extras::Parts(parts) => Some(parts.as_mut().project()),
             Extras::None | Extras::ReadTimeout(_) => None,
+        }
+    }
+
+    /// The parts, made now if the body has none yet (with the read timeout it waits with).
+    fn made(&mut self) -> PartsProj<'_> {
+        let read_timeout = match *self {
+            Extras::Parts(_) => None,
+            Extras::ReadTimeout(after) => Some(after),
+            Extras::None => None,
+        };
+        if !matches!(self, Extras::Parts(_)) {
+            let limits = BodyLimits {
+                read_timeout,
+                response_deadline: None,
+            };
+            *self = Extras::parts(limits, Watch::default());
+        }
+        match self {
+            Extras::Parts(parts) => parts.as_mut().project(),
+            Extras::None | Extras::ReadTimeout(_) => unreachable!("just made"),
         }
     }
 
     /// The origin made the gateway wait: the parts, made now for a read timeout not yet running.
     fn waiting(&mut self) -> Option<PartsProj<'_>> {
-        if let Extras::ReadTimeout(after) = *self {
-            let limits = BodyLimits {
-                read_timeout: Some(after),
-                response_deadline: None,
-            };
-            *self = Extras::parts(limits, Watch::default());
+        match self {
+            Extras::None => None,
+            Extras::ReadTimeout(_) | Extras::Parts(_) => Some(self.made()),
         }
-        self.project()
-    }
-}
-
-impl Drop for PartsBox {
-    fn drop(&mut self) {
-        let Some(mut parts) = self.0.take() else {
-            return;
-        };
-        {
-            let mut this = parts.as_mut().project();
-            this.clock.set(BodyClock::new(BodyLimits::default()));
-            *this.watch = Watch::default();
-        }
-        spare::give(&SPARE, parts);
     }
 }
 
@@ -251,23 +253,7 @@ impl<B> GatewayBody<B> {
     #[cfg(feature = "metrics")]
     pub(crate) fn timed(mut self, timer: Option<ResponseTimer>) -> Self {
         if timer.is_some() {
-            match self.extras.project() {
-                Some(parts) => parts.watch.timer = timer,
-                None => {
-                    let watch = Watch {
-                        timer,
-                        ..Watch::default()
-                    };
-                    let limits = BodyLimits {
-                        read_timeout: match self.extras {
-                            Extras::ReadTimeout(after) => Some(after),
-                            _ => None,
-                        },
-                        response_deadline: None,
-                    };
-                    self.extras = Extras::parts(limits, watch);
-                }
-            }
+            self.extras.made().watch.timer = timer;
         }
         self
     }
@@ -457,7 +443,7 @@ mod tests {
     /// Where a body's clock and watch live, if it has them.
     fn parts_address(body: &GatewayBody<Scripted>) -> Option<*const Parts> {
         match &body.extras {
-            Extras::Parts(PartsBox(parts)) => parts.as_deref().map(|parts| parts as *const Parts),
+            Extras::Parts(parts) => Some(parts.address()),
             Extras::None | Extras::ReadTimeout(_) => None,
         }
     }

@@ -1,7 +1,8 @@
 //! What a request says that its answer may need, read once when the request arrives, without
 //! allocating: the answer is decided after the request itself has gone to the inner service.
 
-use std::ops::Deref;
+use std::pin::Pin;
+use std::thread::LocalKey;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -12,7 +13,7 @@ use crate::deadline::Limit;
 use crate::grpc::call::GrpcCall;
 use crate::render::negotiate::{Format, negotiate, negotiate_line};
 use crate::retry::hint::IdempotencyKey;
-use crate::spare::{self, Spare};
+use crate::spare::{Recycle, Recycled, Spare};
 use crate::stale::request::CapturedRequest;
 
 /// What the answer may need from the request. Header values are kept as the request held them:
@@ -28,7 +29,7 @@ pub(crate) struct RequestFacts {
     /// A gRPC caller is answered in gRPC's terms; `None` for every other request.
     pub(crate) grpc: Option<GrpcCall>,
     /// The rarely present parts; `None` for a request with none of them.
-    rare: Option<OutOfLine>,
+    rare: Option<Recycled<Rare>>,
     /// When the request arrived, and its method's attribute; only when metrics are recorded.
     #[cfg(feature = "metrics")]
     pub(crate) metrics: Option<crate::metrics::Started>,
@@ -195,7 +196,7 @@ impl RequestFacts {
         let rare = if none_rare {
             None
         } else {
-            Some(OutOfLine::new(Rare {
+            Some(Recycled::new(Rare {
                 idempotency_key: match fields.idempotency_key {
                     Lines { first: None, .. } => IdempotencyKey::Absent,
                     Lines {
@@ -271,51 +272,18 @@ impl RequestFacts {
     }
 }
 
-thread_local! {
-    /// The boxes the rare parts live in, used again from one request to the next.
-    static SPARE: Spare<Box<Rare>> = const { Spare::new() };
-}
-
-/// A request's rare parts, in a box that goes back to its thread's spare ones when the request
-/// is over.
-struct OutOfLine {
-    /// Always `Some` until dropped; the box goes back emptied, so that a spare box holds none of
-    /// an old request's bytes.
-    slot: Option<Box<Rare>>,
-}
-
-impl OutOfLine {
-    fn new(rare: Rare) -> Self {
-        let slot = match spare::take(&SPARE) {
-            Some(mut slot) => {
-                *slot = rare;
-                slot
-            }
-            None => Box::new(rare),
-        };
-        OutOfLine { slot: Some(slot) }
-    }
-}
-
-impl Deref for OutOfLine {
-    type Target = Rare;
-
-    fn deref(&self) -> &Rare {
-        match self.slot.as_deref() {
-            Some(rare) => rare,
-            None => unreachable!("a box is taken only when it is dropped"),
+/// The rare parts live in a box used again from one request to the next; it goes back holding
+/// none of an old request's bytes.
+impl Recycle for Rare {
+    fn spare() -> &'static LocalKey<Spare<Self>> {
+        thread_local! {
+            static SPARE: Spare<Rare> = const { Spare::new() };
         }
+        &SPARE
     }
-}
 
-impl Drop for OutOfLine {
-    fn drop(&mut self) {
-        let Some(mut slot) = self.slot.take() else {
-            return;
-        };
-        // This lets go of the request's bytes.
-        *slot = Rare::default();
-        spare::give(&SPARE, slot);
+    fn empty(mut self: Pin<&mut Self>) {
+        self.set(Rare::default());
     }
 }
 

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::thread::LocalKey;
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
@@ -23,7 +24,7 @@ use crate::fault::Fault;
 use crate::kind::RequestSent;
 use crate::respond::{self, Outcome, Pending};
 use crate::retry::attempt::Attempt;
-use crate::spare::{self, Spare};
+use crate::spare::{Recycle, Recycled, Spare};
 use crate::upload::{UploadError, UploadWatch};
 
 pin_project! {
@@ -38,16 +39,14 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         state: State<F>,
-        held: HeldBox,
+        held: Recycled<Held>,
     }
 
     impl<F> PinnedDrop for ResponseFuture<F> {
         fn drop(this: Pin<&mut Self>) {
             // Dropped before it finished: the client went away. Not an error of anyone's.
-            if let Some(held) = this.project().held.project() {
-                if let Some(pending) = held.pending.take() {
-                    respond::client_gone(&pending);
-                }
+            if let Some(pending) = this.project().held.as_mut().project().pending.take() {
+                respond::client_gone(&pending);
             }
         }
     }
@@ -67,54 +66,20 @@ pin_project! {
     }
 }
 
-thread_local! {
-    static SPARE: Spare<Pin<Box<Held>>> = const { Spare::new() };
-}
-
-/// A box of [`Held`], which goes back to its thread's spare ones, emptied, when the future is
-/// dropped. `None` only then.
-struct HeldBox(Option<Pin<Box<Held>>>);
-
-impl HeldBox {
-    #[inline(always)]
-    fn new(clock: HeadClock, pending: Pending, upload: Option<Arc<UploadWatch>>) -> Self {
-        let held = match spare::take(&SPARE) {
-            Some(mut held) => {
-                let mut this = held.as_mut().project();
-                this.clock.set(clock);
-                *this.pending = Some(pending);
-                *this.upload = upload;
-                held
-            }
-            None => Box::pin(Held {
-                clock,
-                pending: Some(pending),
-                upload,
-            }),
-        };
-        HeldBox(Some(held))
-    }
-
-    #[inline]
-    fn project(&mut self) -> Option<HeldProj<'_>> {
-        self.0.as_mut().map(|held| held.as_mut().project())
-    }
-}
-
-impl Drop for HeldBox {
-    fn drop(&mut self) {
-        let Some(mut held) = self.0.take() else {
-            return;
-        };
-        {
-            // The timer leaves the runtime's wheel and the request's parts are let go before the
-            // box is kept: a spare box holds nothing of an old request.
-            let mut this = held.as_mut().project();
-            this.clock.set(HeadClock::off());
-            *this.pending = None;
-            *this.upload = None;
+impl Recycle for Held {
+    fn spare() -> &'static LocalKey<Spare<Self>> {
+        thread_local! {
+            static SPARE: Spare<Held> = const { Spare::new() };
         }
-        spare::give(&SPARE, held);
+        &SPARE
+    }
+
+    /// No timer in the runtime's wheel, nothing of a request.
+    fn empty(self: Pin<&mut Self>) {
+        let mut this = self.project();
+        this.clock.set(HeadClock::off());
+        *this.pending = None;
+        *this.upload = None;
     }
 }
 
@@ -152,7 +117,11 @@ impl<F> ResponseFuture<F> {
         };
         ResponseFuture {
             state: State::Waiting { future },
-            held: HeldBox::new(clock, pending, upload),
+            held: Recycled::new(Held {
+                clock,
+                pending: Some(pending),
+                upload,
+            }),
         }
     }
 
@@ -160,7 +129,11 @@ impl<F> ResponseFuture<F> {
     pub(crate) fn failed(error: BoxError, pending: Pending) -> Self {
         ResponseFuture {
             state: State::Failed { error: Some(error) },
-            held: HeldBox::new(HeadClock::off(), pending, None),
+            held: Recycled::new(Held {
+                clock: HeadClock::off(),
+                pending: Some(pending),
+                upload: None,
+            }),
         }
     }
 }
@@ -176,10 +149,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let held = this
-            .held
-            .project()
-            .expect("the box is let go only when the future is dropped");
+        let held = this.held.as_mut().project();
         let mut clock = held.clock;
         let upload = held.upload;
         // Answered where it lies, then dropped there: moving `Pending` out first would copy it.
@@ -384,8 +354,7 @@ mod tests {
 
     /// Where a future keeps what it holds out of line.
     fn box_address<F>(future: &super::ResponseFuture<F>) -> *const super::Held {
-        let held = future.held.0.as_ref().expect("a live future has its box");
-        &**held as *const super::Held
+        future.held.address()
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
