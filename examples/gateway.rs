@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example gateway -- [--listen ADDR] [--upstream URL] [--timeout 5s]
-//!     [--read-timeout 5s|off] [--deadline 60s] [--client-body-timeout 60s|off] [--bare]
+//!     [--read-timeout 5s|off] [--deadline 60s] [--client-body-timeout 60s|off] [--bare] [--floor]
 //!     [--breaker-failures N [--breaker-open 10s]] [--adaptive-limit [--adaptive-max N]]
 //!     [--static-limit N] [--upstream-ca PEM_FILE]
 //! ```
@@ -15,7 +15,9 @@
 //!   of the webpki roots (Mozilla's) or to a CA in `--upstream-ca PEM_FILE` (a private CA, as a
 //!   test or internal deployment has), and name the URL's host.
 //! - `--bare` serves the same proxy without the layer: every upstream error becomes an empty 502.
-//!   It is the baseline the benchmarks compare against.
+//!   It is the baseline the benchmarks compare against. `--floor` serves it plus the two
+//!   things the layer's defaults do to every request before anything can fail (one walk over
+//!   the request's fields, `CDN-Loop` appended): the floor under the layer's success path.
 //! - `--name` sets the proxy name in `Proxy-Status` and `CDN-Loop` (default `edge-1`; give each
 //!   deployment its own: a request that comes back carrying it is a loop); `--max-body` the request
 //!   body limit in bytes (default 10 MiB); `--http2` speaks h2c to the upstream (one connection
@@ -92,6 +94,8 @@ struct Options {
     /// `None`: the layer's default; `Some(None)`: off.
     client_body_timeout: Option<Option<Duration>>,
     bare: bool,
+    /// The bare proxy plus the layer's fixed work on each request (`Floor`).
+    floor: bool,
     metrics: bool,
     http2: bool,
     name: ProxyName,
@@ -109,7 +113,7 @@ struct Options {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: gateway [--listen ADDR] [--upstream URL] [--timeout 5s|500ms] [--read-timeout 5s|off] [--deadline 60s] [--client-body-timeout 60s|off] [--bare] [--name NAME] [--max-body BYTES] [--http2] [--metrics] [--stale 24h] [--breaker-failures N] [--breaker-open 10s] [--adaptive-limit] [--adaptive-max N] [--static-limit N] [--upstream-ca PEM_FILE]"
+        "usage: gateway [--listen ADDR] [--upstream URL] [--timeout 5s|500ms] [--read-timeout 5s|off] [--deadline 60s] [--client-body-timeout 60s|off] [--bare] [--floor] [--name NAME] [--max-body BYTES] [--http2] [--metrics] [--stale 24h] [--breaker-failures N] [--breaker-open 10s] [--adaptive-limit] [--adaptive-max N] [--static-limit N] [--upstream-ca PEM_FILE]"
     );
     std::process::exit(2)
 }
@@ -144,6 +148,7 @@ fn parse_options() -> Options {
         deadline: None,
         client_body_timeout: None,
         bare: false,
+        floor: false,
         metrics: false,
         http2: false,
         name: ProxyName::from_static("edge-1"),
@@ -187,6 +192,10 @@ fn parse_options() -> Options {
             }
             "--max-body" => options.max_body = value().parse().unwrap_or_else(|_| usage()),
             "--bare" => options.bare = true,
+            "--floor" => {
+                options.bare = true;
+                options.floor = true;
+            }
             "--metrics" if !cfg!(feature = "metrics") => {
                 // Said before anything starts, not after the listener is up.
                 eprintln!("--metrics needs the example built with --features metrics");
@@ -277,7 +286,9 @@ async fn main() -> Result<(), BoxError> {
     let read_timeout = options.read_timeout.unwrap_or(Some(options.timeout));
     println!(
         "listening on http://{addr} ({}; upstream {upstream}, timeout {:?}, read timeout {}{}{})",
-        if options.bare {
+        if options.floor {
+            "bare, with the layer's fixed work on each request"
+        } else if options.bare {
             "bare"
         } else {
             "with gateway-errors"
@@ -300,11 +311,14 @@ async fn main() -> Result<(), BoxError> {
     }
 
     if options.bare {
-        let service = Bare(
-            ServiceBuilder::new()
-                .timeout(options.timeout)
-                .service(proxy),
-        );
+        let proxy = ServiceBuilder::new()
+            .timeout(options.timeout)
+            .service(proxy);
+        let service = if options.floor {
+            Bare::floor(proxy, options.name.as_str())?
+        } else {
+            Bare::new(proxy)
+        };
         serve(listener, service, ServeOptions::default(), ctrl_c()).await;
     } else {
         let mut limits = TimeLimits::new()

@@ -7,8 +7,16 @@
 #   SECONDS_PER_SIDE=20 scripts/instructions.sh
 #   CASE=happy scripts/instructions.sh       # successful requests instead: an nginx origin that
 #                                            # sends BODY_BYTES (default 3), and a third side with
-#                                            # the layer's read timeout off (the body clock's cost);
+#                                            # the layer's read timeout off (the body clock's cost),
+#                                            # a fourth with --floor (the bare proxy plus the field
+#                                            # walk and CDN-Loop that every default request costs);
 #                                            # then what the layer adds, by function (ROWS=20)
+#   CONNECTIONS=1 CASE=happy scripts/instructions.sh
+#                                            # one request at a time (wrk -c1; 8 by default): no
+#                                            # batching of requests per wake-up, so that a side's
+#                                            # count repeats within about 50 per request, where with
+#                                            # 8 it moves by up to 400 with the machine's load: the
+#                                            # figure to compare two versions of the code by
 #   METRICS=1 scripts/instructions.sh        # also the layer recording metrics (--features metrics)
 #   KEEP_PROFILES=DIR scripts/instructions.sh   # keeps the callgrind profiles in DIR
 #   VALGRIND_ARGS=--dump-instr=yes KEEP_PROFILES=DIR scripts/instructions.sh
@@ -28,6 +36,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SECONDS_PER_SIDE=${SECONDS_PER_SIDE:-8}
+CONNECTIONS=${CONNECTIONS:-8}
 ACCEPT=${ACCEPT:-'text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8'}
 
 need() {
@@ -87,10 +96,10 @@ count() { # name, port, command...
     sleep 0.1
   done
   # Warm up (connections, the rendered body), then count a measured window only.
-  wrk -t1 -c8 -d2s -H "Accept: $ACCEPT" "http://127.0.0.1:$port/" >/dev/null
+  wrk -t1 -c"$CONNECTIONS" -d2s -H "Accept: $ACCEPT" "http://127.0.0.1:$port/" >/dev/null
   callgrind_control -i on "$GATEWAY_PID" >/dev/null 2>&1
   local out
-  out=$(wrk -t1 -c8 -d"${SECONDS_PER_SIDE}s" -H "Accept: $ACCEPT" "http://127.0.0.1:$port/")
+  out=$(wrk -t1 -c"$CONNECTIONS" -d"${SECONDS_PER_SIDE}s" -H "Accept: $ACCEPT" "http://127.0.0.1:$port/")
   callgrind_control -i off "$GATEWAY_PID" >/dev/null 2>&1
   callgrind_control -d "$GATEWAY_PID" >/dev/null 2>&1
   stop "$GATEWAY_PID"; GATEWAY_PID=
@@ -134,6 +143,8 @@ CONF
   read -r timed_requests timed_total < <(count timed "$port" "${GATEWAY[@]}" --listen "127.0.0.1:$port")
   port=$(free_port)
   read -r untimed_requests untimed_total < <(count untimed "$port" "${GATEWAY[@]}" --listen "127.0.0.1:$port" --read-timeout off)
+  port=$(free_port)
+  read -r floor_requests floor_total < <(count floor "$port" "${GATEWAY[@]}" --listen "127.0.0.1:$port" --floor)
   if [ -n "${BREAKER:-}" ]; then
     port=$(free_port)
     read -r breaker_requests breaker_total < <(count breaker "$port" "${GATEWAY[@]}" --listen "127.0.0.1:$port" --breaker-failures 5)
@@ -141,16 +152,18 @@ CONF
   fi
   export WORK
   python3 - "$BODY_BYTES" "$bare_requests" "$bare_total" "$timed_requests" "$timed_total" \
-    "$untimed_requests" "$untimed_total" <<'EOF2'
+    "$untimed_requests" "$untimed_total" "$floor_requests" "$floor_total" <<'EOF2'
 import os, sys
-size, br, bt, tr, tt, ur, ut = map(int, sys.argv[1:])
-bare, timed, untimed = bt / br, tt / tr, ut / ur
-print(f"instructions per successful request, {size}-byte body (user space, callgrind; {br}, {tr} and {ur} requests)")
+size, br, bt, tr, tt, ur, ut, fr, ft = map(int, sys.argv[1:])
+bare, timed, untimed, floor = bt / br, tt / tr, ut / ur, ft / fr
+print(f"instructions per successful request, {size}-byte body (user space, callgrind; {br}, {tr}, {ur} and {fr} requests)")
 print("| side | instructions/request |\n|---|---|")
 print(f"| bare | {bare:,.0f} |")
+print(f"| bare + the layer's fixed work (`--floor`: the field walk, `CDN-Loop`) | {floor:,.0f} ({(floor / bare - 1) * 100:+.1f}%) |")
 print(f"| layered, read timeout off | {untimed:,.0f} ({(untimed / bare - 1) * 100:+.1f}%) |")
 print(f"| layered, read timeout on (the default) | {timed:,.0f} ({(timed / bare - 1) * 100:+.1f}%) |")
 print(f"| the body clock alone | {timed - untimed:+,.0f} |")
+print(f"| the layer's own machinery (defaults - floor) | {timed - floor:+,.0f} ({(timed - floor) / bare * 100:+.1f}% of bare) |")
 sys.path.insert(0, "scripts")
 from callgrind_functions import changes, functions, show
 work = os.environ["WORK"]

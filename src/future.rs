@@ -11,19 +11,15 @@ use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body::Body;
 use pin_project_lite::pin_project;
-use tracing::Span;
 
 use crate::BoxError;
 use crate::body::GatewayBody;
 use crate::classify::classification::Classification;
-use crate::config::Config;
 use crate::deadline::{self, HeadClock, ResponseDeadline};
 use crate::error::ProxyError;
-use crate::facts::RequestFacts;
 use crate::fault::Fault;
 use crate::kind::RequestSent;
 use crate::respond::{self, Outcome, Pending};
-use crate::retry::attempt::Attempt;
 use crate::spare::{Recycle, Recycled, Spare};
 use crate::upload::{UploadError, UploadWatch};
 
@@ -55,7 +51,7 @@ pin_project! {
 pin_project! {
     /// What the future keeps out of line until the answer is decided.
     #[project = HeldProj]
-    struct Held {
+    pub(crate) struct Held {
         #[pin]
         clock: HeadClock,
         // `None` once answered (and in a spare box).
@@ -63,6 +59,28 @@ pin_project! {
         // The client's upload, while it may still keep the gateway waiting; `None` for a request
         // without a body.
         upload: Option<Arc<UploadWatch>>,
+    }
+}
+
+impl Held {
+    /// The parts of a request's future and its clock, in a box the thread keeps for requests.
+    #[inline(always)]
+    pub(crate) fn new(
+        clock: HeadClock,
+        pending: Pending,
+        upload: Option<Arc<UploadWatch>>,
+    ) -> Recycled<Held> {
+        Recycled::new(Held {
+            clock,
+            pending: Some(pending),
+            upload,
+        })
+    }
+
+    /// The request's span, entered while the inner service is called (none once answered).
+    pub(crate) fn span(&self) -> &tracing::Span {
+        let pending = self.pending.as_ref();
+        pending.map_or(const { &tracing::Span::none() }, |pending| &pending.span)
     }
 }
 
@@ -94,34 +112,12 @@ pin_project! {
 }
 
 impl<F> ResponseFuture<F> {
-    /// The future of a call made, its parts put in a box the thread keeps for requests.
+    /// The future of a call made: `future`, and its parts, already in their box.
     #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        future: F,
-        clock: HeadClock,
-        config: Arc<Config>,
-        facts: RequestFacts,
-        span: Span,
-        response_deadline: Option<ResponseDeadline>,
-        attempt: Option<Attempt>,
-        upload: Option<Arc<UploadWatch>>,
-    ) -> Self {
-        let pending = Pending {
-            attempt,
-            started: (!span.is_disabled()).then(std::time::Instant::now),
-            config,
-            facts,
-            span,
-            response_deadline,
-        };
+    pub(crate) fn waiting(future: F, held: Recycled<Held>) -> Self {
         ResponseFuture {
             state: State::Waiting { future },
-            held: Recycled::new(Held {
-                clock,
-                pending: Some(pending),
-                upload,
-            }),
+            held,
         }
     }
 
@@ -129,11 +125,7 @@ impl<F> ResponseFuture<F> {
     pub(crate) fn failed(error: BoxError, pending: Pending) -> Self {
         ResponseFuture {
             state: State::Failed { error: Some(error) },
-            held: Recycled::new(Held {
-                clock: HeadClock::off(),
-                pending: Some(pending),
-                upload: None,
-            }),
+            held: Held::new(HeadClock::off(), pending, None),
         }
     }
 }

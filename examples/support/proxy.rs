@@ -546,8 +546,62 @@ fn push_token_or_quoted(out: &mut String, value: &str) {
 }
 
 /// The baseline: the same proxy, every error an empty 502.
+///
+/// With [`Bare::floor`], it also does to each request the two things the layer, with its
+/// defaults, does to every request before anything can fail: one walk over the request's fields
+/// for the names the layer reads, and `CDN-Loop` appended (RFC 8586, loop detection). Nothing is
+/// kept and nothing is answered: it is the floor under the layer's success path, and what the
+/// layer costs above it is its own machinery (its future, its clocks, its body).
 #[derive(Clone)]
-pub struct Bare<S>(pub S);
+pub struct Bare<S> {
+    inner: S,
+    /// The gateway's `CDN-Loop` member, when the floor's work is done.
+    cdn_loop_member: Option<HeaderValue>,
+}
+
+impl<S> Bare<S> {
+    /// The baseline around `inner`.
+    pub fn new(inner: S) -> Self {
+        Bare {
+            inner,
+            cdn_loop_member: None,
+        }
+    }
+
+    /// The baseline plus the layer's fixed work on each request, naming the gateway `member`
+    /// in `CDN-Loop`.
+    pub fn floor(inner: S, member: &str) -> Result<Self, BoxError> {
+        Ok(Bare {
+            inner,
+            cdn_loop_member: Some(HeaderValue::from_str(member)?),
+        })
+    }
+}
+
+/// `CDN-Loop` (RFC 8586).
+static CDN_LOOP: HeaderName = HeaderName::from_static("cdn-loop");
+
+/// The floor's walk: the names the layer looks for, matched as it matches them (by length, then
+/// bytes), over names and values as the layer's walk goes (it keeps what it finds). What is found
+/// is only counted.
+fn walk_fields(headers: &HeaderMap) -> u32 {
+    let mut found = 0;
+    for (name, _value) in headers {
+        let name = name.as_str().as_bytes();
+        let wanted = match name.len() {
+            6 => name == b"accept",
+            7 => name == b"upgrade",
+            8 => name == b"cdn-loop",
+            10 => name == b"connection" || name == b"keep-alive",
+            12 => name == b"content-type" || name == b"grpc-timeout",
+            15 => name == b"idempotency-key",
+            16 => name == b"proxy-connection",
+            _ => false,
+        };
+        found += u32::from(wanted);
+    }
+    found
+}
 
 impl<S> Service<Request<Incoming>> for Bare<S>
 where
@@ -560,13 +614,20 @@ where
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // A failing poll_ready is answered on the next call.
-        let _ = std::task::ready!(self.0.poll_ready(cx));
+        let _ = std::task::ready!(self.inner.poll_ready(cx));
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut request: Request<Incoming>) -> Self::Future {
+        if let Some(member) = &self.cdn_loop_member {
+            // Kept from the optimiser, so that the walk is made.
+            std::hint::black_box(walk_fields(request.headers()));
+            request
+                .headers_mut()
+                .append(CDN_LOOP.clone(), member.clone());
+        }
         BareFuture {
-            future: self.0.call(request.map(UploadBody::unwatched)),
+            future: self.inner.call(request.map(UploadBody::unwatched)),
         }
     }
 }

@@ -53,6 +53,7 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
+    #[inline(always)]
     pub(crate) fn new(
         config: Arc<Config>,
         facts: RequestFacts,

@@ -207,6 +207,20 @@ async fn start_gateway() -> Gateway {
         header_read_timeout: HEADER_TIMEOUT,
         ..ServeOptions::default()
     };
+    serve_before(upstream, service, options).await
+}
+
+/// `service` served by the example's server loop on a loopback port, in front of `upstream`.
+async fn serve_before<S, B>(upstream: Upstream, service: S, options: ServeOptions) -> Gateway
+where
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<proxy::BoxError>,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
     let task = tokio::spawn(proxy::serve(
@@ -694,4 +708,53 @@ async fn content_length_with_chunked_is_read_as_chunked_and_smuggles_nothing() {
             "the client's Content-Length is not forwarded: {headers:?}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The benchmarks' baselines: `--bare`, and `--floor` (the bare proxy plus the layer's fixed work)
+
+/// The example's `--bare` gateway (`--floor` when `floor`), in front of a recording upstream.
+async fn start_bare(floor: bool) -> Gateway {
+    let upstream = start_upstream().await;
+    let uri = format!("http://{}", upstream.addr).parse().expect("a URI");
+    let proxy = Proxy::new(&uri, "edge-1", MAX_BODY).expect("a proxy");
+    let service = if floor {
+        proxy::Bare::floor(proxy, "edge-1").expect("a valid member")
+    } else {
+        proxy::Bare::new(proxy)
+    };
+    serve_before(upstream, service, ServeOptions::default()).await
+}
+
+/// What the upstream saw of `CDN-Loop` for one request that arrived with `cdn-loop: other`.
+async fn cdn_loop_seen_through(gateway: &Gateway) -> Vec<String> {
+    let (responses, _) = raw::exchange(
+        gateway.addr,
+        b"GET /page HTTP/1.1\r\nhost: gateway\r\ncdn-loop: other\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(responses.len(), 1, "{responses:?}");
+    assert_eq!(responses[0].status, 200);
+    let seen = gateway.upstream.seen.settled().await;
+    assert_eq!(seen.len(), 1);
+    seen[0]
+        .2
+        .get_all("cdn-loop")
+        .iter()
+        .map(|value| value.to_str().expect("visible ASCII").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_floor_appends_cdn_loop_as_the_layer_does_and_the_bare_proxy_does_not() {
+    let floor = start_bare(true).await;
+    assert_eq!(cdn_loop_seen_through(&floor).await, ["other", "edge-1"]);
+
+    let bare = start_bare(false).await;
+    assert_eq!(cdn_loop_seen_through(&bare).await, ["other"]);
+
+    // The layer with the same name, for comparison: the floor does to the request what the
+    // layer's loop detection does.
+    let layered = start_gateway().await;
+    assert_eq!(cdn_loop_seen_through(&layered).await, ["other", "edge-1"]);
 }
