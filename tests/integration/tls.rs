@@ -19,11 +19,10 @@
 //! read before the close rather than lost to a reset.
 
 use crate::proxy::{self, ClientBody, Proxy, ServeOptions};
+use crate::support::capture::{Captured, Installed};
 use crate::support::{self, PROXY_NAME, within};
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -51,9 +50,6 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceBuilder;
-use tracing::field::{Field, Visit};
-use tracing_subscriber::Layer;
-use tracing_subscriber::layer::{Context, SubscriberExt};
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -359,50 +355,28 @@ async fn send(gateway: &Gateway, method: &str) -> Answer {
 // ---------------------------------------------------------------------------------------------
 // The span's event
 
-/// The fields of the layer's decision events.
+/// The layer's events, captured on this test's thread (each test has its own current-thread
+/// runtime, so the gateway's tasks run here too).
 #[derive(Clone, Default)]
-struct Events(Arc<Mutex<Vec<BTreeMap<String, String>>>>);
-
-struct Fields<'a>(&'a mut BTreeMap<String, String>);
-
-impl Visit for Fields<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().to_owned(), value.to_owned());
-    }
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.0.insert(field.name().to_owned(), format!("{value:?}"));
-    }
-}
-
-impl<S: tracing::Subscriber> Layer<S> for Events {
-    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
-        if event.metadata().target() != "gateway_errors" {
-            return;
-        }
-        let mut fields = BTreeMap::new();
-        event.record(&mut Fields(&mut fields));
-        self.0.lock().unwrap().push(fields);
-    }
-}
+struct Events(Captured);
 
 impl Events {
-    /// Captures the events of this test's thread (each test has its own current-thread runtime,
-    /// so the gateway's tasks run here too).
-    fn capture() -> (Events, tracing::subscriber::DefaultGuard) {
+    fn capture() -> (Events, Installed) {
         let events = Events::default();
-        let subscriber = tracing_subscriber::registry().with(events.clone());
-        (events, tracing::subscriber::set_default(subscriber))
+        let installed = events.0.install();
+        (events, installed)
     }
 
     /// The one decision event: its `error.type` and the reason in its `error` chain.
     fn decision(&self) -> (String, String) {
-        let events = self.0.lock().unwrap();
+        let events = self.0.events();
         let decisions: Vec<_> = events
             .iter()
-            .filter(|fields| fields.contains_key("error.type"))
+            .filter(|event| event.target == "gateway_errors")
+            .filter(|event| event.fields.contains_key("error.type"))
             .collect();
         assert_eq!(decisions.len(), 1, "one decision event: {events:?}");
-        let fields = decisions[0];
+        let fields = &decisions[0].fields;
         (
             fields["error.type"].clone(),
             fields.get("error").cloned().unwrap_or_default(),
