@@ -581,9 +581,9 @@ impl<S> Bare<S> {
 /// `CDN-Loop` (RFC 8586).
 static CDN_LOOP: HeaderName = HeaderName::from_static("cdn-loop");
 
-/// The floor's walk: the names the layer looks for, matched as it matches them (by length, then
-/// bytes), over names and values as the layer's walk goes (it keeps what it finds). What is found
-/// is only counted.
+/// The floor's walk: the names the layer looks for (its default request id field among them),
+/// matched as it matches them (by length, then bytes), over names and values as the layer's walk
+/// goes (it keeps what it finds). What is found is only counted.
 fn walk_fields(headers: &HeaderMap) -> u32 {
     let mut found = 0;
     for (name, _value) in headers {
@@ -598,7 +598,9 @@ fn walk_fields(headers: &HeaderMap) -> u32 {
             16 => name == b"proxy-connection",
             _ => false,
         };
-        found += u32::from(wanted);
+        // And the request id field (the layer's default name), for a name that is none of these.
+        let request_id = !wanted && name.len() == 12 && name == b"x-request-id";
+        found += u32::from(wanted || request_id);
     }
     found
 }
